@@ -1,0 +1,112 @@
+#include "daemon/node/cycle.h"
+
+#include <spdlog/spdlog.h>
+
+#include <ctime>
+
+#include "proto/path.h"
+
+namespace tiersync::node {
+
+Cycle::Cycle(const ops::Config& config) : config_(config), state_(config.state_dir, config.tree) {}
+
+CycleOutcome Cycle::record(int exit_code, const std::string& result, const std::string& message) {
+  sync::CycleRecord r{result, std::time(nullptr), message, upstream_serial_};
+  if (auto st = state_.save_cycle(r); !st)
+    spdlog::warn("cannot record the cycle: {}", st.message());
+  return CycleOutcome{exit_code, result, message};
+}
+
+CycleOutcome Cycle::fail(const std::string& message) {
+  spdlog::error("cycle failed: {}", message);
+  return record(kExitFailure, "failed", message);
+}
+
+CycleOutcome Cycle::noop(std::uint64_t serial, bool clear_holds) {
+  if (upstream_serial_ == 0) upstream_serial_ = serial;
+  if (clear_holds) clear_held();
+  std::string msg = "in sync at serial " + std::to_string(serial);
+  spdlog::info("{}", msg);
+  return record(kExitOk, "noop", msg);
+}
+
+void Cycle::save_holds(const std::vector<sync::HeldPartition>& held,
+                       std::uint64_t candidate_serial) {
+  sync::HeldState prev = state_.load_held();
+  sync::HeldState next{candidate_serial, std::time(nullptr), held};
+  if (!prev.partitions.empty() && prev.candidate_serial == candidate_serial)
+    next.since = prev.since;
+  for (const auto& h : held)
+    spdlog::error(
+        "hold: partition={} deleted={} files={} ratio={:.3f} limit={:.3f} candidate={} "
+        "(approve with: tiersyncctl --config {} approve {})",
+        h.hold.partition, h.hold.deleted, h.hold.files, h.hold.ratio, h.hold.limit, h.candidate,
+        config_.file.string(), h.hold.partition);
+  if (auto st = state_.save_held(next); !st)
+    spdlog::warn("cannot record the hold: {}", st.message());
+}
+
+CycleOutcome Cycle::held(const std::vector<sync::Hold>& holds, const std::string& candidate,
+                         std::uint64_t candidate_serial) {
+  std::vector<sync::HeldPartition> held;
+  std::string names;
+  for (const auto& h : holds) {
+    held.push_back({h, candidate});
+    names += (names.empty() ? "" : ", ") + h.partition;
+  }
+  save_holds(held, candidate_serial);
+  return record(kExitHeld, "held",
+                "serial " + std::to_string(candidate_serial) + " held by the guard: " + names);
+}
+
+void Cycle::clear_held() {
+  if (auto st = state_.save_held({}); !st) spdlog::warn("cannot clear the hold: {}", st.message());
+}
+
+CycleOutcome Cycle::held_only(std::uint64_t serial) {
+  if (upstream_serial_ == 0) upstream_serial_ = serial;
+  return record(kExitHeld, "held",
+                "serial " + std::to_string(serial) + " kept: every changed partition is held");
+}
+
+CycleOutcome Cycle::applied(std::uint64_t serial, const sync::ApplyStats& s,
+                            const std::string& verb, int exit_code) {
+  std::string msg = verb + " serial " + std::to_string(serial) +
+                    ": added=" + std::to_string(s.added) + " changed=" + std::to_string(s.changed) +
+                    " deleted=" + std::to_string(s.deleted) +
+                    " fetched=" + std::to_string(s.fetched_files) +
+                    " fetched_bytes=" + std::to_string(s.fetched_bytes) +
+                    " reused=" + std::to_string(s.reused_files);
+  if (upstream_serial_ == 0) upstream_serial_ = serial;
+  spdlog::info("{}", msg);
+  return record(exit_code, exit_code == kExitHeld ? "held" : "ok", msg);
+}
+
+Result<std::vector<proto::PublicKey>> load_trusted_keys(const ops::Config& config) {
+  std::vector<proto::PublicKey> keys;
+  for (std::size_t i = 0; i < config.trusted_keys.size(); ++i) {
+    auto k = proto::PublicKey::load(config.trusted_keys[i]);
+    if (!k)
+      return make_error("config key \"trusted_keys[" + std::to_string(i) + "]\": " + k.message());
+    keys.push_back(std::move(*k));
+  }
+  return keys;
+}
+
+Status check_partitions_disjoint(const proto::Snapshot& snapshot, const sync::ManifestSet& set) {
+  auto root = set.find(std::string(proto::kRootPartition));
+  if (root == set.end()) return {};
+  for (const auto& [name, ref] : snapshot.partitions) {
+    if (name == proto::kRootPartition) continue;
+    for (std::size_t slash = 0; slash != std::string::npos;) {
+      slash = name.find('/', slash + 1);
+      std::string prefix = name.substr(0, slash);
+      if (root->second->find(prefix))
+        return make_error("partition \"" + name + "\" lies below the root partition's entry \"" +
+                          prefix + "\"");
+    }
+  }
+  return {};
+}
+
+}  // namespace tiersync::node

@@ -1,0 +1,54 @@
+#pragma once
+/// What every cycle shares: the state store, the outcome record for `status`, and one log line
+/// per event.
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "daemon/node/node.h"
+#include "daemon/sync/apply.h"
+#include "daemon/sync/state.h"
+#include "proto/keys.h"
+
+namespace tiersync::node {
+
+class Cycle {
+ public:
+  explicit Cycle(const ops::Config& config);
+
+  /// Opens state_dir and takes the node's lock.
+  Status open() { return state_.open(); }
+  sync::StateStore& state() { return state_; }
+  void set_upstream_serial(std::uint64_t serial) { upstream_serial_ = serial; }
+
+  CycleOutcome fail(const std::string& message);
+  /// Nothing to do; `clear_holds` unless the cycle did not look (tier0's busy source).
+  CycleOutcome noop(std::uint64_t serial, bool clear_holds = true);
+  /// Records the holds (logged at error level, one line each) and returns exit code 3.
+  CycleOutcome held(const std::vector<sync::Hold>& holds, const std::string& candidate,
+                    std::uint64_t candidate_serial);
+  void save_holds(const std::vector<sync::HeldPartition>& held, std::uint64_t candidate_serial);
+  void clear_held();
+  /// Records an applied (or published) serial; with kExitHeld, some partitions were held.
+  CycleOutcome applied(std::uint64_t serial, const sync::ApplyStats& stats,
+                       const std::string& verb = "applied", int exit_code = kExitOk);
+  /// tier0: nothing published because every changed partition is held.
+  CycleOutcome held_only(std::uint64_t serial);
+
+ private:
+  CycleOutcome record(int exit_code, const std::string& result, const std::string& message);
+
+  const ops::Config& config_;
+  sync::StateStore state_;
+  std::uint64_t upstream_serial_ = 0;
+};
+
+/// The relay's trusted keys; errors name the config key.
+Result<std::vector<proto::PublicKey>> load_trusted_keys(const ops::Config& config);
+
+/// No partition may lie below an entry of the root partition (a file or symlink there would turn
+/// a folder of the tree into something else).
+Status check_partitions_disjoint(const proto::Snapshot& snapshot, const sync::ManifestSet& set);
+
+}  // namespace tiersync::node

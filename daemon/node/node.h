@@ -1,0 +1,43 @@
+#pragma once
+/// The roles: tier0 publishes its source folder as a signed snapshot; relays (tier1, mirror)
+/// pull their parent's snapshot, verify it, guard it and apply it. Also the operator's commands
+/// that work from state_dir alone (status, approve, verify).
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "daemon/ops/config.h"
+
+namespace tiersync::node {
+
+/// Process exit codes (SPEC section 8).
+enum ExitCode : int { kExitOk = 0, kExitFailure = 1, kExitUsage = 2, kExitHeld = 3 };
+
+struct CycleOutcome {
+  int exit_code = kExitOk;
+  std::string result;  ///< ok, noop, held, failed (as recorded for status)
+  std::string message;
+};
+
+/// tier0: scan the source, guard each partition, publish and sign. `settle` waits for a quiet
+/// source (the daemon); --once skips it.
+CycleOutcome publish_once(const ops::Config& config);
+
+/// Relay: one sync cycle from the parent.
+CycleOutcome sync_once(const ops::Config& config);
+
+/// `tiersyncctl status`: the node's state as JSON (no daemon needed).
+std::string status_json(const ops::Config& config);
+/// The same as a table for a terminal.
+std::string status_text(const ops::Config& config);
+
+/// `tiersyncctl approve`: approves the held candidate of each partition (or all of them).
+/// Returns the lines to print, or an error naming a partition that is not held.
+Result<std::vector<std::string>> approve(const ops::Config& config,
+                                         const std::vector<std::string>& partitions, bool all);
+
+/// `tiersyncctl verify`: every difference between the tree and the applied manifests.
+Result<std::vector<std::string>> verify(const ops::Config& config, bool full);
+
+}  // namespace tiersync::node

@@ -1,0 +1,281 @@
+// tier0: the source folder becomes a signed snapshot, partition by partition under the guard.
+
+#include <fcntl.h>
+#include <spdlog/spdlog.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <ctime>
+#include <set>
+
+#include "daemon/node/cycle.h"
+#include "daemon/node/node.h"
+#include "daemon/sync/apply.h"
+#include "daemon/sync/fs.h"
+#include "daemon/sync/scan.h"
+#include "proto/dsse.h"
+#include "proto/manifest.h"
+#include "proto/path.h"
+
+namespace tiersync::node {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+// Files reach the tree by hard link from the source where possible, else by copy; either way
+// only if the source file is still the one that was scanned.
+class SourceFetcher final : public sync::Fetcher {
+ public:
+  SourceFetcher(fs::path source, const std::vector<sync::ScannedFile>& scanned)
+      : source_(std::move(source)), scanned_(scanned) {}
+
+  Result<bool> place(const proto::Entry& e, const fs::path& dest) override {
+    const fs::path src = source_ / std::string(e.path());
+    if (auto st = still_scanned(e, src); !st) return st.error();
+    if (::link(src.c_str(), dest.c_str()) == 0) return true;
+    if (errno == EXDEV || errno == EPERM || errno == EMLINK) return false;  // copy instead
+    return make_error(sync::errno_message(dest, errno));
+  }
+
+  Status fetch(const proto::Entry& e, const sync::ByteSink& sink) override {
+    const fs::path src = source_ / std::string(e.path());
+    sync::UniqueFd fd(::open(src.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+    if (!fd.valid()) return make_error(sync::errno_message(src, errno));
+    static thread_local std::vector<char> buf(1 << 20);
+    while (true) {
+      ssize_t n = ::read(fd.get(), buf.data(), buf.size());
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) return make_error(sync::errno_message(src, errno));
+      if (n == 0) return {};
+      if (auto st = sink(buf.data(), static_cast<std::size_t>(n)); !st) return st;
+    }
+  }
+
+ private:
+  Status still_scanned(const proto::Entry& e, const fs::path& src) const {
+    auto it =
+        std::lower_bound(scanned_.begin(), scanned_.end(), e.path(),
+                         [](const sync::ScannedFile& f, std::string_view p) { return f.path < p; });
+    struct stat st;
+    if (it == scanned_.end() || it->path != e.path() || ::lstat(src.c_str(), &st) != 0 ||
+        st.st_ino != it->ino || static_cast<std::uint64_t>(st.st_size) != it->size ||
+        st.st_mtim.tv_sec * 1'000'000'000 + st.st_mtim.tv_nsec != it->mtime_ns)
+      return make_error(src.string() + ": changed while publishing; the next cycle picks it up");
+    return {};
+  }
+
+  fs::path source_;
+  const std::vector<sync::ScannedFile>& scanned_;
+};
+
+std::string_view basename(std::string_view path) {
+  auto slash = path.rfind('/');
+  return slash == std::string_view::npos ? path : path.substr(slash + 1);
+}
+
+// mtime in whole seconds, rounded down (also before 1970).
+std::int64_t seconds_of(std::int64_t ns) {
+  return ns >= 0 ? ns / 1'000'000'000 : -((-ns + 999'999'999) / 1'000'000'000);
+}
+
+// The candidate manifest of every partition present in the source.
+Result<sync::ManifestSet> build_manifests(const ops::Config& config, std::size_t depth,
+                                          const std::vector<sync::ScannedFile>& files,
+                                          sync::HashCache& cache) {
+  std::map<std::string, std::shared_ptr<proto::Manifest>> parts;
+  std::set<std::string_view> index_names(config.index_files.begin(), config.index_files.end());
+  for (const auto& f : files) {
+    std::string part(proto::partition_of(f.path, depth));
+    auto& m = parts[part];
+    if (!m) {
+      m = std::make_shared<proto::Manifest>();
+      m->partition = part;
+    }
+    if (f.link) {
+      m->entries.push_back(proto::Entry::symlink(f.path, f.target));
+      continue;
+    }
+    auto digest = cache.digest_of(config.source_dir, f);
+    if (!digest) return make_error("source changed during the scan: " + digest.message());
+    m->entries.push_back(proto::Entry::file(f.path, f.size, *digest, seconds_of(f.mtime_ns), f.mode,
+                                            index_names.count(basename(f.path)) > 0));
+  }
+  // The root partition always exists: relays install it last.
+  auto& root = parts[std::string(proto::kRootPartition)];
+  if (!root) {
+    root = std::make_shared<proto::Manifest>();
+    root->partition = std::string(proto::kRootPartition);
+  }
+  sync::ManifestSet out;
+  for (auto& [name, m] : parts) {
+    if (auto st = proto::validate_manifest(*m, depth); !st) return st.error();
+    out[name] = std::move(m);
+  }
+  return out;
+}
+
+}  // namespace
+
+CycleOutcome publish_once(const ops::Config& config) {
+  Cycle cycle(config);
+  if (auto st = cycle.open(); !st) return cycle.fail(st.message());
+  auto& state = cycle.state();
+  auto key = proto::PrivateKey::load(config.signing_key);
+  if (!key) return cycle.fail("config key \"signing_key\": " + key.message());
+  auto depth = proto::layout_depth(config.layout);
+  if (!depth) return cycle.fail(depth.message());
+
+  // A publish killed half-way is finished first (it needs nothing from the source but the
+  // files it had staged or linked).
+  std::vector<sync::ScannedFile> no_files;
+  {
+    SourceFetcher idle(config.source_dir, no_files);
+    sync::Applier recovering(state, idle);
+    if (auto rec = recovering.recover(); !rec) return cycle.fail(rec.message());
+  }
+
+  if (::access((config.source_dir / ".tiersync-busy").c_str(), F_OK) == 0) {
+    spdlog::info("source busy: {} exists; not publishing",
+                 (config.source_dir / ".tiersync-busy").string());
+    auto applied = state.load_applied();
+    return cycle.noop(applied && *applied ? (*applied)->snapshot.serial : 0, false);
+  }
+
+  auto scan = sync::scan_tree(config.source_dir);
+  if (!scan) return cycle.fail("scanning source.dir: " + scan.message());
+  for (const auto& why : scan->skipped) spdlog::warn("source: left out {}", why);
+  std::string cache_warning;
+  auto cache = sync::HashCache::load(state.hash_cache_path(), &cache_warning);
+  if (!cache_warning.empty()) spdlog::warn("{}", cache_warning);
+  auto candidate = build_manifests(config, *depth, scan->files, cache);
+  if (!candidate) return cycle.fail(candidate.message());
+  if (cache.needs_save())
+    if (auto st = cache.save(state.hash_cache_path()); !st)
+      spdlog::warn("cannot save the hash cache: {}", st.message());
+
+  auto applied = state.load_applied();
+  if (!applied) return cycle.fail(applied.message());
+  const std::int64_t now = std::time(nullptr);
+  const std::int64_t ttl = static_cast<std::int64_t>(config.snapshot_ttl_hours) * 3600;
+
+  // Encode each candidate manifest: its hash says whether the partition changed.
+  std::map<std::string, std::pair<proto::Digest, std::string>> encoded;
+  for (const auto& [name, m] : *candidate) {
+    std::string bytes = proto::encode_manifest(*m);
+    encoded[name] = {proto::sha256(bytes), std::move(bytes)};
+  }
+
+  proto::Snapshot next;
+  next.origin = config.name;
+  next.layout = config.layout;
+  next.depth = *depth;
+  sync::ManifestSet applied_manifests;
+  sync::ManifestSet next_manifests;
+  bool layout_changed = false;
+  if (*applied) {
+    const auto& prev = (*applied)->snapshot;
+    next.approved_deletions = prev.approved_deletions;
+    layout_changed = prev.layout != config.layout;
+    bool differs = layout_changed || prev.partitions.size() != encoded.size();
+    for (const auto& [name, ref] : prev.partitions) {
+      auto it = encoded.find(name);
+      differs = differs || it == encoded.end() || it->second.first != ref.manifest;
+    }
+    const bool resign_due = now - prev.created >= ttl / 2;
+    if (!differs && !resign_due) {
+      state.save_held({});
+      return cycle.noop(prev.serial);
+    }
+    auto loaded = state.load_manifests(prev);
+    if (!loaded) return cycle.fail("published state: " + loaded.message());
+    applied_manifests = std::move(*loaded);
+  }
+  next.serial = (*applied ? (*applied)->snapshot.serial : 0) + 1;
+  next.created = now;
+  next.expires = now + ttl;
+
+  // The guard, per partition: a held partition keeps its published manifest.
+  auto approvals = state.load_approvals();
+  sync::Guard guard(config.guard);
+  std::vector<sync::HeldPartition> held;
+  std::set<std::string> names;
+  for (const auto& [name, m] : applied_manifests) names.insert(name);
+  for (const auto& [name, m] : *candidate) names.insert(name);
+  for (const auto& name : names) {
+    auto cand_it = candidate->find(name);
+    auto old_it = applied_manifests.find(name);
+    const std::string cand_id =
+        cand_it == candidate->end() ? "removed" : proto::to_hex(encoded[name].first);
+    if (old_it != applied_manifests.end() && !layout_changed) {
+      sync::ManifestSet before{{name, old_it->second}}, after;
+      if (cand_it != candidate->end()) after[name] = cand_it->second;
+      sync::Plan one = sync::make_plan(before, after);
+      sync::PartitionChange change{name, one.partitions[0].files_before,
+                                   one.partitions[0].deletes.size(), false};
+      for (const auto& a : approvals)
+        if (a.partition == name && a.candidate == cand_id) change.approved = true;
+      auto holds = guard.evaluate({change});
+      if (!holds.empty()) {
+        held.push_back({holds[0], cand_id});
+        next.partitions[name] = (*applied)->snapshot.partitions.at(name);
+        next_manifests[name] = old_it->second;
+        continue;
+      }
+      if (change.approved && guard.evaluate({{name, change.files, change.deleted, false}}).size()) {
+        next.approved_deletions[name] = next.serial;
+        spdlog::info("approved deletion: partition={} deleted={} files={} candidate={} serial={}",
+                     name, change.deleted, change.files, cand_id, next.serial);
+      }
+    }
+    if (cand_it == candidate->end()) continue;  // removed (and not held)
+    const auto& m = cand_it->second;
+    next.partitions[name] = {encoded[name].first, m->entries.size(), m->total_bytes()};
+    next_manifests[name] = m;
+    if (!state.has_manifest(encoded[name].first))
+      if (auto st = state.store_manifest(encoded[name].first, encoded[name].second); !st)
+        return cycle.fail(st.message());
+  }
+  // Unchanged partitions share the applied manifest object, so the plan skips them.
+  for (auto& [name, m] : next_manifests) {
+    auto old_it = applied_manifests.find(name);
+    if (old_it != applied_manifests.end() &&
+        (*applied)->snapshot.partitions.at(name).manifest == next.partitions[name].manifest)
+      m = old_it->second;
+  }
+  if (*applied && !layout_changed && next.partitions == (*applied)->snapshot.partitions &&
+      now - (*applied)->snapshot.created < ttl / 2) {
+    cycle.save_holds(held, next.serial);
+    return cycle.held_only((*applied)->snapshot.serial);
+  }
+
+  std::string payload = proto::encode_snapshot(next);
+  std::string envelope =
+      proto::encode_envelope(proto::sign_envelope(proto::kSnapshotPayloadType, payload, {*key}));
+
+  SourceFetcher fetcher(config.source_dir, scan->files);
+  sync::Applier applier(state, fetcher);
+  sync::ApplyRequest req;
+  req.envelope = std::move(envelope);
+  req.candidate = next;
+  req.candidate_manifests = std::move(next_manifests);
+  if (*applied) req.applied = (*applied)->snapshot;
+  req.applied_manifests = std::move(applied_manifests);
+  sync::Plan plan = sync::make_plan(req.applied_manifests, req.candidate_manifests);
+  auto stats = applier.apply(req, plan);
+  if (!stats)
+    return cycle.fail("publishing serial " + std::to_string(next.serial) +
+                      " failed: " + stats.message());
+  cycle.set_upstream_serial(next.serial);
+  if (held.empty()) {
+    cycle.clear_held();
+    state.save_approvals({});
+    return cycle.applied(next.serial, *stats, "published");
+  }
+  cycle.save_holds(held, next.serial);
+  return cycle.applied(next.serial, *stats, "published", kExitHeld);
+}
+
+}  // namespace tiersync::node

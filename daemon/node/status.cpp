@@ -1,0 +1,216 @@
+// The operator's commands that read or write state_dir directly: status, approve, verify.
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <ctime>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "daemon/node/node.h"
+#include "daemon/sync/fs.h"
+#include "daemon/sync/scan.h"
+#include "daemon/sync/state.h"
+#include "proto/path.h"
+
+namespace tiersync::node {
+
+using nlohmann::json;
+
+namespace {
+
+json status_object(const ops::Config& config) {
+  sync::StateStore state(config.state_dir, config.tree);
+  auto applied = state.load_applied();
+  auto cycle = state.load_cycle();
+  auto held = state.load_held();
+  json j;
+  j["role"] = ops::role_name(config.role);
+  j["name"] = config.name;
+  std::uint64_t serial = 0;
+  if (applied && *applied) {
+    const auto& s = (*applied)->snapshot;
+    serial = s.serial;
+    j["serial"] = s.serial;
+    j["origin"] = s.origin;
+    j["created"] = proto::format_time(s.created);
+    j["expires"] = proto::format_time(s.expires);
+    std::uint64_t files = 0;
+    for (const auto& [name, ref] : s.partitions) files += ref.files;
+    j["partitions"] = s.partitions.size();
+    j["files"] = files;
+  } else {
+    j["serial"] = nullptr;
+    if (!applied) j["error"] = applied.message();
+  }
+  std::uint64_t upstream = std::max(cycle.upstream_serial, serial);
+  if (config.role == ops::Role::kTier0) upstream = serial;
+  j["upstream_serial"] = upstream == 0 ? json(nullptr) : json(upstream);
+  j["lag"] = upstream >= serial ? upstream - serial : 0;
+  json holds = json::array();
+  for (const auto& h : held.partitions)
+    holds.push_back({{"partition", h.hold.partition},
+                     {"deleted", h.hold.deleted},
+                     {"files", h.hold.files},
+                     {"ratio", h.hold.ratio},
+                     {"limit", h.hold.limit},
+                     {"candidate", h.candidate},
+                     {"since", proto::format_time(held.since)}});
+  j["held"] = holds;
+  if (cycle.result.empty()) {
+    j["last_cycle"] = nullptr;
+  } else {
+    j["last_cycle"] = {{"result", cycle.result},
+                       {"time", proto::format_time(cycle.time)},
+                       {"message", cycle.message}};
+  }
+  return j;
+}
+
+}  // namespace
+
+std::string status_json(const ops::Config& config) {
+  return status_object(config).dump(2) + "\n";
+}
+
+std::string status_text(const ops::Config& config) {
+  json j = status_object(config);
+  auto val = [](const json& v) {
+    return v.is_null() ? std::string("-") : v.is_string() ? v.get<std::string>() : v.dump();
+  };
+  std::string out;
+  char line[512];
+  auto row = [&](const char* k, const std::string& v) {
+    std::snprintf(line, sizeof line, "%-16s %s\n", k, v.c_str());
+    out += line;
+  };
+  row("name", val(j["name"]));
+  row("role", val(j["role"]));
+  row("serial", val(j["serial"]));
+  row("upstream serial", val(j["upstream_serial"]));
+  row("lag", val(j["lag"]));
+  if (j.contains("expires")) row("expires", val(j["expires"]));
+  if (j.contains("files"))
+    row("files", val(j["files"]) + " in " + val(j["partitions"]) + " partitions");
+  if (j["last_cycle"].is_null()) {
+    row("last cycle", "-");
+  } else {
+    row("last cycle", val(j["last_cycle"]["result"]) + " at " + val(j["last_cycle"]["time"]));
+    row("", val(j["last_cycle"]["message"]));
+  }
+  if (j["held"].empty()) {
+    row("held", "none");
+  } else {
+    std::snprintf(line, sizeof line, "held:\n  %-28s %8s %8s %7s %7s  %s\n", "PARTITION", "DELETED",
+                  "FILES", "RATIO", "LIMIT", "CANDIDATE");
+    out += line;
+    for (const auto& h : j["held"]) {
+      std::snprintf(line, sizeof line, "  %-28s %8llu %8llu %7.3f %7.3f  %s\n",
+                    h["partition"].get<std::string>().c_str(),
+                    static_cast<unsigned long long>(h["deleted"].get<std::uint64_t>()),
+                    static_cast<unsigned long long>(h["files"].get<std::uint64_t>()),
+                    h["ratio"].get<double>(), h["limit"].get<double>(),
+                    h["candidate"].get<std::string>().substr(0, 16).c_str());
+      out += line;
+    }
+  }
+  return out;
+}
+
+Result<std::vector<std::string>> approve(const ops::Config& config,
+                                         const std::vector<std::string>& partitions, bool all) {
+  sync::StateStore state(config.state_dir, config.tree);
+  auto held = state.load_held();
+  if (held.partitions.empty()) return make_error("nothing is held: there is nothing to approve");
+  std::vector<const sync::HeldPartition*> chosen;
+  for (const auto& h : held.partitions)
+    if (all) chosen.push_back(&h);
+  for (const auto& name : partitions) {
+    const sync::HeldPartition* found = nullptr;
+    for (const auto& h : held.partitions)
+      if (h.hold.partition == name) found = &h;
+    if (!found) {
+      std::string names;
+      for (const auto& h : held.partitions) names += " " + h.hold.partition;
+      return make_error("partition \"" + name + "\" is not held (held:" + names + ")");
+    }
+    chosen.push_back(found);
+  }
+  auto approvals = state.load_approvals();
+  std::vector<std::string> lines;
+  for (const auto* h : chosen) {
+    bool dup = false;
+    for (const auto& a : approvals)
+      dup = dup || (a.partition == h->hold.partition && a.candidate == h->candidate);
+    if (!dup) approvals.push_back({h->hold.partition, h->candidate});
+    lines.push_back("approved: partition " + h->hold.partition + " (deletes " +
+                    std::to_string(h->hold.deleted) + " of " + std::to_string(h->hold.files) +
+                    " files, candidate " + h->candidate + "); the next cycle applies it");
+  }
+  if (auto st = state.save_approvals(approvals); !st) return st.error();
+  return lines;
+}
+
+Result<std::vector<std::string>> verify(const ops::Config& config, bool full) {
+  sync::StateStore state(config.state_dir, config.tree);
+  auto applied = state.load_applied();
+  if (!applied) return applied.error();
+  if (!*applied)
+    return make_error("nothing applied yet: no snapshot in " + config.state_dir.string());
+  auto manifests = state.load_manifests((*applied)->snapshot);
+  if (!manifests) return manifests.error();
+  std::vector<std::string> diffs;
+  std::set<std::string_view> known;
+  for (const auto& [name, m] : *manifests) {
+    for (const auto& e : m->entries) {
+      known.insert(e.path());
+      const auto file = config.tree / std::string(e.path());
+      struct stat st;
+      std::string path(e.path());
+      if (::lstat(file.c_str(), &st) != 0) {
+        diffs.push_back("missing: " + path);
+        continue;
+      }
+      if (e.link) {
+        std::string target(4096, '\0');
+        ssize_t n = ::readlink(file.c_str(), target.data(), target.size());
+        if (!S_ISLNK(st.st_mode) || n < 0 || std::string_view(target.data(), n) != e.target())
+          diffs.push_back("differs: " + path + " (not a symlink to " + std::string(e.target()) +
+                          ")");
+        continue;
+      }
+      if (!S_ISREG(st.st_mode)) {
+        diffs.push_back("differs: " + path + " (not a regular file)");
+        continue;
+      }
+      if (static_cast<std::uint64_t>(st.st_size) != e.size) {
+        diffs.push_back("differs: " + path + " (size " + std::to_string(st.st_size) +
+                        ", manifest " + std::to_string(e.size) + ")");
+        continue;
+      }
+      if (st.st_mtim.tv_sec != e.mtime) {
+        diffs.push_back("differs: " + path + " (mtime " + std::to_string(st.st_mtim.tv_sec) +
+                        ", manifest " + std::to_string(e.mtime) + ")");
+        continue;
+      }
+      if ((st.st_mode & 07777) != e.mode) {
+        char buf[64];
+        std::snprintf(buf, sizeof buf, " (mode %04o, manifest %04o)", st.st_mode & 07777, e.mode);
+        diffs.push_back("differs: " + path + buf);
+        continue;
+      }
+      if (full) {
+        auto d = sync::hash_file(file);
+        if (!d || *d != e.sha256) diffs.push_back("differs: " + path + " (SHA-256)");
+      }
+    }
+  }
+  auto scan = sync::scan_tree(config.tree);
+  if (!scan) return scan.error();
+  for (const auto& f : scan->files)
+    if (!known.count(f.path)) diffs.push_back("extra: " + f.path);
+  return diffs;
+}
+
+}  // namespace tiersync::node

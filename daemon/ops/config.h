@@ -1,0 +1,79 @@
+#pragma once
+/// The configuration (SPEC section 7), parsed into a typed, immutable object. Every error names
+/// the key; defaults live in one place (the member initialisers below).
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "daemon/sync/guard.h"
+#include "proto/result.h"
+
+namespace tiersync::ops {
+
+namespace fs = std::filesystem;
+
+enum class Role { kTier0, kTier1, kMirror };
+std::string_view role_name(Role role);
+
+inline constexpr std::string_view kDefaultConfigPath = "/etc/tiersync/tiersync.json";
+
+struct ListenConfig {
+  std::string address;
+  std::uint16_t port = 0;
+  bool tls = true;
+  fs::path tls_cert;
+  fs::path tls_key;
+};
+
+struct UpstreamConfig {
+  std::string url;
+  fs::path ca_file;
+  unsigned connections = 8;
+  unsigned poll_seconds = 300;
+  std::uint64_t max_bytes_per_second = 0;  ///< 0: unlimited
+};
+
+struct LogConfig {
+  std::string level = "info";
+  std::string format = "text";  ///< text or json
+};
+
+struct Config {
+  fs::path file;  ///< where it was read from (absolute)
+  Role role = Role::kMirror;
+  std::string name;
+  fs::path tree;
+  fs::path state_dir;
+
+  // tier0
+  std::string layout;
+  std::vector<std::string> index_files = {"APKINDEX.tar.gz", "Release", "InRelease", "repomd.xml"};
+  fs::path source_dir;
+  unsigned settle_seconds = 10;
+  fs::path signing_key;
+  unsigned snapshot_ttl_hours = 168;
+
+  // relays
+  UpstreamConfig upstream;
+  std::vector<fs::path> trusted_keys;
+  unsigned threshold = 1;
+
+  sync::GuardPolicy guard;
+  std::vector<ListenConfig> listen;
+  fs::path control_socket;  ///< default: state_dir/control.sock
+  LogConfig log;
+
+  bool is_relay() const { return role != Role::kTier0; }
+};
+
+/// Parses and validates configuration text; `file` resolves relative paths and names errors.
+Result<Config> parse_config(std::string_view text, const fs::path& file);
+/// Reads and parses a configuration file.
+Result<Config> load_config(const fs::path& file);
+/// What parsing cannot see: the keys load, TLS files exist, the folders can be made.
+Status check_resources(const Config& config);
+
+}  // namespace tiersync::ops

@@ -1,0 +1,449 @@
+#include "daemon/sync/apply.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <spdlog/spdlog.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdlib>
+#include <set>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "daemon/sync/fs.h"
+#include "daemon/sync/scan.h"
+#include "proto/dsse.h"
+#include "proto/path.h"
+
+namespace tiersync::sync {
+
+void crash_point() {
+  static const long limit = [] {
+    const char* v = std::getenv("TIERSYNC_CRASH_AT");
+    return v ? std::strtol(v, nullptr, 10) : 0L;
+  }();
+  static long steps = 0;
+  if (limit > 0 && ++steps >= limit) ::kill(::getpid(), SIGKILL);
+}
+
+namespace {
+
+using proto::Entry;
+
+struct DigestHash {
+  std::size_t operator()(const proto::Digest& d) const {
+    std::size_t h;
+    std::copy_n(d.data(), sizeof h, reinterpret_cast<std::uint8_t*>(&h));
+    return h;
+  }
+};
+
+// A staged file is named by everything it must reproduce, so a file staged by a killed run is
+// recognised, and two paths never share one inode (their metadata could differ).
+std::string staged_name(const Entry& e) {
+  proto::Sha256 h;
+  h.update(e.text);
+  h.update("\0", 1);
+  h.update(e.sha256.data(), e.sha256.size());
+  std::string meta = std::to_string(e.mtime) + "/" + std::to_string(e.mode);
+  h.update(meta);
+  return proto::to_hex(h.finish()).substr(0, 40);
+}
+
+Status write_all(int fd, const char* data, std::size_t size, const fs::path& what) {
+  while (size > 0) {
+    ssize_t n = ::write(fd, data, size);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return make_error(errno_message(what, errno));
+    data += n;
+    size -= static_cast<std::size_t>(n);
+  }
+  return {};
+}
+
+// Gives an open file the entry's mode and mtime, touching nothing that already fits (a file
+// tier0 hard-linked from its source must not be modified).
+Status set_metadata(int fd, const Entry& e, const fs::path& what) {
+  struct stat st;
+  if (::fstat(fd, &st) != 0) return make_error(errno_message(what, errno));
+  if ((st.st_mode & 07777) != e.mode && ::fchmod(fd, e.mode) != 0)
+    return make_error(errno_message(what, errno));
+  if (st.st_mtim.tv_sec != e.mtime) {
+    timespec times[2] = {{e.mtime, 0}, {e.mtime, 0}};
+    if (::futimens(fd, times) != 0) return make_error(errno_message(what, errno));
+  }
+  return {};
+}
+
+bool matches_entry(const struct stat& st, const Entry& e) {
+  return S_ISREG(st.st_mode) && static_cast<std::uint64_t>(st.st_size) == e.size &&
+         st.st_mtim.tv_sec == e.mtime && (st.st_mode & 07777) == e.mode;
+}
+
+std::string mismatch(const Entry& e, std::uint64_t got_size, const proto::Digest& got) {
+  std::string path(e.path());
+  if (got_size != e.size)
+    return path + ": size mismatch (manifest says " + std::to_string(e.size) + " bytes, got " +
+           std::to_string(got_size) + ")";
+  return path + ": SHA-256 mismatch (manifest says " + proto::to_hex(e.sha256) + ", got " +
+         proto::to_hex(got) + ")";
+}
+
+// Copies a local file whose content an entry needs, hashing it on the way: a tree file may have
+// rotted or been edited since it was verified.
+Status copy_verified(const fs::path& src, int out_fd, const fs::path& out_path, const Entry& e) {
+  UniqueFd in(::open(src.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+  if (!in.valid()) return make_error(errno_message(src, errno));
+  static thread_local std::vector<char> buf(1 << 20);
+  proto::Sha256 hasher;
+  std::uint64_t got = 0;
+  while (true) {
+    ssize_t n = ::read(in.get(), buf.data(), buf.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return make_error(errno_message(src, errno));
+    if (n == 0) break;
+    got += static_cast<std::uint64_t>(n);
+    if (got > e.size) return make_error(src.string() + ": larger than expected");
+    hasher.update(buf.data(), static_cast<std::size_t>(n));
+    if (auto st = write_all(out_fd, buf.data(), static_cast<std::size_t>(n), out_path); !st)
+      return st;
+  }
+  proto::Digest d = hasher.finish();
+  if (got != e.size || d != e.sha256) return make_error(mismatch(e, got, d));
+  return {};
+}
+
+}  // namespace
+
+Status Applier::stage(const ApplyRequest& req, const Plan& plan, ApplyStats& stats) {
+  auto& actions = actions_;
+  const fs::path tree = state_.tree();
+  const fs::path files = state_.staging_dir() / "files";
+  if (auto st = make_dirs(files); !st) return st;
+  if (auto st = make_dirs(state_.staging_dir() / "links"); !st) return st;
+
+  std::unordered_map<std::string, const Entry*> needed;
+  std::vector<std::pair<std::string, const Entry*>> order;  // plan order: runs are repeatable
+  std::unordered_map<proto::Digest, const Entry*, DigestHash> by_digest;  // new content wanted
+  for (const auto& p : plan.partitions) {
+    for (const Entry* e : p.installs) {
+      if (e->link) {
+        actions[e] = Action::kSymlink;
+        continue;
+      }
+      order.emplace_back(staged_name(*e), e);
+      by_digest.emplace(e->sha256, e);
+    }
+    for (const Entry* e : p.retouch) {
+      struct stat st;
+      auto exists = lstat_path(tree / std::string(e->path()), st);
+      if (!exists) return exists.error();
+      if (*exists && S_ISREG(st.st_mode) && static_cast<std::uint64_t>(st.st_size) == e->size) {
+        actions[e] = Action::kRetouch;
+      } else {
+        order.emplace_back(staged_name(*e), e);  // the tree lost it: fetch it again
+      }
+    }
+  }
+
+  for (const auto& [name, e] : order) needed.emplace(name, e);
+
+  // What a killed run staged is kept if it is still wanted and still verifies.
+  std::unordered_set<std::string> leftovers;
+  std::error_code ec;
+  for (const auto& de : fs::directory_iterator(files, ec)) {
+    std::string name = de.path().filename().string();
+    if (needed.count(name)) {
+      leftovers.insert(name);
+    } else {
+      ::unlink(de.path().c_str());
+    }
+  }
+
+  // Applied files whose content a new entry needs: they are copied, not fetched again.
+  std::unordered_map<proto::Digest, const Entry*, DigestHash> local;
+  for (const auto& [name, m] : req.applied_manifests)
+    for (const Entry& e : m->entries)
+      if (!e.link && by_digest.count(e.sha256)) local.emplace(e.sha256, &e);
+
+  for (const auto& [name, e] : order) {
+    const fs::path dest = files / name;
+    const fs::path final_path = tree / std::string(e->path());
+    if (leftovers.count(name)) {
+      std::uint64_t size = 0;
+      auto d = hash_file(dest, &size);
+      if (d && size == e->size && *d == e->sha256) {
+        UniqueFd fd(::open(dest.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+        if (fd.valid() && set_metadata(fd.get(), *e, dest)) {
+          actions[e] = Action::kRename;
+          ++stats.reused_files;
+          continue;
+        }
+      }
+      ::unlink(dest.c_str());
+    }
+    // Already in place (a killed run installed it, or the tree came from rsync): check by hash.
+    struct stat st;
+    if (::lstat(final_path.c_str(), &st) == 0 && matches_entry(st, *e)) {
+      auto d = hash_file(final_path);
+      if (d && *d == e->sha256) {
+        actions[e] = Action::kInPlace;
+        ++stats.reused_files;
+        continue;
+      }
+    }
+    crash_point();
+    fs::path part = dest;
+    part += ".part";
+    ::unlink(part.c_str());
+    auto placed = fetcher_.place(*e, part);
+    if (!placed) return placed.error();
+    if (!*placed) {
+      UniqueFd fd(
+          ::open(part.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600));
+      if (!fd.valid()) return make_error(errno_message(part, errno));
+      if (auto it = local.find(e->sha256); it != local.end()) {
+        const fs::path src = tree / std::string(it->second->path());
+        if (copy_verified(src, fd.get(), part, *e) && set_metadata(fd.get(), *e, part)) {
+          ++stats.reused_files;
+          crash_point();
+          if (::rename(part.c_str(), dest.c_str()) != 0)
+            return make_error(errno_message(dest, errno));
+          actions[e] = Action::kRename;
+          continue;
+        }
+        // The local copy is gone or damaged: fetch the bytes instead.
+        if (::ftruncate(fd.get(), 0) != 0 || ::lseek(fd.get(), 0, SEEK_SET) != 0)
+          return make_error(errno_message(part, errno));
+      }
+      proto::Sha256 hasher;
+      std::uint64_t got = 0;
+      auto sink = [&](const char* data, std::size_t size) -> Status {
+        if (got + size > e->size)
+          return make_error(std::string(e->path()) + ": more bytes than the manifest's " +
+                            std::to_string(e->size));
+        hasher.update(data, size);
+        got += size;
+        return write_all(fd.get(), data, size, part);
+      };
+      Status st_fetch = fetcher_.fetch(*e, sink);
+      proto::Digest digest = hasher.finish();
+      if (st_fetch && (got != e->size || digest != e->sha256))
+        st_fetch = make_error(mismatch(*e, got, digest));
+      if (st_fetch) st_fetch = set_metadata(fd.get(), *e, part);
+      if (!st_fetch) {
+        ::unlink(part.c_str());
+        return st_fetch;
+      }
+      ++stats.fetched_files;
+      stats.fetched_bytes += got;
+    }
+    crash_point();
+    if (::rename(part.c_str(), dest.c_str()) != 0) return make_error(errno_message(dest, errno));
+    actions[e] = Action::kRename;
+  }
+  return {};
+}
+
+Status Applier::install(const Plan& plan) {
+  auto& actions = actions_;
+  const fs::path tree = state_.tree();
+  const std::string root(proto::kRootPartition);
+  std::unordered_set<std::string> made_dirs;
+
+  auto install_one = [&](const Entry& e) -> Status {
+    auto it = actions.find(&e);
+    if (it == actions.end() || it->second == Action::kInPlace) return {};
+    std::string_view path = e.path();
+    const fs::path final_path = tree / std::string(path);
+    std::size_t slash = path.rfind('/');
+    if (slash != std::string_view::npos) {
+      std::string dir(path.substr(0, slash));
+      if (!made_dirs.count(dir)) {
+        if (auto st = make_dirs_below(tree, dir, /*replace_blockers=*/true); !st) return st;
+        made_dirs.insert(dir);
+      }
+    }
+    if (it->second == Action::kRetouch) {
+      crash_point();
+      UniqueFd fd(::open(final_path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+      if (!fd.valid()) return make_error(errno_message(final_path, errno));
+      return set_metadata(fd.get(), e, final_path);
+    }
+    // A folder standing where the candidate has a file holds only entries being removed.
+    struct stat st;
+    if (::lstat(final_path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
+      crash_point();
+      if (auto rm = remove_tree(final_path); !rm) return rm;
+    }
+    fs::path from;
+    if (it->second == Action::kSymlink) {
+      from = state_.staging_dir() / "links" / staged_name(e);
+      ::unlink(from.c_str());
+      crash_point();
+      if (::symlink(std::string(e.target()).c_str(), from.c_str()) != 0)
+        return make_error(errno_message(from, errno));
+    } else {
+      from = state_.staging_dir() / "files" / staged_name(e);
+    }
+    crash_point();
+    if (::rename(from.c_str(), final_path.c_str()) != 0)
+      return make_error("installing " + final_path.string() + ": " + errno_message(from, errno));
+    return {};
+  };
+
+  // Other files, then index files, of every partition; then the root partition likewise.
+  for (bool root_pass : {false, true}) {
+    for (bool index_pass : {false, true}) {
+      for (const auto& p : plan.partitions) {
+        if ((p.partition == root) != root_pass) continue;
+        for (const auto* list : {&p.installs, &p.retouch})
+          for (const Entry* e : *list)
+            if (e->index == index_pass)
+              if (auto st = install_one(*e); !st) return st;
+      }
+    }
+  }
+  return {};
+}
+
+Status Applier::commit(const ApplyRequest& req) {
+  crash_point();
+  if (auto st = sync_filesystem(state_.tree()); !st) return st;
+  crash_point();
+  if (auto st = state_.publish_manifests(req.candidate); !st) return st;
+  crash_point();
+  if (auto st = state_.save_applied(req.envelope); !st) return st;  // the commit point
+  crash_point();
+  return write_file_atomic(state_.published_snapshot_path(), req.envelope, 0644, true);
+}
+
+Status Applier::finish(const proto::Snapshot& candidate, const Plan& plan,
+                       const std::optional<proto::Snapshot>& previous, ApplyStats& stats) {
+  const fs::path tree = state_.tree();
+  std::set<std::string, std::greater<>> parents;  // deepest first
+  for (const auto& p : plan.partitions) {
+    for (const auto& path : p.deletes) {
+      const fs::path file = tree / path;
+      struct stat st;
+      // A folder may stand there now, holding the candidate's entries.
+      if (::lstat(file.c_str(), &st) == 0 && !S_ISDIR(st.st_mode)) {
+        crash_point();
+        if (::unlink(file.c_str()) != 0 && errno != ENOENT)
+          return make_error(errno_message(file, errno));
+      }
+      ++stats.deleted;
+      for (std::size_t slash = path.rfind('/'); slash != std::string::npos && slash > 0;
+           slash = path.rfind('/', slash - 1))
+        parents.insert(path.substr(0, slash));
+    }
+  }
+  // Prune folders left empty, deepest first (sorting descending puts "a/b" before "a").
+  for (const auto& dir : parents) {
+    const fs::path d = tree / dir;
+    if (::rmdir(d.c_str()) == 0) crash_point();
+  }
+  crash_point();
+  if (auto st = state_.clear_journal(); !st) return st;
+  remove_tree(state_.staging_dir() / "files");
+  remove_tree(state_.staging_dir() / "links");
+  state_.collect_manifests(candidate, previous ? &*previous : nullptr);
+  return {};
+}
+
+Result<ApplyStats> Applier::apply(const ApplyRequest& req, const Plan& plan) {
+  actions_.clear();
+  ApplyStats stats;
+  for (const auto& p : plan.partitions) {
+    stats.changed += p.replaced;
+    stats.added += p.installs.size() - p.replaced;
+  }
+  if (auto st = stage(req, plan, stats); !st) return st.error();
+  crash_point();
+  if (auto st = sync_filesystem(state_.tree()); !st) return st.error();
+  Journal journal{req.candidate.serial, {}};
+  if (req.applied)
+    for (const auto& [name, ref] : req.applied->partitions) journal.previous[name] = ref.manifest;
+  crash_point();
+  if (auto st = write_file_atomic(state_.pending_snapshot_path(), req.envelope, 0644, true); !st)
+    return st.error();
+  crash_point();
+  if (auto st = state_.save_journal(journal); !st) return st.error();
+  if (auto st = install(plan); !st) return st.error();
+  if (auto st = commit(req); !st) return st.error();
+  if (auto st = finish(req.candidate, plan, req.applied, stats); !st) return st.error();
+  return stats;
+}
+
+Result<bool> Applier::recover() {
+  auto journal = state_.load_journal();
+  if (!journal) return journal.error();
+  if (!*journal) return false;
+  auto applied = state_.load_applied();
+  if (!applied) return applied.error();
+  const Journal& j = **journal;
+
+  // The journal's `previous` is the snapshot the candidate replaces.
+  proto::Snapshot previous;
+  ManifestSet previous_manifests;
+  std::size_t depth = 0;
+  auto load_previous = [&](std::size_t layout_depth) -> Status {
+    depth = layout_depth;
+    previous.depth = depth;
+    for (const auto& [name, d] : j.previous) {
+      previous.partitions[name].manifest = d;
+      auto m = state_.load_manifest(d, name, depth);
+      if (!m) return make_error("recovering the journal: " + m.message());
+      previous_manifests[name] = *m;
+    }
+    return {};
+  };
+
+  if (*applied && (*applied)->snapshot.serial == j.serial) {
+    // Committed: only the deletions (and the served copy of the snapshot) may be missing.
+    const auto& cand = (*applied)->snapshot;
+    spdlog::warn("recovering: serial {} was committed; finishing its deletions", j.serial);
+    if (auto st = load_previous(cand.depth); !st) return st.error();
+    auto cand_manifests = state_.load_manifests(cand);
+    if (!cand_manifests) return cand_manifests.error();
+    if (auto st = state_.publish_manifests(cand); !st) return st.error();
+    if (auto st = write_file_atomic(state_.published_snapshot_path(), (*applied)->envelope); !st)
+      return st.error();
+    Plan plan = make_plan(previous_manifests, *cand_manifests);
+    ApplyStats stats;
+    if (auto st = finish(cand, plan, previous, stats); !st) return st.error();
+    return true;
+  }
+
+  // Not committed: install the journaled candidate (it was verified and approved) to the end.
+  auto bytes = read_file(state_.pending_snapshot_path(), proto::kMaxEnvelopeBytes);
+  if (!bytes) return make_error("recovering the journal: " + bytes.message());
+  auto env = proto::decode_envelope(*bytes);
+  if (!env) return make_error("recovering the journal: " + env.message());
+  auto cand = proto::decode_snapshot(env->payload);
+  if (!cand) return make_error("recovering the journal: " + cand.message());
+  if (cand->serial != j.serial)
+    return make_error("recovering the journal: pending snapshot has serial " +
+                      std::to_string(cand->serial) + ", journal says " + std::to_string(j.serial));
+  spdlog::warn("recovering: resuming the interrupted apply of serial {}", j.serial);
+  ApplyRequest req;
+  req.envelope = std::move(*bytes);
+  auto cand_manifests = state_.load_manifests(*cand);
+  if (!cand_manifests) return make_error("recovering the journal: " + cand_manifests.message());
+  req.candidate_manifests = std::move(*cand_manifests);
+  if (auto st = load_previous(cand->depth); !st) return st.error();
+  req.candidate = std::move(*cand);
+  if (*applied) {
+    req.applied = (*applied)->snapshot;
+    req.applied_manifests = std::move(previous_manifests);
+  }
+  Plan plan = make_plan(req.applied_manifests, req.candidate_manifests);
+  auto stats = apply(req, plan);
+  if (!stats) return stats.error();
+  return true;
+}
+
+}  // namespace tiersync::sync

@@ -1,0 +1,86 @@
+#pragma once
+/// Applying a candidate snapshot to the tree so that readers never see a half-updated repository:
+/// stage every new file (verified), install other files, then index files, then the root
+/// partition, commit, then delete and prune. A journal makes a killed apply resumable.
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+
+#include "daemon/sync/plan.h"
+#include "daemon/sync/state.h"
+#include "proto/manifest.h"
+#include "proto/result.h"
+
+namespace tiersync::sync {
+
+/// Receives a file's bytes in order; returns an error to stop the transfer.
+using ByteSink = std::function<Status(const char* data, std::size_t size)>;
+
+/// Where the bytes of new files come from (a parent, or tier0's source folder).
+class Fetcher {
+ public:
+  virtual ~Fetcher() = default;
+  /// Streams the bytes of `entry` into `sink`. The applier checks size and SHA-256.
+  virtual Status fetch(const proto::Entry& entry, const ByteSink& sink) = 0;
+  /// Places the file at `dest` without copying (tier0's hard link from its source), with the
+  /// entry's content and metadata; returns false when that is not possible.
+  virtual Result<bool> place(const proto::Entry& /*entry*/, const fs::path& /*dest*/) {
+    return false;
+  }
+};
+
+struct ApplyStats {
+  std::uint64_t added = 0;
+  std::uint64_t changed = 0;
+  std::uint64_t deleted = 0;
+  std::uint64_t fetched_files = 0;
+  std::uint64_t fetched_bytes = 0;
+  std::uint64_t reused_files = 0;  ///< copied from a local file of the same hash, or in place
+};
+
+/// One candidate to apply: its verified envelope and snapshot, and both sets of manifests.
+struct ApplyRequest {
+  std::string envelope;
+  proto::Snapshot candidate;
+  ManifestSet candidate_manifests;
+  std::optional<proto::Snapshot> applied;  ///< nullopt on an initial sync
+  ManifestSet applied_manifests;
+};
+
+class Applier {
+ public:
+  Applier(StateStore& state, Fetcher& fetcher) : state_(state), fetcher_(fetcher) {}
+
+  /// Applies `req` following `plan` (made by make_plan from the request's manifests) through
+  /// every phase; on error nothing is committed and the tree holds only old or new content (the
+  /// journal lets the next run finish).
+  Result<ApplyStats> apply(const ApplyRequest& req, const Plan& plan);
+
+  /// Finishes what a killed apply left: the journaled candidate is installed and committed, or,
+  /// if it was committed, its deletions are done. Returns false when there was nothing to do.
+  Result<bool> recover();
+
+ private:
+  /// How each entry of the plan reaches the tree; decided while staging.
+  enum class Action { kRename, kInPlace, kRetouch, kSymlink };
+
+  Status stage(const ApplyRequest& req, const Plan& plan, ApplyStats& stats);
+  Status install(const Plan& plan);
+  Status commit(const ApplyRequest& req);
+  Status finish(const proto::Snapshot& candidate, const Plan& plan,
+                const std::optional<proto::Snapshot>& previous, ApplyStats& stats);
+
+  StateStore& state_;
+  Fetcher& fetcher_;
+  std::unordered_map<const proto::Entry*, Action> actions_;
+};
+
+/// Fault injection for crash tests: with TIERSYNC_CRASH_AT=N in the environment, the process
+/// kills itself with SIGKILL right before its N-th mutating step. Inert otherwise.
+void crash_point();
+
+}  // namespace tiersync::sync

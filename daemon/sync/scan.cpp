@@ -1,0 +1,232 @@
+#include "daemon/sync/scan.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+
+#include "daemon/sync/fs.h"
+#include "proto/path.h"
+
+namespace tiersync::sync {
+
+namespace {
+
+struct Walker {
+  ScanResult out;
+  std::string error;
+
+  // Walks the folder open at `dirfd`, whose relative path is `prefix` ("" at the top).
+  bool walk(int dirfd, const std::string& prefix, const fs::path& root) {
+    DIR* dir = ::fdopendir(dirfd);
+    if (!dir) {
+      error = errno_message(root / prefix, errno);
+      ::close(dirfd);
+      return false;
+    }
+    std::vector<std::string> subdirs;
+    while (true) {
+      errno = 0;
+      dirent* de = ::readdir(dir);
+      if (!de) {
+        if (errno != 0) {
+          error = errno_message(root / prefix, errno);
+          ::closedir(dir);
+          return false;
+        }
+        break;
+      }
+      std::string_view name = de->d_name;
+      if (name == "." || name == "..") continue;
+      if (prefix.empty() && (name == proto::kMetaDir || name == ".tiersync-busy")) continue;
+      std::string rel = prefix.empty() ? std::string(name) : prefix + "/" + std::string(name);
+      struct stat st;
+      if (::fstatat(::dirfd(dir), de->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0) {
+        if (errno == ENOENT) continue;  // removed while we walk
+        error = errno_message(root / rel, errno);
+        ::closedir(dir);
+        return false;
+      }
+      if (S_ISDIR(st.st_mode)) {
+        subdirs.push_back(std::move(rel));
+        continue;
+      }
+      if (auto err = proto::path_error(rel)) {
+        out.skipped.push_back(*err);
+        continue;
+      }
+      ScannedFile f;
+      f.size = static_cast<std::uint64_t>(st.st_size);
+      f.mtime_ns =
+          static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec;
+      f.ino = st.st_ino;
+      f.dev = st.st_dev;
+      f.mode = st.st_mode & 07777;
+      if (S_ISLNK(st.st_mode)) {
+        std::string target(static_cast<std::size_t>(st.st_size) + 1, '\0');
+        ssize_t n = ::readlinkat(::dirfd(dir), de->d_name, target.data(), target.size());
+        if (n < 0 || static_cast<std::size_t>(n) >= target.size()) {
+          out.skipped.push_back(rel + ": symlink could not be read");
+          continue;
+        }
+        target.resize(static_cast<std::size_t>(n));
+        if (auto err = proto::link_target_error(rel, target)) {
+          out.skipped.push_back(*err);
+          continue;
+        }
+        f.link = true;
+        f.size = 0;
+        f.target = std::move(target);
+      } else if (!S_ISREG(st.st_mode)) {
+        out.skipped.push_back(rel + ": not a regular file, symlink or folder");
+        continue;
+      }
+      f.path = std::move(rel);
+      out.files.push_back(std::move(f));
+    }
+    int fd = ::dirfd(dir);
+    for (const auto& sub : subdirs) {
+      std::string_view name = std::string_view(sub).substr(prefix.empty() ? 0 : prefix.size() + 1);
+      int subfd =
+          ::openat(fd, std::string(name).c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+      if (subfd < 0) {
+        if (errno == ENOENT) continue;
+        error = errno_message(root / sub, errno);
+        ::closedir(dir);
+        return false;
+      }
+      if (!walk(subfd, sub, root)) {
+        ::closedir(dir);
+        return false;
+      }
+    }
+    ::closedir(dir);
+    return true;
+  }
+};
+
+}  // namespace
+
+Result<ScanResult> scan_tree(const fs::path& root) {
+  int fd = ::open(root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return make_error(errno_message(root, errno));
+  Walker w;
+  if (!w.walk(fd, "", root)) return make_error(w.error);
+  std::sort(w.out.files.begin(), w.out.files.end(),
+            [](const ScannedFile& a, const ScannedFile& b) { return a.path < b.path; });
+  return std::move(w.out);
+}
+
+Result<proto::Digest> hash_file(const fs::path& path, std::uint64_t* size_out) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+  if (!fd.valid()) return make_error(errno_message(path, errno));
+  ::posix_fadvise(fd.get(), 0, 0, POSIX_FADV_SEQUENTIAL);
+  proto::Sha256 h;
+  static thread_local std::vector<char> buf(1 << 20);
+  std::uint64_t total = 0;
+  while (true) {
+    ssize_t n = ::read(fd.get(), buf.data(), buf.size());
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return make_error(errno_message(path, errno));
+    }
+    if (n == 0) break;
+    h.update(buf.data(), static_cast<std::size_t>(n));
+    total += static_cast<std::uint64_t>(n);
+  }
+  if (size_out) *size_out = total;
+  return h.finish();
+}
+
+// Binary format: "TSHC1\n", then per record: u32 path length, path, u64 size, i64 mtime_ns,
+// u64 inode, 32-byte digest. Host byte order: the cache never leaves the machine.
+namespace {
+constexpr std::string_view kMagic = "TSHC1\n";
+
+template <class T>
+void put(std::string& out, T v) {
+  out.append(reinterpret_cast<const char*>(&v), sizeof v);
+}
+template <class T>
+bool get(std::string_view& in, T& v) {
+  if (in.size() < sizeof v) return false;
+  std::copy_n(in.data(), sizeof v, reinterpret_cast<char*>(&v));
+  in.remove_prefix(sizeof v);
+  return true;
+}
+}  // namespace
+
+HashCache HashCache::load(const fs::path& file, std::string* warning) {
+  HashCache cache;
+  struct stat st;
+  if (::lstat(file.c_str(), &st) != 0) return cache;
+  auto bytes = read_file(file, std::size_t{4} << 30);
+  std::string_view in = bytes ? std::string_view(*bytes) : std::string_view();
+  bool ok = bytes && in.starts_with(kMagic);
+  if (ok) in.remove_prefix(kMagic.size());
+  while (ok && !in.empty()) {
+    std::uint32_t len;
+    Record r{};
+    ok = get(in, len) && in.size() >= len;
+    if (!ok) break;
+    std::string path(in.substr(0, len));
+    in.remove_prefix(len);
+    ok = get(in, r.size) && get(in, r.mtime_ns) && get(in, r.ino) && get(in, r.digest);
+    if (ok) cache.map_.emplace(std::move(path), r);
+  }
+  if (!ok) {
+    cache.map_.clear();
+    cache.dirty_ = true;
+    if (warning) *warning = file.string() + ": damaged hash cache ignored; files will be re-read";
+  }
+  return cache;
+}
+
+Status HashCache::save(const fs::path& file) const {
+  std::string out(kMagic);
+  out.reserve(map_.size() * 100);
+  for (const auto& [path, r] : map_) {
+    if (!r.used) continue;  // files gone from the tree leave the cache
+    put(out, static_cast<std::uint32_t>(path.size()));
+    out += path;
+    put(out, r.size);
+    put(out, r.mtime_ns);
+    put(out, r.ino);
+    put(out, r.digest);
+  }
+  // The cache is an optimisation: it need not survive a power loss.
+  return write_file_atomic(file, out, 0600, /*durable=*/false);
+}
+
+std::optional<proto::Digest> HashCache::lookup(const ScannedFile& f) {
+  auto it = map_.find(f.path);
+  if (it == map_.end()) return std::nullopt;
+  Record& r = it->second;
+  if (r.size != f.size || r.mtime_ns != f.mtime_ns || r.ino != f.ino) return std::nullopt;
+  if (!r.used) ++used_;
+  r.used = true;
+  return r.digest;
+}
+
+void HashCache::store(const ScannedFile& f, const proto::Digest& digest) {
+  Record& r = map_[f.path];
+  if (!r.used) ++used_;
+  r = Record{f.size, f.mtime_ns, f.ino, digest, true};
+  dirty_ = true;
+}
+
+Result<proto::Digest> HashCache::digest_of(const fs::path& root, const ScannedFile& f) {
+  if (auto d = lookup(f)) return *d;
+  std::uint64_t size = 0;
+  auto d = hash_file(root / f.path, &size);
+  if (!d) return d;
+  ++hashed_;
+  if (size != f.size) return make_error((root / f.path).string() + ": changed while being read");
+  store(f, *d);
+  return d;
+}
+
+}  // namespace tiersync::sync

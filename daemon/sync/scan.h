@@ -1,0 +1,76 @@
+#pragma once
+/// Walking a tree and hashing its files, with a cache so that an unchanged file is never read
+/// twice.
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "proto/digest.h"
+#include "proto/result.h"
+
+namespace tiersync::sync {
+
+namespace fs = std::filesystem;
+
+struct ScannedFile {
+  std::string path;  ///< relative to the scanned root, '/'-separated
+  std::uint64_t size = 0;
+  std::int64_t mtime_ns = 0;
+  std::uint64_t ino = 0;
+  std::uint64_t dev = 0;
+  std::uint32_t mode = 0;  ///< permission bits
+  bool link = false;
+  std::string target;  ///< for a symlink
+};
+
+struct ScanResult {
+  std::vector<ScannedFile> files;    ///< sorted bytewise by path
+  std::vector<std::string> skipped;  ///< what was left out and why, one line each
+};
+
+/// Walks `root` without following symlinks. Leaves out the top-level `.tiersync/` and
+/// `.tiersync-busy`, paths that break SPEC's path rules, symlinks that leave the tree and special
+/// files (each noted in `skipped`).
+Result<ScanResult> scan_tree(const fs::path& root);
+
+/// Streams a file through SHA-256 (the last component is not followed).
+Result<proto::Digest> hash_file(const fs::path& path, std::uint64_t* size_out = nullptr);
+
+/// size, mtime and inode -> SHA-256, persisted in state_dir in a compact binary form.
+class HashCache {
+ public:
+  /// A missing file gives an empty cache; a damaged one too, with `warning` set.
+  static HashCache load(const fs::path& file, std::string* warning = nullptr);
+  Status save(const fs::path& file) const;
+
+  /// The cached digest if `f` is unchanged since it was hashed.
+  std::optional<proto::Digest> lookup(const ScannedFile& f);
+  void store(const ScannedFile& f, const proto::Digest& digest);
+  /// Hashes `f` under `root` unless the cache knows it; counts reads in `hashed`.
+  Result<proto::Digest> digest_of(const fs::path& root, const ScannedFile& f);
+
+  std::size_t size() const { return map_.size(); }
+  std::size_t hashed() const { return hashed_; }
+  /// True when the saved form would differ: files hashed, or files gone since the last save.
+  bool needs_save() const { return dirty_ || used_ != map_.size(); }
+
+ private:
+  struct Record {
+    std::uint64_t size;
+    std::int64_t mtime_ns;
+    std::uint64_t ino;
+    proto::Digest digest;
+    bool used;
+  };
+  std::unordered_map<std::string, Record> map_;
+  std::size_t hashed_ = 0;
+  std::size_t used_ = 0;
+  bool dirty_ = false;
+};
+
+}  // namespace tiersync::sync

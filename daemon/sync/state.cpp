@@ -1,0 +1,238 @@
+#include "daemon/sync/state.h"
+
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "daemon/sync/fs.h"
+#include "proto/dsse.h"
+#include "proto/manifest.h"
+
+namespace tiersync::sync {
+
+using nlohmann::json;
+
+namespace {
+
+// Reads a small JSON file of state; a missing file is nullopt, a damaged one an error.
+Result<std::optional<json>> read_json(const fs::path& file) {
+  struct stat st;
+  auto exists = lstat_path(file, st);
+  if (!exists) return exists.error();
+  if (!*exists) return std::optional<json>();
+  auto bytes = read_file(file, 64u << 20);
+  if (!bytes) return bytes.error();
+  json j = json::parse(*bytes, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) return make_error(file.string() + ": damaged (not JSON)");
+  return std::optional<json>(std::move(j));
+}
+
+Status write_json(const fs::path& file, const json& j) {
+  return write_file_atomic(file, j.dump(2) + "\n", 0644, true);
+}
+
+}  // namespace
+
+StateStore::StateStore(fs::path state_dir, fs::path tree)
+    : dir_(std::move(state_dir)), tree_(std::move(tree)) {}
+
+Status StateStore::open() {
+  for (const auto& d : {dir_, dir_ / "manifests", tree_, tree_ / ".tiersync/v1/manifests"})
+    if (auto st = make_dirs(d); !st) return st;
+  auto lock = FileLock::acquire(dir_ / "lock");
+  if (!lock) return lock.error();
+  lock_ = std::make_shared<FileLock>(std::move(*lock));
+  return {};
+}
+
+fs::path StateStore::published_manifest_path(const proto::Digest& d) const {
+  return tree_ / ".tiersync/v1/manifests" / proto::to_hex(d);
+}
+
+fs::path StateStore::manifest_path(const proto::Digest& d) const {
+  return dir_ / "manifests" / proto::to_hex(d);
+}
+
+Result<std::optional<Applied>> StateStore::load_applied() const {
+  fs::path file = dir_ / "snapshot";
+  struct stat st;
+  auto exists = lstat_path(file, st);
+  if (!exists) return exists.error();
+  if (!*exists) return std::optional<Applied>();
+  auto bytes = read_file(file, proto::kMaxEnvelopeBytes);
+  if (!bytes) return bytes.error();
+  auto env = proto::decode_envelope(*bytes);
+  if (!env) return make_error(file.string() + ": " + env.message());
+  auto snap = proto::decode_snapshot(env->payload);
+  if (!snap) return make_error(file.string() + ": " + snap.message());
+  return std::optional<Applied>(Applied{std::move(*bytes), std::move(*snap)});
+}
+
+Status StateStore::save_applied(std::string_view envelope) const {
+  return write_file_atomic(dir_ / "snapshot", envelope, 0644, true);
+}
+
+bool StateStore::has_manifest(const proto::Digest& d) const {
+  return ::access(manifest_path(d).c_str(), F_OK) == 0;
+}
+
+Status StateStore::store_manifest(const proto::Digest& d, std::string_view bytes) const {
+  return write_file_atomic(manifest_path(d), bytes, 0644, /*durable=*/false);
+}
+
+Result<std::shared_ptr<const proto::Manifest>> StateStore::load_manifest(
+    const proto::Digest& d, const std::string& partition, std::size_t depth) const {
+  fs::path file = manifest_path(d);
+  auto bytes = read_file(file, proto::kMaxManifestBytes);
+  if (!bytes) return bytes.error();
+  if (proto::sha256(*bytes) != d)
+    return make_error(file.string() + ": content does not match its SHA-256 name");
+  auto m = proto::decode_manifest(*bytes, partition, depth);
+  if (!m) return m.error();
+  return std::shared_ptr<const proto::Manifest>(std::make_shared<proto::Manifest>(std::move(*m)));
+}
+
+Result<ManifestSet> StateStore::load_manifests(const proto::Snapshot& s) const {
+  ManifestSet set;
+  for (const auto& [name, ref] : s.partitions) {
+    auto m = load_manifest(ref.manifest, name, s.depth);
+    if (!m) return m.error();
+    set[name] = std::move(*m);
+  }
+  return set;
+}
+
+Status StateStore::publish_manifests(const proto::Snapshot& s) const {
+  for (const auto& [name, ref] : s.partitions) {
+    fs::path dst = published_manifest_path(ref.manifest);
+    if (::access(dst.c_str(), F_OK) == 0) continue;
+    fs::path src = manifest_path(ref.manifest);
+    if (::link(src.c_str(), dst.c_str()) == 0 || errno == EEXIST) continue;
+    // state_dir on another file system: copy.
+    auto bytes = read_file(src, proto::kMaxManifestBytes);
+    if (!bytes) return bytes.error();
+    if (auto st = write_file_atomic(dst, *bytes, 0644, false); !st) return st;
+  }
+  return fsync_dir(tree_ / ".tiersync/v1/manifests");
+}
+
+void StateStore::collect_manifests(const proto::Snapshot& keep_a,
+                                   const proto::Snapshot* keep_b) const {
+  std::set<std::string> keep;
+  for (const auto* s : {&keep_a, keep_b})
+    if (s)
+      for (const auto& [name, ref] : s->partitions) keep.insert(proto::to_hex(ref.manifest));
+  for (const auto& d : {dir_ / "manifests", tree_ / ".tiersync/v1/manifests"}) {
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(d, ec)) {
+      if (!keep.count(e.path().filename().string())) fs::remove(e.path(), ec);
+    }
+  }
+}
+
+HeldState StateStore::load_held() const {
+  HeldState held;
+  auto j = read_json(dir_ / "held.json");
+  if (!j || !*j) return held;
+  const json& doc = **j;
+  held.candidate_serial = doc.value("candidate_serial", std::uint64_t{0});
+  held.since = doc.value("since", std::int64_t{0});
+  for (const auto& p : doc.value("partitions", json::array())) {
+    HeldPartition hp;
+    hp.hold.partition = p.value("partition", "");
+    hp.hold.deleted = p.value("deleted", std::uint64_t{0});
+    hp.hold.files = p.value("files", std::uint64_t{0});
+    hp.hold.ratio = p.value("ratio", 0.0);
+    hp.hold.limit = p.value("limit", 0.0);
+    hp.candidate = p.value("candidate", "");
+    held.partitions.push_back(std::move(hp));
+  }
+  return held;
+}
+
+Status StateStore::save_held(const HeldState& held) const {
+  if (held.partitions.empty()) {
+    std::error_code ec;
+    fs::remove(dir_ / "held.json", ec);
+    return {};
+  }
+  json parts = json::array();
+  for (const auto& p : held.partitions)
+    parts.push_back({{"partition", p.hold.partition},
+                     {"deleted", p.hold.deleted},
+                     {"files", p.hold.files},
+                     {"ratio", p.hold.ratio},
+                     {"limit", p.hold.limit},
+                     {"candidate", p.candidate}});
+  return write_json(
+      dir_ / "held.json",
+      {{"candidate_serial", held.candidate_serial}, {"since", held.since}, {"partitions", parts}});
+}
+
+std::vector<Approval> StateStore::load_approvals() const {
+  std::vector<Approval> out;
+  auto j = read_json(dir_ / "approvals.json");
+  if (!j || !*j) return out;
+  for (const auto& a : (*j)->value("approvals", json::array()))
+    out.push_back({a.value("partition", ""), a.value("candidate", "")});
+  return out;
+}
+
+Status StateStore::save_approvals(const std::vector<Approval>& approvals) const {
+  json list = json::array();
+  for (const auto& a : approvals)
+    list.push_back({{"partition", a.partition}, {"candidate", a.candidate}});
+  return write_json(dir_ / "approvals.json", {{"approvals", list}});
+}
+
+CycleRecord StateStore::load_cycle() const {
+  CycleRecord r;
+  auto j = read_json(dir_ / "cycle.json");
+  if (!j || !*j) return r;
+  r.result = (*j)->value("result", "");
+  r.time = (*j)->value("time", std::int64_t{0});
+  r.message = (*j)->value("message", "");
+  r.upstream_serial = (*j)->value("upstream_serial", std::uint64_t{0});
+  return r;
+}
+
+Status StateStore::save_cycle(const CycleRecord& r) const {
+  // Outcome only: losing it to a power cut costs nothing.
+  json j = {{"result", r.result},
+            {"time", r.time},
+            {"message", r.message},
+            {"upstream_serial", r.upstream_serial}};
+  return write_file_atomic(dir_ / "cycle.json", j.dump(2) + "\n", 0644, false);
+}
+
+Result<std::optional<Journal>> StateStore::load_journal() const {
+  auto j = read_json(dir_ / "journal.json");
+  if (!j) return j.error();
+  if (!*j) return std::optional<Journal>();
+  const json& doc = **j;
+  Journal journal;
+  journal.serial = doc.value("serial", std::uint64_t{0});
+  for (const auto& [name, hex] : doc.value("previous", json::object()).items()) {
+    auto d = hex.is_string() ? proto::digest_from_hex(hex.get<std::string>()) : std::nullopt;
+    if (!d) return make_error((dir_ / "journal.json").string() + ": damaged entry " + name);
+    journal.previous[name] = *d;
+  }
+  if (journal.serial == 0) return make_error((dir_ / "journal.json").string() + ": no serial");
+  return std::optional<Journal>(std::move(journal));
+}
+
+Status StateStore::save_journal(const Journal& journal) const {
+  json prev = json::object();
+  for (const auto& [name, d] : journal.previous) prev[name] = proto::to_hex(d);
+  return write_json(dir_ / "journal.json", {{"serial", journal.serial}, {"previous", prev}});
+}
+
+Status StateStore::clear_journal() const {
+  if (::unlink((dir_ / "journal.json").c_str()) != 0 && errno != ENOENT)
+    return make_error(errno_message(dir_ / "journal.json", errno));
+  ::unlink(pending_snapshot_path().c_str());
+  return fsync_dir(dir_);
+}
+
+}  // namespace tiersync::sync

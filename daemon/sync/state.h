@@ -1,0 +1,115 @@
+#pragma once
+/// A node's persistent state in state_dir: the applied snapshot, the manifest store, holds,
+/// approvals, the apply journal and the last cycle's outcome. Every write is atomic.
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "daemon/sync/guard.h"
+#include "daemon/sync/plan.h"
+#include "proto/digest.h"
+#include "proto/result.h"
+#include "proto/snapshot.h"
+
+namespace tiersync::sync {
+
+namespace fs = std::filesystem;
+
+/// The snapshot a node serves: its envelope bytes and their decoded payload.
+struct Applied {
+  std::string envelope;
+  proto::Snapshot snapshot;
+};
+
+/// A held partition and the candidate it was held for (a serial at a relay, a manifest hash at
+/// tier0): an approval names the same candidate.
+struct HeldPartition {
+  Hold hold;
+  std::string candidate;
+};
+
+struct HeldState {
+  std::uint64_t candidate_serial = 0;  ///< relay: the held snapshot's serial
+  std::int64_t since = 0;
+  std::vector<HeldPartition> partitions;
+};
+
+struct Approval {
+  std::string partition;
+  std::string candidate;
+};
+
+/// The outcome of the last cycle, for `status`.
+struct CycleRecord {
+  std::string result;  ///< ok, noop, held, failed
+  std::int64_t time = 0;
+  std::string message;
+  std::uint64_t upstream_serial = 0;
+};
+
+/// Written before the first file of a candidate is installed; removed once its deletions are
+/// done. `previous` is the applied snapshot's partitions, whose entries the candidate removes.
+struct Journal {
+  std::uint64_t serial = 0;
+  std::map<std::string, proto::Digest> previous;
+};
+
+/// Where everything lives. state_dir holds what is private; the tree's `.tiersync/` what is served.
+class StateStore {
+ public:
+  StateStore(fs::path state_dir, fs::path tree);
+
+  /// Creates the folders and takes the node's lock (one process per state_dir).
+  Status open();
+
+  const fs::path& state_dir() const { return dir_; }
+  const fs::path& tree() const { return tree_; }
+  fs::path meta_dir() const { return tree_ / ".tiersync"; }
+  fs::path staging_dir() const { return tree_ / ".tiersync" / "staging"; }
+  fs::path published_snapshot_path() const { return tree_ / ".tiersync/v1/snapshot"; }
+  fs::path published_manifest_path(const proto::Digest& d) const;
+  fs::path manifest_path(const proto::Digest& d) const;
+  fs::path hash_cache_path() const { return dir_ / "hashcache"; }
+
+  /// The applied snapshot (envelope decoded without re-verifying: it was verified on apply).
+  Result<std::optional<Applied>> load_applied() const;
+  /// Commit point: the candidate becomes the applied snapshot.
+  Status save_applied(std::string_view envelope) const;
+
+  /// A manifest from the store, its bytes checked against `d`.
+  Result<std::shared_ptr<const proto::Manifest>> load_manifest(const proto::Digest& d,
+                                                               const std::string& partition,
+                                                               std::size_t depth) const;
+  bool has_manifest(const proto::Digest& d) const;
+  Status store_manifest(const proto::Digest& d, std::string_view bytes) const;
+  /// Every manifest of a snapshot (shared when two partitions... never; one per partition).
+  Result<ManifestSet> load_manifests(const proto::Snapshot& s) const;
+  /// Makes the manifests of `s` available in the tree (served with the snapshot).
+  Status publish_manifests(const proto::Snapshot& s) const;
+  /// Removes manifests that neither `keep_a` nor `keep_b` names, from the store and the tree.
+  void collect_manifests(const proto::Snapshot& keep_a, const proto::Snapshot* keep_b) const;
+
+  HeldState load_held() const;
+  Status save_held(const HeldState& held) const;
+  std::vector<Approval> load_approvals() const;
+  Status save_approvals(const std::vector<Approval>& approvals) const;
+  CycleRecord load_cycle() const;
+  Status save_cycle(const CycleRecord& record) const;
+
+  Result<std::optional<Journal>> load_journal() const;
+  Status save_journal(const Journal& j) const;
+  Status clear_journal() const;
+  fs::path pending_snapshot_path() const { return dir_ / "pending.snapshot"; }
+
+ private:
+  fs::path dir_;
+  fs::path tree_;
+  std::shared_ptr<void> lock_;
+};
+
+}  // namespace tiersync::sync

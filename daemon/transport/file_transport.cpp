@@ -1,0 +1,77 @@
+#include "daemon/transport/file_transport.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <vector>
+
+#include "proto/dsse.h"
+#include "proto/manifest.h"
+
+namespace tiersync::transport {
+
+namespace {
+
+struct Fd {
+  int fd;
+  ~Fd() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+std::string sys_error(const std::filesystem::path& p) {
+  return "parent file://" + p.string() + ": " + std::strerror(errno);
+}
+
+}  // namespace
+
+Result<std::string> FileTransport::read_small(const std::filesystem::path& file,
+                                              std::size_t limit) {
+  Fd in{::open(file.c_str(), O_RDONLY | O_CLOEXEC)};
+  if (in.fd < 0) return make_error(sys_error(file));
+  std::string out;
+  char buf[65536];
+  while (true) {
+    ssize_t n = ::read(in.fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return make_error(sys_error(file));
+    if (n == 0) break;
+    if (out.size() + static_cast<std::size_t>(n) > limit)
+      return make_error("parent file://" + file.string() + ": larger than the limit of " +
+                        std::to_string(limit) + " bytes");
+    out.append(buf, static_cast<std::size_t>(n));
+  }
+  return out;
+}
+
+Result<std::string> FileTransport::fetch_snapshot() {
+  return read_small(root_ / ".tiersync/v1/snapshot", proto::kMaxEnvelopeBytes);
+}
+
+Result<std::string> FileTransport::fetch_manifest(const proto::Digest& digest) {
+  return read_small(root_ / ".tiersync/v1/manifests" / proto::to_hex(digest),
+                    proto::kMaxManifestBytes);
+}
+
+Status FileTransport::fetch_file(std::string_view path, std::uint64_t max_bytes, const Sink& sink) {
+  const std::filesystem::path file = root_ / std::string(path);
+  Fd in{::open(file.c_str(), O_RDONLY | O_CLOEXEC)};
+  if (in.fd < 0) return make_error(sys_error(file));
+  ::posix_fadvise(in.fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+  static thread_local std::vector<char> buf(1 << 20);
+  std::uint64_t total = 0;
+  while (total <= max_bytes) {
+    ssize_t n = ::read(in.fd, buf.data(), buf.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return make_error(sys_error(file));
+    if (n == 0) break;
+    total += static_cast<std::uint64_t>(n);
+    if (auto st = sink(buf.data(), static_cast<std::size_t>(n)); !st) return st;
+  }
+  return {};
+}
+
+}  // namespace tiersync::transport

@@ -1,0 +1,192 @@
+#include "proto/dsse.h"
+
+#include <algorithm>
+#include <set>
+#include <stdexcept>
+
+#include <nlohmann/json.hpp>
+
+#include "proto/digest.h"
+
+namespace tiersync::proto {
+namespace {
+
+using Json = nlohmann::json;
+
+// An envelope nests three levels and holds a few values per signature. These bounds keep a
+// hostile parent from turning 64 MiB of "[[[[" or "[0,0,0" into gigabytes of JSON nodes.
+constexpr int kMaxJsonDepth = 8;
+constexpr std::size_t kMaxJsonValues = 4096;
+
+/// Thrown from the parser callback; caught in decode_envelope.
+struct Refused : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+/// Parses strictly: bounded depth and size, and no duplicate keys, which different JSON parsers
+/// resolve differently (a classic way to make two verifiers see two different envelopes).
+Json parse_strict(std::string_view text) {
+  std::vector<std::set<std::string>> keys;  // one set per open object
+  std::size_t values = 0;
+  return Json::parse(text, [&](int depth, Json::parse_event_t event, Json& parsed) {
+    using E = Json::parse_event_t;
+    if (depth > kMaxJsonDepth) throw Refused("nested deeper than " + std::to_string(kMaxJsonDepth));
+    if (event == E::object_start) keys.emplace_back();
+    if (event == E::object_end) keys.pop_back();
+    if (event == E::key && !keys.back().insert(parsed.get<std::string>()).second) {
+      throw Refused("duplicate key \"" + parsed.get<std::string>() + "\"");
+    }
+    if ((event == E::value || event == E::object_start || event == E::array_start) &&
+        ++values > kMaxJsonValues) {
+      throw Refused("more than " + std::to_string(kMaxJsonValues) + " JSON values");
+    }
+    return true;
+  });
+}
+
+/// The string member `name` of `object` (not copied: a payload may be 64 MiB), or an error
+/// naming `field` ("signatures[0].sig").
+Result<const std::string*> string_member(const Json& object, const char* name,
+                                         const std::string& field) {
+  const auto it = object.find(name);
+  if (it == object.end()) return make_error("envelope: " + field + " is missing");
+  if (!it->is_string()) return make_error("envelope: " + field + " is not a string");
+  return &it->get_ref<const std::string&>();
+}
+
+Result<std::string> base64_member(const Json& object, const char* name, const std::string& field) {
+  const auto text = string_member(object, name, field);
+  if (!text) return text.error();
+  auto bytes = base64_decode(**text);
+  if (!bytes) return make_error("envelope: " + field + " is not valid base64");
+  return std::move(*bytes);
+}
+
+Result<Envelope> decode_object(const Json& root) {
+  if (!root.is_object()) return make_error("envelope: not a JSON object");
+  Envelope env;
+  auto type = string_member(root, "payloadType", "payloadType");
+  if (!type) return type.error();
+  env.payload_type = **type;
+  auto payload = base64_member(root, "payload", "payload");
+  if (!payload) return payload.error();
+  env.payload = std::move(*payload);
+
+  const auto sigs = root.find("signatures");
+  if (sigs == root.end()) return make_error("envelope: signatures is missing");
+  if (!sigs->is_array()) return make_error("envelope: signatures is not an array");
+  if (sigs->empty()) return make_error("envelope: signatures is empty");
+  for (std::size_t i = 0; i < sigs->size(); ++i) {
+    const Json& entry = (*sigs)[i];
+    const std::string field = "signatures[" + std::to_string(i) + "]";
+    if (!entry.is_object()) return make_error("envelope: " + field + " is not an object");
+    Signature sig;
+    // keyid is optional in DSSE; some signers write null for "none".
+    if (const auto keyid = entry.find("keyid"); keyid != entry.end() && !keyid->is_null()) {
+      if (!keyid->is_string()) return make_error("envelope: " + field + ".keyid is not a string");
+      sig.keyid = keyid->get<std::string>();
+    }
+    auto bytes = base64_member(entry, "sig", field + ".sig");
+    if (!bytes) return bytes.error();
+    sig.sig = std::move(*bytes);
+    env.signatures.push_back(std::move(sig));
+  }
+  return env;
+}
+
+}  // namespace
+
+std::string pae(std::string_view payload_type, std::string_view payload) {
+  std::string out = "DSSEv1 ";
+  out += std::to_string(payload_type.size());
+  out += ' ';
+  out += payload_type;
+  out += ' ';
+  out += std::to_string(payload.size());
+  out += ' ';
+  out += payload;
+  return out;
+}
+
+Result<Envelope> decode_envelope(std::string_view json) {
+  if (json.size() > kMaxEnvelopeBytes) {
+    return make_error("envelope: " + std::to_string(json.size()) +
+                      " bytes, more than the limit of " + std::to_string(kMaxEnvelopeBytes));
+  }
+  try {
+    return decode_object(parse_strict(json));
+  } catch (const Refused& e) {
+    return make_error(std::string("envelope: ") + e.what());
+  } catch (const Json::exception& e) {
+    // Drop nlohmann's "[json.exception.parse_error.101] " tag; keep the position and reason.
+    const std::string_view what = e.what();
+    const auto tag_end = what.find("] ");
+    return make_error("envelope: not valid JSON: " +
+                      std::string(tag_end == what.npos ? what : what.substr(tag_end + 2)));
+  }
+}
+
+std::string encode_envelope(const Envelope& envelope) {
+  nlohmann::ordered_json sigs = nlohmann::ordered_json::array();
+  for (const Signature& s : envelope.signatures) {
+    sigs.push_back({{"keyid", s.keyid}, {"sig", base64_encode(s.sig)}});
+  }
+  const nlohmann::ordered_json root = {{"payloadType", envelope.payload_type},
+                                       {"payload", base64_encode(envelope.payload)},
+                                       {"signatures", std::move(sigs)}};
+  // replace: invalid UTF-8 in a caller's payload type or keyid must not throw.
+  return root.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
+}
+
+Envelope sign_envelope(std::string_view payload_type, std::string_view payload,
+                       const std::vector<PrivateKey>& keys) {
+  Envelope env{std::string(payload_type), std::string(payload), {}};
+  const std::string message = pae(payload_type, payload);
+  for (const PrivateKey& key : keys) {
+    env.signatures.push_back({key.public_key().keyid(), key.sign(message)});
+  }
+  return env;
+}
+
+Result<std::string> verify_envelope(const Envelope& envelope, const std::vector<PublicKey>& trusted,
+                                    unsigned threshold, std::string_view expected_type) {
+  if (envelope.payload_type != expected_type) {
+    return make_error("envelope: payloadType is \"" + envelope.payload_type + "\", expected \"" +
+                      std::string(expected_type) + "\"");
+  }
+  // A key listed twice, or signing twice, is still one key: count distinct DER encodings.
+  std::vector<const PublicKey*> keys;
+  for (const PublicKey& key : trusted) {
+    const auto same = [&key](const PublicKey* k) { return k->der() == key.der(); };
+    if (!key.der().empty() && std::none_of(keys.begin(), keys.end(), same)) keys.push_back(&key);
+  }
+  const unsigned required = std::max(threshold, 1u);  // 0 would accept unsigned payloads
+  const std::string message = pae(envelope.payload_type, envelope.payload);
+  std::vector<bool> counted(keys.size(), false);
+  unsigned count = 0;
+  const auto counts_for = [&](const Signature& sig, bool hinted) -> bool {
+    for (std::size_t i = 0; i < keys.size(); ++i) {
+      if (counted[i] || (keys[i]->keyid() == sig.keyid) != hinted) continue;
+      if (keys[i]->verify(message, sig.sig)) {
+        counted[i] = true;
+        return true;
+      }
+    }
+    return false;
+  };
+  for (const Signature& sig : envelope.signatures) {
+    // The keyid is only a hint: try the key it names first, then every other uncounted key.
+    if ((counts_for(sig, true) || counts_for(sig, false)) && ++count >= required) {
+      return envelope.payload;
+    }
+  }
+  std::string hints;
+  for (const Signature& sig : envelope.signatures) {
+    hints += (hints.empty() ? "" : ", ") + (sig.keyid.empty() ? "<none>" : sig.keyid);
+  }
+  return make_error("snapshot signature: " + std::to_string(count) + " of " +
+                    std::to_string(required) + " required trusted keys signed it (signatures " +
+                    "from keyids: " + hints + ")");
+}
+
+}  // namespace tiersync::proto

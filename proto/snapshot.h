@@ -1,0 +1,43 @@
+#pragma once
+/// The signed snapshot payload: every partition's manifest hash, a serial and an expiry.
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "proto/digest.h"
+#include "proto/result.h"
+
+namespace tiersync::proto {
+
+struct PartitionRef {
+  Digest manifest{};
+  std::uint64_t files = 0;
+  std::uint64_t bytes = 0;
+  bool operator==(const PartitionRef&) const = default;
+};
+
+struct Snapshot {
+  std::string origin;
+  std::uint64_t serial = 0;
+  std::int64_t created = 0;  ///< Unix seconds, UTC
+  std::int64_t expires = 0;
+  std::string layout;
+  std::size_t depth = 0;  ///< segments of `layout` (derived, not encoded)
+  std::map<std::string, PartitionRef> partitions;
+  /// Partitions whose over-threshold deletion the origin's operator approved, with the serial of
+  /// the approval.
+  std::map<std::string, std::uint64_t> approved_deletions;
+};
+
+/// RFC 3339 UTC timestamps ("2026-11-26T01:00:00Z").
+std::string format_time(std::int64_t unix_seconds);
+std::optional<std::int64_t> parse_time(std::string_view text);
+
+std::string encode_snapshot(const Snapshot& snapshot);
+/// Parses and validates a payload; call only on a payload whose signature verified.
+Result<Snapshot> decode_snapshot(std::string_view payload);
+
+}  // namespace tiersync::proto
