@@ -1,6 +1,7 @@
 #include "proto/manifest.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <limits>
 #include <nlohmann/json.hpp>
 
@@ -107,8 +108,10 @@ Result<Entry> decode_entry(const json& j, std::size_t i) {
   if (sha == j.end() || !sha->is_string()) return field_error("sha256 is missing");
   auto digest = digest_from_hex(sha->get_ref<const std::string&>());
   if (!digest) return field_error("sha256 is not 64 lowercase hex digits");
-  if (mtime == j.end() || !mtime->is_number_integer())
-    return field_error("mtime is missing or not an integer");
+  if (mtime == j.end() || !mtime->is_number_integer() ||
+      (mtime->is_number_unsigned() &&
+       mtime->get<std::uint64_t>() > static_cast<std::uint64_t>(INT64_MAX)))
+    return field_error("mtime is missing or not a 64-bit integer");
   if (mode == j.end() || !mode->is_number_unsigned() || mode->get<std::uint64_t>() > 07777)
     return field_error("mode is missing or not a permission value (0 to 4095)");
   bool index = false;

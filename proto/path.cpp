@@ -83,8 +83,10 @@ std::optional<std::string> link_target_error(std::string_view link_path, std::st
   if (target.size() > kMaxPathBytes) return where() + ": target longer than 4096 bytes";
   if (!is_valid_utf8(target)) return where() + ": target is not valid UTF-8";
   if (target.front() == '/') return where() + ": absolute target";
-  // Resolve lexically from the link's folder; manifests never place entries under a symlink,
-  // so lexical resolution is the real one.
+  // Only leading ".." components, then plain names: the way up then crosses real folders only
+  // (no entry lies below a symlink), and the way down, even through other symlinks, each of
+  // which obeys the same rule, never climbs again. "y/../x" is refused: the kernel would follow
+  // a symlink y before applying "..", so its text says nothing about where it leads.
   std::vector<std::string_view> stack;
   std::size_t pos = 0;
   std::string_view dir = link_path;
@@ -93,17 +95,21 @@ std::optional<std::string> link_target_error(std::string_view link_path, std::st
     dir.remove_prefix(pos + 1);
   }
   std::size_t start = 0;
+  bool descending = false;
   while (start <= target.size()) {
     std::size_t slash = target.find('/', start);
     if (slash == std::string_view::npos) slash = target.size();
     std::string_view comp = target.substr(start, slash - start);
     start = slash + 1;
-    if (comp.empty() || comp == ".") continue;
+    if (comp.empty() || comp == ".")
+      return where() + ": target has an empty or '.' component (write it normalised)";
     if (comp.size() > kMaxComponentBytes) return where() + ": target component too long";
     if (comp == "..") {
+      if (descending) return where() + ": target has '..' after a name";
       if (stack.empty()) return where() + ": target leaves the tree";
       stack.pop_back();
     } else {
+      descending = true;
       stack.push_back(comp);
     }
   }

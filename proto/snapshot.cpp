@@ -43,7 +43,14 @@ std::optional<std::int64_t> parse_time(std::string_view s) {
   tm.tm_hour = h;
   tm.tm_min = m;
   tm.tm_sec = sec;
-  return static_cast<std::int64_t>(timegm(&tm));
+  std::int64_t t = static_cast<std::int64_t>(timegm(&tm));
+  // timegm normalises 2026-02-30 into March: a date that does not exist is refused.
+  std::tm back{};
+  std::time_t tt = static_cast<std::time_t>(t);
+  gmtime_r(&tt, &back);
+  if (back.tm_mday != day || back.tm_mon != mon - 1 || back.tm_year != year - 1900)
+    return std::nullopt;
+  return t;
 }
 
 std::string encode_snapshot(const Snapshot& s) {

@@ -185,10 +185,7 @@ CycleOutcome publish_once(const ops::Config& config) {
       differs = differs || it == encoded.end() || it->second.first != ref.manifest;
     }
     const bool resign_due = now - prev.created >= ttl / 2;
-    if (!differs && !resign_due) {
-      state.save_held({});
-      return cycle.noop(prev.serial);
-    }
+    if (!differs && !resign_due) return cycle.noop(prev.serial);
     auto loaded = state.load_manifests(prev);
     if (!loaded) return cycle.fail("published state: " + loaded.message());
     applied_manifests = std::move(*loaded);
@@ -271,7 +268,8 @@ CycleOutcome publish_once(const ops::Config& config) {
   cycle.set_upstream_serial(next.serial);
   if (held.empty()) {
     cycle.clear_held();
-    state.save_approvals({});
+    if (auto st = state.save_approvals({}); !st)
+      spdlog::warn("cannot clear the approvals: {}", st.message());
     return cycle.applied(next.serial, *stats, "published");
   }
   cycle.save_holds(held, next.serial);

@@ -79,6 +79,13 @@ Result<CandidateManifests> candidate_manifests(const proto::Snapshot& cand,
   return result;
 }
 
+bool applied_refs(const std::optional<sync::Applied>& applied, const proto::Digest& d) {
+  if (!applied) return false;
+  for (const auto& [name, ref] : applied->snapshot.partitions)
+    if (ref.manifest == d) return true;
+  return false;
+}
+
 }  // namespace
 
 CycleOutcome sync_once(const ops::Config& config) {
@@ -161,17 +168,30 @@ CycleOutcome sync_once(const ops::Config& config) {
   sync::ApplyRequest req;
   req.envelope = std::move(*bytes);
   req.candidate = *cand;
-  for (const auto& [digest, manifest_bytes] : cand_manifests->fetched)
+  std::vector<proto::Digest> fetched;
+  for (const auto& [digest, manifest_bytes] : cand_manifests->fetched) {
     if (auto st = state.store_manifest(digest, manifest_bytes); !st)
       return cycle.fail(st.message());
+    fetched.push_back(digest);
+  }
+  cand_manifests->fetched.clear();
   req.candidate_manifests = std::move(cand_manifests->set);
   if (*applied) req.applied = (*applied)->snapshot;
   req.applied_manifests = std::move(applied_manifests);
   auto stats = applier.apply(req, plan);
-  if (!stats)
+  if (!stats) {
+    // Bytes that contradict the signed manifest: keep nothing of this candidate. Other failures
+    // (an unreadable parent) keep the verified staged files for the next try.
+    if (applier.content_rejected()) {
+      applier.discard_staging();
+      for (const auto& digest : fetched)
+        if (!applied_refs(*applied, digest)) state.forget_manifest(digest);
+    }
     return cycle.fail("applying serial " + std::to_string(cand->serial) +
                       " failed: " + stats.message());
-  state.save_approvals({});
+  }
+  if (auto st = state.save_approvals({}); !st)
+    spdlog::warn("cannot clear the approvals: {}", st.message());
   return cycle.applied(cand->serial, *stats);
 }
 

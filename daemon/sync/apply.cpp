@@ -222,17 +222,21 @@ Status Applier::stage(const ApplyRequest& req, const Plan& plan, ApplyStats& sta
       proto::Sha256 hasher;
       std::uint64_t got = 0;
       auto sink = [&](const char* data, std::size_t size) -> Status {
-        if (got + size > e->size)
+        if (got + size > e->size) {
+          content_rejected_ = true;
           return make_error(std::string(e->path()) + ": more bytes than the manifest's " +
                             std::to_string(e->size));
+        }
         hasher.update(data, size);
         got += size;
         return write_all(fd.get(), data, size, part);
       };
       Status st_fetch = fetcher_.fetch(*e, sink);
       proto::Digest digest = hasher.finish();
-      if (st_fetch && (got != e->size || digest != e->sha256))
+      if (st_fetch && (got != e->size || digest != e->sha256)) {
         st_fetch = make_error(mismatch(*e, got, digest));
+        content_rejected_ = true;
+      }
       if (st_fetch) st_fetch = set_metadata(fd.get(), *e, part);
       if (!st_fetch) {
         ::unlink(part.c_str());
@@ -348,14 +352,20 @@ Status Applier::finish(const proto::Snapshot& candidate, const Plan& plan,
   }
   crash_point();
   if (auto st = state_.clear_journal(); !st) return st;
-  remove_tree(state_.staging_dir() / "files");
-  remove_tree(state_.staging_dir() / "links");
+  discard_staging();
   state_.collect_manifests(candidate, previous ? &*previous : nullptr);
   return {};
 }
 
+void Applier::discard_staging() {
+  for (const char* d : {"files", "links"})
+    if (auto st = remove_tree(state_.staging_dir() / d); !st)
+      spdlog::warn("cannot clean staging: {}", st.message());
+}
+
 Result<ApplyStats> Applier::apply(const ApplyRequest& req, const Plan& plan) {
   actions_.clear();
+  content_rejected_ = false;
   ApplyStats stats;
   for (const auto& p : plan.partitions) {
     stats.changed += p.replaced;

@@ -60,6 +60,13 @@ class Applier {
   /// journal lets the next run finish).
   Result<ApplyStats> apply(const ApplyRequest& req, const Plan& plan);
 
+  /// True when the last apply failed because the parent's bytes contradicted their signed entry
+  /// (size or SHA-256): nothing staged for that candidate deserves to be kept.
+  bool content_rejected() const { return content_rejected_; }
+
+  /// Removes everything staged for a candidate that will not be applied.
+  void discard_staging();
+
   /// Finishes what a killed apply left: the journaled candidate is installed and committed, or,
   /// if it was committed, its deletions are done. Returns false when there was nothing to do.
   Result<bool> recover();
@@ -77,6 +84,7 @@ class Applier {
   StateStore& state_;
   Fetcher& fetcher_;
   std::unordered_map<const proto::Entry*, Action> actions_;
+  bool content_rejected_ = false;
 };
 
 /// Fault injection for crash tests: with TIERSYNC_CRASH_AT=N in the environment, the process

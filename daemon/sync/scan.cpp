@@ -7,6 +7,9 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
 
 #include "daemon/sync/fs.h"
 #include "proto/path.h"
@@ -15,28 +18,68 @@ namespace tiersync::sync {
 
 namespace {
 
-struct Walker {
+// Walks folders from a shared queue on a few threads: a no-op rescan is one lstat per file, and
+// on a tree of tens of thousands of files those calls are the whole cost.
+class Walker {
+ public:
+  Walker(int root_fd, fs::path root) : root_fd_(root_fd), root_(std::move(root)) {}
+
+  void run(unsigned threads) {
+    queue_.push_back("");
+    pending_ = 1;
+    std::vector<std::thread> pool;
+    for (unsigned i = 1; i < threads; ++i) pool.emplace_back([this] { work(); });
+    work();
+    for (auto& t : pool) t.join();
+  }
+
   ScanResult out;
   std::string error;
 
-  // Walks the folder open at `dirfd`, whose relative path is `prefix` ("" at the top).
-  bool walk(int dirfd, const std::string& prefix, const fs::path& root) {
-    DIR* dir = ::fdopendir(dirfd);
-    if (!dir) {
-      error = errno_message(root / prefix, errno);
-      ::close(dirfd);
-      return false;
+ private:
+  void work() {
+    ScanResult local;
+    while (true) {
+      std::string dir;
+      {
+        std::unique_lock lock(mu_);
+        cv_.wait(lock, [&] { return !queue_.empty() || pending_ == 0 || !error.empty(); });
+        if (queue_.empty() || !error.empty()) break;
+        dir = std::move(queue_.back());
+        queue_.pop_back();
+      }
+      std::vector<std::string> subdirs;
+      std::string err = walk_one(dir, local, subdirs);
+      std::lock_guard lock(mu_);
+      if (!err.empty() && error.empty()) error = std::move(err);
+      for (auto& s : subdirs) queue_.push_back(std::move(s));
+      pending_ += subdirs.size();
+      --pending_;
+      cv_.notify_all();
     }
-    std::vector<std::string> subdirs;
+    std::lock_guard lock(mu_);
+    for (auto& f : local.files) out.files.push_back(std::move(f));
+    for (auto& w : local.skipped) out.skipped.push_back(std::move(w));
+  }
+
+  // Reads one folder (relative path `prefix`, "" at the top); returns an error message or "".
+  std::string walk_one(const std::string& prefix, ScanResult& local,
+                       std::vector<std::string>& subdirs) {
+    int fd = prefix.empty() ? ::dup(root_fd_)
+                            : ::openat(root_fd_, prefix.c_str(),
+                                       O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) return errno == ENOENT ? "" : errno_message(root_ / prefix, errno);
+    DIR* dir = ::fdopendir(fd);
+    if (!dir) {
+      ::close(fd);
+      return errno_message(root_ / prefix, errno);
+    }
+    std::string result;
     while (true) {
       errno = 0;
       dirent* de = ::readdir(dir);
       if (!de) {
-        if (errno != 0) {
-          error = errno_message(root / prefix, errno);
-          ::closedir(dir);
-          return false;
-        }
+        if (errno != 0) result = errno_message(root_ / prefix, errno);
         break;
       }
       std::string_view name = de->d_name;
@@ -46,16 +89,15 @@ struct Walker {
       struct stat st;
       if (::fstatat(::dirfd(dir), de->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0) {
         if (errno == ENOENT) continue;  // removed while we walk
-        error = errno_message(root / rel, errno);
-        ::closedir(dir);
-        return false;
+        result = errno_message(root_ / rel, errno);
+        break;
       }
       if (S_ISDIR(st.st_mode)) {
         subdirs.push_back(std::move(rel));
         continue;
       }
       if (auto err = proto::path_error(rel)) {
-        out.skipped.push_back(*err);
+        local.skipped.push_back(*err);
         continue;
       }
       ScannedFile f;
@@ -69,54 +111,47 @@ struct Walker {
         std::string target(static_cast<std::size_t>(st.st_size) + 1, '\0');
         ssize_t n = ::readlinkat(::dirfd(dir), de->d_name, target.data(), target.size());
         if (n < 0 || static_cast<std::size_t>(n) >= target.size()) {
-          out.skipped.push_back(rel + ": symlink could not be read");
+          local.skipped.push_back(rel + ": symlink could not be read");
           continue;
         }
         target.resize(static_cast<std::size_t>(n));
         if (auto err = proto::link_target_error(rel, target)) {
-          out.skipped.push_back(*err);
+          local.skipped.push_back(*err);
           continue;
         }
         f.link = true;
         f.size = 0;
         f.target = std::move(target);
       } else if (!S_ISREG(st.st_mode)) {
-        out.skipped.push_back(rel + ": not a regular file, symlink or folder");
+        local.skipped.push_back(rel + ": not a regular file, symlink or folder");
         continue;
       }
       f.path = std::move(rel);
-      out.files.push_back(std::move(f));
-    }
-    int fd = ::dirfd(dir);
-    for (const auto& sub : subdirs) {
-      std::string_view name = std::string_view(sub).substr(prefix.empty() ? 0 : prefix.size() + 1);
-      int subfd =
-          ::openat(fd, std::string(name).c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-      if (subfd < 0) {
-        if (errno == ENOENT) continue;
-        error = errno_message(root / sub, errno);
-        ::closedir(dir);
-        return false;
-      }
-      if (!walk(subfd, sub, root)) {
-        ::closedir(dir);
-        return false;
-      }
+      local.files.push_back(std::move(f));
     }
     ::closedir(dir);
-    return true;
+    return result;
   }
+
+  int root_fd_;
+  fs::path root_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<std::string> queue_;
+  std::size_t pending_ = 0;  // folders queued or being read
 };
 
 }  // namespace
 
 Result<ScanResult> scan_tree(const fs::path& root) {
-  int fd = ::open(root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return make_error(errno_message(root, errno));
-  Walker w;
-  if (!w.walk(fd, "", root)) return make_error(w.error);
+  UniqueFd fd(::open(root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!fd.valid()) return make_error(errno_message(root, errno));
+  Walker w(fd.get(), root);
+  w.run(std::clamp(std::thread::hardware_concurrency(), 1u, 4u));
+  if (!w.error.empty()) return make_error(w.error);
   std::sort(w.out.files.begin(), w.out.files.end(),
             [](const ScannedFile& a, const ScannedFile& b) { return a.path < b.path; });
+  std::sort(w.out.skipped.begin(), w.out.skipped.end());
   return std::move(w.out);
 }
 

@@ -81,6 +81,10 @@ Status StateStore::store_manifest(const proto::Digest& d, std::string_view bytes
   return write_file_atomic(manifest_path(d), bytes, 0644, /*durable=*/false);
 }
 
+void StateStore::forget_manifest(const proto::Digest& d) const {
+  ::unlink(manifest_path(d).c_str());
+}
+
 Result<std::shared_ptr<const proto::Manifest>> StateStore::load_manifest(
     const proto::Digest& d, const std::string& partition, std::size_t depth) const {
   fs::path file = manifest_path(d);
@@ -131,14 +135,17 @@ void StateStore::collect_manifests(const proto::Snapshot& keep_a,
   }
 }
 
-HeldState StateStore::load_held() const {
+// State files are ours, but a wrong type in one (an edit by hand, a damaged disk) must read as
+// damaged, not throw: nlohmann's value() throws on a type mismatch.
+HeldState StateStore::load_held() const try {
   HeldState held;
   auto j = read_json(dir_ / "held.json");
   if (!j || !*j) return held;
   const json& doc = **j;
   held.candidate_serial = doc.value("candidate_serial", std::uint64_t{0});
   held.since = doc.value("since", std::int64_t{0});
-  for (const auto& p : doc.value("partitions", json::array())) {
+  const json partitions = doc.value("partitions", json::array());
+  for (const auto& p : partitions) {
     HeldPartition hp;
     hp.hold.partition = p.value("partition", "");
     hp.hold.deleted = p.value("deleted", std::uint64_t{0});
@@ -149,6 +156,8 @@ HeldState StateStore::load_held() const {
     held.partitions.push_back(std::move(hp));
   }
   return held;
+} catch (const json::exception&) {
+  return {};
 }
 
 Status StateStore::save_held(const HeldState& held) const {
@@ -170,13 +179,15 @@ Status StateStore::save_held(const HeldState& held) const {
       {{"candidate_serial", held.candidate_serial}, {"since", held.since}, {"partitions", parts}});
 }
 
-std::vector<Approval> StateStore::load_approvals() const {
+std::vector<Approval> StateStore::load_approvals() const try {
   std::vector<Approval> out;
   auto j = read_json(dir_ / "approvals.json");
   if (!j || !*j) return out;
-  for (const auto& a : (*j)->value("approvals", json::array()))
-    out.push_back({a.value("partition", ""), a.value("candidate", "")});
+  const json list = (*j)->value("approvals", json::array());
+  for (const auto& a : list) out.push_back({a.value("partition", ""), a.value("candidate", "")});
   return out;
+} catch (const json::exception&) {
+  return {};
 }
 
 Status StateStore::save_approvals(const std::vector<Approval>& approvals) const {
@@ -186,7 +197,7 @@ Status StateStore::save_approvals(const std::vector<Approval>& approvals) const 
   return write_json(dir_ / "approvals.json", {{"approvals", list}});
 }
 
-CycleRecord StateStore::load_cycle() const {
+CycleRecord StateStore::load_cycle() const try {
   CycleRecord r;
   auto j = read_json(dir_ / "cycle.json");
   if (!j || !*j) return r;
@@ -195,6 +206,8 @@ CycleRecord StateStore::load_cycle() const {
   r.message = (*j)->value("message", "");
   r.upstream_serial = (*j)->value("upstream_serial", std::uint64_t{0});
   return r;
+} catch (const json::exception&) {
+  return {};
 }
 
 Status StateStore::save_cycle(const CycleRecord& r) const {
@@ -206,20 +219,23 @@ Status StateStore::save_cycle(const CycleRecord& r) const {
   return write_file_atomic(dir_ / "cycle.json", j.dump(2) + "\n", 0644, false);
 }
 
-Result<std::optional<Journal>> StateStore::load_journal() const {
+Result<std::optional<Journal>> StateStore::load_journal() const try {
   auto j = read_json(dir_ / "journal.json");
   if (!j) return j.error();
   if (!*j) return std::optional<Journal>();
   const json& doc = **j;
   Journal journal;
   journal.serial = doc.value("serial", std::uint64_t{0});
-  for (const auto& [name, hex] : doc.value("previous", json::object()).items()) {
+  const json previous = doc.value("previous", json::object());  // items() must not outlive it
+  for (const auto& [name, hex] : previous.items()) {
     auto d = hex.is_string() ? proto::digest_from_hex(hex.get<std::string>()) : std::nullopt;
     if (!d) return make_error((dir_ / "journal.json").string() + ": damaged entry " + name);
     journal.previous[name] = *d;
   }
   if (journal.serial == 0) return make_error((dir_ / "journal.json").string() + ": no serial");
   return std::optional<Journal>(std::move(journal));
+} catch (const json::exception& e) {
+  return make_error((dir_ / "journal.json").string() + ": damaged (" + e.what() + ")");
 }
 
 Status StateStore::save_journal(const Journal& journal) const {

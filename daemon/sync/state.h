@@ -87,6 +87,8 @@ class StateStore {
                                                                std::size_t depth) const;
   bool has_manifest(const proto::Digest& d) const;
   Status store_manifest(const proto::Digest& d, std::string_view bytes) const;
+  /// Removes a stored manifest (of a candidate that was refused).
+  void forget_manifest(const proto::Digest& d) const;
   /// Every manifest of a snapshot (shared when two partitions... never; one per partition).
   Result<ManifestSet> load_manifests(const proto::Snapshot& s) const;
   /// Makes the manifests of `s` available in the tree (served with the snapshot).

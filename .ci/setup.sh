@@ -1,0 +1,29 @@
+# Sourced by .ci/run and .ci/demo: installs what is missing (Debian 12, as root) and builds.
+set -euo pipefail
+
+TIERSYNC_PACKAGES=(g++ cmake ninja-build ccache pkg-config libboost1.81-dev libssl-dev openssl
+  nlohmann-json3-dev libspdlog-dev libgtest-dev rsync python3)
+
+tiersync_install() {
+  local missing=()
+  for p in "${TIERSYNC_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    echo "== installing: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
+  fi
+}
+
+# tiersync_build DIR [cmake args...]
+tiersync_build() {
+  local dir=$1
+  shift
+  cmake -S "$TIERSYNC_ROOT" -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo "$@" >/dev/null
+  ninja -C "$dir" -j"$(nproc)"
+}
+
+TIERSYNC_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+export CCACHE_DIR=${CCACHE_DIR:-$HOME/.cache/ccache}

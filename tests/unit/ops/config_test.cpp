@@ -1,0 +1,646 @@
+#include "daemon/ops/config.h"
+
+#include <gtest/gtest.h>
+#include <stdlib.h>
+
+#include <algorithm>
+#include <cctype>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "proto/keys.h"
+
+namespace tiersync::ops {
+namespace {
+
+using nlohmann::json;
+
+/// True when `haystack` contains `needle`; the failure message shows both.
+testing::AssertionResult Contains(std::string_view haystack, std::string_view needle) {
+  if (haystack.find(needle) != std::string_view::npos) return testing::AssertionSuccess();
+  return testing::AssertionFailure()
+         << "\"" << haystack << "\" does not contain \"" << needle << "\"";
+}
+
+/// Where the configs of these tests claim to live (parse_config reads no file).
+const fs::path kFile = "/etc/tiersync/tiersync.json";
+
+json tier0() {
+  return json::parse(R"({
+    "role": "tier0",
+    "name": "dl-master",
+    "tree": "/srv/mirror/alpine",
+    "state_dir": "/var/lib/tiersync",
+    "layout": "{release}/{repo}/{arch}",
+    "index_files": ["APKINDEX.tar.gz"],
+    "source": {"dir": "/srv/incoming", "settle_seconds": 30},
+    "signing_key": "/etc/tiersync/origin.key",
+    "snapshot_ttl_hours": 48,
+    "guard": {"max_delete_ratio": 0.1, "min_files": 5,
+              "partitions": {"edge/testing/*": {"max_delete_ratio": 0.5}}},
+    "listen": [{"address": "0.0.0.0", "port": 8443, "tls_cert": "/etc/tiersync/cert.pem",
+                "tls_key": "/etc/tiersync/key.pem"}],
+    "control_socket": "/run/tiersync/control.sock",
+    "log": {"level": "debug", "format": "json"}
+  })");
+}
+
+json tier1() {
+  return json::parse(R"({
+    "role": "tier1",
+    "name": "cdn-backend-1",
+    "tree": "/srv/mirror/alpine",
+    "state_dir": "/var/lib/tiersync",
+    "upstream": {"url": "https://dl-master.example.org:8443/", "ca_file": "/etc/tiersync/ca.pem",
+                 "connections": 16, "poll_seconds": 60, "max_bytes_per_second": 1000000},
+    "trusted_keys": ["/etc/tiersync/origin.pub", "/etc/tiersync/origin2.pub"],
+    "threshold": 2,
+    "guard": {"max_delete_ratio": 0.2, "min_files": 10, "trust_upstream_approvals": false,
+              "partitions": {"edge/testing/*": {"max_delete_ratio": 0.5, "min_files": 3}}},
+    "listen": [{"address": "0.0.0.0", "port": 8443, "tls_cert": "/etc/tiersync/cert.pem",
+                "tls_key": "/etc/tiersync/key.pem"},
+               {"address": "127.0.0.1", "port": 8080, "tls": false}],
+    "log": {"level": "info", "format": "text"}
+  })");
+}
+
+json mirror() {
+  return json::parse(R"({
+    "role": "mirror",
+    "name": "mirror.example.net",
+    "tree": "/srv/mirror/alpine",
+    "state_dir": "/var/lib/tiersync",
+    "upstream": {"url": "file:///srv/parent-tree"},
+    "trusted_keys": ["/etc/tiersync/origin.pub"]
+  })");
+}
+
+json minimal_tier0() {
+  return json::parse(R"({
+    "role": "tier0", "name": "origin", "tree": "/srv/tree", "state_dir": "/var/lib/tiersync",
+    "layout": "{release}/{repo}/{arch}", "source": {"dir": "/srv/incoming"},
+    "signing_key": "/etc/tiersync/origin.key"
+  })");
+}
+
+Config parse(const json& doc, const fs::path& file = kFile) {
+  auto c = parse_config(doc.dump(), file);
+  EXPECT_TRUE(c) << c.message();
+  return c ? std::move(*c) : Config{};
+}
+
+std::string parse_text_error(std::string_view text, const fs::path& file = kFile) {
+  auto c = parse_config(text, file);
+  EXPECT_FALSE(c) << text;
+  return c ? std::string() : c.message();
+}
+std::string parse_error(const json& doc) {
+  return parse_text_error(doc.dump());
+}
+
+/// Expects `doc` to be refused with a message naming `key` (as `key "<key>"`).
+void expect_key_error(const json& doc, const std::string& key) {
+  SCOPED_TRACE(doc.dump());
+  const std::string msg = parse_error(doc);
+  EXPECT_TRUE(Contains(msg, "\"" + key + "\"")) << "expected key " << key;
+}
+
+// --- valid configurations -----------------------------------------------------------------------
+
+TEST(ParseConfig, Tier0) {
+  const Config c = parse(tier0());
+  EXPECT_EQ(c.file, kFile);
+  EXPECT_EQ(c.role, Role::kTier0);
+  EXPECT_FALSE(c.is_relay());
+  EXPECT_EQ(c.name, "dl-master");
+  EXPECT_EQ(c.tree, "/srv/mirror/alpine");
+  EXPECT_EQ(c.state_dir, "/var/lib/tiersync");
+  EXPECT_EQ(c.layout, "{release}/{repo}/{arch}");
+  EXPECT_EQ(c.index_files, std::vector<std::string>{"APKINDEX.tar.gz"});
+  EXPECT_EQ(c.source_dir, "/srv/incoming");
+  EXPECT_EQ(c.settle_seconds, 30u);
+  EXPECT_EQ(c.signing_key, "/etc/tiersync/origin.key");
+  EXPECT_EQ(c.snapshot_ttl_hours, 48u);
+  EXPECT_DOUBLE_EQ(c.guard.max_delete_ratio, 0.1);
+  EXPECT_EQ(c.guard.min_files, 5u);
+  ASSERT_EQ(c.guard.partitions.size(), 1u);
+  EXPECT_EQ(c.guard.partitions[0].pattern, "edge/testing/*");
+  EXPECT_EQ(c.guard.partitions[0].max_delete_ratio, 0.5);
+  EXPECT_EQ(c.guard.partitions[0].min_files, std::nullopt);
+  ASSERT_EQ(c.listen.size(), 1u);
+  EXPECT_EQ(c.listen[0].address, "0.0.0.0");
+  EXPECT_EQ(c.listen[0].port, 8443);
+  EXPECT_TRUE(c.listen[0].tls);
+  EXPECT_EQ(c.listen[0].tls_cert, "/etc/tiersync/cert.pem");
+  EXPECT_EQ(c.listen[0].tls_key, "/etc/tiersync/key.pem");
+  EXPECT_EQ(c.control_socket, "/run/tiersync/control.sock");
+  EXPECT_EQ(c.log.level, "debug");
+  EXPECT_EQ(c.log.format, "json");
+}
+
+TEST(ParseConfig, Tier1) {
+  const Config c = parse(tier1());
+  EXPECT_EQ(c.role, Role::kTier1);
+  EXPECT_TRUE(c.is_relay());
+  EXPECT_EQ(c.name, "cdn-backend-1");
+  EXPECT_EQ(c.upstream.url, "https://dl-master.example.org:8443/");
+  EXPECT_EQ(c.upstream.ca_file, "/etc/tiersync/ca.pem");
+  EXPECT_EQ(c.upstream.connections, 16u);
+  EXPECT_EQ(c.upstream.poll_seconds, 60u);
+  EXPECT_EQ(c.upstream.max_bytes_per_second, 1000000u);
+  EXPECT_EQ(c.trusted_keys,
+            (std::vector<fs::path>{"/etc/tiersync/origin.pub", "/etc/tiersync/origin2.pub"}));
+  EXPECT_EQ(c.threshold, 2u);
+  EXPECT_FALSE(c.guard.trust_upstream_approvals);
+  ASSERT_EQ(c.guard.partitions.size(), 1u);
+  EXPECT_EQ(c.guard.partitions[0].min_files, 3u);
+  ASSERT_EQ(c.listen.size(), 2u);
+  EXPECT_FALSE(c.listen[1].tls);
+  EXPECT_EQ(c.listen[1].port, 8080);
+  EXPECT_EQ(c.listen[1].address, "127.0.0.1");
+  EXPECT_EQ(c.log.format, "text");
+}
+
+TEST(ParseConfig, MirrorDefaults) {
+  const Config c = parse(mirror());
+  EXPECT_EQ(c.role, Role::kMirror);
+  EXPECT_TRUE(c.is_relay());
+  EXPECT_EQ(c.upstream.url, "file:///srv/parent-tree");
+  EXPECT_TRUE(c.upstream.ca_file.empty());
+  EXPECT_DOUBLE_EQ(c.guard.max_delete_ratio, 0.2);
+  EXPECT_EQ(c.guard.min_files, 10u);
+  EXPECT_TRUE(c.guard.trust_upstream_approvals);
+  EXPECT_TRUE(c.guard.partitions.empty());
+  EXPECT_EQ(c.upstream.connections, 8u);
+  EXPECT_EQ(c.upstream.poll_seconds, 300u);
+  EXPECT_EQ(c.upstream.max_bytes_per_second, 0u);
+  EXPECT_EQ(c.threshold, 1u);
+  EXPECT_TRUE(c.listen.empty());  // a mirror may listen, need not
+  EXPECT_EQ(c.control_socket, "/var/lib/tiersync/control.sock");
+  EXPECT_EQ(c.log.level, "info");
+  EXPECT_EQ(c.log.format, "text");
+}
+
+TEST(ParseConfig, Tier0Defaults) {
+  const Config c = parse(minimal_tier0());
+  EXPECT_EQ(c.settle_seconds, 10u);
+  EXPECT_EQ(c.snapshot_ttl_hours, 168u);
+  EXPECT_DOUBLE_EQ(c.guard.max_delete_ratio, 0.2);
+  EXPECT_EQ(c.guard.min_files, 10u);
+  EXPECT_EQ(c.index_files,
+            (std::vector<std::string>{"APKINDEX.tar.gz", "Release", "InRelease", "repomd.xml"}));
+  EXPECT_TRUE(c.listen.empty());
+}
+
+TEST(ParseConfig, MirrorMayListen) {
+  json doc = mirror();
+  doc["listen"] = json::parse(R"([{"address": "::", "port": 0, "tls": false}])");
+  const Config c = parse(doc);
+  ASSERT_EQ(c.listen.size(), 1u);
+  EXPECT_EQ(c.listen[0].port, 0);
+}
+
+TEST(ParseConfig, RelativePathsResolveAgainstTheConfigFolder) {
+  json doc = tier1();
+  doc["tree"] = "tree";
+  doc["state_dir"] = "../state";
+  doc["upstream"]["ca_file"] = "certs/ca.pem";
+  doc["trusted_keys"] = {"keys/origin.pub", "./keys/../other.pub"};
+  doc["listen"][0]["tls_cert"] = "tls/cert.pem";
+  doc["listen"][0]["tls_key"] = "tls/key.pem";
+  doc["control_socket"] = "run/control.sock";
+  const Config c = parse(doc, "/opt/ts/etc/tiersync.json");
+  EXPECT_EQ(c.tree, "/opt/ts/etc/tree");
+  EXPECT_EQ(c.state_dir, "/opt/ts/state");
+  EXPECT_EQ(c.upstream.ca_file, "/opt/ts/etc/certs/ca.pem");
+  EXPECT_EQ(c.trusted_keys,
+            (std::vector<fs::path>{"/opt/ts/etc/keys/origin.pub", "/opt/ts/etc/other.pub"}));
+  EXPECT_EQ(c.listen[0].tls_cert, "/opt/ts/etc/tls/cert.pem");
+  EXPECT_EQ(c.listen[0].tls_key, "/opt/ts/etc/tls/key.pem");
+  EXPECT_EQ(c.control_socket, "/opt/ts/etc/run/control.sock");
+
+  json t0 = minimal_tier0();
+  t0["source"]["dir"] = "incoming";
+  t0["signing_key"] = "origin.key";
+  t0["tree"] = "../tree";
+  const Config c0 = parse(t0, "/opt/ts/etc/tiersync.json");
+  EXPECT_EQ(c0.source_dir, "/opt/ts/etc/incoming");
+  EXPECT_EQ(c0.signing_key, "/opt/ts/etc/origin.key");
+  EXPECT_EQ(c0.tree, "/opt/ts/tree");
+}
+
+TEST(ParseConfig, RelativeConfigFileIsMadeAbsolute) {
+  json doc = mirror();
+  doc["tree"] = "tree";
+  const Config c = parse(doc, "conf/tiersync.json");
+  EXPECT_TRUE(c.file.is_absolute());
+  EXPECT_EQ(c.file, (fs::current_path() / "conf/tiersync.json").lexically_normal());
+  EXPECT_EQ(c.tree, (fs::current_path() / "conf/tree").lexically_normal());
+}
+
+TEST(ParseConfig, RatioBoundsAreInclusive) {
+  json doc = mirror();
+  doc["guard"] = {{"max_delete_ratio", 0}};
+  EXPECT_DOUBLE_EQ(parse(doc).guard.max_delete_ratio, 0.0);
+  doc["guard"] = {{"max_delete_ratio", 1}};
+  EXPECT_DOUBLE_EQ(parse(doc).guard.max_delete_ratio, 1.0);
+  doc["guard"] = {{"max_delete_ratio", 1.0}};
+  EXPECT_DOUBLE_EQ(parse(doc).guard.max_delete_ratio, 1.0);
+}
+
+TEST(ParseConfig, StateDirBesideTheTreeIsFine) {
+  json doc = mirror();
+  doc["tree"] = "/srv/tree";
+  doc["state_dir"] = "/srv/tree-state";  // shares a prefix, not a folder
+  EXPECT_EQ(parse(doc).state_dir, "/srv/tree-state");
+}
+
+// --- errors naming the key ----------------------------------------------------------------------
+
+TEST(ParseConfigError, InvalidJson) {
+  for (std::string_view text : {"", "{", "{\"role\": \"tier0\",}", "role = tier0"})
+    EXPECT_TRUE(Contains(parse_text_error(text), "not valid JSON")) << text;
+  EXPECT_TRUE(Contains(parse_text_error("[]"), "JSON object"));
+  EXPECT_TRUE(Contains(parse_text_error("[]"), kFile.string()));
+}
+
+TEST(ParseConfigError, BadRole) {
+  json doc = mirror();
+  doc["role"] = "tier2";
+  expect_key_error(doc, "role");
+  EXPECT_TRUE(Contains(parse_error(doc), "tier2"));
+  doc["role"] = 1;
+  expect_key_error(doc, "role");
+  doc.erase("role");
+  expect_key_error(doc, "role");
+}
+
+TEST(ParseConfigError, UnknownKeyTopLevel) {
+  json doc = mirror();
+  doc["bogus"] = 1;
+  expect_key_error(doc, "bogus");
+  EXPECT_TRUE(Contains(parse_error(doc), "unknown"));
+}
+
+TEST(ParseConfigError, UnknownKeyNested) {
+  json doc = mirror();
+  doc["upstream"]["bogus"] = 1;
+  expect_key_error(doc, "upstream.bogus");
+
+  doc = mirror();
+  doc["guard"] = {{"bogus", 1}};
+  expect_key_error(doc, "guard.bogus");
+
+  doc = mirror();
+  doc["guard"] = json::parse(R"({"partitions": {"edge/*/*": {"max_delete_ratio": 0.5, "x": 1}}})");
+  expect_key_error(doc, "guard.partitions.edge/*/*.x");
+
+  doc = mirror();
+  doc["log"] = {{"colour", true}};
+  expect_key_error(doc, "log.colour");
+
+  doc = tier1();
+  doc["listen"][1]["bogus"] = 1;
+  expect_key_error(doc, "listen[1].bogus");
+
+  doc = tier0();
+  doc["source"]["bogus"] = 1;
+  expect_key_error(doc, "source.bogus");
+}
+
+TEST(ParseConfigError, WrongType) {
+  const std::vector<std::pair<std::string, json>> cases = {
+      {"/name", 5},
+      {"/tree", true},
+      {"/upstream/url", 5},
+      {"/upstream/connections", "8"},
+      {"/upstream/connections", 8.5},
+      {"/upstream/poll_seconds", json::array()},
+      {"/upstream/ca_file", 1},
+      {"/threshold", 1.5},
+      {"/trusted_keys", "/etc/tiersync/origin.pub"},
+      {"/guard/max_delete_ratio", "0.2"},
+      {"/guard/min_files", 1.5},
+      {"/guard/trust_upstream_approvals", "yes"},
+      {"/guard/partitions", json::array()},
+      {"/guard/partitions/edge~1testing~1*", 0.5},
+      {"/listen/0/port", "8443"},
+      {"/listen/0/tls", "false"},
+      {"/listen/0/address", 0},
+      {"/log/level", 3},
+      {"/log", "info"},
+      {"/upstream", "https://x/"},
+      {"/guard", 0.2},
+      {"/listen", json::object()},
+  };
+  for (const auto& [pointer, value] : cases) {
+    json doc = tier1();
+    doc[json::json_pointer(pointer)] = value;
+    // "/upstream/url" -> "upstream.url", "/listen/0/port" -> "listen[0].port"
+    std::string key;
+    for (std::size_t i = 1; i < pointer.size(); ++i) {
+      char ch = pointer[i];
+      if (ch == '/') {
+        if (i + 1 < pointer.size() && std::isdigit(static_cast<unsigned char>(pointer[i + 1]))) {
+          key += '[';
+          while (i + 1 < pointer.size() && pointer[i + 1] != '/') key += pointer[++i];
+          key += ']';
+        } else {
+          key += '.';
+        }
+      } else {
+        key += ch;
+      }
+    }
+    if (key == "guard.partitions.edge~1testing~1*") key = "guard.partitions";
+    const std::string msg = parse_error(doc);
+    EXPECT_TRUE(Contains(msg, key)) << pointer;
+  }
+}
+
+TEST(ParseConfigError, ValueOutOfRange) {
+  const std::vector<std::pair<std::string, json>> cases = {
+      {"/upstream/connections", 0},
+      {"/upstream/connections", 65},
+      {"/upstream/poll_seconds", 0},
+      {"/upstream/max_bytes_per_second", -1},
+      {"/threshold", 0},
+      {"/listen/0/port", 65536},
+      {"/listen/0/port", -1},
+      {"/guard/min_files", -1},
+      {"/name", ""},
+      {"/name", "has space"},
+      {"/name", std::string(65, 'n')},
+      {"/tree", ""},
+      {"/upstream/url", "ftp://x/"},
+      {"/upstream/url", "/srv/parent"},
+      {"/log/level", "verbose"},
+  };
+  for (const auto& [pointer, value] : cases) {
+    json doc = tier1();
+    doc[json::json_pointer(pointer)] = value;
+    std::string key = pointer.substr(1);
+    std::replace(key.begin(), key.end(), '/', '.');
+    if (key == "listen.0.port") key = "listen[0].port";
+    EXPECT_TRUE(Contains(parse_error(doc), "\"" + key + "\"")) << pointer << " = " << value;
+  }
+}
+
+TEST(ParseConfigError, MissingRequiredKey) {
+  for (const char* key : {"name", "tree", "state_dir", "upstream", "trusted_keys"}) {
+    json doc = mirror();
+    doc.erase(key);
+    expect_key_error(doc, key);
+  }
+  for (const char* key : {"name", "tree", "state_dir", "layout", "source", "signing_key"}) {
+    json doc = minimal_tier0();
+    doc.erase(key);
+    expect_key_error(doc, key);
+  }
+  json doc = mirror();
+  doc["upstream"].erase("url");
+  expect_key_error(doc, "upstream.url");
+
+  doc = minimal_tier0();
+  doc["source"].erase("dir");
+  expect_key_error(doc, "source.dir");
+
+  doc = tier1();
+  doc["listen"][1].erase("port");
+  expect_key_error(doc, "listen[1].port");
+  doc = tier1();
+  doc["listen"][0].erase("address");
+  expect_key_error(doc, "listen[0].address");
+}
+
+TEST(ParseConfigError, KeyThatDoesNotFitTheRole) {
+  const json relay_only = tier1();
+  const json tier0_only = tier0();
+  for (const char* key : {"layout", "index_files", "source", "signing_key", "snapshot_ttl_hours"}) {
+    for (json doc : {mirror(), tier1()}) {
+      doc[key] = tier0_only[key];
+      expect_key_error(doc, key);
+      EXPECT_TRUE(Contains(parse_error(doc), "role")) << key;
+    }
+  }
+  for (const char* key : {"upstream", "trusted_keys", "threshold"}) {
+    json doc = tier0();
+    doc[key] = relay_only[key];
+    expect_key_error(doc, key);
+    EXPECT_TRUE(Contains(parse_error(doc), "role")) << key;
+  }
+  json doc = tier0();
+  doc["guard"]["trust_upstream_approvals"] = true;
+  expect_key_error(doc, "guard.trust_upstream_approvals");
+  doc["guard"]["trust_upstream_approvals"] = false;
+  expect_key_error(doc, "guard.trust_upstream_approvals");
+}
+
+TEST(ParseConfigError, Tier1WithoutListen) {
+  json doc = tier1();
+  doc.erase("listen");
+  expect_key_error(doc, "listen");
+  doc["listen"] = json::array();
+  expect_key_error(doc, "listen");
+}
+
+TEST(ParseConfigError, TlsWithoutCertificate) {
+  json doc = tier1();
+  doc["listen"][0].erase("tls_cert");
+  expect_key_error(doc, "listen[0].tls_cert");
+  doc = tier1();
+  doc["listen"][0].erase("tls_key");
+  expect_key_error(doc, "listen[0].tls_cert");  // the message names both
+  EXPECT_TRUE(Contains(parse_error(doc), "tls_key"));
+  doc = tier1();
+  doc["listen"][0]["tls_cert"] = "";
+  expect_key_error(doc, "listen[0].tls_cert");
+}
+
+TEST(ParseConfigError, ThresholdLargerThanTheKeys) {
+  json doc = tier1();
+  doc["threshold"] = 3;  // two keys
+  expect_key_error(doc, "threshold");
+  doc = mirror();
+  doc["threshold"] = 2;  // one key
+  expect_key_error(doc, "threshold");
+  doc["trusted_keys"] = json::array();
+  doc.erase("threshold");
+  expect_key_error(doc, "trusted_keys");
+}
+
+TEST(ParseConfigError, RatioOutOfRange) {
+  for (const json& ratio : {json(1.5), json(-0.1), json(2), json(1.0000001)}) {
+    json doc = mirror();
+    doc["guard"] = {{"max_delete_ratio", ratio}};
+    expect_key_error(doc, "guard.max_delete_ratio");
+    doc["guard"] = {{"partitions", {{"edge/*/*", {{"max_delete_ratio", ratio}}}}}};
+    expect_key_error(doc, "guard.partitions.edge/*/*.max_delete_ratio");
+  }
+}
+
+TEST(ParseConfigError, StateDirInsideTree) {
+  for (const char* state_dir :
+       {"/srv/mirror/alpine/.state", "/srv/mirror/alpine", "/srv/mirror/alpine/a/../state"}) {
+    json doc = mirror();
+    doc["state_dir"] = state_dir;
+    expect_key_error(doc, "state_dir");
+  }
+  // Relative paths are resolved first.
+  json doc = mirror();
+  doc["tree"] = "tree";
+  doc["state_dir"] = "tree/state";
+  expect_key_error(doc, "state_dir");
+}
+
+TEST(ParseConfigError, SourceDirOverlappingTree) {
+  for (const char* source :
+       {"/srv/mirror/alpine", "/srv/mirror/alpine/incoming", "/srv/mirror", "/"}) {
+    json doc = tier0();
+    doc["source"]["dir"] = source;
+    expect_key_error(doc, "source.dir");
+  }
+  json doc = tier0();
+  doc["source"]["dir"] = "/srv/mirror/alpine-incoming";
+  parse(doc);
+}
+
+TEST(ParseConfigError, BadLog) {
+  json doc = mirror();
+  doc["log"] = {{"format", "xml"}};
+  expect_key_error(doc, "log.format");
+  doc["log"] = {{"level", "loud"}};
+  expect_key_error(doc, "log.level");
+}
+
+TEST(ParseConfigError, BadLayoutOrIndexFiles) {
+  json doc = tier0();
+  doc["layout"] = "release/repo";
+  expect_key_error(doc, "layout");
+  doc = tier0();
+  doc["index_files"] = {"sub/APKINDEX.tar.gz"};
+  expect_key_error(doc, "index_files");
+  doc["index_files"] = {""};
+  expect_key_error(doc, "index_files");
+  doc["index_files"] = "APKINDEX.tar.gz";
+  expect_key_error(doc, "index_files");
+}
+
+TEST(ParseConfigError, MessageNamesTheFile) {
+  json doc = mirror();
+  doc["bogus"] = 1;
+  EXPECT_TRUE(Contains(parse_error(doc), kFile.string()));
+}
+
+// --- check_resources ----------------------------------------------------------------------------
+
+/// A fresh folder per test, removed afterwards, with a real key pair in it.
+class CheckResourcesTest : public testing::Test {
+ protected:
+  void SetUp() override {
+    std::string tmpl = (fs::path(testing::TempDir()) / "config_test.XXXXXX").string();
+    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
+    dir_ = tmpl;
+    auto key = proto::PrivateKey::generate();
+    ASSERT_TRUE(key) << key.message();
+    std::ofstream(dir_ / "origin.key") << key->to_pem();
+    std::ofstream(dir_ / "origin.pub") << key->public_key().to_pem();
+    fs::create_directories(dir_ / "incoming");
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  Config tier0_config() {
+    json doc = minimal_tier0();
+    doc["tree"] = "tree";
+    doc["state_dir"] = "state";
+    doc["source"]["dir"] = "incoming";
+    doc["signing_key"] = "origin.key";
+    return parse(doc, dir_ / "tiersync.json");
+  }
+  Config mirror_config() {
+    json doc = mirror();
+    doc["tree"] = "tree";
+    doc["state_dir"] = "state";
+    doc["trusted_keys"] = {"origin.pub"};
+    return parse(doc, dir_ / "tiersync.json");
+  }
+
+  fs::path dir_;
+};
+
+TEST_F(CheckResourcesTest, Tier0WithItsKey) {
+  const Status st = check_resources(tier0_config());
+  EXPECT_TRUE(st) << st.message();
+}
+
+TEST_F(CheckResourcesTest, MissingSigningKey) {
+  fs::remove(dir_ / "origin.key");
+  const Status st = check_resources(tier0_config());
+  ASSERT_FALSE(st);
+  EXPECT_TRUE(Contains(st.message(), "\"signing_key\""));
+  EXPECT_TRUE(Contains(st.message(), (dir_ / "origin.key").string()));
+}
+
+TEST_F(CheckResourcesTest, SigningKeyThatIsNotAKey) {
+  std::ofstream(dir_ / "origin.key") << "not a key";
+  const Status st = check_resources(tier0_config());
+  ASSERT_FALSE(st);
+  EXPECT_TRUE(Contains(st.message(), "\"signing_key\""));
+}
+
+TEST_F(CheckResourcesTest, MissingSourceDir) {
+  fs::remove(dir_ / "incoming");
+  const Status st = check_resources(tier0_config());
+  ASSERT_FALSE(st);
+  EXPECT_TRUE(Contains(st.message(), "\"source.dir\""));
+}
+
+TEST_F(CheckResourcesTest, MirrorWithItsKey) {
+  const Status st = check_resources(mirror_config());
+  EXPECT_TRUE(st) << st.message();
+}
+
+TEST_F(CheckResourcesTest, MissingTrustedKey) {
+  fs::remove(dir_ / "origin.pub");
+  const Status st = check_resources(mirror_config());
+  ASSERT_FALSE(st);
+  EXPECT_TRUE(Contains(st.message(), "\"trusted_keys[0]\""));
+}
+
+TEST_F(CheckResourcesTest, MissingCaFileAndTlsFiles) {
+  Config c = mirror_config();
+  c.upstream.ca_file = dir_ / "ca.pem";
+  Status st = check_resources(c);
+  ASSERT_FALSE(st);
+  EXPECT_TRUE(Contains(st.message(), "\"upstream.ca_file\""));
+
+  c = mirror_config();
+  c.listen.push_back(ListenConfig{"127.0.0.1", 0, false, {}, {}});
+  c.listen.push_back(ListenConfig{"127.0.0.1", 0, true, dir_ / "cert.pem", dir_ / "key.pem"});
+  st = check_resources(c);
+  ASSERT_FALSE(st);
+  EXPECT_TRUE(Contains(st.message(), "\"listen[1].tls_cert\""));
+  std::ofstream(dir_ / "cert.pem") << "x";
+  st = check_resources(c);
+  ASSERT_FALSE(st);
+  EXPECT_TRUE(Contains(st.message(), "\"listen[1].tls_key\""));
+}
+
+TEST_F(CheckResourcesTest, LoadConfigReadsTheFile) {
+  json doc = mirror();
+  doc["trusted_keys"] = {"origin.pub"};
+  std::ofstream(dir_ / "tiersync.json") << doc.dump();
+  const auto c = load_config(dir_ / "tiersync.json");
+  ASSERT_TRUE(c) << c.message();
+  EXPECT_EQ(c->trusted_keys, std::vector<fs::path>{dir_ / "origin.pub"});
+
+  const auto missing = load_config(dir_ / "nope.json");
+  ASSERT_FALSE(missing);
+  EXPECT_TRUE(Contains(missing.message(), (dir_ / "nope.json").string()));
+}
+
+}  // namespace
+}  // namespace tiersync::ops

@@ -1,0 +1,397 @@
+#include "daemon/sync/scan.h"
+
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "proto/digest.h"
+
+namespace tiersync::sync {
+namespace {
+
+using Names = std::vector<std::string>;
+
+/// True when `haystack` contains `needle`; the failure message shows both.
+testing::AssertionResult Contains(std::string_view haystack, std::string_view needle) {
+  if (haystack.find(needle) != std::string_view::npos) return testing::AssertionSuccess();
+  return testing::AssertionFailure()
+         << "\"" << haystack << "\" does not contain \"" << needle << "\"";
+}
+
+void write(const fs::path& file, std::string_view bytes) {
+  fs::create_directories(file.parent_path());
+  std::ofstream(file, std::ios::binary | std::ios::trunc) << bytes;
+}
+
+/// Sets a file's mtime (without following a symlink).
+void set_mtime(const fs::path& file, std::int64_t sec, long nsec = 0) {
+  const timespec times[2] = {{sec, nsec}, {sec, nsec}};
+  ASSERT_EQ(::utimensat(AT_FDCWD, file.c_str(), times, AT_SYMLINK_NOFOLLOW), 0) << file;
+}
+
+/// A fresh directory per test, removed afterwards.
+class ScanTest : public testing::Test {
+ protected:
+  void SetUp() override {
+    std::string tmpl = (fs::path(testing::TempDir()) / "scan_test.XXXXXX").string();
+    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
+    dir_ = tmpl;
+    root_ = dir_ / "tree";
+    fs::create_directories(root_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  /// Scans root_, expecting success.
+  ScanResult scan() {
+    auto r = scan_tree(root_);
+    EXPECT_TRUE(r) << r.message();
+    return r ? std::move(*r) : ScanResult{};
+  }
+
+  /// The scanned record of one file.
+  ScannedFile scanned(const std::string& path) {
+    for (auto& f : scan().files)
+      if (f.path == path) return f;
+    ADD_FAILURE() << path << " not scanned";
+    return {};
+  }
+
+  fs::path dir_;
+  fs::path root_;
+};
+
+Names paths_of(const ScanResult& r) {
+  Names out;
+  for (const auto& f : r.files) out.push_back(f.path);
+  return out;
+}
+
+// --- scan_tree ----------------------------------------------------------------------------------
+
+TEST_F(ScanTest, SortedFilesAndSymlinks) {
+  write(root_ / "z", "zz");
+  write(root_ / "b/file1", "one");
+  write(root_ / "a/file2", "two!");
+  write(root_ / "A", "upper");
+  fs::create_symlink("file2", root_ / "a/link");
+  fs::create_symlink("../b", root_ / "a/dirlink");
+  fs::create_directories(root_ / "emptydir");
+  ::chmod((root_ / "b/file1").c_str(), 0640);
+
+  const ScanResult r = scan();
+  EXPECT_EQ(paths_of(r), (Names{"A", "a/dirlink", "a/file2", "a/link", "b/file1", "z"}));
+  EXPECT_TRUE(std::is_sorted(r.files.begin(), r.files.end(),
+                             [](const auto& x, const auto& y) { return x.path < y.path; }));
+  EXPECT_TRUE(r.skipped.empty()) << r.skipped.front();
+
+  const auto& file1 = r.files[4];
+  struct stat st;
+  ASSERT_EQ(::lstat((root_ / "b/file1").c_str(), &st), 0);
+  EXPECT_FALSE(file1.link);
+  EXPECT_EQ(file1.size, 3u);
+  EXPECT_EQ(file1.mode, 0640u);
+  EXPECT_EQ(file1.ino, st.st_ino);
+  EXPECT_EQ(file1.dev, st.st_dev);
+  EXPECT_EQ(file1.mtime_ns, st.st_mtim.tv_sec * 1'000'000'000LL + st.st_mtim.tv_nsec);
+
+  const auto& link = r.files[3];
+  EXPECT_TRUE(link.link);
+  EXPECT_EQ(link.target, "file2");
+  EXPECT_EQ(link.size, 0u);
+  // A symlink to a folder is recorded as a symlink, not followed.
+  EXPECT_TRUE(r.files[1].link);
+  EXPECT_EQ(r.files[1].target, "../b");
+}
+
+TEST_F(ScanTest, MtimeKeepsNanoseconds) {
+  write(root_ / "f", "x");
+  set_mtime(root_ / "f", 1732500000, 123456789);
+  EXPECT_EQ(scanned("f").mtime_ns, 1732500000'123456789LL);
+}
+
+TEST_F(ScanTest, SkipsTopLevelMetaDirAndBusyFile) {
+  write(root_ / ".tiersync/v1/snapshot", "env");
+  write(root_ / ".tiersync/staging/x", "x");
+  write(root_ / ".tiersync-busy", "");
+  write(root_ / "sub/.tiersync/x", "kept");
+  write(root_ / "sub/.tiersync-busy", "kept");
+  write(root_ / "f", "f");
+  const ScanResult r = scan();
+  EXPECT_EQ(paths_of(r), (Names{"f", "sub/.tiersync-busy", "sub/.tiersync/x"}));
+  // Leaving out .tiersync/ is by design, not worth a line in `skipped`.
+  EXPECT_TRUE(r.skipped.empty()) << r.skipped.front();
+}
+
+TEST_F(ScanTest, SkipsEscapingSymlinksAndSpecialFilesWithAReason) {
+  write(root_ / "a/file", "f");
+  fs::create_symlink("../../etc/passwd", root_ / "a/evil");
+  fs::create_symlink("/etc/passwd", root_ / "a/abs");
+  fs::create_symlink(".tiersync/v1/snapshot", root_ / "meta");
+  ASSERT_EQ(::mkfifo((root_ / "a/fifo").c_str(), 0644), 0);
+
+  const ScanResult r = scan();
+  EXPECT_EQ(paths_of(r), Names{"a/file"});
+  ASSERT_EQ(r.skipped.size(), 4u);
+  for (std::string_view name : {"a/evil", "a/abs", "a/fifo", "meta"}) {
+    EXPECT_TRUE(std::any_of(r.skipped.begin(), r.skipped.end(),
+                            [&](const std::string& line) { return Contains(line, name); }))
+        << name << " not named in skipped";
+  }
+  for (const auto& line : r.skipped) EXPECT_GT(line.size(), 10u) << "no reason: " << line;
+}
+
+// BUG: scan_tree checks each symlink with link_target_error, lexically and alone; the kernel
+// resolves through the other links. Here x/y -> ".." is the tree's top and x/l -> "y/../secret"
+// is lexically "x/secret", but really reads the file beside the tree. tier0 would publish it
+// (SPEC 3: symlink targets resolve inside the tree). Either link may be the one left out.
+TEST_F(ScanTest, SkipsASymlinkThatEscapesThroughAnotherSymlink) {
+  write(dir_ / "secret", "not for the mirror");
+  fs::create_directories(root_ / "x");
+  fs::create_symlink("..", root_ / "x/y");
+  fs::create_symlink("y/../secret", root_ / "x/l");
+  // The kernel does leave the tree.
+  ASSERT_EQ(fs::canonical(root_ / "x/l"), fs::canonical(dir_ / "secret"));
+
+  const ScanResult r = scan();
+  const Names paths = paths_of(r);
+  const bool both = std::count(paths.begin(), paths.end(), "x/l") &&
+                    std::count(paths.begin(), paths.end(), "x/y");
+  EXPECT_FALSE(both) << "x/l -> y/../secret and x/y -> .. both recorded";
+  EXPECT_FALSE(r.skipped.empty());
+}
+
+TEST_F(ScanTest, SkipsInvalidNames) {
+  write(root_ / "ok", "ok");
+  write(root_ / "bad\xff", "x");
+  write(root_ / std::string(255, 'n'), "x");  // the longest valid name
+  const ScanResult r = scan();
+  EXPECT_EQ(paths_of(r), (Names{std::string(255, 'n'), "ok"}));
+  ASSERT_EQ(r.skipped.size(), 1u);
+  EXPECT_TRUE(Contains(r.skipped[0], "UTF-8"));
+}
+
+TEST_F(ScanTest, EmptyTree) {
+  const ScanResult r = scan();
+  EXPECT_TRUE(r.files.empty());
+  EXPECT_TRUE(r.skipped.empty());
+}
+
+TEST_F(ScanTest, MissingRootIsAnError) {
+  const auto r = scan_tree(dir_ / "nope");
+  ASSERT_FALSE(r);
+  EXPECT_TRUE(Contains(r.message(), (dir_ / "nope").string()));
+  write(dir_ / "file", "x");
+  EXPECT_FALSE(scan_tree(dir_ / "file"));
+}
+
+// --- hash_file ----------------------------------------------------------------------------------
+
+TEST_F(ScanTest, HashFile) {
+  write(root_ / "f", "hello");
+  std::uint64_t size = 0;
+  const auto d = hash_file(root_ / "f", &size);
+  ASSERT_TRUE(d) << d.message();
+  EXPECT_EQ(*d, proto::sha256("hello"));
+  EXPECT_EQ(size, 5u);
+
+  write(root_ / "empty", "");
+  const auto e = hash_file(root_ / "empty", &size);
+  ASSERT_TRUE(e) << e.message();
+  EXPECT_EQ(proto::to_hex(*e), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+  EXPECT_EQ(size, 0u);
+}
+
+TEST_F(ScanTest, HashFileLargerThanItsBuffer) {
+  std::string big(3 * (1 << 20) + 17, '\0');
+  for (std::size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>(i * 31 + i / 4096);
+  write(root_ / "big", big);
+  std::uint64_t size = 0;
+  const auto d = hash_file(root_ / "big", &size);
+  ASSERT_TRUE(d) << d.message();
+  EXPECT_EQ(*d, proto::sha256(big));
+  EXPECT_EQ(size, big.size());
+}
+
+TEST_F(ScanTest, HashFileErrors) {
+  const auto missing = hash_file(root_ / "missing");
+  ASSERT_FALSE(missing);
+  EXPECT_TRUE(Contains(missing.message(), (root_ / "missing").string()));
+  write(root_ / "target", "t");
+  fs::create_symlink("target", root_ / "link");
+  EXPECT_FALSE(hash_file(root_ / "link"));  // the last component is not followed
+}
+
+// --- HashCache ----------------------------------------------------------------------------------
+
+TEST_F(ScanTest, HashCacheDoesNotReReadAnUnchangedFile) {
+  write(root_ / "f", "content A");
+  set_mtime(root_ / "f", 1732500000);
+  const ScannedFile f = scanned("f");
+
+  HashCache cache;
+  EXPECT_FALSE(cache.needs_save());
+  auto d = cache.digest_of(root_, f);
+  ASSERT_TRUE(d) << d.message();
+  EXPECT_EQ(*d, proto::sha256("content A"));
+  EXPECT_EQ(cache.hashed(), 1u);
+  EXPECT_EQ(cache.size(), 1u);
+  EXPECT_TRUE(cache.needs_save());
+
+  // Same content size, same mtime, same inode: the cache answers without reading, so it still
+  // gives the old digest although the bytes changed underneath.
+  {
+    std::fstream out(root_ / "f", std::ios::in | std::ios::out | std::ios::binary);
+    out << "content B";
+  }
+  set_mtime(root_ / "f", 1732500000);
+  const ScannedFile again = scanned("f");
+  ASSERT_EQ(again.ino, f.ino);
+  d = cache.digest_of(root_, again);
+  ASSERT_TRUE(d) << d.message();
+  EXPECT_EQ(cache.hashed(), 1u);
+  EXPECT_EQ(*d, proto::sha256("content A"));
+  EXPECT_EQ(cache.lookup(again), proto::sha256("content A"));
+}
+
+TEST_F(ScanTest, HashCacheReReadsAfterAnMtimeChange) {
+  write(root_ / "f", "content A");
+  set_mtime(root_ / "f", 1732500000);
+  HashCache cache;
+  ASSERT_TRUE(cache.digest_of(root_, scanned("f")));
+
+  write(root_ / "f", "content B");  // same size
+  set_mtime(root_ / "f", 1732500000, 1);
+  const ScannedFile f = scanned("f");
+  EXPECT_EQ(cache.lookup(f), std::nullopt);
+  const auto d = cache.digest_of(root_, f);
+  ASSERT_TRUE(d) << d.message();
+  EXPECT_EQ(*d, proto::sha256("content B"));
+  EXPECT_EQ(cache.hashed(), 2u);
+  EXPECT_EQ(cache.size(), 1u);
+}
+
+TEST_F(ScanTest, HashCacheReReadsAfterASizeChange) {
+  write(root_ / "f", "short");
+  set_mtime(root_ / "f", 1732500000);
+  HashCache cache;
+  ASSERT_TRUE(cache.digest_of(root_, scanned("f")));
+
+  write(root_ / "f", "a longer content");
+  set_mtime(root_ / "f", 1732500000);
+  const auto d = cache.digest_of(root_, scanned("f"));
+  ASSERT_TRUE(d) << d.message();
+  EXPECT_EQ(*d, proto::sha256("a longer content"));
+  EXPECT_EQ(cache.hashed(), 2u);
+}
+
+TEST_F(ScanTest, HashCacheReReadsAfterAnInodeChange) {
+  write(root_ / "f", "content A");
+  set_mtime(root_ / "f", 1732500000);
+  HashCache cache;
+  const ScannedFile f = scanned("f");
+  ASSERT_TRUE(cache.digest_of(root_, f));
+  ScannedFile other = f;
+  other.ino += 1;
+  EXPECT_EQ(cache.lookup(other), std::nullopt);
+}
+
+TEST_F(ScanTest, HashCacheRefusesAFileThatChangedWhileRead) {
+  write(root_ / "f", "0123456789");
+  ScannedFile f = scanned("f");
+  f.size = 3;  // what the scan saw; the file has grown since
+  HashCache cache;
+  const auto d = cache.digest_of(root_, f);
+  ASSERT_FALSE(d);
+  EXPECT_TRUE(Contains(d.message(), "changed"));
+  EXPECT_EQ(cache.size(), 0u);
+}
+
+TEST_F(ScanTest, HashCacheSaveLoadRoundTrip) {
+  write(root_ / "a", "aaa");
+  write(root_ / "b/c", "ccc");
+  const ScanResult r = scan();
+  HashCache cache;
+  for (const auto& f : r.files) ASSERT_TRUE(cache.digest_of(root_, f));
+  const fs::path file = dir_ / "state/hashcache";
+  fs::create_directories(file.parent_path());
+  ASSERT_TRUE(cache.save(file));
+
+  std::string warning;
+  HashCache loaded = HashCache::load(file, &warning);
+  EXPECT_EQ(warning, "");
+  EXPECT_EQ(loaded.size(), 2u);
+  EXPECT_TRUE(loaded.needs_save());  // nothing looked up yet
+  for (const auto& f : r.files) {
+    const auto d = loaded.digest_of(root_, f);
+    ASSERT_TRUE(d) << d.message();
+    EXPECT_EQ(*d, proto::sha256(f.path == "a" ? "aaa" : "ccc"));
+  }
+  EXPECT_EQ(loaded.hashed(), 0u);
+  // Loaded, then every file found unchanged: the saved form would be the same.
+  EXPECT_FALSE(loaded.needs_save());
+}
+
+TEST_F(ScanTest, HashCacheNeedsSaveWhenAFileIsGone) {
+  write(root_ / "a", "aaa");
+  write(root_ / "b", "bbb");
+  HashCache cache;
+  for (const auto& f : scan().files) ASSERT_TRUE(cache.digest_of(root_, f));
+  const fs::path file = dir_ / "hashcache";
+  ASSERT_TRUE(cache.save(file));
+
+  fs::remove(root_ / "b");
+  HashCache loaded = HashCache::load(file);
+  for (const auto& f : scan().files) ASSERT_TRUE(loaded.digest_of(root_, f));
+  EXPECT_EQ(loaded.hashed(), 0u);
+  EXPECT_TRUE(loaded.needs_save());
+
+  // The saved form leaves the gone file out.
+  ASSERT_TRUE(loaded.save(file));
+  HashCache again = HashCache::load(file);
+  EXPECT_EQ(again.size(), 1u);
+  for (const auto& f : scan().files) ASSERT_TRUE(again.digest_of(root_, f));
+  EXPECT_FALSE(again.needs_save());
+}
+
+TEST_F(ScanTest, HashCacheMissingFileIsEmptyWithoutWarning) {
+  std::string warning;
+  HashCache cache = HashCache::load(dir_ / "nope", &warning);
+  EXPECT_EQ(cache.size(), 0u);
+  EXPECT_EQ(warning, "");
+  EXPECT_FALSE(cache.needs_save());
+}
+
+TEST_F(ScanTest, HashCacheDamagedFileIsEmptyWithWarning) {
+  write(root_ / "a", "aaa");
+  write(root_ / "b", "bbb");
+  HashCache cache;
+  for (const auto& f : scan().files) ASSERT_TRUE(cache.digest_of(root_, f));
+  const fs::path file = dir_ / "hashcache";
+  ASSERT_TRUE(cache.save(file));
+  std::ifstream in(file, std::ios::binary);
+  const std::string good((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+
+  for (const std::string& bytes :
+       {std::string("garbage"), std::string(), good.substr(0, good.size() - 5),
+        "TSHC2\n" + good.substr(6), good.substr(0, 6) + std::string("\xff\xff\xff\x7f", 4)}) {
+    write(file, bytes);
+    std::string warning;
+    HashCache damaged = HashCache::load(file, &warning);
+    EXPECT_EQ(damaged.size(), 0u) << bytes.size();
+    EXPECT_TRUE(Contains(warning, file.string())) << bytes.size();
+    // Still usable: it simply re-reads.
+    const auto f = scanned("a");
+    ASSERT_TRUE(damaged.digest_of(root_, f));
+    EXPECT_EQ(damaged.hashed(), 1u);
+  }
+}
+
+}  // namespace
+}  // namespace tiersync::sync
