@@ -3,13 +3,10 @@
 #include <algorithm>
 #include <cstdint>
 #include <limits>
-#include <nlohmann/json.hpp>
 
 #include "proto/path.h"
 
 namespace tiersync::proto {
-
-using nlohmann::json;
 
 Entry Entry::file(std::string path, std::uint64_t size, const Digest& sha256, std::int64_t mtime,
                   std::uint32_t mode, bool index) {
@@ -84,47 +81,372 @@ std::string entry_name(std::size_t i, std::string_view path) {
   return out;
 }
 
-Result<Entry> decode_entry(const json& j, std::size_t i) {
-  if (!j.is_object()) return make_error(entry_name(i, "") + " is not an object");
-  auto p = j.find("path");
-  if (p == j.end() || !p->is_string()) return make_error(entry_name(i, "") + ": no path string");
-  const auto& path = p->get_ref<const std::string&>();
-  auto field_error = [&](const char* what) {
-    return make_error(entry_name(i, path) + ": " + what);
+// A JSON reader for manifests that builds entries as it goes: a relay parses every changed
+// manifest of a busy day, and a document object model would cost several times the entries'
+// own memory and most of the cycle's time. It accepts any valid JSON (any key order, any
+// whitespace, escapes), refuses invalid JSON, and skips unknown keys.
+class ManifestReader {
+ public:
+  explicit ManifestReader(std::string_view text)
+      : p_(text.data()), end_(text.data() + text.size()) {}
+
+  Result<Manifest> read() {
+    Manifest m;
+    bool has_type = false, has_format = false, has_partition = false, has_entries = false;
+    ws();
+    if (!eat('{'))
+      return fail(peek() == '[' || peek() == '"' ? "not a JSON object" : "not valid JSON");
+    ws();
+    if (!eat('}')) {
+      while (true) {
+        std::string key;
+        if (!string(key)) return fail(error_);
+        ws();
+        if (!eat(':')) return fail("not valid JSON (expected ':')");
+        ws();
+        if (key == "type") {
+          std::string v;
+          if (peek() == '"' ? !string(v) : !skip(0)) return fail(error_);
+          if (v != "tiersync.manifest") return fail("type is not \"tiersync.manifest\"");
+          has_type = true;
+        } else if (key == "format") {
+          Number n;
+          const char c = peek();
+          if (c == '-' || (c >= '0' && c <= '9') ? !number(n) : !skip(0)) return fail(error_);
+          if (!n.integer || n.negative || n.value != 1) return fail("format is not 1");
+          has_format = true;
+        } else if (key == "partition") {
+          const bool is_string = peek() == '"';
+          if (is_string ? !string(m.partition) : !skip(0)) return fail(error_);
+          if (!is_string) return fail("its partition field is not a string");
+          has_partition = true;
+        } else if (key == "entries") {
+          if (has_entries) return fail("entries appears twice");
+          if (auto st = entries(m); !st) return fail(st.message());
+          has_entries = true;
+        } else if (!skip(0)) {
+          return fail(error_);
+        }
+        ws();
+        if (eat(',')) {
+          ws();
+          continue;
+        }
+        if (eat('}')) break;
+        return fail("not valid JSON (expected ',' or '}')");
+      }
+    }
+    ws();
+    if (p_ != end_) return fail("not valid JSON (trailing bytes)");
+    if (!has_type) return fail("type is not \"tiersync.manifest\"");
+    if (!has_format) return fail("format is not 1");
+    if (!has_partition) return fail("its partition field is missing");
+    if (!has_entries) return fail("entries is missing or not an array");
+    return m;
+  }
+
+ private:
+  struct Number {
+    std::uint64_t value = 0;
+    bool negative = false;
+    bool integer = true;  // no fraction, no exponent, fits in 64 bits
   };
 
-  if (auto l = j.find("link"); l != j.end()) {
-    if (!l->is_string()) return field_error("link is not a string");
-    for (const char* k : {"sha256", "size", "index"})
-      if (j.contains(k)) return field_error("a symlink cannot have a size, sha256 or index");
-    return Entry::symlink(path, l->get_ref<const std::string&>());
+  static Error fail(const std::string& what) { return make_error(what); }
+  char peek() const { return p_ < end_ ? *p_ : '\0'; }
+  bool eat(char c) {
+    if (p_ < end_ && *p_ == c) {
+      ++p_;
+      return true;
+    }
+    return false;
   }
-  auto size = j.find("size");
-  auto sha = j.find("sha256");
-  auto mtime = j.find("mtime");
-  auto mode = j.find("mode");
-  if (size == j.end() || !size->is_number_unsigned())
-    return field_error("size is missing or not a non-negative integer");
-  if (sha == j.end() || !sha->is_string()) return field_error("sha256 is missing");
-  auto digest = digest_from_hex(sha->get_ref<const std::string&>());
-  if (!digest) return field_error("sha256 is not 64 lowercase hex digits");
-  if (mtime == j.end() || !mtime->is_number_integer() ||
-      (mtime->is_number_unsigned() &&
-       mtime->get<std::uint64_t>() > static_cast<std::uint64_t>(INT64_MAX)))
-    return field_error("mtime is missing or not a 64-bit integer");
-  if (mode == j.end() || !mode->is_number_unsigned() || mode->get<std::uint64_t>() > 07777)
-    return field_error("mode is missing or not a permission value (0 to 4095)");
-  bool index = false;
-  if (auto ix = j.find("index"); ix != j.end()) {
-    if (!ix->is_boolean()) return field_error("index is not a boolean");
-    index = ix->get<bool>();
+  void ws() {
+    while (p_ < end_ && (*p_ == ' ' || *p_ == '\n' || *p_ == '\r' || *p_ == '\t')) ++p_;
   }
-  std::uint64_t sz = size->get<std::uint64_t>();
-  if (sz > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))
-    return field_error("size is too large");
-  return Entry::file(path, sz, *digest, mtime->get<std::int64_t>(),
-                     static_cast<std::uint32_t>(mode->get<std::uint64_t>()), index);
-}
+  bool bad(const char* what) {
+    error_ = std::string("not valid JSON (") + what + ")";
+    return false;
+  }
+
+  static int hex(char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+  }
+  bool hex4(unsigned& out) {
+    if (end_ - p_ < 4) return false;
+    out = 0;
+    for (int i = 0; i < 4; ++i) {
+      int h = hex(*p_++);
+      if (h < 0) return false;
+      out = out * 16 + static_cast<unsigned>(h);
+    }
+    return true;
+  }
+  static void put_utf8(std::string& out, std::uint32_t cp) {
+    if (cp < 0x80) {
+      out.push_back(static_cast<char>(cp));
+    } else if (cp < 0x800) {
+      out.push_back(static_cast<char>(0xC0 | (cp >> 6)));
+      out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+    } else if (cp < 0x10000) {
+      out.push_back(static_cast<char>(0xE0 | (cp >> 12)));
+      out.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
+      out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+    } else {
+      out.push_back(static_cast<char>(0xF0 | (cp >> 18)));
+      out.push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3F)));
+      out.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
+      out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+    }
+  }
+
+  // A string literal; raw bytes are kept as they are (UTF-8 is checked on paths later).
+  bool string(std::string& out) {
+    out.clear();
+    if (!eat('"')) return bad("expected a string");
+    while (true) {
+      const char* start = p_;
+      while (p_ < end_ && *p_ != '"' && *p_ != '\\' && static_cast<unsigned char>(*p_) >= 0x20)
+        ++p_;
+      out.append(start, p_);
+      if (p_ >= end_) return bad("unterminated string");
+      char c = *p_++;
+      if (c == '"') return true;
+      if (c != '\\') return bad("control character in a string");
+      if (p_ >= end_) return bad("unterminated string");
+      switch (char e = *p_++) {
+        case '"':
+          out.push_back('"');
+          break;
+        case '\\':
+          out.push_back('\\');
+          break;
+        case '/':
+          out.push_back('/');
+          break;
+        case 'b':
+          out.push_back('\b');
+          break;
+        case 'f':
+          out.push_back('\f');
+          break;
+        case 'n':
+          out.push_back('\n');
+          break;
+        case 'r':
+          out.push_back('\r');
+          break;
+        case 't':
+          out.push_back('\t');
+          break;
+        case 'u': {
+          unsigned u;
+          if (!hex4(u)) return bad("bad \\u escape");
+          std::uint32_t cp = u;
+          if (u >= 0xD800 && u <= 0xDBFF) {
+            unsigned lo;
+            if (!eat('\\') || !eat('u') || !hex4(lo) || lo < 0xDC00 || lo > 0xDFFF)
+              return bad("unpaired surrogate in a \\u escape");
+            cp = 0x10000 + ((u - 0xD800) << 10) + (lo - 0xDC00);
+          } else if (u >= 0xDC00 && u <= 0xDFFF) {
+            return bad("unpaired surrogate in a \\u escape");
+          }
+          put_utf8(out, cp);
+          break;
+        }
+        default:
+          (void)e;
+          return bad("bad escape in a string");
+      }
+    }
+  }
+
+  bool number(Number& n) {
+    n = Number{};
+    n.negative = eat('-');
+    if (p_ >= end_ || *p_ < '0' || *p_ > '9') return bad("expected a number");
+    if (*p_ == '0' && p_ + 1 < end_ && p_[1] >= '0' && p_[1] <= '9')
+      return bad("leading zero in a number");
+    while (p_ < end_ && *p_ >= '0' && *p_ <= '9') {
+      unsigned d = static_cast<unsigned>(*p_++ - '0');
+      if (n.value > (UINT64_MAX - d) / 10) n.integer = false;
+      n.value = n.value * 10 + d;
+    }
+    if (eat('.')) {
+      n.integer = false;
+      if (p_ >= end_ || *p_ < '0' || *p_ > '9') return bad("bad fraction");
+      while (p_ < end_ && *p_ >= '0' && *p_ <= '9') ++p_;
+    }
+    if (p_ < end_ && (*p_ == 'e' || *p_ == 'E')) {
+      n.integer = false;
+      ++p_;
+      if (p_ < end_ && (*p_ == '+' || *p_ == '-')) ++p_;
+      if (p_ >= end_ || *p_ < '0' || *p_ > '9') return bad("bad exponent");
+      while (p_ < end_ && *p_ >= '0' && *p_ <= '9') ++p_;
+    }
+    if (n.negative && n.value == 0) n.negative = false;
+    return true;
+  }
+
+  bool literal(std::string_view word) {
+    if (static_cast<std::size_t>(end_ - p_) < word.size() ||
+        std::string_view(p_, word.size()) != word)
+      return bad("unknown literal");
+    p_ += word.size();
+    return true;
+  }
+
+  // Skips any value (of an unknown key), nested at most 64 deep.
+  bool skip(int depth) {
+    if (depth > 64) return bad("nested too deep");
+    ws();
+    char c = peek();
+    std::string scratch;
+    Number n;
+    switch (c) {
+      case '"':
+        return string(scratch);
+      case 't':
+        return literal("true");
+      case 'f':
+        return literal("false");
+      case 'n':
+        return literal("null");
+      case '{':
+      case '[': {
+        ++p_;
+        char close = c == '{' ? '}' : ']';
+        ws();
+        if (eat(close)) return true;
+        while (true) {
+          if (c == '{') {
+            ws();
+            if (!string(scratch)) return false;
+            ws();
+            if (!eat(':')) return bad("expected ':'");
+          }
+          if (!skip(depth + 1)) return false;
+          ws();
+          if (eat(',')) continue;
+          if (eat(close)) return true;
+          return bad("expected ',' or a closing bracket");
+        }
+      }
+      default:
+        return number(n);
+    }
+  }
+
+  Status entries(Manifest& m) {
+    if (!eat('[')) return make_error("entries is missing or not an array");
+    ws();
+    if (eat(']')) return {};
+    for (std::size_t i = 0;; ++i) {
+      ws();
+      auto e = entry(i);
+      if (!e) return e.error();
+      m.entries.push_back(std::move(*e));
+      ws();
+      if (eat(',')) continue;
+      if (eat(']')) return {};
+      return make_error(entry_name(i, m.entries.back().path()) +
+                        ": not valid JSON (expected ',' or ']')");
+    }
+  }
+
+  Result<Entry> entry(std::size_t i) {
+    if (!eat('{')) return make_error(entry_name(i, "") + " is not an object");
+    std::string path, key, link, sha_text;
+    Number size, mtime, mode;
+    bool has_path = false, has_link = false, has_size = false, has_sha = false, has_mtime = false,
+         has_mode = false, has_index = false, index = false;
+    std::string type_error;
+    auto json_error = [&]() { return make_error(entry_name(i, path) + ": " + error_); };
+    ws();
+    if (!eat('}')) {
+      while (true) {
+        ws();
+        if (!string(key)) return json_error();
+        ws();
+        if (!eat(':')) return make_error(entry_name(i, path) + ": not valid JSON (expected ':')");
+        ws();
+        auto once = [&](bool& seen) {
+          if (seen) type_error = key + " appears twice";
+          seen = true;
+        };
+        char c = peek();
+        if (key == "path") {
+          once(has_path);
+          if (c != '"') type_error = "path is not a string";
+          if (c == '"' ? !string(path) : !skip(0)) return json_error();
+        } else if (key == "link") {
+          once(has_link);
+          if (c != '"') type_error = "link is not a string";
+          if (c == '"' ? !string(link) : !skip(0)) return json_error();
+        } else if (key == "sha256") {
+          once(has_sha);
+          if (c != '"') type_error = "sha256 is missing";
+          if (c == '"' ? !string(sha_text) : !skip(0)) return json_error();
+        } else if (key == "size" || key == "mtime" || key == "mode") {
+          Number& n = key == "size" ? size : key == "mtime" ? mtime : mode;
+          once(key == "size" ? has_size : key == "mtime" ? has_mtime : has_mode);
+          bool numeric = c == '-' || (c >= '0' && c <= '9');
+          if (numeric ? !number(n) : !skip(0)) return json_error();
+          if (!numeric) n.integer = false;
+        } else if (key == "index") {
+          once(has_index);
+          if (c == 't') {
+            if (!literal("true")) return json_error();
+            index = true;
+          } else if (c == 'f') {
+            if (!literal("false")) return json_error();
+          } else {
+            if (!skip(0)) return json_error();
+            type_error = "index is not a boolean";
+          }
+        } else if (!skip(0)) {
+          return json_error();
+        }
+        ws();
+        if (eat(',')) continue;
+        if (eat('}')) break;
+        return make_error(entry_name(i, path) + ": not valid JSON (expected ',' or '}')");
+      }
+    }
+    auto field_error = [&](const std::string& what) {
+      return make_error(entry_name(i, path) + ": " + what);
+    };
+    if (!has_path) return make_error(entry_name(i, "") + ": no path string");
+    if (!type_error.empty()) return field_error(type_error);
+    if (has_link) {
+      if (has_sha || has_size || has_index)
+        return field_error("a symlink cannot have a size, sha256 or index");
+      return Entry::symlink(path, link);
+    }
+    constexpr auto kMax = static_cast<std::uint64_t>(INT64_MAX);
+    if (!has_size || !size.integer || size.negative)
+      return field_error("size is missing or not a non-negative integer");
+    if (size.value > kMax) return field_error("size is too large");
+    if (!has_sha) return field_error("sha256 is missing");
+    auto digest = digest_from_hex(sha_text);
+    if (!digest) return field_error("sha256 is not 64 lowercase hex digits");
+    if (!has_mtime || !mtime.integer || mtime.value > kMax + (mtime.negative ? 1 : 0))
+      return field_error("mtime is missing or not a 64-bit integer");
+    if (!has_mode || !mode.integer || mode.negative || mode.value > 07777)
+      return field_error("mode is missing or not a permission value (0 to 4095)");
+    // Two's complement: the negation of 2^63 as uint64 is INT64_MIN.
+    std::int64_t t = static_cast<std::int64_t>(mtime.negative ? 0 - mtime.value : mtime.value);
+    return Entry::file(std::move(path), size.value, *digest, t,
+                       static_cast<std::uint32_t>(mode.value), index);
+  }
+
+  const char* p_;
+  const char* end_;
+  std::string error_;
+};
 
 }  // namespace
 
@@ -165,28 +487,12 @@ Result<Manifest> decode_manifest(std::string_view bytes, std::string_view expect
                                  std::size_t depth) {
   const std::string where = "manifest of partition \"" + std::string(expected_partition) + "\": ";
   if (bytes.size() > kMaxManifestBytes) return make_error(where + "larger than the 512 MiB limit");
-  json doc = json::parse(bytes.begin(), bytes.end(), nullptr, /*allow_exceptions=*/false);
-  if (doc.is_discarded()) return make_error(where + "not valid JSON");
-  if (!doc.is_object()) return make_error(where + "not a JSON object");
-  if (doc.value("type", json()) != "tiersync.manifest")
-    return make_error(where + "type is not \"tiersync.manifest\"");
-  if (doc.value("format", json()) != 1) return make_error(where + "format is not 1");
-  auto part = doc.find("partition");
-  if (part == doc.end() || !part->is_string() || *part != expected_partition)
+  auto m = ManifestReader(bytes).read();
+  if (!m) return make_error(where + m.message());
+  if (m->partition != expected_partition)
     return make_error(where + "its partition field does not name this partition");
-  auto entries = doc.find("entries");
-  if (entries == doc.end() || !entries->is_array())
-    return make_error(where + "entries is missing or not an array");
-  Manifest m;
-  m.partition = std::string(expected_partition);
-  m.entries.reserve(entries->size());
-  for (std::size_t i = 0; i < entries->size(); ++i) {
-    auto e = decode_entry((*entries)[i], i);
-    if (!e) return make_error(where + e.message());
-    m.entries.push_back(std::move(*e));
-  }
-  doc = json();  // free the DOM before validating
-  if (auto st = validate_manifest(m, depth); !st) return make_error(st.message());
+  m->entries.shrink_to_fit();
+  if (auto st = validate_manifest(*m, depth); !st) return make_error(st.message());
   return m;
 }
 

@@ -259,8 +259,8 @@ CycleOutcome publish_once(const ops::Config& config) {
   req.candidate = next;
   req.candidate_manifests = std::move(next_manifests);
   if (*applied) req.applied = (*applied)->snapshot;
-  req.applied_manifests = std::move(applied_manifests);
-  sync::Plan plan = sync::make_plan(req.applied_manifests, req.candidate_manifests);
+  sync::Plan plan = sync::make_plan(applied_manifests, req.candidate_manifests);
+  applied_manifests.clear();
   auto stats = applier.apply(req, plan);
   if (!stats)
     return cycle.fail("publishing serial " + std::to_string(next.serial) +

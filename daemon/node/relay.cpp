@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include <ctime>
+#include <set>
 
 #include "daemon/node/cycle.h"
 #include "daemon/node/node.h"
@@ -28,29 +29,20 @@ class TransportFetcher final : public sync::Fetcher {
   transport::Transport& t_;
 };
 
-struct CandidateManifests {
-  sync::ManifestSet set;
-  /// Fetched from the parent: stored only once the candidate is applied, so that a refused
-  /// snapshot leaves state_dir as it was.
-  std::vector<std::pair<proto::Digest, std::string>> fetched;
-};
-
-// The candidate's manifests: the applied ones where the hash is unchanged, the rest from the
-// store or the parent, each checked against its hash, the snapshot's counts and every rule.
-Result<CandidateManifests> candidate_manifests(const proto::Snapshot& cand,
-                                               const std::optional<sync::Applied>& applied,
-                                               const sync::ManifestSet& applied_manifests,
-                                               sync::StateStore& state, transport::Transport& t) {
-  CandidateManifests result;
-  sync::ManifestSet& out = result.set;
+// The candidate's changed manifests (and the root partition's, whose entries every partition
+// is checked against), from the store or the parent, each checked against its hash, the
+// snapshot's counts and every rule. A manifest fetched from the parent is stored at once and its
+// hash added to `fetched`, so a refusal can forget it again. Unchanged partitions are not loaded:
+// nothing of them is needed to apply.
+Result<sync::ManifestSet> candidate_manifests(const proto::Snapshot& cand,
+                                              const std::optional<sync::Applied>& applied,
+                                              sync::StateStore& state, transport::Transport& t,
+                                              std::vector<proto::Digest>& fetched) {
+  sync::ManifestSet out;
   for (const auto& [name, ref] : cand.partitions) {
-    if (applied) {
+    if (applied && name != proto::kRootPartition && applied->snapshot.depth == cand.depth) {
       auto it = applied->snapshot.partitions.find(name);
-      if (it != applied->snapshot.partitions.end() && it->second.manifest == ref.manifest &&
-          applied->snapshot.depth == cand.depth) {
-        out[name] = applied_manifests.at(name);
-        continue;
-      }
+      if (it != applied->snapshot.partitions.end() && it->second.manifest == ref.manifest) continue;
     }
     std::shared_ptr<const proto::Manifest> m;
     if (state.has_manifest(ref.manifest)) {
@@ -65,8 +57,9 @@ Result<CandidateManifests> candidate_manifests(const proto::Snapshot& cand,
                           "SHA-256 " + proto::to_hex(ref.manifest));
       auto decoded = proto::decode_manifest(*bytes, name, cand.depth);
       if (!decoded) return decoded.error();
+      if (auto st = state.store_manifest(ref.manifest, *bytes); !st) return st.error();
+      fetched.push_back(ref.manifest);
       m = std::make_shared<proto::Manifest>(std::move(*decoded));
-      result.fetched.emplace_back(ref.manifest, std::move(*bytes));
     }
     if (m->entries.size() != ref.files || m->total_bytes() != ref.bytes)
       return make_error("manifest of partition \"" + name + "\": holds " +
@@ -76,7 +69,52 @@ Result<CandidateManifests> candidate_manifests(const proto::Snapshot& cand,
     out[name] = std::move(m);
   }
   if (auto st = check_partitions_disjoint(cand, out); !st) return st.error();
-  return result;
+  return out;
+}
+
+// The plan, partition by partition: an applied manifest is loaded only when its partition
+// changed, and dropped as soon as that partition is planned, so a cycle holds one full set of
+// manifests, not two.
+Result<sync::Plan> plan_cycle(const proto::Snapshot& cand, const sync::ManifestSet& cand_set,
+                              const std::optional<sync::Applied>& applied,
+                              const sync::StateStore& state) {
+  std::set<std::string> names;
+  for (const auto& [name, ref] : cand.partitions) names.insert(name);
+  if (applied)
+    for (const auto& [name, ref] : applied->snapshot.partitions) names.insert(name);
+  sync::Plan plan;
+  auto plan_one = [&](const std::string& name) -> Status {
+    auto cand_it = cand_set.find(name);
+    const proto::Manifest* after = cand_it == cand_set.end() ? nullptr : cand_it->second.get();
+    const proto::PartitionRef* old_ref = nullptr;
+    if (applied) {
+      auto it = applied->snapshot.partitions.find(name);
+      if (it != applied->snapshot.partitions.end()) old_ref = &it->second;
+    }
+    if (!after && cand.partitions.count(name)) {  // unchanged: nothing to do
+      sync::PartitionPlan p;
+      p.partition = name;
+      p.files_before = old_ref ? old_ref->files : 0;
+      plan.partitions.push_back(std::move(p));
+      return {};
+    }
+    std::shared_ptr<const proto::Manifest> before;
+    if (old_ref) {
+      auto m = state.load_manifest(old_ref->manifest, name, applied->snapshot.depth);
+      if (!m) return make_error("applied state: " + m.message());
+      before = std::move(*m);
+    }
+    plan.partitions.push_back(sync::plan_partition(name, before.get(), after));
+    return {};
+  };
+  const std::string root(proto::kRootPartition);
+  for (const auto& name : names)
+    if (name != root)
+      if (auto st = plan_one(name); !st) return st.error();
+  if (names.count(root))
+    if (auto st = plan_one(root); !st) return st.error();
+  sync::drop_moved_paths(plan, cand_set);
+  return plan;
 }
 
 bool applied_refs(const std::optional<sync::Applied>& applied, const proto::Digest& d) {
@@ -129,24 +167,24 @@ CycleOutcome sync_once(const ops::Config& config) {
                       proto::format_time(cand->expires) + "; still serving serial " +
                       std::to_string(applied_serial));
 
-  sync::ManifestSet applied_manifests;
-  if (*applied) {
-    auto m = state.load_manifests((*applied)->snapshot);
-    if (!m) return cycle.fail("applied state: " + m.message());
-    applied_manifests = std::move(*m);
-  }
-  auto cand_manifests = candidate_manifests(*cand, *applied, applied_manifests, state, **t);
+  std::vector<proto::Digest> fetched;  // stored this cycle: forgotten again on a refusal
+  auto refuse = [&](const std::string& message) {
+    for (const auto& d : fetched)
+      if (!applied_refs(*applied, d)) state.forget_manifest(d);
+    return cycle.fail(message);
+  };
+  auto cand_manifests = candidate_manifests(*cand, *applied, state, **t, fetched);
   if (!cand_manifests)
-    return cycle.fail("snapshot serial " + std::to_string(cand->serial) +
-                      " refused: " + cand_manifests.message());
-
-  sync::Plan plan = sync::make_plan(applied_manifests, cand_manifests->set);
+    return refuse("snapshot serial " + std::to_string(cand->serial) +
+                  " refused: " + cand_manifests.message());
+  auto plan = plan_cycle(*cand, *cand_manifests, *applied, state);
+  if (!plan) return refuse(plan.message());
 
   // The guard, over the whole snapshot.
   const std::string candidate_id = std::to_string(cand->serial);
   auto approvals = state.load_approvals();
   std::vector<sync::PartitionChange> changes;
-  for (const auto& p : plan.partitions) {
+  for (const auto& p : plan->partitions) {
     sync::PartitionChange c{p.partition, p.files_before, p.deletes.size(), false};
     for (const auto& a : approvals)
       if (a.partition == p.partition && a.candidate == candidate_id) c.approved = true;
@@ -162,30 +200,26 @@ CycleOutcome sync_once(const ops::Config& config) {
     changes.push_back(std::move(c));
   }
   auto holds = sync::Guard(config.guard).evaluate(changes);
-  if (!holds.empty()) return cycle.held(holds, candidate_id, cand->serial);
+  if (!holds.empty()) {
+    for (const auto& d : fetched)
+      if (!applied_refs(*applied, d)) state.forget_manifest(d);
+    return cycle.held(holds, candidate_id, cand->serial);
+  }
   cycle.clear_held();
 
   sync::ApplyRequest req;
   req.envelope = std::move(*bytes);
   req.candidate = *cand;
-  std::vector<proto::Digest> fetched;
-  for (const auto& [digest, manifest_bytes] : cand_manifests->fetched) {
-    if (auto st = state.store_manifest(digest, manifest_bytes); !st)
-      return cycle.fail(st.message());
-    fetched.push_back(digest);
-  }
-  cand_manifests->fetched.clear();
-  req.candidate_manifests = std::move(cand_manifests->set);
+  req.candidate_manifests = std::move(*cand_manifests);
   if (*applied) req.applied = (*applied)->snapshot;
-  req.applied_manifests = std::move(applied_manifests);
-  auto stats = applier.apply(req, plan);
+  auto stats = applier.apply(req, *plan);
   if (!stats) {
     // Bytes that contradict the signed manifest: keep nothing of this candidate. Other failures
     // (an unreadable parent) keep the verified staged files for the next try.
     if (applier.content_rejected()) {
       applier.discard_staging();
-      for (const auto& digest : fetched)
-        if (!applied_refs(*applied, digest)) state.forget_manifest(digest);
+      return refuse("applying serial " + std::to_string(cand->serial) +
+                    " failed: " + stats.message());
     }
     return cycle.fail("applying serial " + std::to_string(cand->serial) +
                       " failed: " + stats.message());

@@ -118,7 +118,7 @@ Status copy_verified(const fs::path& src, int out_fd, const fs::path& out_path, 
 
 }  // namespace
 
-Status Applier::stage(const ApplyRequest& req, const Plan& plan, ApplyStats& stats) {
+Status Applier::stage(const Plan& plan, ApplyStats& stats) {
   auto& actions = actions_;
   const fs::path tree = state_.tree();
   const fs::path files = state_.staging_dir() / "files";
@@ -163,11 +163,11 @@ Status Applier::stage(const ApplyRequest& req, const Plan& plan, ApplyStats& sta
     }
   }
 
-  // Applied files whose content a new entry needs: they are copied, not fetched again.
-  std::unordered_map<proto::Digest, const Entry*, DigestHash> local;
-  for (const auto& [name, m] : req.applied_manifests)
-    for (const Entry& e : m->entries)
-      if (!e.link && by_digest.count(e.sha256)) local.emplace(e.sha256, &e);
+  // Deleted files whose content a new entry needs: they are copied, not fetched again.
+  std::unordered_map<proto::Digest, const std::string*, DigestHash> local;
+  for (const auto& p : plan.partitions)
+    for (const auto& [digest, path] : p.reusable)
+      if (by_digest.count(digest)) local.emplace(digest, &path);
 
   for (const auto& [name, e] : order) {
     const fs::path dest = files / name;
@@ -206,7 +206,7 @@ Status Applier::stage(const ApplyRequest& req, const Plan& plan, ApplyStats& sta
           ::open(part.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600));
       if (!fd.valid()) return make_error(errno_message(part, errno));
       if (auto it = local.find(e->sha256); it != local.end()) {
-        const fs::path src = tree / std::string(it->second->path());
+        const fs::path src = tree / *it->second;
         if (copy_verified(src, fd.get(), part, *e) && set_metadata(fd.get(), *e, part)) {
           ++stats.reused_files;
           crash_point();
@@ -371,7 +371,7 @@ Result<ApplyStats> Applier::apply(const ApplyRequest& req, const Plan& plan) {
     stats.changed += p.replaced;
     stats.added += p.installs.size() - p.replaced;
   }
-  if (auto st = stage(req, plan, stats); !st) return st.error();
+  if (auto st = stage(plan, stats); !st) return st.error();
   crash_point();
   if (auto st = sync_filesystem(state_.tree()); !st) return st.error();
   Journal journal{req.candidate.serial, {}};
@@ -448,9 +448,8 @@ Result<bool> Applier::recover() {
   req.candidate = std::move(*cand);
   if (*applied) {
     req.applied = (*applied)->snapshot;
-    req.applied_manifests = std::move(previous_manifests);
   }
-  Plan plan = make_plan(req.applied_manifests, req.candidate_manifests);
+  Plan plan = make_plan(previous_manifests, req.candidate_manifests);
   auto stats = apply(req, plan);
   if (!stats) return stats.error();
   return true;

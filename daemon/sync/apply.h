@@ -42,13 +42,13 @@ struct ApplyStats {
   std::uint64_t reused_files = 0;  ///< copied from a local file of the same hash, or in place
 };
 
-/// One candidate to apply: its verified envelope and snapshot, and both sets of manifests.
+/// One candidate to apply: its verified envelope, snapshot and manifests. The applied
+/// manifests are not needed: the plan says what goes and what content it leaves behind.
 struct ApplyRequest {
   std::string envelope;
   proto::Snapshot candidate;
   ManifestSet candidate_manifests;
   std::optional<proto::Snapshot> applied;  ///< nullopt on an initial sync
-  ManifestSet applied_manifests;
 };
 
 class Applier {
@@ -75,7 +75,7 @@ class Applier {
   /// How each entry of the plan reaches the tree; decided while staging.
   enum class Action { kRename, kInPlace, kRetouch, kSymlink };
 
-  Status stage(const ApplyRequest& req, const Plan& plan, ApplyStats& stats);
+  Status stage(const Plan& plan, ApplyStats& stats);
   Status install(const Plan& plan);
   Status commit(const ApplyRequest& req);
   Status finish(const proto::Snapshot& candidate, const Plan& plan,

@@ -22,8 +22,6 @@ std::uint64_t Plan::delete_count() const {
   return n;
 }
 
-namespace {
-
 PartitionPlan plan_partition(const std::string& name, const proto::Manifest* before,
                              const proto::Manifest* after) {
   static const std::vector<proto::Entry> kNone;
@@ -37,6 +35,7 @@ PartitionPlan plan_partition(const std::string& name, const proto::Manifest* bef
   while (o != old_entries.end() || n != new_entries.end()) {
     if (n == new_entries.end() || (o != old_entries.end() && o->path() < n->path())) {
       p.deletes.emplace_back(o->path());
+      if (!o->link) p.reusable.emplace_back(o->sha256, p.deletes.back());
       ++o;
     } else if (o == old_entries.end() || n->path() < o->path()) {
       p.installs.push_back(&*n);
@@ -55,8 +54,6 @@ PartitionPlan plan_partition(const std::string& name, const proto::Manifest* bef
   return p;
 }
 
-}  // namespace
-
 Plan make_plan(const ManifestSet& applied, const ManifestSet& candidate) {
   Plan plan;
   auto manifest_in = [](const ManifestSet& set, const std::string& name) -> const proto::Manifest* {
@@ -72,7 +69,7 @@ Plan make_plan(const ManifestSet& applied, const ManifestSet& candidate) {
     const auto* before = manifest_in(applied, name);
     const auto* after = manifest_in(candidate, name);
     if (before && after && before == after) {
-      plan.partitions.push_back(PartitionPlan{name, before->entries.size(), {}, {}, {}, 0});
+      plan.partitions.push_back(PartitionPlan{name, before->entries.size(), {}, {}, {}, 0, {}});
       continue;
     }
     plan.partitions.push_back(plan_partition(name, before, after));
@@ -80,15 +77,18 @@ Plan make_plan(const ManifestSet& applied, const ManifestSet& candidate) {
   if (names.count(root))
     plan.partitions.push_back(
         plan_partition(root, manifest_in(applied, root), manifest_in(candidate, root)));
-  // A path may move to another partition when the layout changes: it is then no deletion.
+  drop_moved_paths(plan, candidate);
+  return plan;
+}
+
+void drop_moved_paths(Plan& plan, const ManifestSet& candidate) {
   for (auto& p : plan.partitions) {
     std::erase_if(p.deletes, [&](const std::string& path) {
       for (const auto& [name, m] : candidate)
-        if (name != p.partition && m->find(path)) return true;
+        if (name != p.partition && m && m->find(path)) return true;
       return false;
     });
   }
-  return plan;
 }
 
 }  // namespace tiersync::sync

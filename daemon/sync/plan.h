@@ -23,6 +23,9 @@ struct PartitionPlan {
   std::vector<const proto::Entry*> retouch;   ///< same content, other mtime or mode
   std::vector<std::string> deletes;           ///< applied paths absent from the candidate
   std::uint64_t replaced = 0;                 ///< installs over an applied path (changes)
+  /// Content of deleted files, still on disk until the end: a new entry of the same hash is
+  /// copied from there instead of fetched (a package moved between folders, say).
+  std::vector<std::pair<proto::Digest, std::string>> reusable;
 };
 
 struct Plan {
@@ -36,5 +39,13 @@ struct Plan {
 
 /// Compares applied and candidate manifests entry by entry (both are sorted).
 Plan make_plan(const ManifestSet& applied, const ManifestSet& candidate);
+
+/// The plan of one partition (either manifest may be null: a new or a removed partition).
+PartitionPlan plan_partition(const std::string& name, const proto::Manifest* before,
+                             const proto::Manifest* after);
+
+/// Removes from the deletions the paths that the candidate keeps in another partition (after a
+/// layout change a path may move): they are no deletion. Call once every partition is planned.
+void drop_moved_paths(Plan& plan, const ManifestSet& candidate);
 
 }  // namespace tiersync::sync
