@@ -199,7 +199,8 @@ HashCache HashCache::load(const fs::path& file, std::string* warning) {
   struct stat st;
   if (::lstat(file.c_str(), &st) != 0) return cache;
   auto bytes = read_file(file, std::size_t{4} << 30);
-  std::string_view in = bytes ? std::string_view(*bytes) : std::string_view();
+  if (bytes) cache.bytes_ = std::move(*bytes);
+  std::string_view in = cache.bytes_;
   bool ok = bytes && in.starts_with(kMagic);
   if (ok) in.remove_prefix(kMagic.size());
   while (ok && !in.empty()) {
@@ -207,26 +208,36 @@ HashCache HashCache::load(const fs::path& file, std::string* warning) {
     Record r{};
     ok = get(in, len) && in.size() >= len;
     if (!ok) break;
-    std::string path(in.substr(0, len));
+    r.path = in.substr(0, len);
     in.remove_prefix(len);
     ok = get(in, r.size) && get(in, r.mtime_ns) && get(in, r.ino) && get(in, r.digest);
-    if (ok) cache.map_.emplace(std::move(path), r);
+    if (ok) cache.records_.push_back(r);
   }
   if (!ok) {
-    cache.map_.clear();
+    cache.records_.clear();
     cache.dirty_ = true;
     if (warning) *warning = file.string() + ": damaged hash cache ignored; files will be re-read";
   }
+  auto by_path = [](const Record& a, const Record& b) { return a.path < b.path; };
+  if (!std::is_sorted(cache.records_.begin(), cache.records_.end(), by_path))
+    std::sort(cache.records_.begin(), cache.records_.end(), by_path);
+  cache.sorted_ = cache.records_.size();
   return cache;
 }
 
 Status HashCache::save(const fs::path& file) const {
+  std::vector<const Record*> sorted;
+  sorted.reserve(records_.size());
+  for (const auto& r : records_) sorted.push_back(&r);
+  std::sort(sorted.begin(), sorted.end(),
+            [](const Record* a, const Record* b) { return a->path < b->path; });
   std::string out(kMagic);
-  out.reserve(map_.size() * 100);
-  for (const auto& [path, r] : map_) {
+  out.reserve(records_.size() * 100);
+  for (const Record* rp : sorted) {
+    const Record& r = *rp;
     if (!r.used) continue;  // files gone from the tree leave the cache
-    put(out, static_cast<std::uint32_t>(path.size()));
-    out += path;
+    put(out, static_cast<std::uint32_t>(r.path.size()));
+    out += r.path;
     put(out, r.size);
     put(out, r.mtime_ns);
     put(out, r.ino);
@@ -236,21 +247,35 @@ Status HashCache::save(const fs::path& file) const {
   return write_file_atomic(file, out, 0600, /*durable=*/false);
 }
 
+HashCache::Record* HashCache::find(std::string_view path) {
+  // Loaded records are sorted; the few stored in this run are indexed on the side.
+  auto end = records_.begin() + static_cast<std::ptrdiff_t>(sorted_);
+  auto it = std::lower_bound(records_.begin(), end, path,
+                             [](const Record& r, std::string_view p) { return r.path < p; });
+  if (it != end && it->path == path) return &*it;
+  auto st = stored_.find(path);
+  return st == stored_.end() ? nullptr : &records_[st->second];
+}
+
 std::optional<proto::Digest> HashCache::lookup(const ScannedFile& f) {
-  auto it = map_.find(f.path);
-  if (it == map_.end()) return std::nullopt;
-  Record& r = it->second;
-  if (r.size != f.size || r.mtime_ns != f.mtime_ns || r.ino != f.ino) return std::nullopt;
-  if (!r.used) ++used_;
-  r.used = true;
-  return r.digest;
+  Record* r = find(f.path);
+  if (!r || r->size != f.size || r->mtime_ns != f.mtime_ns || r->ino != f.ino) return std::nullopt;
+  if (!r->used) ++used_;
+  r->used = true;
+  return r->digest;
 }
 
 void HashCache::store(const ScannedFile& f, const proto::Digest& digest) {
-  Record& r = map_[f.path];
-  if (!r.used) ++used_;
-  r = Record{f.size, f.mtime_ns, f.ino, digest, true};
   dirty_ = true;
+  ++used_;
+  if (Record* r = find(f.path)) {
+    if (r->used) --used_;
+    *r = Record{r->path, f.size, f.mtime_ns, f.ino, digest, true};
+    return;
+  }
+  owned_.push_back(std::make_unique<std::string>(f.path));
+  records_.push_back(Record{*owned_.back(), f.size, f.mtime_ns, f.ino, digest, true});
+  stored_.emplace(records_.back().path, records_.size() - 1);
 }
 
 Result<proto::Digest> HashCache::digest_of(const fs::path& root, const ScannedFile& f) {

@@ -5,8 +5,10 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
@@ -41,7 +43,9 @@ Result<ScanResult> scan_tree(const fs::path& root);
 /// Streams a file through SHA-256 (the last component is not followed).
 Result<proto::Digest> hash_file(const fs::path& path, std::uint64_t* size_out = nullptr);
 
-/// size, mtime and inode -> SHA-256, persisted in state_dir in a compact binary form.
+/// size, mtime and inode -> SHA-256, persisted in state_dir in a compact binary form. Loading
+/// keeps the file's bytes and points into them: a no-op rescan of a large tree allocates nothing
+/// per file.
 class HashCache {
  public:
   /// A missing file gives an empty cache; a damaged one too, with `warning` set.
@@ -54,20 +58,27 @@ class HashCache {
   /// Hashes `f` under `root` unless the cache knows it; counts reads in `hashed`.
   Result<proto::Digest> digest_of(const fs::path& root, const ScannedFile& f);
 
-  std::size_t size() const { return map_.size(); }
+  std::size_t size() const { return records_.size(); }
   std::size_t hashed() const { return hashed_; }
   /// True when the saved form would differ: files hashed, or files gone since the last save.
-  bool needs_save() const { return dirty_ || used_ != map_.size(); }
+  bool needs_save() const { return dirty_ || used_ != records_.size(); }
 
  private:
   struct Record {
+    std::string_view path;  ///< into bytes_ or owned_
     std::uint64_t size;
     std::int64_t mtime_ns;
     std::uint64_t ino;
     proto::Digest digest;
     bool used;
   };
-  std::unordered_map<std::string, Record> map_;
+  Record* find(std::string_view path);
+
+  std::string bytes_;                                ///< the loaded file
+  std::vector<std::unique_ptr<std::string>> owned_;  ///< paths stored since
+  std::vector<Record> records_;  ///< the loaded ones sorted by path, then the stored ones
+  std::size_t sorted_ = 0;       ///< how many loaded records lead records_
+  std::unordered_map<std::string_view, std::size_t> stored_;  ///< path -> index, stored ones
   std::size_t hashed_ = 0;
   std::size_t used_ = 0;
   bool dirty_ = false;
