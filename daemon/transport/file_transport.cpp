@@ -26,12 +26,31 @@ std::string sys_error(const std::filesystem::path& p) {
   return "parent file://" + p.string() + ": " + std::strerror(errno);
 }
 
+// Opens a regular file of the parent without blocking: a FIFO or a device planted in a parent's
+// tree must not hang the relay or feed it endless bytes.
+int open_regular(const std::filesystem::path& file, std::string& error) {
+  int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) {
+    error = sys_error(file);
+    return -1;
+  }
+  struct stat st;
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    error = "parent file://" + file.string() + ": not a regular file";
+    ::close(fd);
+    return -1;
+  }
+  ::fcntl(fd, F_SETFL, 0);
+  return fd;
+}
+
 }  // namespace
 
 Result<std::string> FileTransport::read_small(const std::filesystem::path& file,
                                               std::size_t limit) {
-  Fd in{::open(file.c_str(), O_RDONLY | O_CLOEXEC)};
-  if (in.fd < 0) return make_error(sys_error(file));
+  std::string error;
+  Fd in{open_regular(file, error)};
+  if (in.fd < 0) return make_error(error);
   std::string out;
   char buf[65536];
   while (true) {
@@ -58,8 +77,9 @@ Result<std::string> FileTransport::fetch_manifest(const proto::Digest& digest) {
 
 Status FileTransport::fetch_file(std::string_view path, std::uint64_t max_bytes, const Sink& sink) {
   const std::filesystem::path file = root_ / std::string(path);
-  Fd in{::open(file.c_str(), O_RDONLY | O_CLOEXEC)};
-  if (in.fd < 0) return make_error(sys_error(file));
+  std::string error;
+  Fd in{open_regular(file, error)};
+  if (in.fd < 0) return make_error(error);
   ::posix_fadvise(in.fd, 0, 0, POSIX_FADV_SEQUENTIAL);
   static thread_local std::vector<char> buf(1 << 20);
   std::uint64_t total = 0;
