@@ -2,29 +2,54 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 
 #include "proto/path.h"
 
 namespace tiersync::proto {
 
-Entry Entry::file(std::string path, std::uint64_t size, const Digest& sha256, std::int64_t mtime,
-                  std::uint32_t mode, bool index) {
+static_assert(sizeof(Entry) == 64, "Entry is meant to be 64 bytes plus its path");
+
+void Entry::assign(std::string_view s) {
+  delete[] text_;
+  text_ = nullptr;
+  text_size_ = static_cast<std::uint32_t>(s.size());
+  if (s.empty()) return;
+  text_ = new char[s.size()];
+  std::memcpy(text_, s.data(), s.size());
+}
+
+void Entry::swap(Entry& o) noexcept {
+  std::swap(sha256, o.sha256);
+  std::swap(size, o.size);
+  std::swap(mtime, o.mtime);
+  std::swap(text_, o.text_);
+  std::swap(text_size_, o.text_size_);
+  std::swap(mode, o.mode);
+  std::swap(index, o.index);
+  std::swap(link, o.link);
+}
+
+Entry Entry::file(std::string_view path, std::uint64_t size, const Digest& sha256,
+                  std::int64_t mtime, std::uint32_t mode, bool index) {
   Entry e;
-  e.text = std::move(path);
+  e.assign(path);
   e.size = size;
   e.sha256 = sha256;
   e.mtime = mtime;
-  e.mode = mode;
+  e.mode = static_cast<std::uint16_t>(mode & 07777);
   e.index = index;
   return e;
 }
 
 Entry Entry::symlink(std::string_view path, std::string_view target) {
   Entry e;
-  e.text.reserve(path.size() + 1 + target.size());
-  e.text.append(path).push_back('\0');
-  e.text.append(target);
+  std::string text;
+  text.reserve(path.size() + 1 + target.size());
+  text.append(path).push_back('\0');
+  text.append(target);
+  e.assign(text);
   e.link = true;
   return e;
 }
@@ -439,8 +464,7 @@ class ManifestReader {
       return field_error("mode is missing or not a permission value (0 to 4095)");
     // Two's complement: the negation of 2^63 as uint64 is INT64_MIN.
     std::int64_t t = static_cast<std::int64_t>(mtime.negative ? 0 - mtime.value : mtime.value);
-    return Entry::file(std::move(path), size.value, *digest, t,
-                       static_cast<std::uint32_t>(mode.value), index);
+    return Entry::file(path, size.value, *digest, t, static_cast<std::uint32_t>(mode.value), index);
   }
 
   const char* p_;

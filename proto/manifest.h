@@ -15,33 +15,55 @@ namespace tiersync::proto {
 /// Manifests larger than this are refused before parsing.
 inline constexpr std::size_t kMaxManifestBytes = 512u << 20;
 
-/// One file or symlink. About 88 bytes plus the path: manifests of every partition of a large
-/// tree are held in memory at once, so no per-entry JSON objects and no second string.
-struct Entry {
-  /// The path; for a symlink, the path, a NUL and the target (paths never contain NUL).
-  std::string text;
+/// One file or symlink: 64 bytes plus the path, exactly. A relay holds every entry of a large
+/// tree in memory (SPEC's budget is 200 bytes an entry), so no JSON objects, no std::string
+/// (32 bytes, and a second allocation size class) and no second string for a symlink's target.
+class Entry {
+ public:
   Digest sha256{};
   std::uint64_t size = 0;
   std::int64_t mtime = 0;
-  std::uint32_t mode = 0;  ///< permission bits (e.g. 0644)
+
+ private:
+  char* text_ = nullptr;  // the path; for a symlink: path, NUL, target (paths hold no NUL)
+  std::uint32_t text_size_ = 0;
+
+ public:
+  std::uint16_t mode = 0;  ///< permission bits (e.g. 0644)
   bool index = false;      ///< installed after every other file of its partition
   bool link = false;
 
-  static Entry file(std::string path, std::uint64_t size, const Digest& sha256, std::int64_t mtime,
-                    std::uint32_t mode, bool index = false);
+  Entry() = default;
+  Entry(const Entry& o)
+      : sha256(o.sha256), size(o.size), mtime(o.mtime), mode(o.mode), index(o.index), link(o.link) {
+    assign(o.text());
+  }
+  Entry(Entry&& o) noexcept { swap(o); }
+  Entry& operator=(Entry o) noexcept {
+    swap(o);
+    return *this;
+  }
+  ~Entry() { delete[] text_; }
+
+  static Entry file(std::string_view path, std::uint64_t size, const Digest& sha256,
+                    std::int64_t mtime, std::uint32_t mode, bool index = false);
   static Entry symlink(std::string_view path, std::string_view target);
 
-  std::string_view path() const {
-    return link ? std::string_view(text).substr(0, text.find('\0')) : std::string_view(text);
-  }
+  /// The path, and for a symlink NUL and target: what identifies the entry's place and kind.
+  std::string_view text() const { return {text_, text_size_}; }
+  std::string_view path() const { return link ? text().substr(0, text().find('\0')) : text(); }
   std::string_view target() const {
-    return link ? std::string_view(text).substr(text.find('\0') + 1) : std::string_view();
+    return link ? text().substr(text().find('\0') + 1) : std::string_view();
   }
   /// Same content and metadata (what a relay must reproduce).
   bool same_as(const Entry& o) const {
-    return text == o.text && link == o.link && sha256 == o.sha256 && size == o.size &&
+    return text() == o.text() && link == o.link && sha256 == o.sha256 && size == o.size &&
            mtime == o.mtime && mode == o.mode && index == o.index;
   }
+
+ private:
+  void assign(std::string_view s);
+  void swap(Entry& o) noexcept;
 };
 
 struct Manifest {

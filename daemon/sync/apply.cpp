@@ -45,7 +45,7 @@ struct DigestHash {
 // recognised, and two paths never share one inode (their metadata could differ).
 std::string staged_name(const Entry& e) {
   proto::Sha256 h;
-  h.update(e.text);
+  h.update(e.text());
   h.update("\0", 1);
   h.update(e.sha256.data(), e.sha256.size());
   std::string meta = std::to_string(e.mtime) + "/" + std::to_string(e.mode);

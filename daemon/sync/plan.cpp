@@ -43,7 +43,7 @@ PartitionPlan plan_partition(const std::string& name, const proto::Manifest* bef
     } else {
       if (!o->same_as(*n)) {
         bool same_content = o->link == n->link && o->sha256 == n->sha256 && o->size == n->size &&
-                            o->text == n->text;
+                            o->text() == n->text();
         (same_content && !n->link ? p.retouch : p.installs).push_back(&*n);
         p.replaced += !(same_content && !n->link);
       }
