@@ -71,13 +71,15 @@ json status_object(const ops::Config& config) {
 }  // namespace
 
 std::string status_json(const ops::Config& config) {
-  return status_object(config).dump(2) + "\n";
+  return status_object(config).dump(2, ' ', false, json::error_handler_t::replace) + "\n";
 }
 
 std::string status_text(const ops::Config& config) {
   json j = status_object(config);
   auto val = [](const json& v) {
-    return v.is_null() ? std::string("-") : v.is_string() ? v.get<std::string>() : v.dump();
+    return v.is_null()     ? std::string("-")
+           : v.is_string() ? v.get<std::string>()
+                           : v.dump(-1, ' ', false, json::error_handler_t::replace);
   };
   std::string out;
   char line[512];

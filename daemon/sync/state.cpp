@@ -28,8 +28,10 @@ Result<std::optional<json>> read_json(const fs::path& file) {
   return std::optional<json>(std::move(j));
 }
 
+// Messages may quote hostile bytes that are not UTF-8: they are replaced, never thrown on.
 Status write_json(const fs::path& file, const json& j) {
-  return write_file_atomic(file, j.dump(2) + "\n", 0644, true);
+  return write_file_atomic(file, j.dump(2, ' ', false, json::error_handler_t::replace) + "\n", 0644,
+                           true);
 }
 
 }  // namespace
@@ -216,7 +218,9 @@ Status StateStore::save_cycle(const CycleRecord& r) const {
             {"time", r.time},
             {"message", r.message},
             {"upstream_serial", r.upstream_serial}};
-  return write_file_atomic(dir_ / "cycle.json", j.dump(2) + "\n", 0644, false);
+  return write_file_atomic(dir_ / "cycle.json",
+                           j.dump(2, ' ', false, json::error_handler_t::replace) + "\n", 0644,
+                           false);
 }
 
 Result<std::optional<Journal>> StateStore::load_journal() const try {
