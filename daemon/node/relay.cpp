@@ -133,7 +133,10 @@ CycleOutcome sync_once(const ops::Config& config) {
 
   auto keys = load_trusted_keys(config);
   if (!keys) return cycle.fail(keys.message());
-  auto t = transport::make_transport(config.upstream.url);
+  auto t = transport::make_transport(
+      config.upstream.url, {.ca_file = config.upstream.ca_file,
+                            .connections = config.upstream.connections,
+                            .max_bytes_per_second = config.upstream.max_bytes_per_second});
   if (!t) return cycle.fail(t.message());
   TransportFetcher fetcher(**t);
   sync::Applier applier(state, fetcher);

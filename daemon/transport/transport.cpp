@@ -1,6 +1,7 @@
 #include "daemon/transport/transport.h"
 
 #include "daemon/transport/file_transport.h"
+#include "daemon/transport/https_transport.h"
 
 #include <optional>
 
@@ -35,7 +36,8 @@ std::optional<std::string> percent_decode(std::string_view s) {
 
 }  // namespace
 
-Result<std::unique_ptr<Transport>> make_transport(const std::string& url) {
+Result<std::unique_ptr<Transport>> make_transport(const std::string& url,
+                                                  const TransportOptions& options) {
   constexpr std::string_view kFile = "file://";
   if (url.starts_with(kFile)) {
     std::string_view rest = std::string_view(url).substr(kFile.size());
@@ -46,9 +48,11 @@ Result<std::unique_ptr<Transport>> make_transport(const std::string& url) {
     if (!path) return make_error("upstream.url \"" + url + "\": malformed percent-escape");
     return std::unique_ptr<Transport>(std::make_unique<FileTransport>(*path));
   }
-  if (url.starts_with("https://") || url.starts_with("http://"))
-    return make_error("upstream.url \"" + url +
-                      "\": HTTP(S) parents are not supported by this build yet; use file://");
+  if (url.starts_with("https://") || url.starts_with("http://")) {
+    auto https = HttpsTransport::create(url, options);
+    if (!https) return https.error();
+    return std::unique_ptr<Transport>(std::move(*https));
+  }
   return make_error("upstream.url \"" + url + "\": scheme must be file://, https:// or http://");
 }
 

@@ -1,9 +1,13 @@
 #pragma once
-/// Where a parent's bytes come from: an interface, with file:// behind it (https:// joins later).
+/// Where a parent's bytes come from: an interface, with file://, https:// and http:// behind it.
 
+#include <chrono>
 #include <cstdint>
+#include <filesystem>
 #include <functional>
 #include <memory>
+#include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 
@@ -15,20 +19,67 @@ namespace tiersync::transport {
 /// Receives a file's bytes in order; returns an error to stop the transfer.
 using Sink = std::function<Status(const char* data, std::size_t size)>;
 
+/// One file of a batch (Transport::fetch_files).
+struct FileRequest {
+  std::string path;             ///< a validated tree path
+  std::uint64_t max_bytes = 0;  ///< the expected size: a larger body is an error
+  Sink sink;
+  /// Called when the parent sends the file again from its first byte after the sink already
+  /// received some (a resume the parent refused): the receiver forgets what it got (truncates,
+  /// resets its hash). Without it, the transport discards the bytes the sink already has.
+  std::function<Status()> restart;
+  Status result;  ///< set by fetch_files
+};
+
+/// The outcome of a long poll: the envelope, or nothing when the serial did not move.
+using PollResult = Result<std::optional<std::string>>;
+
 class Transport {
  public:
   virtual ~Transport() = default;
   /// The parent's snapshot envelope, as served (not yet verified).
   virtual Result<std::string> fetch_snapshot() = 0;
+  /// Waits up to `wait` for a snapshot whose serial exceeds `after_serial` (a parent that cannot
+  /// hold the request answers at once). nullopt: not modified.
+  virtual PollResult poll_snapshot(std::uint64_t /*after_serial*/, std::chrono::seconds /*wait*/) {
+    auto bytes = fetch_snapshot();
+    if (!bytes) return bytes.error();
+    return std::optional<std::string>(std::move(*bytes));
+  }
   /// The bytes of a manifest (not yet checked against `digest`).
   virtual Result<std::string> fetch_manifest(const proto::Digest& digest) = 0;
   /// Streams the file at `path` (a validated tree path) into `sink`; stops at `max_bytes` + 1.
   virtual Status fetch_file(std::string_view path, std::uint64_t max_bytes, const Sink& sink) = 0;
+  /// Fetches a batch, concurrently where the transport can; sets each request's `result`. After
+  /// the first failure no further request starts (those get an error saying so). Sinks are
+  /// called on the calling thread, never two at once. Returns the first failure.
+  virtual Status fetch_files(std::span<FileRequest> requests) {
+    Status first;
+    for (auto& req : requests) {
+      req.result = first ? fetch_file(req.path, req.max_bytes, req.sink)
+                         : Status(make_error(req.path + ": not fetched after an earlier failure"));
+      if (first && !req.result) first = req.result;
+    }
+    return first;
+  }
   /// The parent, for messages.
   virtual std::string describe() const = 0;
 };
 
-/// A transport for `url`: file:///path/to/parent/tree. Errors name the URL.
-Result<std::unique_ptr<Transport>> make_transport(const std::string& url);
+/// How to reach an HTTP(S) parent (SPEC section 7, `upstream`); file:// ignores it.
+struct TransportOptions {
+  std::filesystem::path ca_file;  ///< empty: the system's trust store
+  unsigned connections = 8;       ///< the pool's size (fetch_files' concurrency)
+  std::chrono::milliseconds connect_timeout{10'000};  ///< resolve, connect and TLS handshake
+  std::chrono::milliseconds read_timeout{30'000};     ///< longest silence while reading or writing
+  std::uint64_t max_bytes_per_second = 0;             ///< across the pool; 0: unlimited
+  unsigned max_attempts = 4;                          ///< per request, for transient failures
+  std::chrono::milliseconds retry_base_delay{200};    ///< doubled per attempt, with jitter
+};
+
+/// A transport for `url`: file:///path/to/parent/tree, https://host[:port]/prefix/ or http://...
+/// Errors name the URL.
+Result<std::unique_ptr<Transport>> make_transport(const std::string& url,
+                                                  const TransportOptions& options = {});
 
 }  // namespace tiersync::transport

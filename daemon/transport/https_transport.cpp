@@ -1,0 +1,739 @@
+// The HTTP(S) client behind https:// and http:// parents, and the only translation unit of the
+// daemon that includes Asio and Beast. The public methods are synchronous: each spawns coroutines
+// on a private io_context and runs it on the calling thread until they finish, so sinks run on
+// the caller's thread, one at a time, and no lock is needed anywhere.
+
+#include "daemon/transport/https_transport.h"
+
+#include <openssl/ssl.h>
+#include <openssl/x509_vfy.h>
+
+#include <algorithm>
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/address.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ssl.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <boost/beast/ssl.hpp>
+#include <cctype>
+#include <charconv>
+#include <exception>
+#include <optional>
+#include <random>
+#include <vector>
+
+#include "proto/dsse.h"
+#include "proto/manifest.h"
+
+namespace tiersync::transport {
+
+namespace net = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+namespace ssl = net::ssl;
+using tcp = net::ip::tcp;
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+namespace {
+
+// Every asynchronous operation completes with its error code as a value: on a network, failure
+// is expected, not exceptional.
+constexpr auto kAsTuple = net::as_tuple(net::use_awaitable);
+
+constexpr std::size_t kReadChunk = 64 * 1024;
+constexpr std::chrono::seconds kMaxPollWait{300};
+constexpr milliseconds kMaxBackoff{30'000};
+constexpr const char* kUserAgent = "tiersync";
+constexpr std::string_view kSnapshotPath = ".tiersync/v1/snapshot";
+constexpr std::string_view kManifestsPath = ".tiersync/v1/manifests/";
+
+bool is_ip_address(const std::string& host) {
+  beast::error_code ec;
+  net::ip::make_address(host, ec);
+  return !ec;
+}
+
+std::string str(beast::string_view v) {
+  return std::string(v.data(), v.size());
+}
+
+std::string ms_text(milliseconds d) {
+  if (d.count() % 1000 == 0) return std::to_string(d.count() / 1000) + " s";
+  return std::to_string(d.count()) + " ms";
+}
+
+/// `bytes START-END/TOTAL` (TOTAL may be `*`): START, or nullopt when malformed.
+std::optional<std::uint64_t> content_range_start(std::string_view v) {
+  if (!v.starts_with("bytes ")) return std::nullopt;
+  v.remove_prefix(6);
+  std::uint64_t start = 0, end = 0;
+  auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), start);
+  if (ec != std::errc() || p == v.data() + v.size() || *p != '-') return std::nullopt;
+  auto [q, ec2] = std::from_chars(p + 1, v.data() + v.size(), end);
+  if (ec2 != std::errc() || q == v.data() + v.size() || *q != '/' || end < start)
+    return std::nullopt;
+  return start;
+}
+
+/// How one attempt at a request ended.
+struct Outcome {
+  enum Kind {
+    kDone,
+    kRetry,    ///< transient (network, 5xx): try again after a pause
+    kStale,    ///< a kept-alive connection the parent had closed: the request never reached it
+    kFatal,    ///< retrying cannot help (4xx, certificate, oversized body)
+    kRefused,  ///< the receiver stopped the transfer: its message is returned as it is
+  };
+  Kind kind = kDone;
+  std::string reason;  ///< what went wrong, without the URL (but kRefused's)
+};
+
+Outcome done() {
+  return {};
+}
+Outcome retry(std::string reason) {
+  return {Outcome::kRetry, std::move(reason)};
+}
+Outcome stale(std::string reason) {
+  return {Outcome::kStale, std::move(reason)};
+}
+Outcome fatal(std::string reason) {
+  return {Outcome::kFatal, std::move(reason)};
+}
+Outcome refused(std::string message) {
+  return {Outcome::kRefused, std::move(message)};
+}
+
+/// One GET and where its body goes, kept across attempts so that a retry resumes.
+struct Download {
+  std::string target;  ///< the request-target, percent-encoded
+  std::string url;     ///< for messages
+  std::uint64_t max_bytes = 0;
+  const Sink* sink = nullptr;
+  const std::function<Status()>* restart = nullptr;  ///< may be null or empty
+  std::string if_none_match;
+  bool not_modified_ok = false;     ///< a 304 is an answer (conditional GET, long poll)
+  milliseconds first_byte_wait{0};  ///< when set: how long the parent may hold the request
+
+  std::uint64_t delivered = 0;  ///< bytes the sink has accepted
+  bool may_resume = true;       ///< false once the parent mishandled a Range
+  unsigned status = 0;          ///< of the last response
+  std::string etag;
+};
+
+/// A pooled connection; closed until first used, and again after any error.
+struct Connection {
+  std::unique_ptr<beast::tcp_stream> tcp;                     // http://
+  std::unique_ptr<beast::ssl_stream<beast::tcp_stream>> tls;  // https://
+  beast::flat_buffer buffer;
+  std::vector<char> body;
+  unsigned served = 0;  ///< responses read whole on this connection
+
+  bool is_open() const { return tcp || tls; }
+  beast::tcp_stream& lowest() { return tls ? beast::get_lowest_layer(*tls) : *tcp; }
+
+  void close() {
+    // No TLS close_notify: HTTP frames its messages, so the parent loses nothing, and a polite
+    // shutdown could wait on a parent that stopped answering.
+    if (is_open()) lowest().close();
+    tls.reset();
+    tcp.reset();
+    buffer.clear();
+    served = 0;
+  }
+};
+
+/// A token bucket with no burst, shared by the pool: every chunk read books its share of time at
+/// `bytes_per_second`, and its reader pauses until that time has come.
+class RateLimiter {
+ public:
+  explicit RateLimiter(std::uint64_t bytes_per_second) : rate_(bytes_per_second) {}
+
+  /// How much to read at once: small enough for a smooth rate.
+  std::size_t chunk() const {
+    if (rate_ == 0) return kReadChunk;
+    return static_cast<std::size_t>(std::clamp<std::uint64_t>(rate_ / 16, 1024, kReadChunk));
+  }
+
+  /// Books `bytes`; returns when the reader may go on.
+  Clock::time_point book(std::size_t bytes) {
+    const auto now = Clock::now();
+    if (rate_ == 0) return now;
+    const std::chrono::duration<double> cost(static_cast<double>(bytes) /
+                                             static_cast<double>(rate_));
+    next_ = std::max(next_, now) + std::chrono::duration_cast<Clock::duration>(cost);
+    return next_;
+  }
+
+ private:
+  std::uint64_t rate_;
+  Clock::time_point next_{};
+};
+
+std::string describe_error(const beast::error_code& ec, milliseconds timeout) {
+  if (ec == beast::error::timeout) return "timed out (no data for " + ms_text(timeout) + ")";
+  if (ec == http::error::partial_message || ec == net::error::eof ||
+      ec == ssl::error::stream_truncated)
+    return "the connection closed early";
+  return ec.message();
+}
+
+}  // namespace
+
+// --- URLs -------------------------------------------------------------------------------------
+
+std::string HttpUrl::authority() const {
+  std::string out = host.find(':') != std::string::npos ? "[" + host + "]" : host;
+  if (port != (tls ? 443 : 80)) out += ":" + std::to_string(port);
+  return out;
+}
+
+std::string HttpUrl::base() const {
+  return (tls ? "https://" : "http://") + authority() + prefix;
+}
+
+Result<HttpUrl> parse_http_url(std::string_view url) {
+  auto bad = [&](const std::string& why) {
+    return make_error("upstream.url \"" + std::string(url) + "\": " + why);
+  };
+  HttpUrl out;
+  std::string_view rest;
+  if (url.starts_with("https://")) {
+    rest = url.substr(8);
+  } else if (url.starts_with("http://")) {
+    out.tls = false;
+    out.port = 80;
+    rest = url.substr(7);
+  } else {
+    return bad("scheme must be https:// or http://");
+  }
+  if (rest.find_first_of("?#") != std::string_view::npos)
+    return bad("a query or fragment has no place in a parent's URL");
+  for (char c : rest)
+    if (static_cast<unsigned char>(c) <= 0x20 || c == 0x7f)
+      return bad("spaces and control characters must be percent-encoded");
+  const auto slash = rest.find('/');
+  const std::string_view authority = rest.substr(0, slash);
+  const std::string_view path = slash == std::string_view::npos ? "/" : rest.substr(slash);
+  if (authority.find('@') != std::string_view::npos) return bad("user info is not supported");
+
+  std::string_view host, port;
+  bool has_port = false;
+  if (authority.starts_with('[')) {
+    const auto close = authority.find(']');
+    if (close == std::string_view::npos) return bad("unterminated IPv6 address");
+    host = authority.substr(1, close - 1);
+    beast::error_code ec;
+    net::ip::make_address_v6(std::string(host), ec);
+    if (ec) return bad("\"" + std::string(host) + "\" is not an IPv6 address");
+    const auto after = authority.substr(close + 1);
+    if (!after.empty() && after[0] != ':') return bad("junk after the IPv6 address");
+    has_port = !after.empty();
+    if (has_port) port = after.substr(1);
+  } else {
+    const auto colon = authority.find(':');
+    host = authority.substr(0, colon);
+    has_port = colon != std::string_view::npos;
+    if (has_port) port = authority.substr(colon + 1);
+    for (char c : host)
+      if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '.' && c != '_')
+        return bad("malformed host name");
+  }
+  if (host.empty()) return bad("no host");
+  if (has_port) {
+    unsigned value = 0;
+    auto [p, ec] = std::from_chars(port.data(), port.data() + port.size(), value);
+    if (port.empty() || ec != std::errc() || p != port.data() + port.size() || value == 0 ||
+        value > 65535)
+      return bad("malformed port \"" + std::string(port) + "\"");
+    out.port = static_cast<std::uint16_t>(value);
+  }
+  out.host.reserve(host.size());
+  for (char c : host)
+    out.host.push_back(static_cast<char>(std::tolower(static_cast<unsigned char>(c))));
+  out.prefix = std::string(path);
+  if (!out.prefix.ends_with('/')) out.prefix.push_back('/');
+  return out;
+}
+
+std::string encode_path(std::string_view path) {
+  static constexpr char kHex[] = "0123456789ABCDEF";
+  std::string out;
+  out.reserve(path.size());
+  for (char c : path) {
+    const auto u = static_cast<unsigned char>(c);
+    if (std::isalnum(u) || c == '-' || c == '.' || c == '_' || c == '~' || c == '/') {
+      out.push_back(c);
+    } else {
+      out.push_back('%');
+      out.push_back(kHex[u >> 4]);
+      out.push_back(kHex[u & 15]);
+    }
+  }
+  return out;
+}
+
+// --- The client -------------------------------------------------------------------------------
+
+struct HttpsTransport::Impl {
+  Impl(HttpUrl u, const TransportOptions& o, std::optional<ssl::context> ctx)
+      : url(std::move(u)),
+        options(o),
+        tls(std::move(ctx)),
+        pool(std::max(1u, o.connections)),
+        limiter(o.max_bytes_per_second) {}
+
+  ~Impl() {
+    for (auto& c : pool) c.close();
+  }
+
+  /// A GET of `path` (a tree path, or a path under .tiersync/) streaming into `sink`.
+  Download download(std::string_view path, std::uint64_t max_bytes, const Sink& sink) const {
+    Download d;
+    d.target = url.prefix + encode_path(path);
+    d.url = url.base() + std::string(path);
+    d.max_bytes = max_bytes;
+    d.sink = &sink;
+    return d;
+  }
+
+  /// Runs everything spawned on `io` to its end, on this thread.
+  void run() {
+    io.restart();
+    io.run();
+    if (failure) std::rethrow_exception(std::exchange(failure, nullptr));
+  }
+
+  void spawn(net::awaitable<void> task) {
+    net::co_spawn(io, std::move(task), [this](std::exception_ptr e) {
+      if (e && !failure) failure = e;
+    });
+  }
+
+  /// One request on the first pooled connection.
+  Status fetch_one(Download& d) {
+    Status result;
+    spawn(fetch_into(pool.front(), d, result));
+    run();
+    return result;
+  }
+
+  net::awaitable<void> fetch_into(Connection& c, Download& d, Status& result) {
+    result = co_await fetch(c, d);
+  }
+
+  /// Fetches `requests`, one worker per pooled connection pulling the next request.
+  net::awaitable<void> worker(Connection& c, std::span<FileRequest> requests, std::size_t& next,
+                              Status& first) {
+    while (next < requests.size()) {
+      FileRequest& r = requests[next++];
+      if (!first) {
+        r.result = make_error(url.base() + r.path + ": not fetched after an earlier failure");
+        continue;
+      }
+      Download d = download(r.path, r.max_bytes, r.sink);
+      d.restart = &r.restart;
+      r.result = co_await fetch(c, d);
+      if (!r.result && first) first = r.result;
+    }
+  }
+
+  /// A request with its retries: transient failures are tried again, up to
+  /// `options.max_attempts` times, after exponentially growing pauses with jitter.
+  net::awaitable<Status> fetch(Connection& c, Download& d) {
+    bool stale_retried = false;
+    for (unsigned attempt = 1;;) {
+      d.status = 0;
+      d.etag.clear();
+      const Outcome o = co_await attempt_once(c, d);
+      switch (o.kind) {
+        case Outcome::kDone:
+          co_return Status{};
+        case Outcome::kRefused:
+          co_return make_error(o.reason);
+        case Outcome::kFatal:
+          co_return make_error(d.url + ": " + o.reason);
+        case Outcome::kStale:
+          // Servers close idle keep-alive connections at will; once, that is not a failure.
+          if (!stale_retried) {
+            stale_retried = true;
+            continue;
+          }
+          break;
+        case Outcome::kRetry:
+          break;
+      }
+      if (attempt >= std::max(1u, options.max_attempts)) {
+        std::string msg = d.url + ": " + o.reason;
+        if (attempt > 1) msg += " (" + std::to_string(attempt) + " attempts)";
+        co_return make_error(std::move(msg));
+      }
+      co_await pause_until(Clock::now() + backoff(attempt));
+      ++attempt;
+    }
+  }
+
+  /// The pause after failed attempt `attempt` (1-based): base * 2^(attempt-1), between half of
+  /// that and all of it, so that a pool of clients does not come back in step.
+  milliseconds backoff(unsigned attempt) {
+    const auto base = options.retry_base_delay.count();
+    const auto full =
+        std::min<std::int64_t>(kMaxBackoff.count(), base << std::min(attempt - 1, 16u));
+    std::uniform_int_distribution<std::int64_t> pick(full / 2, std::max<std::int64_t>(full, 0));
+    return milliseconds(pick(rng));
+  }
+
+  net::awaitable<void> pause_until(Clock::time_point when) {
+    if (when <= Clock::now()) co_return;
+    net::steady_timer timer(io, when);
+    co_await timer.async_wait(kAsTuple);
+  }
+
+  net::awaitable<Outcome> attempt_once(Connection& c, Download& d) {
+    if (!c.is_open()) {
+      Outcome o = co_await connect(c);
+      if (o.kind != Outcome::kDone) co_return o;
+    }
+    if (c.tls) co_return co_await exchange(*c.tls, c, d);
+    co_return co_await exchange(*c.tcp, c, d);
+  }
+
+  net::awaitable<Outcome> connect(Connection& c) {
+    c.close();
+    // No timeout here: Asio cannot interrupt getaddrinfo, which the system bounds itself
+    // (resolv.conf's timeout and attempts); an address literal resolves at once.
+    tcp::resolver resolver(io);
+    auto [rec, endpoints] =
+        co_await resolver.async_resolve(url.host, std::to_string(url.port), kAsTuple);
+    if (rec) co_return retry("cannot resolve " + url.host + ": " + rec.message());
+
+    if (tls) {
+      c.tls = std::make_unique<beast::ssl_stream<beast::tcp_stream>>(io, *tls);
+      SSL* ssl = c.tls->native_handle();
+      X509_VERIFY_PARAM* param = SSL_get0_param(ssl);
+      X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+      bool named = false;
+      if (is_ip_address(url.host)) {
+        // An address is checked against the certificate's IP entries; SNI carries names only.
+        named = X509_VERIFY_PARAM_set1_ip_asc(param, url.host.c_str()) == 1;
+      } else {
+        named = X509_VERIFY_PARAM_set1_host(param, url.host.c_str(), url.host.size()) == 1 &&
+                SSL_set_tlsext_host_name(ssl, url.host.c_str()) == 1;
+      }
+      if (!named) {
+        c.close();
+        co_return fatal("cannot set the expected host name \"" + url.host + "\"");
+      }
+    } else {
+      c.tcp = std::make_unique<beast::tcp_stream>(io);
+    }
+
+    beast::tcp_stream& s = c.lowest();
+    s.expires_after(options.connect_timeout);
+    auto [cec, endpoint] = co_await s.async_connect(endpoints, kAsTuple);
+    if (cec) {
+      c.close();
+      co_return retry("cannot connect to " + url.authority() + ": " +
+                      describe_error(cec, options.connect_timeout));
+    }
+    beast::error_code ignored;
+    s.socket().set_option(tcp::no_delay(true), ignored);
+
+    if (c.tls) {
+      s.expires_after(options.connect_timeout);
+      auto [hec] = co_await c.tls->async_handshake(ssl::stream_base::client, kAsTuple);
+      if (hec) {
+        const long verify = SSL_get_verify_result(c.tls->native_handle());
+        c.close();
+        if (verify != X509_V_OK)
+          co_return fatal(std::string("certificate verify failed (") +
+                          X509_verify_cert_error_string(verify) + ")");
+        co_return retry("TLS handshake failed: " + describe_error(hec, options.connect_timeout));
+      }
+    }
+    co_return done();
+  }
+
+  /// One request and its response on an open connection. The body goes to the sink; bytes the
+  /// sink already has (a parent that ignored our Range) are read and dropped.
+  template <class Stream>
+  net::awaitable<Outcome> exchange(Stream& stream, Connection& c, Download& d) {
+    const bool reused = c.served > 0;
+    const bool ranged = d.delivered > 0 && d.may_resume;
+
+    http::request<http::empty_body> req{http::verb::get, d.target, 11};
+    req.set(http::field::host, url.authority());
+    req.set(http::field::user_agent, kUserAgent);
+    if (ranged) req.set(http::field::range, "bytes=" + std::to_string(d.delivered) + "-");
+    if (!d.if_none_match.empty()) req.set(http::field::if_none_match, d.if_none_match);
+
+    c.lowest().expires_after(options.read_timeout);
+    auto [wec, written] = co_await http::async_write(stream, req, kAsTuple);
+    if (wec) {
+      c.close();
+      const std::string why = describe_error(wec, options.read_timeout);
+      co_return reused ? stale(why) : retry(why);
+    }
+
+    http::response_parser<http::buffer_body> parser;
+    parser.body_limit(boost::none);  // checked below, once the status says whose body it is
+    const milliseconds header_wait =
+        d.first_byte_wait.count() > 0 ? d.first_byte_wait : options.read_timeout;
+    c.lowest().expires_after(header_wait);
+    auto [hec, header_bytes] = co_await http::async_read_header(stream, c.buffer, parser, kAsTuple);
+    if (hec) {
+      const bool silent = !parser.got_some() && hec != beast::error::timeout;
+      c.close();
+      const std::string why = describe_error(hec, header_wait);
+      co_return reused&& silent ? stale(why) : retry(why);
+    }
+
+    auto& res = parser.get();
+    d.status = res.result_int();
+    std::uint64_t offset = 0;  // where in the file the body starts
+    if (d.status == 304 && d.not_modified_ok) {
+      ++c.served;
+      if (!parser.keep_alive()) c.close();
+      co_return done();
+    }
+    if (d.status >= 500 || d.status == 429 || d.status == 408) {
+      c.close();
+      co_return retry("HTTP " + std::to_string(d.status));
+    }
+    if (d.status == 206 && ranged) {
+      const std::string range = str(res[http::field::content_range]);
+      const auto start = content_range_start(range);
+      if (start != d.delivered) {
+        c.close();
+        d.may_resume = false;
+        co_return retry("the parent answered a resume at byte " + std::to_string(d.delivered) +
+                        " with Content-Range \"" + range + "\"");
+      }
+      offset = d.delivered;
+    } else if (d.status == 416 && ranged) {
+      c.close();
+      d.may_resume = false;
+      co_return retry("HTTP 416 for a resume at byte " + std::to_string(d.delivered));
+    } else if (d.status != 200) {
+      c.close();
+      co_return fatal("HTTP " + std::to_string(d.status));
+    } else if (d.delivered > 0 && d.restart && *d.restart) {
+      // The whole file again: the receiver starts over (its hash too).
+      Status st;
+      try {
+        st = (*d.restart)();
+      } catch (const std::exception& e) {
+        st = make_error(d.url + ": restarting the receiver failed: " + e.what());
+      }
+      if (!st) {
+        c.close();
+        co_return refused(st.message());
+      }
+      d.delivered = 0;
+    }
+
+    // The body limit: an announced length is checked at once; chunked and close-delimited
+    // bodies are counted below (Beast's body_limit over-counts a close-delimited body read
+    // through a buffer_body). A read asks for at most one byte more than may come, so that an
+    // oversized body shows without taking more of it.
+    if (const auto length = parser.content_length(); length && offset + *length > d.max_bytes) {
+      c.close();
+      co_return fatal("the body of " + std::to_string(offset + *length) +
+                      " bytes is larger than the expected " + std::to_string(d.max_bytes));
+    }
+    if (c.body.size() < kReadChunk) c.body.resize(kReadChunk);
+    std::uint64_t position = offset;  // the file offset of the next byte read
+    while (!parser.is_done()) {
+      const std::size_t want = static_cast<std::size_t>(
+          std::min<std::uint64_t>(limiter.chunk(), d.max_bytes - position + 1));
+      res.body().data = c.body.data();
+      res.body().size = want;
+      c.lowest().expires_after(options.read_timeout);
+      auto [ec, consumed] = co_await http::async_read_some(stream, c.buffer, parser, kAsTuple);
+      if (ec == http::error::need_buffer) ec = {};
+      const std::size_t got = want - res.body().size;
+      if (got > 0) {
+        // Bytes before `delivered` are a repeat (a parent that ignored our Range) and dropped:
+        // the receiver verifies the whole file, so skipping them is as safe as a resume.
+        const std::size_t skip =
+            position < d.delivered
+                ? static_cast<std::size_t>(std::min<std::uint64_t>(got, d.delivered - position))
+                : 0;
+        position += got;
+        if (position > d.max_bytes) {
+          c.close();
+          co_return fatal("the body is larger than the expected " + std::to_string(d.max_bytes) +
+                          " bytes");
+        }
+        if (got > skip) {
+          Status st;
+          try {
+            st = (*d.sink)(c.body.data() + skip, got - skip);
+          } catch (const std::exception& e) {
+            st = make_error(d.url + ": the receiver failed: " + e.what());
+          }
+          if (!st) {
+            c.close();
+            co_return refused(st.message());
+          }
+          d.delivered += got - skip;
+        }
+        co_await pause_until(limiter.book(got));
+      }
+      if (!ec) continue;
+      if (ec == ssl::error::stream_truncated && parser.need_eof()) {
+        // A body that ends when the connection does, closed without TLS close_notify (common):
+        // a cut here could truncate it, but every byte is verified against the signed snapshot,
+        // so a short body is caught there. Take the close as the end.
+        beast::error_code eof;
+        parser.put_eof(eof);
+        if (!eof) break;
+      }
+      c.close();
+      co_return retry(describe_error(ec, options.read_timeout) + " after " +
+                      std::to_string(position) + " bytes");
+    }
+
+    d.etag = str(res[http::field::etag]);
+    ++c.served;
+    if (!parser.keep_alive()) c.close();
+    co_return done();
+  }
+
+  // Destroyed in reverse: the connections go before the io_context their sockets live in.
+  HttpUrl url;
+  TransportOptions options;
+  net::io_context io{1};
+  std::optional<ssl::context> tls;  ///< for https:// only
+  std::vector<Connection> pool;
+  RateLimiter limiter;
+  std::mt19937_64 rng{std::random_device{}()};
+  std::exception_ptr failure;
+  std::string snapshot_etag;   ///< of `snapshot_bytes`, for If-None-Match
+  std::string snapshot_bytes;  ///< the last snapshot fetched
+};
+
+// --- The public face --------------------------------------------------------------------------
+
+Result<std::unique_ptr<HttpsTransport>> HttpsTransport::create(const std::string& url,
+                                                               const TransportOptions& options) {
+  auto parsed = parse_http_url(url);
+  if (!parsed) return parsed.error();
+  std::optional<ssl::context> ctx;
+  if (parsed->tls) {
+    ctx.emplace(ssl::context::tls_client);
+    SSL_CTX_set_min_proto_version(ctx->native_handle(), TLS1_2_VERSION);
+    ctx->set_options(ssl::context::default_workarounds | ssl::context::no_compression);
+    ctx->set_verify_mode(ssl::verify_peer);
+    beast::error_code ec;
+    if (!options.ca_file.empty()) {
+      ctx->load_verify_file(options.ca_file.string(), ec);
+      if (ec)
+        return make_error("upstream.ca_file \"" + options.ca_file.string() +
+                          "\": cannot load the certificates: " + ec.message());
+    } else {
+      ctx->set_default_verify_paths(ec);
+      if (ec) return make_error("cannot load the system's trust store: " + ec.message());
+    }
+  }
+  auto impl = std::make_unique<Impl>(std::move(*parsed), options, std::move(ctx));
+  return std::unique_ptr<HttpsTransport>(new HttpsTransport(std::move(impl)));
+}
+
+HttpsTransport::HttpsTransport(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+HttpsTransport::~HttpsTransport() = default;
+
+std::string HttpsTransport::describe() const {
+  return impl_->url.base();
+}
+
+Result<std::string> HttpsTransport::fetch_snapshot() {
+  std::string body;
+  const Sink sink = [&body](const char* data, std::size_t size) {
+    body.append(data, size);
+    return Status{};
+  };
+  const std::function<Status()> restart = [&body] {
+    body.clear();
+    return Status{};
+  };
+  Download d = impl_->download(kSnapshotPath, proto::kMaxEnvelopeBytes, sink);
+  d.restart = &restart;
+  if (!impl_->snapshot_etag.empty()) {
+    d.if_none_match = impl_->snapshot_etag;
+    d.not_modified_ok = true;
+  }
+  if (auto st = impl_->fetch_one(d); !st) return st.error();
+  if (d.status == 304) return impl_->snapshot_bytes;
+  impl_->snapshot_etag = d.etag;
+  impl_->snapshot_bytes = d.etag.empty() ? std::string() : body;
+  return body;
+}
+
+PollResult HttpsTransport::poll_snapshot(std::uint64_t after_serial, std::chrono::seconds wait) {
+  wait = std::clamp(wait, std::chrono::seconds(0), kMaxPollWait);
+  std::string body;
+  const Sink sink = [&body](const char* data, std::size_t size) {
+    body.append(data, size);
+    return Status{};
+  };
+  const std::function<Status()> restart = [&body] {
+    body.clear();
+    return Status{};
+  };
+  Download d = impl_->download(kSnapshotPath, proto::kMaxEnvelopeBytes, sink);
+  d.restart = &restart;
+  d.target += "?after=" + std::to_string(after_serial) + "&wait=" + std::to_string(wait.count());
+  d.url += "?after=" + std::to_string(after_serial) + "&wait=" + std::to_string(wait.count());
+  d.not_modified_ok = true;
+  d.first_byte_wait = wait + impl_->options.read_timeout;
+  if (auto st = impl_->fetch_one(d); !st) return st.error();
+  if (d.status == 304) return std::optional<std::string>();
+  if (!d.etag.empty()) {
+    impl_->snapshot_etag = d.etag;
+    impl_->snapshot_bytes = body;
+  }
+  return std::optional<std::string>(std::move(body));
+}
+
+Result<std::string> HttpsTransport::fetch_manifest(const proto::Digest& digest) {
+  std::string body;
+  const Sink sink = [&body](const char* data, std::size_t size) {
+    body.append(data, size);
+    return Status{};
+  };
+  const std::function<Status()> restart = [&body] {
+    body.clear();
+    return Status{};
+  };
+  Download d = impl_->download(std::string(kManifestsPath) + proto::to_hex(digest),
+                               proto::kMaxManifestBytes, sink);
+  d.restart = &restart;
+  if (auto st = impl_->fetch_one(d); !st) return st.error();
+  return body;
+}
+
+Status HttpsTransport::fetch_file(std::string_view path, std::uint64_t max_bytes,
+                                  const Sink& sink) {
+  Download d = impl_->download(path, max_bytes, sink);
+  return impl_->fetch_one(d);
+}
+
+Status HttpsTransport::fetch_files(std::span<FileRequest> requests) {
+  std::size_t next = 0;
+  Status first;
+  const std::size_t workers = std::min(impl_->pool.size(), requests.size());
+  for (std::size_t i = 0; i < workers; ++i)
+    impl_->spawn(impl_->worker(impl_->pool[i], requests, next, first));
+  impl_->run();
+  return first;
+}
+
+}  // namespace tiersync::transport

@@ -1,0 +1,58 @@
+#pragma once
+/// https:// and http:// parents: a pool of keep-alive connections with timeouts, retries with
+/// backoff, resumed downloads and a rate limit. Asio and Beast stay inside the .cpp.
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "daemon/transport/transport.h"
+
+namespace tiersync::transport {
+
+/// The parts of an upstream URL that locate a parent: `https://host[:port]/prefix/`.
+struct HttpUrl {
+  bool tls = true;
+  std::string host;  ///< a name, an IPv4 address or an IPv6 address (without brackets)
+  std::uint16_t port = 443;
+  std::string prefix = "/";  ///< the tree's path on the server; starts and ends with '/'
+
+  /// `host[:port]` as in a Host header: brackets around IPv6, the port when not the default.
+  std::string authority() const;
+  /// `https://authority/prefix/`, for messages.
+  std::string base() const;
+};
+
+/// Parses an https:// or http:// URL; refuses user info, queries and fragments.
+Result<HttpUrl> parse_http_url(std::string_view url);
+
+/// Percent-encodes a tree path for a request target (every byte but unreserved ones and '/').
+std::string encode_path(std::string_view path);
+
+class HttpsTransport final : public Transport {
+ public:
+  /// Parses `url` and loads the trust store (`options.ca_file`, or the system's).
+  static Result<std::unique_ptr<HttpsTransport>> create(const std::string& url,
+                                                        const TransportOptions& options);
+  ~HttpsTransport() override;
+  HttpsTransport(const HttpsTransport&) = delete;
+  HttpsTransport& operator=(const HttpsTransport&) = delete;
+
+  /// Conditional (If-None-Match) after the first fetch: a 304 returns the bytes fetched before.
+  Result<std::string> fetch_snapshot() override;
+  /// The long poll `?after=N&wait=S` (S at most 300).
+  PollResult poll_snapshot(std::uint64_t after_serial, std::chrono::seconds wait) override;
+  Result<std::string> fetch_manifest(const proto::Digest& digest) override;
+  Status fetch_file(std::string_view path, std::uint64_t max_bytes, const Sink& sink) override;
+  /// Up to `connections` files at once, one per pooled connection.
+  Status fetch_files(std::span<FileRequest> requests) override;
+  std::string describe() const override;
+
+ private:
+  struct Impl;
+  explicit HttpsTransport(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace tiersync::transport
