@@ -1,0 +1,315 @@
+// The deletion guard and its approvals (SPEC section 6): a purge approved at the origin reaches
+// the mirrors that trust upstream approvals and waits for the local operator at the others;
+// small deletions, small partitions and partitions with a raised limit pass without approval.
+
+#include <gtest/gtest.h>
+
+#include "tests/integration/fake_parent.h"
+#include "tests/integration/support.h"
+
+namespace tiersync::it {
+namespace {
+
+constexpr int kHeld = 3;
+
+/// True when a status "candidate" names `serial` (as a number or a string).
+bool names_serial(const json& candidate, std::uint64_t serial) {
+  if (candidate.is_number_unsigned()) return candidate.get<std::uint64_t>() == serial;
+  if (candidate.is_string()) return candidate.get<std::string>() == std::to_string(serial);
+  return false;
+}
+
+/// Removes the first `count` packages of `partition` and rebuilds its index.
+void remove_packages(TreeModel& model, std::string_view partition, std::size_t count,
+                     std::int64_t index_mtime) {
+  auto packages = packages_in(model, partition);
+  for (std::size_t i = 0; i < count && i < packages.size(); ++i) model.erase(packages[i]);
+  rebuild_index(model, partition, index_mtime);
+}
+
+class ApprovalsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    key_ = keygen(root_ / "keys/origin");
+    source_ = root_ / "incoming";
+    v1_ = make_sample();
+    add_partition(v1_, "edge/testing/x86_64", 19, 7);   // 20 files
+    add_partition(v1_, "edge/testing/aarch64", 19, 8);  // 20 files
+    add_partition(v1_, "edge/small/x86_64", 5, 9);      // 6 files: below min_files
+    add_partition(v1_, "edge/ten/x86_64", 9, 10);       // 10 files: exactly min_files
+  }
+
+  Node origin(const json& guard = nullptr) {
+    return make_origin(root_ / "dl-master", "dl-master", source_, key_.key, guard);
+  }
+  Node mirror(const std::string& name, const json& guard) {
+    return make_mirror(root_ / name, name, "file://" + (root_ / "dl-master/tree").string(),
+                       {key_.pub}, guard);
+  }
+
+  /// Publishes `model` (tier0 must not hold anything) and syncs every mirror given.
+  void publish_and_sync(const Node& origin, const TreeModel& model,
+                        const std::vector<const Node*>& mirrors) {
+    materialize(model, source_);
+    ASSERT_TRUE(Exited(origin.once(), 0));
+    for (const Node* m : mirrors) {
+      ASSERT_TRUE(Exited(m->once(), 0)) << m->name;
+      ASSERT_TRUE(TreeMatches(m->tree(), model)) << m->name;
+    }
+  }
+
+  TempDir root_{"tiersync-approvals"};
+  KeyFiles key_;
+  fs::path source_;
+  TreeModel v1_;
+};
+
+TEST_F(ApprovalsTest, PurgeApprovedAtOriginReachesTrustingMirrorsAndWaitsAtOthers) {
+  const Node tier0 = origin();
+  const Node trusting = mirror("trusting", {{"trust_upstream_approvals", true}});
+  const Node cautious = mirror("cautious", {{"trust_upstream_approvals", false}});
+  ASSERT_NO_FATAL_FAILURE(publish_and_sync(tier0, v1_, {&trusting, &cautious}));
+  const std::uint64_t s1 = read_published_snapshot(tier0.tree()).serial;
+
+  // The operators decide to drop edge/community/armv7.
+  const std::string purged = "edge/community/armv7";
+  TreeModel purge = v1_;
+  remove_partition(purge, purged);
+  materialize(purge, source_);
+  RunResult held = tier0.once();
+  ASSERT_TRUE(Exited(held, kHeld)) << "deleting a whole partition must be held";
+  EXPECT_TRUE(StderrNames(held, {{purged}}));
+  json st = tier0.status();
+  EXPECT_EQ(held_partitions(st), std::set<std::string>{purged}) << st.dump(2);
+  EXPECT_TRUE(TreeMatches(tier0.tree(), v1_)) << "the held partition keeps its files";
+
+  // Approving a partition that is not held is an error.
+  RunResult wrong = tier0.ctl({"approve", "edge/main/x86_64"});
+  EXPECT_TRUE(Exited(wrong, 1));
+  EXPECT_TRUE(Mentions(wrong, "edge/main/x86_64")) << "the message names the partition";
+
+  ASSERT_TRUE(Exited(tier0.ctl({"approve", purged}), 0));
+  ASSERT_TRUE(Exited(tier0.once(), 0)) << "the approved candidate must be published";
+  EXPECT_TRUE(held_partitions(tier0.status()).empty()) << tier0.status().dump(2);
+  EXPECT_TRUE(TreeMatches(tier0.tree(), purge)) << "files and folders of the purge are gone";
+  const proto::Snapshot s2 = read_published_snapshot(tier0.tree());
+  EXPECT_GT(s2.serial, s1);
+  EXPECT_FALSE(s2.partitions.count(purged)) << "the purged partition is out of the snapshot";
+  ASSERT_TRUE(s2.approved_deletions.count(purged))
+      << "the snapshot must carry the origin's approval in approved_deletions";
+  EXPECT_GT(s2.approved_deletions.at(purged), s1);
+  EXPECT_LE(s2.approved_deletions.at(purged), s2.serial);
+
+  // A mirror trusting upstream approvals follows.
+  ASSERT_TRUE(Exited(trusting.once(), 0));
+  EXPECT_TRUE(TreeMatches(trusting.tree(), purge)) << "files gone and empty folders pruned";
+  EXPECT_TRUE(held_partitions(trusting.status()).empty());
+
+  // A mirror that does not trust them holds and changes nothing.
+  const ListOptions everything{.skip_meta = false, .hash = true, .exclude = {}};
+  const Listing before = list_tree(cautious.tree(), everything);
+  RunResult cautious_run = cautious.once();
+  ASSERT_TRUE(Exited(cautious_run, kHeld));
+  EXPECT_TRUE(StderrNames(cautious_run, {{purged}}));
+  EXPECT_EQ(diff_listings(before, list_tree(cautious.tree(), everything)), "")
+      << "a relay holding a partition applies nothing of the snapshot";
+  st = cautious.status();
+  EXPECT_TRUE(HasStatusShape(st));
+  EXPECT_EQ(st.value("serial", json()), s1) << st.dump(2);
+  EXPECT_EQ(st.value("upstream_serial", json()), s2.serial) << st.dump(2);
+  EXPECT_EQ(held_partitions(st), std::set<std::string>{purged}) << st.dump(2);
+  json h = held_entry(st, purged);
+  EXPECT_TRUE(names_serial(h.value("candidate", json()), s2.serial))
+      << "a relay's candidate is the held serial: " << h.dump();
+  EXPECT_EQ(h.value("deleted", json()), paths_in(v1_, purged).size()) << h.dump();
+  EXPECT_EQ(st["last_cycle"].value("result", ""), "held") << st.dump(2);
+  ASSERT_TRUE(Exited(cautious.once(), kHeld)) << "the hold stays until someone approves";
+
+  RunResult not_held = cautious.ctl({"approve", "edge/main/x86_64"});
+  EXPECT_TRUE(Exited(not_held, 1)) << "approving a partition that is not held fails";
+  ASSERT_TRUE(Exited(cautious.ctl({"approve", "--all"}), 0));
+  ASSERT_TRUE(Exited(cautious.once(), 0));
+  EXPECT_TRUE(TreeMatches(cautious.tree(), purge));
+  st = cautious.status();
+  EXPECT_EQ(st.value("serial", json()), s2.serial) << st.dump(2);
+  EXPECT_TRUE(held_partitions(st).empty()) << st.dump(2);
+  EXPECT_TRUE(Exited(cautious.ctl({"approve", purged}), 1))
+      << "once applied, the partition is no longer held";
+}
+
+TEST_F(ApprovalsTest, ApprovalAtOriginCoversOnlyTheCandidateHeldWhenGiven) {
+  const Node tier0 = origin();
+  ASSERT_NO_FATAL_FAILURE(publish_and_sync(tier0, v1_, {}));
+  const std::string part = "edge/main/aarch64";
+  const std::size_t packages = packages_in(v1_, part).size();
+
+  TreeModel half = v1_;
+  remove_packages(half, part, packages / 2, kBaseMtime + 5000);
+  materialize(half, source_);
+  ASSERT_TRUE(Exited(tier0.once(), kHeld));
+  ASSERT_TRUE(Exited(tier0.ctl({"approve", part}), 0));
+
+  // Before tier0 runs again the upload changes: a different candidate, not approved.
+  TreeModel most = v1_;
+  remove_packages(most, part, packages * 3 / 4, kBaseMtime + 5001);
+  materialize(most, source_);
+  ASSERT_TRUE(Exited(tier0.once(), kHeld)) << "the approval was for the other candidate manifest";
+  json h = held_entry(tier0.status(), part);
+  EXPECT_EQ(h.value("deleted", json()), packages * 3 / 4) << h.dump();
+  EXPECT_TRUE(TreeMatches(tier0.tree(), v1_));
+
+  ASSERT_TRUE(Exited(tier0.ctl({"approve", part}), 0));
+  ASSERT_TRUE(Exited(tier0.once(), 0));
+  EXPECT_TRUE(TreeMatches(tier0.tree(), most));
+}
+
+TEST_F(ApprovalsTest, RelayApprovalCoversOnlyTheSerialHeldWhenGiven) {
+  const Node tier0 = origin();
+  const Node cautious = mirror("cautious", {{"trust_upstream_approvals", false}});
+  ASSERT_NO_FATAL_FAILURE(publish_and_sync(tier0, v1_, {&cautious}));
+
+  TreeModel purge = v1_;
+  remove_partition(purge, "edge/community/armv7");
+  materialize(purge, source_);
+  ASSERT_TRUE(Exited(tier0.once(), kHeld));
+  ASSERT_TRUE(Exited(tier0.ctl({"approve", "edge/community/armv7"}), 0));
+  ASSERT_TRUE(Exited(tier0.once(), 0));
+  ASSERT_TRUE(Exited(cautious.once(), kHeld));
+  ASSERT_TRUE(Exited(cautious.ctl({"approve", "edge/community/armv7"}), 0));
+
+  // tier0 publishes a newer serial before the mirror runs again.
+  touch_last_updated(purge, kBaseMtime + 6000);
+  materialize(purge, source_);
+  ASSERT_TRUE(Exited(tier0.once(), 0));
+  const std::uint64_t newer = read_published_snapshot(tier0.tree()).serial;
+  ASSERT_TRUE(Exited(cautious.once(), kHeld)) << "the approval named the older serial";
+  json h = held_entry(cautious.status(), "edge/community/armv7");
+  EXPECT_TRUE(names_serial(h.value("candidate", json()), newer)) << h.dump();
+  EXPECT_TRUE(TreeMatches(cautious.tree(), v1_));
+
+  ASSERT_TRUE(Exited(cautious.ctl({"approve", "--all"}), 0));
+  ASSERT_TRUE(Exited(cautious.once(), 0));
+  EXPECT_TRUE(TreeMatches(cautious.tree(), purge));
+}
+
+TEST_F(ApprovalsTest, NewerSnapshotThatNoLongerTripsTheGuardAppliesByItself) {
+  const Node tier0 = origin();
+  const Node cautious = mirror("cautious", {{"trust_upstream_approvals", false}});
+  ASSERT_NO_FATAL_FAILURE(publish_and_sync(tier0, v1_, {&cautious}));
+
+  TreeModel purge = v1_;
+  remove_partition(purge, "edge/community/armv7");
+  materialize(purge, source_);
+  ASSERT_TRUE(Exited(tier0.once(), kHeld));
+  ASSERT_TRUE(Exited(tier0.ctl({"approve", "edge/community/armv7"}), 0));
+  ASSERT_TRUE(Exited(tier0.once(), 0));
+  ASSERT_TRUE(Exited(cautious.once(), kHeld));
+
+  // The purge is undone upstream: the next snapshot deletes nothing the mirror has.
+  TreeModel back = v1_;
+  touch_last_updated(back, kBaseMtime + 7000);
+  materialize(back, source_);
+  ASSERT_TRUE(Exited(tier0.once(), 0));
+  ASSERT_TRUE(Exited(cautious.once(), 0));
+  EXPECT_TRUE(TreeMatches(cautious.tree(), back));
+  EXPECT_TRUE(held_partitions(cautious.status()).empty()) << cautious.status().dump(2);
+}
+
+TEST_F(ApprovalsTest, SmallDeletionsAndSmallPartitionsPassWithoutApproval) {
+  const Node tier0 = origin();
+  const Node cautious = mirror("cautious", {{"trust_upstream_approvals", false}});
+  ASSERT_NO_FATAL_FAILURE(publish_and_sync(tier0, v1_, {&cautious}));
+
+  // Two packages of 21+ files: below the 0.2 default.
+  TreeModel trimmed = v1_;
+  remove_packages(trimmed, "edge/main/x86_64", 2, kBaseMtime + 8000);
+  ASSERT_NO_FATAL_FAILURE(publish_and_sync(tier0, trimmed, {&cautious}));
+
+  // A partition of 6 files (below min_files 10) goes away entirely.
+  TreeModel no_small = trimmed;
+  remove_partition(no_small, "edge/small/x86_64");
+  ASSERT_NO_FATAL_FAILURE(publish_and_sync(tier0, no_small, {&cautious}));
+  EXPECT_FALSE(fs::exists(cautious.tree() / "edge/small")) << "empty folders are pruned";
+
+  // A partition of exactly min_files files is guarded.
+  TreeModel no_ten = no_small;
+  remove_partition(no_ten, "edge/ten/x86_64");
+  materialize(no_ten, source_);
+  RunResult r = tier0.once();
+  ASSERT_TRUE(Exited(r, kHeld)) << "files(P) >= min_files: a partition of 10 files is guarded";
+  EXPECT_EQ(held_partitions(tier0.status()), std::set<std::string>{"edge/ten/x86_64"});
+}
+
+TEST_F(ApprovalsTest, PartitionGlobOverrideRaisesTheLimit) {
+  const json raised = {{"partitions", {{"edge/testing/*", {{"max_delete_ratio", 0.6}}}}}};
+  json raised_mirror = raised;
+  raised_mirror["trust_upstream_approvals"] = false;
+  const Node tier0 = origin(raised);
+  const Node overridden = mirror("overridden", raised_mirror);
+  const Node plain = mirror("plain", {{"trust_upstream_approvals", false}});
+  ASSERT_NO_FATAL_FAILURE(publish_and_sync(tier0, v1_, {&overridden, &plain}));
+  const std::uint64_t s1 = read_published_snapshot(tier0.tree()).serial;
+
+  // Half of edge/testing/aarch64 (10 of 20 files: 0.5 <= 0.6) and, as a control, half of
+  // edge/main/aarch64 (default limit 0.2) go.
+  TreeModel cut = v1_;
+  remove_packages(cut, "edge/testing/aarch64", 10, kBaseMtime + 9000);
+  remove_packages(cut, "edge/main/aarch64", packages_in(v1_, "edge/main/aarch64").size() / 2,
+                  kBaseMtime + 9001);
+  materialize(cut, source_);
+  ASSERT_TRUE(Exited(tier0.once(), kHeld));
+  EXPECT_EQ(held_partitions(tier0.status()), std::set<std::string>{"edge/main/aarch64"})
+      << "only the partition without an override is held";
+  TreeModel published = cut;
+  for (const auto& path : paths_in(cut, "edge/main/aarch64")) published.erase(path);
+  for (const auto& path : paths_in(v1_, "edge/main/aarch64")) published[path] = v1_.at(path);
+  ASSERT_TRUE(TreeMatches(tier0.tree(), published));
+  ASSERT_GT(read_published_snapshot(tier0.tree()).serial, s1);
+
+  ASSERT_TRUE(Exited(overridden.once(), 0)) << "the override lets the deletion through";
+  EXPECT_TRUE(TreeMatches(overridden.tree(), published));
+  ASSERT_TRUE(Exited(plain.once(), kHeld)) << "without the override 0.5 > 0.2 is held";
+  EXPECT_EQ(held_partitions(plain.status()), std::set<std::string>{"edge/testing/aarch64"});
+  EXPECT_TRUE(TreeMatches(plain.tree(), v1_));
+}
+
+TEST(UpstreamApprovalTest, CoversOnlyDeletionsApprovedAfterTheAppliedSerial) {
+  // A hand-made parent, to offer approvals a real tier0 would not: the rule is
+  // applied serial < approved_deletions[P] <= candidate serial.
+  TempDir root("tiersync-upstream-approval");
+  auto key = proto::PrivateKey::generate();
+  ASSERT_TRUE(key.ok());
+  write_public_key(*key, root / "keys/origin.pub");
+  FakeParent parent(root / "parent/tree");
+  const Node trusting =
+      make_mirror(root / "trusting", "trusting", parent.url(), {root / "keys/origin.pub"},
+                  {{"trust_upstream_approvals", true}});
+  const TreeModel good = make_sample();
+  parent.publish(Offer::of(good, 5, *key));
+  ASSERT_TRUE(Exited(trusting.once(), 0));
+
+  const std::string part = "edge/community/armv7";
+  TreeModel purge = good;
+  remove_partition(purge, part);
+  auto offer = [&](std::uint64_t serial, std::map<std::string, std::uint64_t> approved) {
+    Offer o = Offer::of(purge, serial, *key);
+    o.patch_snapshot = [approved](proto::Snapshot& s) { s.approved_deletions = approved; };
+    parent.publish(o);
+  };
+
+  offer(6, {{part, 5}});
+  EXPECT_TRUE(Exited(trusting.once(), kHeld)) << "an approval of serial 5 is stale at 5";
+  offer(7, {{part, 8}});
+  EXPECT_TRUE(Exited(trusting.once(), kHeld)) << "an approval beyond the candidate serial";
+  offer(8, {{"edge/main/x86_64", 8}});
+  EXPECT_TRUE(Exited(trusting.once(), kHeld)) << "an approval of another partition";
+  EXPECT_TRUE(TreeMatches(trusting.tree(), good));
+  EXPECT_EQ(trusting.status().value("serial", json()), 5u);
+
+  offer(9, {{part, 7}});  // approved at 7, a serial this mirror never saw
+  ASSERT_TRUE(Exited(trusting.once(), 0));
+  EXPECT_TRUE(TreeMatches(trusting.tree(), purge));
+}
+
+}  // namespace
+}  // namespace tiersync::it
