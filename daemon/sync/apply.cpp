@@ -197,8 +197,7 @@ Status Applier::stage(const Plan& plan, ApplyStats& stats) {
     }
     crash_point();
     fs::path part = dest;
-    part += ".part";
-    ::unlink(part.c_str());
+    part += ".part";  // a leftover of a killed run is truncated by the open below
     auto placed = fetcher_.place(*e, part);
     if (!placed) return placed.error();
     if (!*placed) {
@@ -314,15 +313,27 @@ Status Applier::install(const Plan& plan) {
   return {};
 }
 
-Status Applier::commit(const ApplyRequest& req) {
-  crash_point();
+// syncfs of the tree's file system, and of state_dir's when it is another one: a barrier for a
+// whole batch of writes and renames, where an fsync per file would cost a journal commit each.
+Status Applier::sync_state_and_tree() {
   if (auto st = sync_filesystem(state_.tree()); !st) return st;
+  struct stat tree_st, state_st;
+  if (::stat(state_.tree().c_str(), &tree_st) == 0 &&
+      ::stat(state_.state_dir().c_str(), &state_st) == 0 && tree_st.st_dev == state_st.st_dev)
+    return {};
+  return sync_filesystem(state_.state_dir());
+}
+
+Status Applier::commit(const ApplyRequest& req) {
   crash_point();
   if (auto st = state_.publish_manifests(req.candidate); !st) return st;
   crash_point();
-  if (auto st = state_.save_applied(req.envelope); !st) return st;  // the commit point
+  if (auto st = sync_state_and_tree(); !st) return st;
   crash_point();
-  return write_file_atomic(state_.published_snapshot_path(), req.envelope, 0644, true);
+  if (auto st = state_.save_applied(req.envelope); !st) return st;  // the commit point (fsynced)
+  // The served copy need not be durable: recover() rewrites it from the committed one.
+  crash_point();
+  return write_file_atomic(state_.published_snapshot_path(), req.envelope, 0644, false);
 }
 
 Status Applier::finish(const proto::Snapshot& candidate, const Plan& plan,
@@ -372,16 +383,17 @@ Result<ApplyStats> Applier::apply(const ApplyRequest& req, const Plan& plan) {
     stats.added += p.installs.size() - p.replaced;
   }
   if (auto st = stage(plan, stats); !st) return st.error();
-  crash_point();
-  if (auto st = sync_filesystem(state_.tree()); !st) return st.error();
   Journal journal{req.candidate.serial, {}};
   if (req.applied)
     for (const auto& [name, ref] : req.applied->partitions) journal.previous[name] = ref.manifest;
   crash_point();
-  if (auto st = write_file_atomic(state_.pending_snapshot_path(), req.envelope, 0644, true); !st)
+  if (auto st = write_file_atomic(state_.pending_snapshot_path(), req.envelope, 0644, false); !st)
     return st.error();
   crash_point();
   if (auto st = state_.save_journal(journal); !st) return st.error();
+  // One barrier makes the staged files and the journal durable before the first rename.
+  crash_point();
+  if (auto st = sync_state_and_tree(); !st) return st.error();
   if (auto st = install(plan); !st) return st.error();
   if (auto st = commit(req); !st) return st.error();
   if (auto st = finish(req.candidate, plan, req.applied, stats); !st) return st.error();
@@ -391,9 +403,24 @@ Result<ApplyStats> Applier::apply(const ApplyRequest& req, const Plan& plan) {
 Result<bool> Applier::recover() {
   auto journal = state_.load_journal();
   if (!journal) return journal.error();
-  if (!*journal) return false;
   auto applied = state_.load_applied();
   if (!applied) return applied.error();
+  if (!*journal) {
+    // A power cut may have lost the served copy of a committed snapshot: put it back.
+    if (*applied) {
+      auto served = read_file(state_.published_snapshot_path(), proto::kMaxEnvelopeBytes);
+      if (!served || *served != (*applied)->envelope) {
+        spdlog::warn("recovering: rewriting the served snapshot (serial {})",
+                     (*applied)->snapshot.serial);
+        if (auto st = state_.publish_manifests((*applied)->snapshot); !st) return st.error();
+        if (auto st = write_file_atomic(state_.published_snapshot_path(), (*applied)->envelope,
+                                        0644, false);
+            !st)
+          return st.error();
+      }
+    }
+    return false;
+  }
   const Journal& j = **journal;
 
   // The journal's `previous` is the snapshot the candidate replaces.
@@ -420,7 +447,9 @@ Result<bool> Applier::recover() {
     auto cand_manifests = state_.load_manifests(cand);
     if (!cand_manifests) return cand_manifests.error();
     if (auto st = state_.publish_manifests(cand); !st) return st.error();
-    if (auto st = write_file_atomic(state_.published_snapshot_path(), (*applied)->envelope); !st)
+    if (auto st =
+            write_file_atomic(state_.published_snapshot_path(), (*applied)->envelope, 0644, false);
+        !st)
       return st.error();
     Plan plan = make_plan(previous_manifests, *cand_manifests);
     ApplyStats stats;

@@ -78,6 +78,7 @@ class Applier {
   Status stage(const Plan& plan, ApplyStats& stats);
   Status install(const Plan& plan);
   Status commit(const ApplyRequest& req);
+  Status sync_state_and_tree();
   Status finish(const proto::Snapshot& candidate, const Plan& plan,
                 const std::optional<proto::Snapshot>& previous, ApplyStats& stats);
 

@@ -29,9 +29,9 @@ Result<std::optional<json>> read_json(const fs::path& file) {
 }
 
 // Messages may quote hostile bytes that are not UTF-8: they are replaced, never thrown on.
-Status write_json(const fs::path& file, const json& j) {
+Status write_json(const fs::path& file, const json& j, bool durable = true) {
   return write_file_atomic(file, j.dump(2, ' ', false, json::error_handler_t::replace) + "\n", 0644,
-                           true);
+                           durable);
 }
 
 }  // namespace
@@ -120,7 +120,7 @@ Status StateStore::publish_manifests(const proto::Snapshot& s) const {
     if (!bytes) return bytes.error();
     if (auto st = write_file_atomic(dst, *bytes, 0644, false); !st) return st;
   }
-  return fsync_dir(tree_ / ".tiersync/v1/manifests");
+  return {};  // made durable by the apply's barrier before the commit
 }
 
 void StateStore::collect_manifests(const proto::Snapshot& keep_a,
@@ -245,14 +245,17 @@ Result<std::optional<Journal>> StateStore::load_journal() const try {
 Status StateStore::save_journal(const Journal& journal) const {
   json prev = json::object();
   for (const auto& [name, d] : journal.previous) prev[name] = proto::to_hex(d);
-  return write_json(dir_ / "journal.json", {{"serial", journal.serial}, {"previous", prev}});
+  // Made durable by the apply's barrier (syncfs) before the first rename.
+  return write_json(dir_ / "journal.json", {{"serial", journal.serial}, {"previous", prev}},
+                    /*durable=*/false);
 }
 
 Status StateStore::clear_journal() const {
   if (::unlink((dir_ / "journal.json").c_str()) != 0 && errno != ENOENT)
     return make_error(errno_message(dir_ / "journal.json", errno));
   ::unlink(pending_snapshot_path().c_str());
-  return fsync_dir(dir_);
+  // Not made durable: a journal that reappears after a power cut only repeats the deletions.
+  return {};
 }
 
 }  // namespace tiersync::sync
