@@ -27,3 +27,5 @@ tiersync_build() {
 
 TIERSYNC_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export CCACHE_DIR=${CCACHE_DIR:-$HOME/.cache/ccache}
+# Hits across clones (CI builds in a fresh folder): paths relative to the tree, cwd not hashed.
+export CCACHE_BASEDIR=$TIERSYNC_ROOT CCACHE_NOHASHDIR=1
