@@ -2,7 +2,7 @@
 set -euo pipefail
 
 TIERSYNC_PACKAGES=(g++ cmake ninja-build ccache pkg-config libboost1.81-dev libssl-dev openssl
-  nlohmann-json3-dev libspdlog-dev libgtest-dev rsync python3)
+  nlohmann-json3-dev libspdlog-dev libgtest-dev rsync python3 curl)
 
 tiersync_install() {
   local missing=()

@@ -1,0 +1,517 @@
+// Request handling (SPEC section 5): a pure function of (request, view) naming the bytes to send.
+// Nothing outside the applied snapshot is ever named: a tree path is served only when the view's
+// manifests list it, and the file is opened without following a symlink on the way.
+
+#include "daemon/serve/handler.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <charconv>
+#include <cstdio>
+#include <cstring>
+
+#include "proto/path.h"
+
+namespace tiersync::serve {
+
+namespace {
+
+constexpr std::string_view kSnapshotPath = ".tiersync/v1/snapshot";
+constexpr std::string_view kManifestsPrefix = ".tiersync/v1/manifests/";
+constexpr std::string_view kStatusPath = ".tiersync/v1/status";
+constexpr std::string_view kMetricsPath = "metrics";
+constexpr int kMaxLinkHops = 16;
+/// Manifests are content-addressed: a URL's bytes never change.
+constexpr std::string_view kImmutable = "public, max-age=31536000, immutable";
+/// How long a client without a snapshot to fetch should wait before asking again.
+constexpr std::string_view kRetryAfterSeconds = "60";
+
+Response body_response(std::string body, std::string content_type, std::string cache_control) {
+  Response r;
+  r.set("Content-Type", std::move(content_type));
+  r.set("Cache-Control", std::move(cache_control));
+  r.body = std::move(body);
+  r.content_length = r.body.size();
+  return r;
+}
+
+Response not_found() {
+  return text_response(404, "not found");
+}
+
+std::string_view trim(std::string_view s) {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
+  return s;
+}
+
+/// A decimal without sign or spaces that fits 64 bits.
+std::optional<std::uint64_t> parse_uint(std::string_view s) {
+  if (s.empty() || s.size() > 19) return std::nullopt;
+  std::uint64_t v = 0;
+  auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (ec != std::errc() || end != s.data() + s.size()) return std::nullopt;
+  return v;
+}
+
+int hex_value(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+/// If-None-Match: "*" or a list of entity tags, compared weakly (RFC 9110 13.1.2: W/ ignored).
+/// Entity tags may contain commas, so the list is scanned quote by quote.
+bool etag_matches(std::string_view header, std::string_view etag) {
+  if (trim(header) == "*") return true;
+  std::size_t i = 0;
+  while (i < header.size()) {  // bounded: i grows every turn
+    char c = header[i];
+    if (c == ' ' || c == '\t' || c == ',') {
+      ++i;
+      continue;
+    }
+    if (header.substr(i, 2) == "W/") i += 2;
+    if (i < header.size() && header[i] == '"') {
+      std::size_t close = header.find('"', i + 1);
+      if (close == std::string_view::npos) return false;
+      if (header.substr(i, close - i + 1) == etag) return true;
+      i = close + 1;
+    } else {
+      std::size_t comma = header.find(',', i);  // malformed member: skip it
+      if (comma == std::string_view::npos) return false;
+      i = comma + 1;
+    }
+  }
+  return false;
+}
+
+/// If-Range (RFC 9110 13.1.5): the Range applies only when the validator still matches: an entity
+/// tag compared strongly, or a date equal to Last-Modified.
+bool if_range_allows(std::string_view if_range, std::string_view etag,
+                     std::string_view last_modified) {
+  if_range = trim(if_range);
+  if (if_range.empty()) return true;
+  if (if_range.front() == '"') return if_range == etag;
+  return if_range == last_modified;
+}
+
+std::string_view content_type_of(std::string_view path) {
+  auto ends_with = [&](std::string_view suffix) { return path.ends_with(suffix); };
+  if (ends_with(".json")) return "application/json";
+  if (ends_with(".xml")) return "application/xml";
+  if (ends_with(".txt")) return "text/plain; charset=utf-8";
+  return "application/octet-stream";
+}
+
+/// A regular file as the response: conditional requests, then a single range.
+Response file_response(const Request& req, sync::UniqueFd fd, std::string_view content_type,
+                       std::string etag, std::string_view cache_control) {
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode)) return not_found();
+  const auto size = static_cast<std::uint64_t>(st.st_size);
+  if (etag.empty()) {
+    // No content hash at hand: mtime and size, as nginx does.
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "\"%llx-%llx\"", static_cast<unsigned long long>(st.st_mtime),
+                  static_cast<unsigned long long>(size));
+    etag = buf;
+  }
+  const std::string last_modified = http_date(st.st_mtime);
+  auto validators = [&](Response& r) {
+    r.set("ETag", etag);
+    r.set("Last-Modified", last_modified);
+    if (!cache_control.empty()) r.set("Cache-Control", std::string(cache_control));
+  };
+
+  // RFC 9110 13.2.2: If-None-Match decides when present; If-Modified-Since only without it.
+  bool not_modified = false;
+  if (!req.if_none_match.empty()) {
+    not_modified = etag_matches(req.if_none_match, etag);
+  } else if (!req.if_modified_since.empty()) {
+    auto since = parse_http_date(req.if_modified_since);
+    not_modified = since && st.st_mtime <= *since;
+  }
+  if (not_modified) {
+    Response r;
+    r.status = 304;
+    validators(r);
+    return r;
+  }
+
+  // Range applies to GET only (RFC 9110 14.2); an invalid or multi-range header is ignored and the
+  // whole file sent, which the RFC allows and every client handles.
+  ByteRange range;
+  if (req.method == "GET" && !req.range.empty() &&
+      if_range_allows(req.if_range, etag, last_modified))
+    range = parse_range(req.range, size);
+
+  if (range.kind == ByteRange::kUnsatisfiable) {
+    Response r = text_response(416, "range not satisfiable");
+    r.set("Content-Range", "bytes */" + std::to_string(size));
+    return r;
+  }
+  Response r;
+  validators(r);
+  r.set("Accept-Ranges", "bytes");
+  r.set("Content-Type", std::string(content_type));
+  if (range.kind == ByteRange::kSingle) {
+    r.status = 206;
+    r.set("Content-Range", "bytes " + std::to_string(range.first) + "-" +
+                               std::to_string(range.last) + "/" + std::to_string(size));
+    r.file_offset = range.first;
+    r.content_length = range.last - range.first + 1;
+  } else {
+    r.content_length = size;
+  }
+  r.file = std::move(fd);
+  return r;
+}
+
+struct SnapshotQuery {
+  std::optional<std::uint64_t> after;
+  std::optional<std::uint64_t> wait;
+  bool bad = false;
+};
+
+SnapshotQuery parse_snapshot_query(std::string_view query) {
+  SnapshotQuery q;
+  std::size_t start = 0;
+  while (start <= query.size() && !q.bad) {  // bounded: start grows every turn
+    std::size_t amp = query.find('&', start);
+    if (amp == std::string_view::npos) amp = query.size();
+    std::string_view part = query.substr(start, amp - start);
+    start = amp + 1;
+    std::size_t eq = part.find('=');
+    std::string_view key = part.substr(0, eq);
+    std::string_view value = eq == std::string_view::npos ? "" : part.substr(eq + 1);
+    if (key == "after" || key == "wait") {
+      auto v = parse_uint(value);
+      if (!v) q.bad = true;
+      (key == "after" ? q.after : q.wait) = v;
+    }  // other parameters (cache busters) are ignored
+  }
+  return q;
+}
+
+Response no_snapshot() {
+  Response r = text_response(503, "no snapshot applied yet");
+  r.set("Retry-After", std::string(kRetryAfterSeconds));
+  return r;
+}
+
+Response snapshot_response(const Request& req, std::string_view query, const ServedView& view,
+                           const HandlerContext& ctx) {
+  SnapshotQuery q = parse_snapshot_query(query);
+  if (q.bad) return text_response(400, "bad query: after and wait take a decimal number");
+  const std::string etag = "\"" + std::to_string(view.serial) + "\"";
+  auto full = [&] {
+    Response r = body_response(view.envelope, "application/json", "no-cache");
+    r.set("ETag", etag);
+    return r;
+  };
+  auto unchanged = [&] {
+    Response r;
+    r.status = 304;
+    r.set("ETag", etag);
+    r.set("Cache-Control", "no-cache");
+    return r;
+  };
+  if (q.after) {
+    // Long-poll: a child that has serial N asks for anything newer.
+    if (view.serial > *q.after) return full();
+    if (!req.waited && q.wait.value_or(0) > 0) {
+      Response r;
+      const auto max = static_cast<std::uint64_t>(ctx.max_wait.count());
+      r.poll = LongPoll{*q.after, std::chrono::seconds(std::min(*q.wait, max))};
+      return r;
+    }
+    return view.serial == 0 ? no_snapshot() : unchanged();
+  }
+  if (view.serial == 0) return no_snapshot();
+  if (!req.if_none_match.empty() && etag_matches(req.if_none_match, etag)) return unchanged();
+  return full();
+}
+
+Response manifest_response(const Request& req, std::string_view hex, const ServedView& view,
+                           const HandlerContext& ctx) {
+  auto digest = proto::digest_from_hex(hex);
+  if (!digest || !view.serves_manifest(*digest)) return not_found();
+  std::string etag = "\"" + std::string(hex) + "\"";
+  if (!req.if_none_match.empty() && etag_matches(req.if_none_match, etag)) {
+    Response r;
+    r.status = 304;
+    r.set("ETag", etag);
+    r.set("Cache-Control", std::string(kImmutable));
+    return r;
+  }
+  auto fd = open_beneath(ctx.tree, std::string(kManifestsPrefix) + std::string(hex));
+  if (!fd) return not_found();
+  return file_response(req, std::move(*fd), "application/json", std::move(etag), kImmutable);
+}
+
+/// Joins a symlink's folder and its relative target lexically; nullopt when it climbs above the
+/// tree's top or is absolute.
+std::optional<std::string> join_lexically(std::string_view dir, std::string_view target) {
+  if (!target.empty() && target.front() == '/') return std::nullopt;
+  std::vector<std::string_view> parts;
+  for (std::string_view s : {dir, target}) {
+    std::size_t start = 0;
+    while (start <= s.size()) {  // bounded: start grows every turn
+      std::size_t slash = s.find('/', start);
+      if (slash == std::string_view::npos) slash = s.size();
+      std::string_view comp = s.substr(start, slash - start);
+      start = slash + 1;
+      if (comp.empty() || comp == ".") continue;
+      if (comp == "..") {
+        if (parts.empty()) return std::nullopt;
+        parts.pop_back();
+        continue;
+      }
+      parts.push_back(comp);
+    }
+  }
+  std::string out;
+  for (auto p : parts) {
+    if (!out.empty()) out += '/';
+    out += p;
+  }
+  return out;
+}
+
+std::string_view parent_of(std::string_view path) {
+  std::size_t slash = path.rfind('/');
+  return slash == std::string_view::npos ? std::string_view() : path.substr(0, slash);
+}
+
+}  // namespace
+
+Response text_response(unsigned status, std::string_view text) {
+  Response r;
+  r.status = status;
+  r.set("Content-Type", "text/plain; charset=utf-8");
+  r.body = std::string(text) + "\n";
+  r.content_length = r.body.size();
+  return r;
+}
+
+std::string_view Response::field(std::string_view name) const {
+  for (const auto& [k, v] : fields)
+    if (k == name) return v;
+  return {};
+}
+
+std::optional<std::string> percent_decode(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    char c = text[i];
+    if (c == '%') {
+      if (i + 2 >= text.size()) return std::nullopt;
+      int hi = hex_value(text[i + 1]);
+      int lo = hex_value(text[i + 2]);
+      if (hi < 0 || lo < 0) return std::nullopt;
+      c = static_cast<char>(hi * 16 + lo);
+      i += 2;
+    }
+    if (c == '\0') return std::nullopt;
+    out += c;
+  }
+  return out;
+}
+
+std::optional<std::string> resolve_in_view(const ServedView& view, std::string path) {
+  for (int hop = 0; hop <= kMaxLinkHops; ++hop) {
+    if (proto::path_error(path)) return std::nullopt;
+    if (const proto::Entry* e = view.find(path)) {
+      if (!e->link) return path;
+      auto next = join_lexically(parent_of(path), e->target());
+      if (!next) return std::nullopt;
+      path = std::move(*next);
+      continue;
+    }
+    // Not an entry itself: a symlink entry to a folder may stand on the way
+    // (`latest-stable/main/x86_64/APKINDEX.tar.gz`), the first one counts.
+    std::optional<std::string> next;
+    for (std::size_t slash = path.find('/'); slash != std::string::npos;
+         slash = path.find('/', slash + 1)) {
+      std::string_view prefix = std::string_view(path).substr(0, slash);
+      const proto::Entry* e = view.find(prefix);
+      if (!e) continue;
+      if (!e->link) return std::nullopt;  // a file has no children
+      auto target = join_lexically(parent_of(prefix), e->target());
+      if (!target) return std::nullopt;
+      next = target->empty() ? path.substr(slash + 1) : *target + path.substr(slash);
+      break;
+    }
+    if (!next) return std::nullopt;
+    path = std::move(*next);
+  }
+  return std::nullopt;  // a loop, or a chain too long to be honest
+}
+
+Result<sync::UniqueFd> open_beneath(const fs::path& tree, std::string_view rel) {
+  sync::UniqueFd dir(::open(tree.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!dir.valid()) return make_error(sync::errno_message(tree, errno));
+  std::size_t start = 0;
+  while (start < rel.size()) {  // bounded: start grows every turn
+    std::size_t slash = rel.find('/', start);
+    const bool last = slash == std::string_view::npos;
+    if (last) slash = rel.size();
+    const std::string comp(rel.substr(start, slash - start));
+    start = slash + 1;
+    // O_NOFOLLOW at every component: a symlink planted in the tree (not one of the snapshot's,
+    // which resolve_in_view already followed lexically) is never followed. O_NONBLOCK: opening a
+    // FIFO must not block the server thread; it is refused as not regular below.
+    const int flags = O_RDONLY | O_CLOEXEC | O_NOFOLLOW | (last ? O_NONBLOCK : O_DIRECTORY);
+    sync::UniqueFd next(::openat(dir.get(), comp.c_str(), flags));
+    if (!next.valid()) return make_error(sync::errno_message(tree / rel, errno));
+    if (last) {
+      struct stat st {};
+      if (::fstat(next.get(), &st) != 0) return make_error(sync::errno_message(tree / rel, errno));
+      if (!S_ISREG(st.st_mode)) return make_error((tree / rel).string() + ": not a regular file");
+      return next;
+    }
+    dir = std::move(next);
+  }
+  return make_error((tree / rel).string() + ": not a file path");
+}
+
+std::string http_date(std::time_t t) {
+  static constexpr const char* kDays[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
+  static constexpr const char* kMonths[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                            "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+  struct tm tm {};
+  ::gmtime_r(&t, &tm);
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%s, %02d %s %04d %02d:%02d:%02d GMT", kDays[tm.tm_wday % 7],
+                tm.tm_mday, kMonths[tm.tm_mon % 12], tm.tm_year + 1900, tm.tm_hour, tm.tm_min,
+                tm.tm_sec);
+  return buf;
+}
+
+std::optional<std::time_t> parse_http_date(std::string_view text) {
+  static constexpr const char* kMonths[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                            "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+  const std::string s(trim(text.substr(0, 64)));
+  char day[16] = {};
+  char mon[4] = {};
+  int d = 0, y = 0, hh = 0, mm = 0, ss = 0, used = 0;
+  const int len = static_cast<int>(s.size());
+  // IMF-fixdate: "Sun, 06 Nov 1994 08:49:37 GMT"
+  bool ok = std::sscanf(s.c_str(), "%3[A-Za-z], %2d %3[A-Za-z] %4d %2d:%2d:%2d GMT%n", day, &d, mon,
+                        &y, &hh, &mm, &ss, &used) == 7 &&
+            used == len;
+  // RFC 850: "Sunday, 06-Nov-94 08:49:37 GMT" (two-digit years: RFC 9110 5.6.7, 50 years rule
+  // simplified to 1970-2069)
+  if (!ok) {
+    used = 0;
+    ok = std::sscanf(s.c_str(), "%15[A-Za-z], %2d-%3[A-Za-z]-%2d %2d:%2d:%2d GMT%n", day, &d, mon,
+                     &y, &hh, &mm, &ss, &used) == 7 &&
+         used == len;
+    if (ok) y += y < 70 ? 2000 : 1900;
+  }
+  // asctime: "Sun Nov  6 08:49:37 1994"
+  if (!ok) {
+    used = 0;
+    ok = std::sscanf(s.c_str(), "%3[A-Za-z] %3[A-Za-z] %2d %2d:%2d:%2d %4d%n", day, mon, &d, &hh,
+                     &mm, &ss, &y, &used) == 7 &&
+         used == len;
+  }
+  if (!ok) return std::nullopt;
+  int month = -1;
+  for (int i = 0; i < 12; ++i)
+    if (std::strcmp(mon, kMonths[i]) == 0) month = i;
+  if (month < 0 || d < 1 || d > 31 || y < 1970 || hh > 23 || mm > 59 || ss > 60)
+    return std::nullopt;
+  struct tm tm {};
+  tm.tm_year = y - 1900;
+  tm.tm_mon = month;
+  tm.tm_mday = d;
+  tm.tm_hour = hh;
+  tm.tm_min = mm;
+  tm.tm_sec = ss;
+  return ::timegm(&tm);
+}
+
+ByteRange parse_range(std::string_view header, std::uint64_t size) {
+  header = trim(header);
+  // RFC 9110 14.1.2: "bytes=" then a range set; the unit name is case-insensitive.
+  constexpr std::string_view kUnit = "bytes=";
+  if (header.size() < kUnit.size()) return {};
+  for (std::size_t i = 0; i < kUnit.size(); ++i)
+    if (std::tolower(static_cast<unsigned char>(header[i])) != kUnit[i]) return {};
+  std::string_view set = trim(header.substr(kUnit.size()));
+  if (set.find(',') != std::string_view::npos) return {};  // several ranges: the whole file
+  std::size_t dash = set.find('-');
+  if (dash == std::string_view::npos) return {};
+  std::string_view a = trim(set.substr(0, dash));
+  std::string_view b = trim(set.substr(dash + 1));
+  if (a.empty()) {  // "-n": the last n bytes
+    auto n = parse_uint(b);
+    if (!n) return {};
+    if (*n == 0 || size == 0) return {ByteRange::kUnsatisfiable};
+    return {ByteRange::kSingle, size - std::min(*n, size), size - 1};
+  }
+  auto first = parse_uint(a);
+  if (!first) return {};
+  std::optional<std::uint64_t> last;
+  if (!b.empty()) {
+    last = parse_uint(b);
+    if (!last || *last < *first) return {};  // invalid: ignored (RFC 9110 14.2)
+  }
+  if (*first >= size) return {ByteRange::kUnsatisfiable};
+  return {ByteRange::kSingle, *first, std::min(last.value_or(size - 1), size - 1)};
+}
+
+Response handle_request(const Request& req, const ServedView& view, const HandlerContext& ctx) {
+  if (req.method != "GET" && req.method != "HEAD") {
+    Response r = text_response(405, "method not allowed");
+    r.set("Allow", "GET, HEAD");
+    return r;
+  }
+  // Origin-form only ("/path?query"); absolute-form is for proxies, "*" for OPTIONS.
+  if (req.target.empty() || req.target.front() != '/')
+    return text_response(400, "bad request target");
+  const std::size_t qmark = req.target.find('?');
+  const std::string_view raw_path = req.target.substr(0, qmark);
+  const std::string_view query =
+      qmark == std::string_view::npos ? std::string_view() : req.target.substr(qmark + 1);
+
+  // Decode once, then validate the decoded path: `%2e%2e` becomes `..` and is refused below;
+  // `%252e` stays the literal `%2e`. NUL (`%00`) never reaches a system call.
+  auto decoded = percent_decode(raw_path);
+  if (!decoded) return text_response(400, "bad percent-encoding in path");
+  const std::string_view rel = std::string_view(*decoded).substr(1);
+
+  if (rel == kSnapshotPath) return snapshot_response(req, query, view, ctx);
+  if (rel.starts_with(kManifestsPrefix))
+    return manifest_response(req, rel.substr(kManifestsPrefix.size()), view, ctx);
+  if (rel == kStatusPath) return body_response(view.status_json, "application/json", "no-store");
+  if (rel == kMetricsPath) {
+    std::string text = view.metrics ? view.metrics() : std::string();
+    if (!text.empty() && text.back() != '\n') text += '\n';
+    if (ctx.server_metrics) text += ctx.server_metrics();
+    return body_response(std::move(text), "text/plain; version=0.0.4; charset=utf-8", "no-store");
+  }
+  // `.tiersync/` is never content: staging and everything else below it stays private.
+  if (rel == proto::kMetaDir || rel.starts_with(std::string(proto::kMetaDir) + "/"))
+    return not_found();
+  if (rel.empty() || rel.back() == '/') return not_found();  // no folder listings
+  if (auto error = proto::path_error(rel)) return text_response(400, "bad path: " + *error);
+
+  auto file = resolve_in_view(view, std::string(rel));
+  if (!file) return not_found();
+  // Missing on disk: removed by an apply in progress, whose view is not published yet.
+  auto fd = open_beneath(ctx.tree, *file);
+  if (!fd) return not_found();
+  return file_response(req, std::move(*fd), content_type_of(*file), {}, {});
+}
+
+}  // namespace tiersync::serve

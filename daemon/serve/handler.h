@@ -1,0 +1,100 @@
+#pragma once
+/// Request handling as a pure function of (request, view): routing, path confinement, conditional
+/// and range requests. No sockets here: server.cpp moves the bytes, tests call it directly.
+
+#include <chrono>
+#include <cstdint>
+#include <ctime>
+#include <filesystem>
+#include <functional>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "daemon/serve/server.h"
+#include "daemon/sync/fs.h"
+
+namespace tiersync::serve {
+
+/// The parts of a request that matter here (views into the parsed request).
+struct Request {
+  std::string_view method;
+  std::string_view target;
+  std::string_view if_none_match;
+  std::string_view if_modified_since;
+  std::string_view if_range;
+  std::string_view range;
+  bool waited = false;  ///< a long-poll already waited: answer now, whatever the serial
+};
+
+/// "Hold this request until the serial exceeds `after` or `wait` passes, then ask again."
+struct LongPoll {
+  std::uint64_t after = 0;
+  std::chrono::seconds wait{0};
+};
+
+struct Response {
+  unsigned status = 200;
+  std::vector<std::pair<std::string, std::string>> fields;
+  /// Content-Length; unset for 304 (no body, and no promise about one).
+  std::optional<std::uint64_t> content_length;
+  std::string body;  ///< the body when `file` is not open
+  /// A file body: `content_length` bytes from `file_offset`, read in chunks as they are sent.
+  sync::UniqueFd file;
+  std::uint64_t file_offset = 0;
+  std::optional<LongPoll> poll;
+
+  void set(std::string name, std::string value) {
+    fields.emplace_back(std::move(name), std::move(value));
+  }
+  /// The value of field `name` (exact case), or "".
+  std::string_view field(std::string_view name) const;
+};
+
+/// What handling needs besides the view.
+struct HandlerContext {
+  fs::path tree;
+  std::chrono::seconds max_wait{300};
+  /// The server's own counters in Prometheus text, appended to /metrics.
+  std::function<std::string()> server_metrics;
+};
+
+/// Answers one request from `view`; only GET and HEAD exist. HEAD gets GET's fields; the caller
+/// omits the body.
+Response handle_request(const Request& request, const ServedView& view,
+                        const HandlerContext& context);
+
+// The pieces, exposed for server.cpp and tests.
+
+/// A short text/plain response (errors).
+Response text_response(unsigned status, std::string_view text);
+
+/// Decodes %XX escapes once; nullopt when an escape is malformed or decodes to NUL.
+std::optional<std::string> percent_decode(std::string_view text);
+
+/// The path of the file entry that serves tree path `path`: symlink entries of the view (of the
+/// file or of a folder on the way) are followed lexically, never the file system's, at most 16
+/// hops, and every step stays a valid tree path. nullopt: not served.
+std::optional<std::string> resolve_in_view(const ServedView& view, std::string path);
+
+/// Opens `rel` below `tree` without following any symlink on the way (O_NOFOLLOW at every
+/// component); returns the descriptor of a regular file, or the errno.
+Result<sync::UniqueFd> open_beneath(const fs::path& tree, std::string_view rel);
+
+/// IMF-fixdate ("Sun, 06 Nov 1994 08:49:37 GMT"), independent of the locale.
+std::string http_date(std::time_t t);
+/// Parses the three HTTP-date formats of RFC 9110 (IMF-fixdate, RFC 850, asctime).
+std::optional<std::time_t> parse_http_date(std::string_view text);
+
+/// A parsed `Range` header against a representation of `size` bytes.
+struct ByteRange {
+  enum Kind { kIgnore, kSingle, kUnsatisfiable } kind = kIgnore;
+  std::uint64_t first = 0;
+  std::uint64_t last = 0;  ///< inclusive
+};
+/// kIgnore for an absent, malformed or multi-range header (answered 200 with the whole body).
+ByteRange parse_range(std::string_view header, std::uint64_t size);
+
+}  // namespace tiersync::serve

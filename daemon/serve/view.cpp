@@ -1,0 +1,74 @@
+// The served view: what the applied snapshot makes visible over HTTP.
+
+#include <string>
+#include <utility>
+
+#include "daemon/serve/server.h"
+#include "proto/path.h"
+#include "proto/snapshot.h"
+
+namespace tiersync::serve {
+
+const proto::Entry* ServedView::find(std::string_view path) const {
+  auto it = manifests.find(std::string(proto::partition_of(path, depth)));
+  if (it == manifests.end() || !it->second) return nullptr;
+  return it->second->find(path);
+}
+
+namespace {
+
+std::string minimal_status(const proto::Snapshot& s) {
+  std::string out = "{\"serial\": " + std::to_string(s.serial) + ", \"origin\": ";
+  proto::append_json_string(out, s.origin);
+  out += ", \"created\": ";
+  proto::append_json_string(out, proto::format_time(s.created));
+  out += ", \"expires\": ";
+  proto::append_json_string(out, proto::format_time(s.expires));
+  out += "}\n";
+  return out;
+}
+
+}  // namespace
+
+std::shared_ptr<const ServedView> make_view(const sync::Applied& applied,
+                                            sync::ManifestSet manifests, std::string status_json,
+                                            MetricsProvider metrics, const ServedView* previous) {
+  auto view = std::make_shared<ServedView>();
+  view->envelope = applied.envelope;
+  view->serial = applied.snapshot.serial;
+  view->depth = applied.snapshot.depth;
+  view->manifests = std::move(manifests);
+  for (const auto& [name, ref] : applied.snapshot.partitions)
+    view->manifest_hashes.insert(ref.manifest);
+  if (previous) {
+    // Re-publishing the same serial (a status update) keeps what was "previous" before.
+    view->previous_manifest_hashes = previous->serial == view->serial
+                                         ? previous->previous_manifest_hashes
+                                         : previous->manifest_hashes;
+  }
+  view->status_json =
+      status_json.empty() ? minimal_status(applied.snapshot) : std::move(status_json);
+  view->metrics = std::move(metrics);
+  return view;
+}
+
+Result<std::shared_ptr<const ServedView>> load_view(const sync::StateStore& state,
+                                                    std::string status_json,
+                                                    MetricsProvider metrics,
+                                                    const ServedView* previous) {
+  auto applied = state.load_applied();
+  if (!applied) return applied.error();
+  if (!*applied) {
+    auto view = std::make_shared<ServedView>();
+    view->status_json = status_json.empty() ? "{\"serial\": null}\n" : std::move(status_json);
+    view->metrics = std::move(metrics);
+    if (previous) view->previous_manifest_hashes = previous->manifest_hashes;
+    return std::shared_ptr<const ServedView>(std::move(view));
+  }
+  auto manifests = state.load_manifests((*applied)->snapshot);
+  if (!manifests) return manifests.error();
+  return make_view(**applied, std::move(*manifests), std::move(status_json), std::move(metrics),
+                   previous);
+}
+
+}  // namespace tiersync::serve

@@ -1,0 +1,348 @@
+// handle_request() and its pieces, without sockets: routing, confinement, conditional and range
+// requests, the long-poll decision, and load_view() from a real state_dir.
+
+#include "daemon/serve/handler.h"
+
+#include <gtest/gtest.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <fstream>
+#include <memory>
+#include <string>
+
+#include "daemon/serve/server.h"
+#include "daemon/sync/state.h"
+#include "proto/dsse.h"
+#include "proto/manifest.h"
+#include "proto/snapshot.h"
+
+namespace tiersync::serve {
+namespace {
+
+void write(const fs::path& file, std::string_view bytes) {
+  fs::create_directories(file.parent_path());
+  std::ofstream(file, std::ios::binary | std::ios::trunc) << bytes;
+}
+
+std::shared_ptr<proto::Manifest> manifest(std::string partition,
+                                          std::vector<proto::Entry> entries) {
+  auto m = std::make_shared<proto::Manifest>();
+  m->partition = std::move(partition);
+  m->entries = std::move(entries);
+  std::sort(m->entries.begin(), m->entries.end(),
+            [](const proto::Entry& a, const proto::Entry& b) { return a.path() < b.path(); });
+  return m;
+}
+
+proto::Entry file_entry(std::string path, std::string_view content) {
+  return proto::Entry::file(std::move(path), content.size(), proto::sha256(content), 1, 0644);
+}
+
+/// A tree of depth 3 with a file, a file symlink, a folder symlink and symlinks that must not
+/// resolve; files on disk as the view says, plus things the view does not list.
+class ServerHandlerTest : public testing::Test {
+ protected:
+  void SetUp() override {
+    std::string tmpl = (fs::path(testing::TempDir()) / "handler_test.XXXXXX").string();
+    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
+    dir_ = tmpl;
+    tree_ = dir_ / "tree";
+    write(tree_ / "edge/main/x86_64/a.apk", "0123456789");
+    write(tree_ / "edge/main/x86_64/secret.apk", "not listed");
+    write(tree_ / ".tiersync/staging/edge/main/x86_64/a.apk", "staged");
+    fs::create_symlink("/etc", tree_ / "edge/main/x86_64/planted");
+
+    view_.envelope = "{\"envelope\": true}";
+    view_.serial = 5;
+    view_.depth = 3;
+    view_.status_json = "{\"serial\": 5}";
+    view_.metrics = [] { return std::string("tiersync_test 1"); };
+    view_.manifests["edge/main/x86_64"] =
+        manifest("edge/main/x86_64",
+                 {file_entry("edge/main/x86_64/a.apk", "0123456789"),
+                  proto::Entry::symlink("edge/main/x86_64/b.apk", "a.apk"),
+                  proto::Entry::symlink("edge/main/x86_64/loop1", "loop2"),
+                  proto::Entry::symlink("edge/main/x86_64/loop2", "loop1"),
+                  // Not valid in a decoded manifest; the resolver must refuse it all the same.
+                  proto::Entry::symlink("edge/main/x86_64/escape", "../../../../etc/passwd"),
+                  file_entry("edge/main/x86_64/planted", "x")});
+    view_.manifests["."] =
+        manifest(".", {proto::Entry::symlink("latest-stable", "edge"), file_entry("README", "r")});
+    manifest_bytes_ = proto::encode_manifest(*view_.manifests["edge/main/x86_64"]);
+    manifest_digest_ = proto::sha256(manifest_bytes_);
+    view_.manifest_hashes.insert(manifest_digest_);
+    write(tree_ / ".tiersync/v1/manifests" / proto::to_hex(manifest_digest_), manifest_bytes_);
+
+    context_.tree = tree_;
+    context_.max_wait = std::chrono::seconds(300);
+    context_.server_metrics = [] { return std::string("tiersync_http_test 2\n"); };
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  Response get(std::string_view target, std::string_view method = "GET") {
+    Request r;
+    r.method = method;
+    r.target = target;
+    return handle_request(r, view_, context_);
+  }
+
+  /// The body a response would send (string or file range).
+  static std::string body_of(const Response& r) {
+    if (!r.file.valid()) return r.body;
+    std::string out(r.content_length.value_or(0), '\0');
+    ssize_t got = ::pread(r.file.get(), out.data(), out.size(), static_cast<off_t>(r.file_offset));
+    out.resize(got < 0 ? 0 : static_cast<std::size_t>(got));
+    return out;
+  }
+
+  fs::path dir_;
+  fs::path tree_;
+  ServedView view_;
+  HandlerContext context_;
+  std::string manifest_bytes_;
+  proto::Digest manifest_digest_{};
+};
+
+TEST(ServerHandler, PercentDecodeOnce) {
+  EXPECT_EQ(percent_decode("/a%20b"), "/a b");
+  EXPECT_EQ(percent_decode("/%2e%2E/x"), "/../x");
+  EXPECT_EQ(percent_decode("/%252e"), "/%2e");  // decoded once only
+  EXPECT_EQ(percent_decode("/a%2Fb"), "/a/b");
+  EXPECT_EQ(percent_decode("/a%00b"), std::nullopt);
+  EXPECT_EQ(percent_decode("/a%zz"), std::nullopt);
+  EXPECT_EQ(percent_decode("/a%2"), std::nullopt);
+  EXPECT_EQ(percent_decode("/a%"), std::nullopt);
+}
+
+TEST(ServerHandler, ParsesRanges) {
+  auto r = parse_range("bytes=10-19", 100);
+  EXPECT_EQ(r.kind, ByteRange::kSingle);
+  EXPECT_EQ(r.first, 10u);
+  EXPECT_EQ(r.last, 19u);
+  r = parse_range("bytes=90-", 100);
+  EXPECT_EQ(r.kind, ByteRange::kSingle);
+  EXPECT_EQ(r.first, 90u);
+  EXPECT_EQ(r.last, 99u);
+  r = parse_range("bytes=-5", 100);
+  EXPECT_EQ(r.first, 95u);
+  EXPECT_EQ(r.last, 99u);
+  r = parse_range("bytes=-500", 100);
+  EXPECT_EQ(r.first, 0u);
+  EXPECT_EQ(r.last, 99u);
+  r = parse_range("BYTES=0-1000", 100);
+  EXPECT_EQ(r.kind, ByteRange::kSingle);
+  EXPECT_EQ(r.last, 99u);
+  EXPECT_EQ(parse_range("bytes=100-", 100).kind, ByteRange::kUnsatisfiable);
+  EXPECT_EQ(parse_range("bytes=-0", 100).kind, ByteRange::kUnsatisfiable);
+  EXPECT_EQ(parse_range("bytes=0-", 0).kind, ByteRange::kUnsatisfiable);
+  EXPECT_EQ(parse_range("bytes=0-1,5-6", 100).kind, ByteRange::kIgnore);
+  EXPECT_EQ(parse_range("bytes=5-1", 100).kind, ByteRange::kIgnore);
+  EXPECT_EQ(parse_range("bytes=a-b", 100).kind, ByteRange::kIgnore);
+  EXPECT_EQ(parse_range("items=0-1", 100).kind, ByteRange::kIgnore);
+  EXPECT_EQ(parse_range("bytes=99999999999999999999-", 100).kind, ByteRange::kIgnore);
+}
+
+TEST(ServerHandler, HttpDates) {
+  EXPECT_EQ(http_date(784111777), "Sun, 06 Nov 1994 08:49:37 GMT");
+  EXPECT_EQ(parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"), 784111777);
+  EXPECT_EQ(parse_http_date("Sunday, 06-Nov-94 08:49:37 GMT"), 784111777);
+  EXPECT_EQ(parse_http_date("Sun Nov  6 08:49:37 1994"), 784111777);
+  EXPECT_EQ(parse_http_date("yesterday"), std::nullopt);
+  EXPECT_EQ(parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT trailing"), std::nullopt);
+  EXPECT_EQ(parse_http_date("Sun, 06 Foo 1994 08:49:37 GMT"), std::nullopt);
+}
+
+TEST_F(ServerHandlerTest, ResolvesSymlinksOfTheViewOnly) {
+  EXPECT_EQ(resolve_in_view(view_, "edge/main/x86_64/a.apk"), "edge/main/x86_64/a.apk");
+  EXPECT_EQ(resolve_in_view(view_, "edge/main/x86_64/b.apk"), "edge/main/x86_64/a.apk");
+  EXPECT_EQ(resolve_in_view(view_, "latest-stable/main/x86_64/b.apk"), "edge/main/x86_64/a.apk");
+  EXPECT_EQ(resolve_in_view(view_, "edge/main/x86_64/loop1"), std::nullopt);
+  EXPECT_EQ(resolve_in_view(view_, "edge/main/x86_64/escape"), std::nullopt);
+  EXPECT_EQ(resolve_in_view(view_, "edge/main/x86_64/secret.apk"), std::nullopt);
+  EXPECT_EQ(resolve_in_view(view_, "README/x"), std::nullopt);  // a file has no children
+}
+
+TEST_F(ServerHandlerTest, ServesFilesOfTheView) {
+  Response r = get("/edge/main/x86_64/a.apk");
+  EXPECT_EQ(r.status, 200u);
+  EXPECT_EQ(r.content_length, 10u);
+  EXPECT_EQ(body_of(r), "0123456789");
+  EXPECT_EQ(r.field("Accept-Ranges"), "bytes");
+  EXPECT_FALSE(r.field("Last-Modified").empty());
+  EXPECT_FALSE(r.field("ETag").empty());
+  EXPECT_EQ(body_of(get("/latest-stable/main/x86_64/b.apk")), "0123456789");
+  EXPECT_EQ(body_of(get("/edge%2fmain/x86_64/a.apk")), "0123456789");  // %2f decodes to '/'
+  EXPECT_EQ(get("/edge/main/x86_64/a.apk", "HEAD").status, 200u);
+}
+
+TEST_F(ServerHandlerTest, ServesNothingElse) {
+  EXPECT_EQ(get("/edge/main/x86_64/secret.apk").status, 404u);  // on disk, not in the view
+  EXPECT_EQ(get("/edge/main/x86_64/planted").status, 404u);     // a symlink on disk
+  EXPECT_EQ(get("/edge/main/x86_64/planted/passwd").status, 404u);
+  EXPECT_EQ(get("/.tiersync/staging/edge/main/x86_64/a.apk").status, 404u);
+  EXPECT_EQ(get("/.tiersync/v1/../staging/x").status, 404u);
+  EXPECT_EQ(get("/../etc/passwd").status, 400u);
+  EXPECT_EQ(get("/edge/../../etc/passwd").status, 400u);
+  EXPECT_EQ(get("/%2e%2e/etc/passwd").status, 400u);
+  EXPECT_EQ(get("/edge/main/x86_64/a.apk%00.txt").status, 400u);
+  EXPECT_EQ(get("/edge//main/x86_64/a.apk").status, 400u);
+  EXPECT_EQ(get("/edge/main/").status, 404u);
+  EXPECT_EQ(get("/").status, 404u);
+  EXPECT_EQ(get("http://example.org/edge/main/x86_64/a.apk").status, 400u);
+  EXPECT_EQ(get("/%ff%fe").status, 400u);  // not UTF-8
+  Response r = get("/edge/main/x86_64/a.apk", "POST");
+  EXPECT_EQ(r.status, 405u);
+  EXPECT_EQ(r.field("Allow"), "GET, HEAD");
+}
+
+TEST_F(ServerHandlerTest, ConditionalAndRangeRequests) {
+  Response full = get("/edge/main/x86_64/a.apk");
+  std::string last_modified(full.field("Last-Modified"));
+  std::string etag(full.field("ETag"));
+
+  Request r;
+  r.method = "GET";
+  r.target = "/edge/main/x86_64/a.apk";
+  r.if_modified_since = last_modified;
+  EXPECT_EQ(handle_request(r, view_, context_).status, 304u);
+  r.if_modified_since = "Sun, 06 Nov 1994 08:49:37 GMT";
+  EXPECT_EQ(handle_request(r, view_, context_).status, 200u);
+  r.if_modified_since = {};
+  r.if_none_match = etag;
+  EXPECT_EQ(handle_request(r, view_, context_).status, 304u);
+  r.if_none_match = "\"other\"";
+  r.if_modified_since = last_modified;  // ignored: If-None-Match decides
+  EXPECT_EQ(handle_request(r, view_, context_).status, 200u);
+
+  Request range;
+  range.method = "GET";
+  range.target = "/edge/main/x86_64/a.apk";
+  range.range = "bytes=2-4";
+  Response part = handle_request(range, view_, context_);
+  EXPECT_EQ(part.status, 206u);
+  EXPECT_EQ(part.field("Content-Range"), "bytes 2-4/10");
+  EXPECT_EQ(body_of(part), "234");
+  range.range = "bytes=10-";
+  Response none = handle_request(range, view_, context_);
+  EXPECT_EQ(none.status, 416u);
+  EXPECT_EQ(none.field("Content-Range"), "bytes */10");
+  range.range = "bytes=0-1,4-5";
+  EXPECT_EQ(handle_request(range, view_, context_).status, 200u);
+  range.range = "bytes=2-4";
+  range.if_range = "\"stale\"";
+  EXPECT_EQ(handle_request(range, view_, context_).status, 200u);
+  range.if_range = etag;
+  EXPECT_EQ(handle_request(range, view_, context_).status, 206u);
+  range.method = "HEAD";  // Range is for GET only
+  EXPECT_EQ(handle_request(range, view_, context_).status, 200u);
+}
+
+TEST_F(ServerHandlerTest, SnapshotAndLongPollDecision) {
+  Response r = get("/.tiersync/v1/snapshot");
+  EXPECT_EQ(r.status, 200u);
+  EXPECT_EQ(r.body, view_.envelope);
+  EXPECT_EQ(r.field("ETag"), "\"5\"");
+
+  Request conditional;
+  conditional.method = "GET";
+  conditional.target = "/.tiersync/v1/snapshot";
+  conditional.if_none_match = "\"4\", W/\"5\"";
+  EXPECT_EQ(handle_request(conditional, view_, context_).status, 304u);
+  conditional.if_none_match = "\"4\"";
+  EXPECT_EQ(handle_request(conditional, view_, context_).status, 200u);
+
+  EXPECT_EQ(get("/.tiersync/v1/snapshot?after=4&wait=30").status, 200u);
+  Response poll = get("/.tiersync/v1/snapshot?after=5&wait=100000");
+  ASSERT_TRUE(poll.poll.has_value());
+  EXPECT_EQ(poll.poll->after, 5u);
+  EXPECT_EQ(poll.poll->wait, std::chrono::seconds(300));  // clamped
+  EXPECT_EQ(get("/.tiersync/v1/snapshot?after=5").status, 304u);
+  EXPECT_EQ(get("/.tiersync/v1/snapshot?after=5&wait=0").status, 304u);
+  EXPECT_EQ(get("/.tiersync/v1/snapshot?after=x&wait=1").status, 400u);
+  Request waited;
+  waited.method = "GET";
+  waited.target = "/.tiersync/v1/snapshot?after=5&wait=30";
+  waited.waited = true;
+  EXPECT_EQ(handle_request(waited, view_, context_).status, 304u);
+
+  ServedView empty;
+  Request plain;
+  plain.method = "GET";
+  plain.target = "/.tiersync/v1/snapshot";
+  EXPECT_EQ(handle_request(plain, empty, context_).status, 503u);
+}
+
+TEST_F(ServerHandlerTest, ManifestsStatusMetrics) {
+  const std::string hex = proto::to_hex(manifest_digest_);
+  Response m = get("/.tiersync/v1/manifests/" + hex);
+  EXPECT_EQ(m.status, 200u);
+  EXPECT_EQ(body_of(m), manifest_bytes_);
+  EXPECT_EQ(m.field("Cache-Control"), "public, max-age=31536000, immutable");
+  std::string upper = hex;
+  std::transform(upper.begin(), upper.end(), upper.begin(), ::toupper);
+  EXPECT_EQ(get("/.tiersync/v1/manifests/" + upper).status, 404u);
+  EXPECT_EQ(get("/.tiersync/v1/manifests/" + std::string(64, 'a')).status, 404u);
+  EXPECT_EQ(get("/.tiersync/v1/manifests/../snapshot").status, 404u);
+
+  Response status = get("/.tiersync/v1/status");
+  EXPECT_EQ(status.body, view_.status_json);
+  EXPECT_EQ(status.field("Content-Type"), "application/json");
+  Response metrics = get("/metrics");
+  EXPECT_EQ(metrics.body, "tiersync_test 1\ntiersync_http_test 2\n");
+  EXPECT_EQ(metrics.field("Content-Type"), "text/plain; version=0.0.4; charset=utf-8");
+}
+
+TEST_F(ServerHandlerTest, LoadViewFromState) {
+  sync::StateStore store(dir_ / "state", tree_);
+  ASSERT_TRUE(store.open());
+  auto none = load_view(store);
+  ASSERT_TRUE(none) << none.message();
+  EXPECT_EQ((*none)->serial, 0u);
+
+  // A manifest that decodes (the fixture's has links a decoder refuses).
+  const std::string bytes = proto::encode_manifest(
+      *manifest("edge/main/x86_64", {file_entry("edge/main/x86_64/a.apk", "0123456789"),
+                                     proto::Entry::symlink("edge/main/x86_64/b.apk", "a.apk")}));
+  const proto::Digest digest = proto::sha256(bytes);
+
+  proto::Snapshot s;
+  s.origin = "origin";
+  s.serial = 7;
+  s.created = 1800000000;
+  s.expires = 1800600000;
+  s.layout = "{release}/{repo}/{arch}";
+  s.depth = 3;
+  s.partitions["edge/main/x86_64"] = {digest, 2, 10};
+  ASSERT_TRUE(store.store_manifest(digest, bytes));
+  proto::Envelope env{std::string(proto::kSnapshotPayloadType),
+                      proto::encode_snapshot(s),
+                      {proto::Signature{"keyid", "signature"}}};
+  ASSERT_TRUE(store.save_applied(proto::encode_envelope(env)));
+
+  ServedView earlier;
+  earlier.serial = 6;
+  earlier.manifest_hashes.insert(proto::sha256("older"));
+  auto view = load_view(store, "", {}, &earlier);
+  ASSERT_TRUE(view) << view.message();
+  EXPECT_EQ((*view)->serial, 7u);
+  EXPECT_EQ((*view)->envelope, proto::encode_envelope(env));
+  EXPECT_NE((*view)->find("edge/main/x86_64/a.apk"), nullptr);
+  EXPECT_EQ((*view)->find("edge/main/x86_64/secret.apk"), nullptr);
+  EXPECT_TRUE((*view)->serves_manifest(digest));
+  EXPECT_TRUE((*view)->serves_manifest(proto::sha256("older")));
+  EXPECT_EQ(resolve_in_view(**view, "edge/main/x86_64/b.apk"), "edge/main/x86_64/a.apk");
+
+  // Re-published with the same serial (a status update): the previous manifests stay.
+  auto again = load_view(store, "{}", {}, view->get());
+  ASSERT_TRUE(again) << again.message();
+  EXPECT_TRUE((*again)->serves_manifest(proto::sha256("older")));
+  EXPECT_EQ((*again)->status_json, "{}");
+  EXPECT_FALSE((*view)->serves_manifest(proto::sha256("other")));
+  EXPECT_NE((*view)->status_json.find("\"serial\": 7"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace tiersync::serve
