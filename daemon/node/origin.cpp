@@ -144,8 +144,32 @@ CycleOutcome publish_once(const ops::Config& config) {
     return cycle.noop(applied && *applied ? (*applied)->snapshot.serial : 0, false);
   }
 
-  auto scan = sync::scan_tree(config.source_dir);
+  auto applied = state.load_applied();
+  if (!applied) return cycle.fail(applied.message());
+  const std::int64_t now = std::time(nullptr);
+  const std::int64_t ttl = static_cast<std::int64_t>(config.snapshot_ttl_hours) * 3600;
+  const bool resign_due = *applied && now - (*applied)->snapshot.created >= ttl / 2;
+
+  auto scan = sync::scan_tree(config.source_dir, /*sorted=*/false);
   if (!scan) return cycle.fail("scanning source.dir: " + scan.message());
+  // The fast no-op: the source is exactly as it was when the published snapshot was made from
+  // it (and nothing was held then): no sorting, no hashing, no manifests.
+  std::string salt = config.layout;
+  for (const auto& name : config.index_files) salt += "\n" + name;
+  const std::string print = sync::scan_fingerprint(*scan, salt);
+  const fs::path print_file = state.state_dir() / "source.print";
+  if (*applied && !resign_due) {
+    auto last = sync::read_file(print_file, 4096);
+    if (last && *last == print) return cycle.noop((*applied)->snapshot.serial);
+  }
+  // Recorded only once a cycle ends with the tree matching the source (see below).
+  ::unlink(print_file.c_str());
+  auto remember_source = [&] {
+    if (auto st = sync::write_file_atomic(print_file, print, 0644, false); !st)
+      spdlog::warn("cannot record the source's fingerprint: {}", st.message());
+  };
+
+  sync::sort_scan(*scan);
   for (const auto& why : scan->skipped) spdlog::warn("source: left out {}", why);
   std::string cache_warning;
   auto cache = sync::HashCache::load(state.hash_cache_path(), &cache_warning);
@@ -155,11 +179,6 @@ CycleOutcome publish_once(const ops::Config& config) {
   if (cache.needs_save())
     if (auto st = cache.save(state.hash_cache_path()); !st)
       spdlog::warn("cannot save the hash cache: {}", st.message());
-
-  auto applied = state.load_applied();
-  if (!applied) return cycle.fail(applied.message());
-  const std::int64_t now = std::time(nullptr);
-  const std::int64_t ttl = static_cast<std::int64_t>(config.snapshot_ttl_hours) * 3600;
 
   // Encode each candidate manifest: its hash says whether the partition changed.
   std::map<std::string, std::pair<proto::Digest, std::string>> encoded;
@@ -184,8 +203,10 @@ CycleOutcome publish_once(const ops::Config& config) {
       auto it = encoded.find(name);
       differs = differs || it == encoded.end() || it->second.first != ref.manifest;
     }
-    const bool resign_due = now - prev.created >= ttl / 2;
-    if (!differs && !resign_due) return cycle.noop(prev.serial);
+    if (!differs && !resign_due) {
+      remember_source();
+      return cycle.noop(prev.serial);
+    }
     auto loaded = state.load_manifests(prev);
     if (!loaded) return cycle.fail("published state: " + loaded.message());
     applied_manifests = std::move(*loaded);
@@ -243,7 +264,7 @@ CycleOutcome publish_once(const ops::Config& config) {
       m = old_it->second;
   }
   if (*applied && !layout_changed && next.partitions == (*applied)->snapshot.partitions &&
-      now - (*applied)->snapshot.created < ttl / 2) {
+      !resign_due) {
     cycle.save_holds(held, next.serial);
     return cycle.held_only((*applied)->snapshot.serial);
   }
@@ -267,6 +288,7 @@ CycleOutcome publish_once(const ops::Config& config) {
                       " failed: " + stats.message());
   cycle.set_upstream_serial(next.serial);
   if (held.empty()) {
+    remember_source();
     cycle.clear_held();
     if (auto st = state.save_approvals({}); !st)
       spdlog::warn("cannot clear the approvals: {}", st.message());

@@ -8,6 +8,8 @@
 #include <algorithm>
 #include <cerrno>
 #include <condition_variable>
+#include <cstdio>
+#include <functional>
 #include <mutex>
 #include <thread>
 
@@ -143,16 +145,52 @@ class Walker {
 
 }  // namespace
 
-Result<ScanResult> scan_tree(const fs::path& root) {
+Result<ScanResult> scan_tree(const fs::path& root, bool sorted) {
   UniqueFd fd(::open(root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!fd.valid()) return make_error(errno_message(root, errno));
   Walker w(fd.get(), root);
   w.run(std::clamp(std::thread::hardware_concurrency(), 1u, 4u));
   if (!w.error.empty()) return make_error(w.error);
-  std::sort(w.out.files.begin(), w.out.files.end(),
-            [](const ScannedFile& a, const ScannedFile& b) { return a.path < b.path; });
-  std::sort(w.out.skipped.begin(), w.out.skipped.end());
+  if (sorted) sort_scan(w.out);
   return std::move(w.out);
+}
+
+void sort_scan(ScanResult& scan) {
+  std::sort(scan.files.begin(), scan.files.end(),
+            [](const ScannedFile& a, const ScannedFile& b) { return a.path < b.path; });
+  std::sort(scan.skipped.begin(), scan.skipped.end());
+}
+
+namespace {
+// splitmix64's finaliser: spreads every input bit over the output.
+std::uint64_t mix(std::uint64_t x) {
+  x ^= x >> 30;
+  x *= 0xbf58476d1ce4e5b9ull;
+  x ^= x >> 27;
+  x *= 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+}  // namespace
+
+std::string scan_fingerprint(const ScanResult& scan, std::string_view salt) {
+  // Two lanes summed over the files: the sum does not depend on the order of the walk.
+  std::uint64_t lane_a = 0, lane_b = 0;
+  std::hash<std::string_view> hash;
+  for (const auto& f : scan.files) {
+    std::uint64_t h = hash(f.path);
+    h = mix(h ^ f.size);
+    h = mix(h ^ static_cast<std::uint64_t>(f.mtime_ns));
+    h = mix(h ^ f.ino);
+    h = mix(h ^ (std::uint64_t{f.mode} << 1 | (f.link ? 1 : 0)));
+    if (f.link) h = mix(h ^ hash(f.target));
+    lane_a += h;
+    lane_b += mix(h ^ 0x9e3779b97f4a7c15ull) ^ hash(f.path) * 31;
+  }
+  char buf[80];
+  std::snprintf(buf, sizeof buf, "%016llx%016llx-%zu-%016llx",
+                static_cast<unsigned long long>(lane_a), static_cast<unsigned long long>(lane_b),
+                scan.files.size(), static_cast<unsigned long long>(hash(salt)));
+  return buf;
 }
 
 Result<proto::Digest> hash_file(const fs::path& path, std::uint64_t* size_out) {

@@ -38,7 +38,15 @@ struct ScanResult {
 /// Walks `root` without following symlinks. Leaves out the top-level `.tiersync/` and
 /// `.tiersync-busy`, paths that break SPEC's path rules, symlinks that leave the tree and special
 /// files (each noted in `skipped`).
-Result<ScanResult> scan_tree(const fs::path& root);
+Result<ScanResult> scan_tree(const fs::path& root, bool sorted = true);
+
+/// Sorts a scan made with `sorted = false` (and its `skipped` lines).
+void sort_scan(ScanResult& scan);
+
+/// A 128-bit fingerprint of everything a scan says about each file (path, size, mtime, inode,
+/// mode, symlink target) and of `salt`, independent of the order of `files`: two scans with the
+/// same fingerprint produce the same manifests, so tier0's no-op needs no sort and no hashing.
+std::string scan_fingerprint(const ScanResult& scan, std::string_view salt);
 
 /// Streams a file through SHA-256 (the last component is not followed).
 Result<proto::Digest> hash_file(const fs::path& path, std::uint64_t* size_out = nullptr);

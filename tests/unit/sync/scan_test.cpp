@@ -2,9 +2,11 @@
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
+
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <functional>
 
 #include <algorithm>
 #include <fstream>
@@ -391,6 +393,52 @@ TEST_F(ScanTest, HashCacheDamagedFileIsEmptyWithWarning) {
     ASSERT_TRUE(damaged.digest_of(root_, f));
     EXPECT_EQ(damaged.hashed(), 1u);
   }
+}
+
+// --- scan_fingerprint ----------------------------------------------------------------------------
+
+ScanResult two_files() {
+  ScanResult r;
+  ScannedFile a;
+  a.path = "edge/main/x86_64/a.apk";
+  a.size = 10;
+  a.mtime_ns = 1'700'000'000'000'000'000;
+  a.ino = 7;
+  a.mode = 0644;
+  ScannedFile l;
+  l.path = "latest";
+  l.link = true;
+  l.target = "edge";
+  r.files = {a, l};
+  return r;
+}
+
+TEST(ScanFingerprint, IgnoresTheOrderOfTheWalk) {
+  ScanResult r = two_files();
+  const std::string print = scan_fingerprint(r, "salt");
+  std::swap(r.files[0], r.files[1]);
+  EXPECT_EQ(scan_fingerprint(r, "salt"), print);
+}
+
+// tier0's fast no-op trusts the fingerprint: every attribute a manifest depends on must change it.
+TEST(ScanFingerprint, ChangesWithEveryAttribute) {
+  const std::string print = scan_fingerprint(two_files(), "salt");
+  std::vector<std::function<void(ScanResult&)>> edits = {
+      [](ScanResult& r) { r.files[0].path += "x"; },
+      [](ScanResult& r) { r.files[0].size += 1; },
+      [](ScanResult& r) { r.files[0].mtime_ns += 1; },
+      [](ScanResult& r) { r.files[0].ino += 1; },
+      [](ScanResult& r) { r.files[0].mode = 0600; },
+      [](ScanResult& r) { r.files[1].target = "edge2"; },
+      [](ScanResult& r) { r.files.pop_back(); },
+      [](ScanResult& r) { r.files.push_back(r.files[0]); },
+  };
+  for (std::size_t i = 0; i < edits.size(); ++i) {
+    ScanResult r = two_files();
+    edits[i](r);
+    EXPECT_NE(scan_fingerprint(r, "salt"), print) << "edit " << i;
+  }
+  EXPECT_NE(scan_fingerprint(two_files(), "other layout"), print);
 }
 
 }  // namespace
