@@ -4,6 +4,7 @@
 #include <spdlog/spdlog.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
 #include <string>
@@ -64,5 +65,9 @@ int main(int argc, char** argv) {
         config->role == ops::Role::kTier0 ? node::publish_once(*config) : node::sync_once(*config);
     return outcome.exit_code;
   }
-  return node::run_daemon(config_path, std::move(*config));
+  int code = node::run_daemon(config_path, std::move(*config));
+  // A long poll in flight cannot be interrupted and its thread is detached: end the process
+  // without running static destructors under it. State is durable; logs go to unbuffered stderr.
+  std::fflush(nullptr);
+  std::_Exit(code);
 }

@@ -3,12 +3,22 @@
 #include <signal.h>
 #include <spdlog/spdlog.h>
 
+#include <unistd.h>
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <ctime>
+#include <memory>
+#include <thread>
 
 #include "daemon/node/node.h"
 #include "daemon/ops/log.h"
+#include "daemon/serve/server.h"
 #include "daemon/sync/scan.h"
+#include "daemon/sync/state.h"
+#include "daemon/transport/transport.h"
+#include "proto/dsse.h"
+#include "proto/snapshot.h"
 
 namespace tiersync::node {
 
@@ -29,6 +39,60 @@ std::uint64_t source_fingerprint(const ops::Config& config) {
   return h;
 }
 
+// Keeps one long poll open on an HTTP(S) parent and wakes the main loop (SIGUSR1) as soon as the
+// parent serves a newer serial. Shared with its thread, which is detached: a poll in flight
+// cannot be interrupted, and SIGTERM must not wait for it.
+struct Poller {
+  std::atomic<std::uint64_t> applied{0};
+  std::atomic<bool> stop{false};
+
+  static void start(std::shared_ptr<Poller> self, const ops::Config& config) {
+    transport::TransportOptions options;
+    options.ca_file = config.upstream.ca_file;
+    options.connections = 1;
+    auto t = transport::make_transport(config.upstream.url, options);
+    if (!t) {
+      spdlog::error("long poll disabled: {}", t.message());
+      return;
+    }
+    const auto wait = std::chrono::seconds(std::min(config.upstream.poll_seconds, 300u));
+    std::thread([self, t = std::shared_ptr<transport::Transport>(std::move(*t)), wait] {
+      for (unsigned failures = 0; !self->stop;) {
+        const std::uint64_t known = self->applied;
+        auto r = t->poll_snapshot(known, wait);
+        if (self->stop) return;
+        std::uint64_t serial = 0;
+        if (r && *r) {
+          // Not verified here: the cycle verifies. The serial only decides whether to wake it.
+          auto env = proto::decode_envelope(**r);
+          auto snap =
+              env ? proto::decode_snapshot(env->payload) : Result<proto::Snapshot>(env.error());
+          if (snap) serial = snap->serial;
+        }
+        if (serial > known) {
+          failures = 0;
+          ::kill(::getpid(), SIGUSR1);
+          // Give the cycle time to apply before asking again.
+          for (int i = 0; i < 50 && !self->stop && self->applied == known; ++i)
+            std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        } else if (!r || (*r && serial <= known)) {
+          // An error, or a parent answering at once without anything newer: back off.
+          failures = std::min(failures + 1, 6u);
+          if (!r) spdlog::warn("long poll: {}", r.message());
+          for (unsigned i = 0; i < (1u << failures) * 5 && !self->stop; ++i)
+            std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        }
+      }
+    }).detach();
+  }
+};
+
+std::uint64_t applied_serial(const ops::Config& config) {
+  sync::StateStore state(config.state_dir, config.tree);
+  auto applied = state.load_applied();
+  return applied && *applied ? (*applied)->snapshot.serial : 0;
+}
+
 }  // namespace
 
 int run_daemon(const std::string& config_path, ops::Config config) {
@@ -38,6 +102,46 @@ int run_daemon(const std::string& config_path, ops::Config config) {
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
   spdlog::info("tiersyncd started: role={} name={} tree={}", ops::role_name(config.role),
                config.name, config.tree.string());
+
+  // The server: the applied snapshot, republished after every cycle.
+  std::unique_ptr<serve::Server> server;
+  std::shared_ptr<const serve::ServedView> view;
+  auto publish_view = [&] {
+    if (!server) return;
+    sync::StateStore state(config.state_dir, config.tree);
+    const ops::Config snapshot_of_config = config;
+    auto v = serve::load_view(
+        state, status_json(config),
+        [snapshot_of_config] { return metrics_text(snapshot_of_config); }, view.get());
+    if (!v) {
+      spdlog::error("cannot serve the applied snapshot: {}", v.message());
+      return;
+    }
+    view = std::move(*v);
+    server->publish(view);
+  };
+  if (!config.listen.empty()) {
+    server = std::make_unique<serve::Server>(config.listen, config.tree);
+    if (auto st = server->start(); !st) {
+      spdlog::error("cannot listen: {}", st.message());
+      return kExitFailure;
+    }
+    auto ports = server->ports();
+    for (std::size_t i = 0; i < config.listen.size() && i < ports.size(); ++i)
+      spdlog::info("listening on {}:{} ({})", config.listen[i].address, ports[i],
+                   config.listen[i].tls ? "https" : "http");
+    publish_view();
+  }
+  auto poller = std::make_shared<Poller>();
+  const bool long_poll = config.is_relay() && !config.upstream.url.starts_with("file:");
+  if (long_poll) {
+    poller->applied = applied_serial(config);
+    Poller::start(poller, config);
+  }
+  auto after_cycle = [&] {
+    if (long_poll) poller->applied = applied_serial(config);
+    publish_view();
+  };
 
   std::uint64_t last_print = 0;
   std::int64_t quiet_since = std::time(nullptr);
@@ -53,10 +157,12 @@ int run_daemon(const std::string& config_path, ops::Config config) {
       }
       if (run_now && now - quiet_since >= static_cast<std::int64_t>(config.settle_seconds)) {
         publish_once(config);
+        after_cycle();
         run_now = false;
       }
     } else if (run_now) {
       sync_once(config);
+      after_cycle();
       run_now = false;
     }
     // tier0 looks at its source every second (and re-signs on time); relays poll.
@@ -66,6 +172,8 @@ int run_daemon(const std::string& config_path, ops::Config config) {
     int sig = sigtimedwait(&set, nullptr, &timeout);
     if (sig == SIGTERM || sig == SIGINT) {
       spdlog::info("tiersyncd stopping on signal {}", sig);
+      poller->stop = true;
+      if (server) server->stop();
       return kExitOk;
     }
     if (sig == SIGHUP) {

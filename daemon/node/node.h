@@ -31,6 +31,8 @@ CycleOutcome sync_once(const ops::Config& config);
 std::string status_json(const ops::Config& config);
 /// The same as a table for a terminal.
 std::string status_text(const ops::Config& config);
+/// The node's gauges in Prometheus text format (serials, holds, last success).
+std::string metrics_text(const ops::Config& config);
 
 /// `tiersyncctl approve`: approves the held candidate of each partition (or all of them).
 /// Returns the lines to print, or an error naming a partition that is not held.

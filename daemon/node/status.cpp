@@ -74,6 +74,27 @@ std::string status_json(const ops::Config& config) {
   return status_object(config).dump(2, ' ', false, json::error_handler_t::replace) + "\n";
 }
 
+std::string metrics_text(const ops::Config& config) {
+  json j = status_object(config);
+  auto number = [](const json& v) { return v.is_number() ? v.dump() : std::string("0"); };
+  std::string out;
+  auto gauge = [&](const char* name, const char* help, const std::string& value) {
+    out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " gauge\n" + name +
+           " " + value + "\n";
+  };
+  gauge("tiersync_snapshot_serial", "Serial of the applied snapshot.", number(j["serial"]));
+  gauge("tiersync_upstream_serial", "Latest serial seen at the parent.",
+        number(j["upstream_serial"]));
+  gauge("tiersync_held_partitions", "Partitions held by the deletion guard.",
+        std::to_string(j["held"].size()));
+  sync::StateStore state(config.state_dir, config.tree);
+  auto cycle = state.load_cycle();
+  const bool success = cycle.result == "ok" || cycle.result == "noop";
+  gauge("tiersync_last_cycle_success", "1 if the last cycle applied or found nothing to do.",
+        success ? "1" : "0");
+  return out;
+}
+
 std::string status_text(const ops::Config& config) {
   json j = status_object(config);
   auto val = [](const json& v) {

@@ -1,0 +1,147 @@
+// tiersyncd as a long-running daemon: three real processes (tier0, a mirror, a mirror of that
+// mirror) over plain HTTP on loopback ports. The built-in server, the relay's long poll and
+// SIGTERM. Every wait is bounded; nothing here is a timing assertion but SIGTERM's 5 seconds.
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+#include "tests/integration/support.h"
+
+namespace tiersync::it {
+namespace {
+
+using namespace std::chrono_literals;
+
+// A free port on 127.0.0.1 (the kernel's pick; released again for the daemon to bind).
+std::uint16_t free_port() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof addr;
+  EXPECT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  EXPECT_EQ(::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  ::close(fd);
+  return ntohs(addr.sin_port);
+}
+
+// Adds keys to a node's config file.
+void amend_config(const Node& node, const json& extra) {
+  json config = json::parse(read_file(node.config()));
+  config.update(extra, /*merge_objects=*/true);
+  std::ofstream(node.config()) << config.dump(2);
+}
+
+// `tiersyncd --config F` in the background, stderr into a file; SIGKILLed if still running when
+// the test ends.
+class Daemon {
+ public:
+  explicit Daemon(const Node& node) : log_(node.home / "daemon.log") {
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      int fd = ::open(log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      ::dup2(fd, 2);
+      ::dup2(fd, 1);
+      ::execl(TIERSYNCD, TIERSYNCD, "--config", node.config().c_str(), nullptr);
+      ::_exit(127);
+    }
+  }
+  ~Daemon() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+    }
+  }
+  /// Sends SIGTERM and waits at most `limit`; returns the exit status, or -1 if it did not stop.
+  int terminate(std::chrono::milliseconds limit) {
+    ::kill(pid_, SIGTERM);
+    const auto deadline = std::chrono::steady_clock::now() + limit;
+    while (std::chrono::steady_clock::now() < deadline) {
+      int status = 0;
+      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+        pid_ = -1;
+        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+      }
+      std::this_thread::sleep_for(20ms);
+    }
+    return -1;
+  }
+  std::string log() const { return read_file(log_); }
+
+ private:
+  fs::path log_;
+  pid_t pid_ = -1;
+};
+
+// Waits (bounded) until `tree` holds exactly the source's files.
+bool converges(const fs::path& source, const fs::path& tree, std::chrono::seconds limit) {
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (fs::exists(tree) && diff_listings(list_tree(source), list_tree(tree)).empty()) return true;
+    std::this_thread::sleep_for(100ms);
+  }
+  return false;
+}
+
+TEST(DaemonTest, ThreeNodesOverHttpConvergeAndFollowChanges) {
+  TempDir root("tiersync-daemon");
+  const KeyFiles key = keygen(root / "keys/origin");
+  const fs::path source = root / "incoming";
+  TreeModel model = make_sample();
+  materialize(model, source);
+
+  const std::uint16_t origin_port = free_port(), a_port = free_port();
+  Node origin = make_origin(root / "origin", "dl-master", source, key.key);
+  amend_config(origin,
+               {{"source", {{"dir", source.string()}, {"settle_seconds", 0}}},
+                {"listen", {{{"address", "127.0.0.1"}, {"port", origin_port}, {"tls", false}}}}});
+  Node a = make_mirror(root / "mirror-a", "mirror-a",
+                       "http://127.0.0.1:" + std::to_string(origin_port) + "/", {key.pub});
+  amend_config(a, {{"listen", {{{"address", "127.0.0.1"}, {"port", a_port}, {"tls", false}}}},
+                   {"upstream", {{"poll_seconds", 60}}}});
+  Node b = make_mirror(root / "mirror-b", "mirror-b",
+                       "http://127.0.0.1:" + std::to_string(a_port) + "/", {key.pub});
+  amend_config(b, {{"upstream", {{"poll_seconds", 60}}}});
+
+  Daemon d_origin(origin);
+  Daemon d_a(a);
+  Daemon d_b(b);
+  ASSERT_TRUE(converges(source, b.tree(), 30s))
+      << "mirror-b never matched the source\n--- origin ---\n"
+      << d_origin.log() << "--- mirror-a ---\n"
+      << d_a.log() << "--- mirror-b ---\n"
+      << d_b.log();
+
+  // A new upload reaches the mirror two hops down through the long polls (poll_seconds is 60:
+  // without them it would not arrive within the bound).
+  add_package(model, "edge/main/x86_64", "newpkg-2.0-r0.apk", 4242);
+  rebuild_index(model, "edge/main/x86_64", 1'800'000'000);
+  materialize(model, source);
+  EXPECT_TRUE(converges(source, b.tree(), 20s))
+      << "the change did not propagate\n--- mirror-a ---\n"
+      << d_a.log() << "--- mirror-b ---\n"
+      << d_b.log();
+
+  // The relay re-serves the origin's snapshot byte for byte.
+  EXPECT_EQ(read_file(b.tree() / ".tiersync/v1/snapshot"),
+            read_file(origin.tree() / ".tiersync/v1/snapshot"));
+
+  // SIGTERM: each stops within 5 seconds, exit 0, even with a long poll in flight.
+  EXPECT_EQ(d_b.terminate(5s), 0) << d_b.log();
+  EXPECT_EQ(d_a.terminate(5s), 0) << d_a.log();
+  EXPECT_EQ(d_origin.terminate(5s), 0) << d_origin.log();
+}
+
+}  // namespace
+}  // namespace tiersync::it
