@@ -24,19 +24,10 @@ namespace tiersync::node {
 
 namespace {
 
-// A cheap fingerprint of the source: any upload, rename or removal changes it.
-std::uint64_t source_fingerprint(const ops::Config& config) {
-  auto scan = sync::scan_tree(config.source_dir);
-  if (!scan) return 0;
-  std::uint64_t h = 1469598103934665603ull;
-  auto mix = [&](std::uint64_t v) { h = (h ^ v) * 1099511628211ull; };
-  for (const auto& f : scan->files) {
-    for (char c : f.path) mix(static_cast<unsigned char>(c));
-    mix(f.size);
-    mix(static_cast<std::uint64_t>(f.mtime_ns));
-    mix(f.ino);
-  }
-  return h;
+// The source's fingerprint: any upload, rename or removal changes it ("" if it cannot be read).
+std::string source_fingerprint(const ops::Config& config) {
+  auto scan = sync::scan_tree(config.source_dir, /*sorted=*/false);
+  return scan ? sync::scan_fingerprint(*scan, "") : std::string();
 }
 
 // Keeps one long poll open on an HTTP(S) parent and wakes the main loop (SIGUSR1) as soon as the
@@ -143,12 +134,12 @@ int run_daemon(const std::string& config_path, ops::Config config) {
     publish_view();
   };
 
-  std::uint64_t last_print = 0;
+  std::string last_print;
   std::int64_t quiet_since = std::time(nullptr);
   bool run_now = true;
   while (true) {
     if (config.role == ops::Role::kTier0) {
-      std::uint64_t print = source_fingerprint(config);
+      std::string print = source_fingerprint(config);
       std::int64_t now = std::time(nullptr);
       if (print != last_print) {
         last_print = print;
