@@ -54,8 +54,9 @@ class Runner:
         os.sync()      # nothing dirty left for the next command's fsync/syncfs to pay for
         with open(log, "wb") as out:
             start = time.perf_counter()
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
-            timer = threading.Timer(self.timeout, proc.kill)
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                    start_new_session=True)
+            timer = threading.Timer(self.timeout, os.killpg, (proc.pid, 9))   # the wrapper's child too
             timer.start()
             try:
                 _, status, usage = os.wait4(proc.pid, 0)
@@ -85,7 +86,7 @@ def machine_info():
         pass
     rsync_v = subprocess.run(["rsync", "--version"], capture_output=True, text=True).stdout.split("\n")[0]
     return {"nproc": len(os.sched_getaffinity(0)), "cpu": model, "kernel": platform.release(),
-            "rsync": " ".join(rsync_v.split())}
+            "rsync": " ".join(rsync_v.split()), "load_start": os.getloadavg()[0]}
 
 
 def tree_listing(root):
@@ -248,7 +249,9 @@ def fmt_s(v):
 def report(args, info, results):
     files, size = results["tree"]["files"], results["tree"]["bytes"]
     print()
-    print(f"machine: {info['nproc']} CPUs, {info['cpu']}, Linux {info['kernel']}, {info['rsync']}")
+    info["load_end"] = os.getloadavg()[0]
+    print(f"machine: {info['nproc']} CPUs, {info['cpu']}, Linux {info['kernel']}, {info['rsync']}; "
+          f"load average {info['load_start']:.2f} at start, {info['load_end']:.2f} at end")
     print(f"binary: {info['tiersyncd']}")
     print(f"tree: {files} files, {size / 1e6:.1f} MB (size-scale {args.size_scale}); "
           f"N = {args.repeat} (mass: {args.mass_repeat}); medians, warm page cache")
