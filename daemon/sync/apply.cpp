@@ -195,57 +195,53 @@ Status Applier::stage(const Plan& plan, ApplyStats& stats) {
         continue;
       }
     }
+    // Written straight under its staged name: a leftover of a killed run is re-verified above
+    // before any use, so no temporary name (and no rename) is needed.
     crash_point();
-    fs::path part = dest;
-    part += ".part";  // a leftover of a killed run is truncated by the open below
-    auto placed = fetcher_.place(*e, part);
+    auto placed = fetcher_.place(*e, dest);
     if (!placed) return placed.error();
     if (!*placed) {
       UniqueFd fd(
-          ::open(part.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600));
-      if (!fd.valid()) return make_error(errno_message(part, errno));
+          ::open(dest.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, e->mode));
+      if (!fd.valid()) return make_error(errno_message(dest, errno));
+      bool copied = false;
       if (auto it = local.find(e->sha256); it != local.end()) {
         const fs::path src = tree / *it->second;
-        if (copy_verified(src, fd.get(), part, *e) && set_metadata(fd.get(), *e, part)) {
-          ++stats.reused_files;
-          crash_point();
-          if (::rename(part.c_str(), dest.c_str()) != 0)
-            return make_error(errno_message(dest, errno));
-          actions[e] = Action::kRename;
-          continue;
-        }
+        copied = copy_verified(src, fd.get(), dest, *e) && set_metadata(fd.get(), *e, dest);
         // The local copy is gone or damaged: fetch the bytes instead.
-        if (::ftruncate(fd.get(), 0) != 0 || ::lseek(fd.get(), 0, SEEK_SET) != 0)
-          return make_error(errno_message(part, errno));
+        if (!copied && (::ftruncate(fd.get(), 0) != 0 || ::lseek(fd.get(), 0, SEEK_SET) != 0))
+          return make_error(errno_message(dest, errno));
       }
-      proto::Sha256 hasher;
-      std::uint64_t got = 0;
-      auto sink = [&](const char* data, std::size_t size) -> Status {
-        if (got + size > e->size) {
+      if (copied) {
+        ++stats.reused_files;
+      } else {
+        proto::Sha256 hasher;
+        std::uint64_t got = 0;
+        auto sink = [&](const char* data, std::size_t size) -> Status {
+          if (got + size > e->size) {
+            content_rejected_ = true;
+            return make_error(std::string(e->path()) + ": more bytes than the manifest's " +
+                              std::to_string(e->size));
+          }
+          hasher.update(data, size);
+          got += size;
+          return write_all(fd.get(), data, size, dest);
+        };
+        Status st_fetch = fetcher_.fetch(*e, sink);
+        proto::Digest digest = hasher.finish();
+        if (st_fetch && (got != e->size || digest != e->sha256)) {
+          st_fetch = make_error(mismatch(*e, got, digest));
           content_rejected_ = true;
-          return make_error(std::string(e->path()) + ": more bytes than the manifest's " +
-                            std::to_string(e->size));
         }
-        hasher.update(data, size);
-        got += size;
-        return write_all(fd.get(), data, size, part);
-      };
-      Status st_fetch = fetcher_.fetch(*e, sink);
-      proto::Digest digest = hasher.finish();
-      if (st_fetch && (got != e->size || digest != e->sha256)) {
-        st_fetch = make_error(mismatch(*e, got, digest));
-        content_rejected_ = true;
+        if (st_fetch) st_fetch = set_metadata(fd.get(), *e, dest);
+        if (!st_fetch) {
+          ::unlink(dest.c_str());
+          return st_fetch;
+        }
+        ++stats.fetched_files;
+        stats.fetched_bytes += got;
       }
-      if (st_fetch) st_fetch = set_metadata(fd.get(), *e, part);
-      if (!st_fetch) {
-        ::unlink(part.c_str());
-        return st_fetch;
-      }
-      ++stats.fetched_files;
-      stats.fetched_bytes += got;
     }
-    crash_point();
-    if (::rename(part.c_str(), dest.c_str()) != 0) return make_error(errno_message(dest, errno));
     actions[e] = Action::kRename;
   }
   return {};
