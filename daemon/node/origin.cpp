@@ -33,6 +33,8 @@ class SourceFetcher final : public sync::Fetcher {
       : source_(std::move(source)), scanned_(scanned) {}
 
   Result<bool> place(const proto::Entry& e, const fs::path& dest) override {
+    // Finishing a killed publish, nothing was scanned: copy, and let the hash decide.
+    if (scanned_.empty()) return false;
     const fs::path src = source_ / std::string(e.path());
     if (auto st = still_scanned(e, src); !st) return st.error();
     if (::link(src.c_str(), dest.c_str()) == 0) return true;
