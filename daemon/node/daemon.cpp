@@ -7,8 +7,11 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <ctime>
+#include <deque>
 #include <memory>
+#include <mutex>
 #include <thread>
 
 #include "daemon/node/node.h"
@@ -78,6 +81,37 @@ struct Poller {
   }
 };
 
+// One thread takes every signal with sigwait and queues it for the loop; SIGTERM and SIGINT
+// also raise `stop`, which a running cycle checks between files and chunks. Detached like the
+// poller: the process ends with _Exit.
+struct Signals {
+  std::atomic<bool> stop{false};
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<int> pending;
+
+  static void start(std::shared_ptr<Signals> self, sigset_t set) {
+    std::thread([self, set] {
+      while (true) {
+        int sig = 0;
+        if (sigwait(&set, &sig) != 0) continue;
+        if (sig == SIGTERM || sig == SIGINT) self->stop = true;
+        std::lock_guard lock(self->mu);
+        self->pending.push_back(sig);
+        self->cv.notify_all();
+      }
+    }).detach();
+  }
+  /// The next signal, or -1 once `timeout` passed without one.
+  int wait(std::chrono::seconds timeout) {
+    std::unique_lock lock(mu);
+    if (!cv.wait_for(lock, timeout, [&] { return !pending.empty(); })) return -1;
+    int sig = pending.front();
+    pending.pop_front();
+    return sig;
+  }
+};
+
 std::uint64_t applied_serial(const ops::Config& config) {
   sync::StateStore state(config.state_dir, config.tree);
   auto applied = state.load_applied();
@@ -90,7 +124,9 @@ int run_daemon(const std::string& config_path, ops::Config config) {
   sigset_t set;
   sigemptyset(&set);
   for (int s : {SIGTERM, SIGINT, SIGHUP, SIGUSR1}) sigaddset(&set, s);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);  // before any thread starts: all inherit it
+  auto signals = std::make_shared<Signals>();
+  Signals::start(signals, set);
   spdlog::info("tiersyncd started: role={} name={} tree={}", ops::role_name(config.role),
                config.name, config.tree.string());
 
@@ -147,20 +183,19 @@ int run_daemon(const std::string& config_path, ops::Config config) {
         run_now = true;
       }
       if (run_now && now - quiet_since >= static_cast<std::int64_t>(config.settle_seconds)) {
-        publish_once(config);
+        publish_once(config, &signals->stop);
         after_cycle();
         run_now = false;
       }
     } else if (run_now) {
-      sync_once(config);
+      sync_once(config, &signals->stop);
       after_cycle();
       run_now = false;
     }
     // tier0 looks at its source every second (and re-signs on time); relays poll.
     int wait =
         config.role == ops::Role::kTier0 ? 1 : static_cast<int>(config.upstream.poll_seconds);
-    timespec timeout{wait, 0};
-    int sig = sigtimedwait(&set, nullptr, &timeout);
+    int sig = signals->wait(std::chrono::seconds(wait));
     if (sig == SIGTERM || sig == SIGINT) {
       spdlog::info("tiersyncd stopping on signal {}", sig);
       poller->stop = true;

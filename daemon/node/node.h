@@ -3,6 +3,7 @@
 /// pull their parent's snapshot, verify it, guard it and apply it. Also the operator's commands
 /// that work from state_dir alone (status, approve, verify).
 
+#include <atomic>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -20,12 +21,12 @@ struct CycleOutcome {
   std::string message;
 };
 
-/// tier0: scan the source, guard each partition, publish and sign. `settle` waits for a quiet
-/// source (the daemon); --once skips it.
-CycleOutcome publish_once(const ops::Config& config);
+/// tier0: scan the source, guard each partition, publish and sign. `stop` (SIGTERM) cuts the
+/// staging of new files short; see sync::Applier::set_stop_flag.
+CycleOutcome publish_once(const ops::Config& config, const std::atomic<bool>* stop = nullptr);
 
-/// Relay: one sync cycle from the parent.
-CycleOutcome sync_once(const ops::Config& config);
+/// Relay: one sync cycle from the parent; `stop` as for publish_once.
+CycleOutcome sync_once(const ops::Config& config, const std::atomic<bool>* stop = nullptr);
 
 /// `tiersyncctl status`: the node's state as JSON (no daemon needed).
 std::string status_json(const ops::Config& config);

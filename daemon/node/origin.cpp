@@ -121,7 +121,7 @@ Result<sync::ManifestSet> build_manifests(const ops::Config& config, std::size_t
 
 }  // namespace
 
-CycleOutcome publish_once(const ops::Config& config) {
+CycleOutcome publish_once(const ops::Config& config, const std::atomic<bool>* stop) {
   Cycle cycle(config);
   if (auto st = cycle.open(); !st) return cycle.fail(st.message());
   auto& state = cycle.state();
@@ -277,6 +277,7 @@ CycleOutcome publish_once(const ops::Config& config) {
 
   SourceFetcher fetcher(config.source_dir, scan->files);
   sync::Applier applier(state, fetcher);
+  applier.set_stop_flag(stop);
   sync::ApplyRequest req;
   req.envelope = std::move(envelope);
   req.candidate = next;

@@ -126,7 +126,7 @@ bool applied_refs(const std::optional<sync::Applied>& applied, const proto::Dige
 
 }  // namespace
 
-CycleOutcome sync_once(const ops::Config& config) {
+CycleOutcome sync_once(const ops::Config& config, const std::atomic<bool>* stop) {
   Cycle cycle(config);
   if (auto st = cycle.open(); !st) return cycle.fail(st.message());
   auto& state = cycle.state();
@@ -141,6 +141,7 @@ CycleOutcome sync_once(const ops::Config& config) {
   TransportFetcher fetcher(**t);
   sync::Applier applier(state, fetcher);
   if (auto rec = applier.recover(); !rec) return cycle.fail(rec.message());
+  applier.set_stop_flag(stop);
 
   auto applied = state.load_applied();
   if (!applied) return cycle.fail(applied.message());

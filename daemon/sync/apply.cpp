@@ -169,7 +169,9 @@ Status Applier::stage(const Plan& plan, ApplyStats& stats) {
     for (const auto& [digest, path] : p.reusable)
       if (by_digest.count(digest)) local.emplace(digest, &path);
 
+  const Error stopped = make_error("stopped before installing anything (staged files are kept)");
   for (const auto& [name, e] : order) {
+    if (stopping()) return stopped;
     const fs::path dest = files / name;
     const fs::path final_path = tree / std::string(e->path());
     if (leftovers.count(name)) {
@@ -218,6 +220,7 @@ Status Applier::stage(const Plan& plan, ApplyStats& stats) {
         proto::Sha256 hasher;
         std::uint64_t got = 0;
         auto sink = [&](const char* data, std::size_t size) -> Status {
+          if (stopping()) return stopped;
           if (got + size > e->size) {
             content_rejected_ = true;
             return make_error(std::string(e->path()) + ": more bytes than the manifest's " +

@@ -3,6 +3,7 @@
 /// stage every new file (verified), install other files, then index files, then the root
 /// partition, commit, then delete and prune. A journal makes a killed apply resumable.
 
+#include <atomic>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
@@ -55,6 +56,10 @@ class Applier {
  public:
   Applier(StateStore& state, Fetcher& fetcher) : state_(state), fetcher_(fetcher) {}
 
+  /// A flag raised on SIGTERM: staging stops at the next file or chunk, before anything is
+  /// installed (what was verified stays staged for the next run). Installing is never cut.
+  void set_stop_flag(const std::atomic<bool>* stop) { stop_ = stop; }
+
   /// Applies `req` following `plan` (made by make_plan from the request's manifests) through
   /// every phase; on error nothing is committed and the tree holds only old or new content (the
   /// journal lets the next run finish).
@@ -86,6 +91,8 @@ class Applier {
   Fetcher& fetcher_;
   std::unordered_map<const proto::Entry*, Action> actions_;
   bool content_rejected_ = false;
+  const std::atomic<bool>* stop_ = nullptr;
+  bool stopping() const { return stop_ && stop_->load(); }
 };
 
 /// Fault injection for crash tests: with TIERSYNC_CRASH_AT=N in the environment, the process

@@ -12,6 +12,7 @@
 
 #include <chrono>
 #include <fstream>
+#include <optional>
 #include <thread>
 
 #include <gtest/gtest.h>
@@ -141,6 +142,54 @@ TEST(DaemonTest, ThreeNodesOverHttpConvergeAndFollowChanges) {
   EXPECT_EQ(d_b.terminate(5s), 0) << d_b.log();
   EXPECT_EQ(d_a.terminate(5s), 0) << d_a.log();
   EXPECT_EQ(d_origin.terminate(5s), 0) << d_origin.log();
+}
+
+// SIGTERM in the middle of a long download: the daemon stops within 5 seconds, exit 0, without
+// installing anything of the half-fetched snapshot; started again, it converges.
+TEST(DaemonTest, SigtermDuringALongDownloadStopsPromptlyAndCleanly) {
+  TempDir root("tiersync-daemon");
+  const KeyFiles key = keygen(root / "keys/origin");
+  const fs::path source = root / "incoming";
+  TreeModel model = make_sample();
+  materialize(model, source);
+  // 24 MiB at 1 MiB/s: the download lasts far longer than the 5 seconds SIGTERM may take.
+  std::string big(24u << 20, '\0');
+  for (std::size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>((i * 2654435761u) >> 24);
+  write_file(source / "edge/main/x86_64/zz-big-1.0-r0.apk", big, 1'700'000'000);
+
+  const std::uint16_t origin_port = free_port();
+  Node origin = make_origin(root / "origin", "dl-master", source, key.key);
+  amend_config(origin,
+               {{"source", {{"dir", source.string()}, {"settle_seconds", 0}}},
+                {"listen", {{{"address", "127.0.0.1"}, {"port", origin_port}, {"tls", false}}}}});
+  ASSERT_TRUE(Exited(origin.once(), 0));
+  Daemon d_origin(origin);
+  Node mirror = make_mirror(root / "mirror", "mirror",
+                            "http://127.0.0.1:" + std::to_string(origin_port) + "/", {key.pub});
+  amend_config(mirror, {{"upstream", {{"poll_seconds", 60}, {"max_bytes_per_second", 1 << 20}}}});
+  std::optional<Daemon> d_mirror(std::in_place, mirror);
+
+  // Wait (bounded) until the big file is being staged.
+  const fs::path staging = mirror.tree() / ".tiersync/staging/files";
+  bool staging_big = false;
+  for (int i = 0; i < 300 && !staging_big; ++i) {
+    std::error_code ec;
+    for (const auto& f : fs::directory_iterator(staging, ec))
+      if (fs::file_size(f.path(), ec) > (1u << 20)) staging_big = true;
+    if (!staging_big) std::this_thread::sleep_for(100ms);
+  }
+  ASSERT_TRUE(staging_big) << d_mirror->log();
+
+  const auto before = std::chrono::steady_clock::now();
+  EXPECT_EQ(d_mirror->terminate(5s), 0) << d_mirror->log();
+  EXPECT_LT(std::chrono::steady_clock::now() - before, 5s);
+  // Nothing of the candidate was installed: no content file at all on a first sync.
+  EXPECT_TRUE(files_in(list_tree(mirror.tree())).empty()) << d_mirror->log();
+
+  // Started again without the limit, it converges.
+  amend_config(mirror, {{"upstream", {{"max_bytes_per_second", 0}}}});
+  d_mirror.emplace(mirror);
+  EXPECT_TRUE(converges(source, mirror.tree(), 30s)) << d_mirror->log();
 }
 
 }  // namespace
