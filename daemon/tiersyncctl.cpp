@@ -10,6 +10,7 @@
 
 #include "daemon/node/node.h"
 #include "daemon/ops/config.h"
+#include "daemon/ops/control.h"
 #include "daemon/sync/fs.h"
 #include "proto/keys.h"
 
@@ -114,6 +115,9 @@ int main(int argc, char** argv) {
       return node::kExitFailure;
     }
     for (const auto& l : *lines) std::printf("%s\n", l.c_str());
+    // A running daemon applies it at once; without one, the next --once does.
+    if (ops::control_request(config->control_socket, "approved"))
+      std::printf("the running daemon starts a cycle now\n");
     return node::kExitOk;
   }
   if (cmd == "verify") {
@@ -136,11 +140,14 @@ int main(int argc, char** argv) {
     return node::kExitOk;
   }
   if (cmd == "sync-now") {
-    std::fprintf(stderr,
-                 "tiersyncctl: sync-now needs a running daemon's control socket (%s), which this "
-                 "build does not have yet; run `tiersyncd --config %s --once` instead\n",
-                 config->control_socket.c_str(), config->file.c_str());
-    return node::kExitFailure;
+    if (!args.empty()) return usage_error("sync-now takes no argument");
+    auto reply = ops::control_request(config->control_socket, "sync-now");
+    if (!reply) {
+      std::fprintf(stderr, "tiersyncctl: sync-now: %s\n", reply.message().c_str());
+      return node::kExitFailure;
+    }
+    std::printf("%s\n", reply->c_str());
+    return reply->starts_with("ok") ? node::kExitOk : node::kExitFailure;
   }
   return usage_error("unknown command \"" + cmd + "\"");
 }

@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "daemon/node/node.h"
+#include "daemon/ops/control.h"
 #include "daemon/ops/log.h"
 #include "daemon/serve/server.h"
 #include "daemon/sync/scan.h"
@@ -24,6 +25,8 @@
 #include "proto/snapshot.h"
 
 namespace tiersync::node {
+
+namespace fs = std::filesystem;
 
 namespace {
 
@@ -127,6 +130,20 @@ int run_daemon(const std::string& config_path, ops::Config config) {
   pthread_sigmask(SIG_BLOCK, &set, nullptr);  // before any thread starts: all inherit it
   auto signals = std::make_shared<Signals>();
   Signals::start(signals, set);
+
+  // The control socket: tiersyncctl sync-now, and approve, start a cycle at once.
+  {
+    std::error_code ec;
+    fs::create_directories(config.control_socket.parent_path(), ec);
+    auto st = ops::serve_control_socket(config.control_socket, [](const std::string& command) {
+      if (command == "sync-now" || command == "approved") {
+        ::kill(::getpid(), SIGUSR1);
+        return std::string("ok: a cycle starts now");
+      }
+      return "error: unknown command \"" + command.substr(0, 64) + "\"";
+    });
+    if (!st) spdlog::error("{}; sync-now will not reach this daemon", st.message());
+  }
   spdlog::info("tiersyncd started: role={} name={} tree={}", ops::role_name(config.role),
                config.name, config.tree.string());
 

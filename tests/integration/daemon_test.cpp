@@ -7,6 +7,7 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -190,6 +191,41 @@ TEST(DaemonTest, SigtermDuringALongDownloadStopsPromptlyAndCleanly) {
   amend_config(mirror, {{"upstream", {{"max_bytes_per_second", 0}}}});
   d_mirror.emplace(mirror);
   EXPECT_TRUE(converges(source, mirror.tree(), 30s)) << d_mirror->log();
+}
+
+// tiersyncctl sync-now reaches a running daemon over its control socket (mode 0600) and starts a
+// cycle at once: with poll_seconds at an hour, nothing else would.
+TEST(DaemonTest, SyncNowStartsACycleThroughTheControlSocket) {
+  TempDir root("tiersync-daemon");
+  const KeyFiles key = keygen(root / "keys/origin");
+  const fs::path source = root / "incoming";
+  TreeModel model = make_sample();
+  materialize(model, source);
+  Node origin = make_origin(root / "origin", "dl-master", source, key.key);
+  ASSERT_TRUE(Exited(origin.once(), 0));
+  Node mirror = make_mirror(root / "mirror", "mirror", origin.url(), {key.pub});
+  amend_config(mirror, {{"upstream", {{"poll_seconds", 3600}}}});
+
+  // No daemon yet: sync-now says so and fails.
+  RunResult none = mirror.ctl({"sync-now"});
+  EXPECT_TRUE(none.exited(1)) << none.describe();
+  EXPECT_TRUE(contains_nocase(none.err, "no daemon")) << none.describe();
+
+  Daemon d_mirror(mirror);
+  ASSERT_TRUE(converges(source, mirror.tree(), 30s)) << d_mirror.log();
+  const fs::path socket = mirror.state() / "control.sock";
+  struct stat st {};
+  ASSERT_EQ(::stat(socket.c_str(), &st), 0) << d_mirror.log();
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+
+  add_package(model, "edge/main/x86_64", "newpkg-2.0-r0.apk", 4242);
+  rebuild_index(model, "edge/main/x86_64", 1'800'000'000);
+  materialize(model, source);
+  ASSERT_TRUE(Exited(origin.once(), 0));
+  RunResult now = mirror.ctl({"sync-now"});
+  EXPECT_TRUE(now.exited(0)) << now.describe();
+  EXPECT_TRUE(converges(source, mirror.tree(), 20s)) << d_mirror.log();
+  EXPECT_EQ(d_mirror.terminate(5s), 0) << d_mirror.log();
 }
 
 }  // namespace
