@@ -24,6 +24,16 @@ class TransportFetcher final : public sync::Fetcher {
   Status fetch(const proto::Entry& e, const sync::ByteSink& sink) override {
     return t_.fetch_file(e.path(), e.size, sink);
   }
+  // A batch goes to the transport's pool (several connections to an HTTP(S) parent).
+  Status fetch_many(std::span<sync::FetchJob> jobs) override {
+    std::vector<transport::FileRequest> requests;
+    requests.reserve(jobs.size());
+    for (auto& job : jobs)
+      requests.push_back({std::string(job.entry->path()), job.entry->size, job.sink, {}, {}});
+    Status first = t_.fetch_files(requests);
+    for (std::size_t i = 0; i < jobs.size(); ++i) jobs[i].result = requests[i].result;
+    return first;
+  }
 
  private:
   transport::Transport& t_;

@@ -170,6 +170,61 @@ Status Applier::stage(const Plan& plan, ApplyStats& stats) {
       if (by_digest.count(digest)) local.emplace(digest, &path);
 
   const Error stopped = make_error("stopped before installing anything (staged files are kept)");
+
+  // Files to fetch go in batches: the parent may serve them over several connections at once.
+  // Each streams through SHA-256 into its staged file and is checked before it counts.
+  struct Download {
+    const Entry* entry;
+    fs::path dest;
+    UniqueFd fd;
+    proto::Sha256 hasher;
+    std::uint64_t got;
+  };
+  constexpr std::size_t kBatch = 64;
+  std::vector<std::unique_ptr<Download>> batch;
+  auto flush = [&]() -> Status {
+    std::vector<FetchJob> jobs;
+    jobs.reserve(batch.size());
+    for (auto& d : batch) {
+      Download* dl = d.get();
+      jobs.push_back(FetchJob{dl->entry,
+                              [&, dl](const char* data, std::size_t size) -> Status {
+                                if (stopping()) return stopped;
+                                if (dl->got + size > dl->entry->size) {
+                                  content_rejected_ = true;
+                                  return make_error(std::string(dl->entry->path()) +
+                                                    ": more bytes than the manifest's " +
+                                                    std::to_string(dl->entry->size));
+                                }
+                                dl->hasher.update(data, size);
+                                dl->got += size;
+                                return write_all(dl->fd.get(), data, size, dl->dest);
+                              },
+                              {}});
+    }
+    Status result = jobs.empty() ? Status() : fetcher_.fetch_many(jobs);
+    for (std::size_t i = 0; i < batch.size() && result; ++i) {
+      Download& dl = *batch[i];
+      const proto::Digest digest = dl.hasher.finish();
+      if (dl.got != dl.entry->size || digest != dl.entry->sha256) {
+        content_rejected_ = true;
+        result = make_error(mismatch(*dl.entry, dl.got, digest));
+      } else {
+        result = set_metadata(dl.fd.get(), *dl.entry, dl.dest);
+      }
+      if (result) {
+        ++stats.fetched_files;
+        stats.fetched_bytes += dl.got;
+        actions[dl.entry] = Action::kRename;
+      }
+    }
+    if (!result)  // nothing unverified stays under a staged name
+      for (auto& dl : batch)
+        if (!actions.count(dl->entry)) ::unlink(dl->dest.c_str());
+    batch.clear();
+    return result;
+  };
+
   for (const auto& [name, e] : order) {
     if (stopping()) return stopped;
     const fs::path dest = files / name;
@@ -217,37 +272,15 @@ Status Applier::stage(const Plan& plan, ApplyStats& stats) {
       if (copied) {
         ++stats.reused_files;
       } else {
-        proto::Sha256 hasher;
-        std::uint64_t got = 0;
-        auto sink = [&](const char* data, std::size_t size) -> Status {
-          if (stopping()) return stopped;
-          if (got + size > e->size) {
-            content_rejected_ = true;
-            return make_error(std::string(e->path()) + ": more bytes than the manifest's " +
-                              std::to_string(e->size));
-          }
-          hasher.update(data, size);
-          got += size;
-          return write_all(fd.get(), data, size, dest);
-        };
-        Status st_fetch = fetcher_.fetch(*e, sink);
-        proto::Digest digest = hasher.finish();
-        if (st_fetch && (got != e->size || digest != e->sha256)) {
-          st_fetch = make_error(mismatch(*e, got, digest));
-          content_rejected_ = true;
-        }
-        if (st_fetch) st_fetch = set_metadata(fd.get(), *e, dest);
-        if (!st_fetch) {
-          ::unlink(dest.c_str());
-          return st_fetch;
-        }
-        ++stats.fetched_files;
-        stats.fetched_bytes += got;
+        batch.push_back(std::make_unique<Download>(Download{e, dest, std::move(fd), {}, 0}));
+        if (batch.size() >= kBatch)
+          if (auto st = flush(); !st) return st;
+        continue;
       }
     }
     actions[e] = Action::kRename;
   }
-  return {};
+  return flush();
 }
 
 Status Applier::install(const Plan& plan) {

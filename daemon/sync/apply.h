@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -21,12 +22,28 @@ namespace tiersync::sync {
 /// Receives a file's bytes in order; returns an error to stop the transfer.
 using ByteSink = std::function<Status(const char* data, std::size_t size)>;
 
+/// One file of a batch: the entry, where its bytes go, and how it went.
+struct FetchJob {
+  const proto::Entry* entry;
+  ByteSink sink;
+  Status result;
+};
+
 /// Where the bytes of new files come from (a parent, or tier0's source folder).
 class Fetcher {
  public:
   virtual ~Fetcher() = default;
   /// Streams the bytes of `entry` into `sink`. The applier checks size and SHA-256.
   virtual Status fetch(const proto::Entry& entry, const ByteSink& sink) = 0;
+  /// Fetches a batch, possibly several files at once; sinks are called from the calling thread
+  /// only, never two at once. Returns the first failure. By default, one after another.
+  virtual Status fetch_many(std::span<FetchJob> jobs) {
+    for (auto& job : jobs) {
+      job.result = fetch(*job.entry, job.sink);
+      if (!job.result) return job.result;
+    }
+    return {};
+  }
   /// Places the file at `dest` without copying (tier0's hard link from its source), with the
   /// entry's content and metadata; returns false when that is not possible.
   virtual Result<bool> place(const proto::Entry& /*entry*/, const fs::path& /*dest*/) {
