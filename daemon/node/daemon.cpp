@@ -190,6 +190,7 @@ int run_daemon(const std::string& config_path, ops::Config config) {
   std::string last_print;
   std::int64_t quiet_since = std::time(nullptr);
   bool run_now = true;
+  bool forced = false;  // tier0: sync-now publishes without waiting for a quiet source
   while (true) {
     if (config.role == ops::Role::kTier0) {
       std::string print = source_fingerprint(config);
@@ -199,10 +200,12 @@ int run_daemon(const std::string& config_path, ops::Config config) {
         quiet_since = now;
         run_now = true;
       }
-      if (run_now && now - quiet_since >= static_cast<std::int64_t>(config.settle_seconds)) {
+      if (run_now &&
+          (forced || now - quiet_since >= static_cast<std::int64_t>(config.settle_seconds))) {
         publish_once(config, &signals->stop);
         after_cycle();
         run_now = false;
+        forced = false;
       }
     } else if (run_now) {
       sync_once(config, &signals->stop);
@@ -233,7 +236,7 @@ int run_daemon(const std::string& config_path, ops::Config config) {
         run_now = true;
       }
     }
-    if (sig == SIGUSR1) run_now = true;  // sync now
+    if (sig == SIGUSR1) run_now = forced = true;  // sync now
     if (sig < 0 && config.role != ops::Role::kTier0) run_now = true;
     if (sig < 0 && config.role == ops::Role::kTier0) {
       // Re-sign on time even when the source is quiet: publish_once decides whether it is due.

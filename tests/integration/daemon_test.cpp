@@ -25,17 +25,28 @@ namespace {
 
 using namespace std::chrono_literals;
 
-// A free port on 127.0.0.1 (the kernel's pick; released again for the daemon to bind).
+// `n` distinct free ports on 127.0.0.1 (the kernel's picks, all held until every one is chosen,
+// then released for the daemons to bind).
+std::vector<std::uint16_t> free_ports(int n) {
+  std::vector<int> fds;
+  std::vector<std::uint16_t> ports;
+  for (int i = 0; i < n; ++i) {
+    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof addr;
+    EXPECT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+    EXPECT_EQ(::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+    fds.push_back(fd);
+    ports.push_back(ntohs(addr.sin_port));
+  }
+  for (int fd : fds) ::close(fd);
+  return ports;
+}
+
 std::uint16_t free_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof addr;
-  EXPECT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
-  EXPECT_EQ(::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
-  ::close(fd);
-  return ntohs(addr.sin_port);
+  return free_ports(1)[0];
 }
 
 // Adds keys to a node's config file.
@@ -103,7 +114,8 @@ TEST(DaemonTest, ThreeNodesOverHttpConvergeAndFollowChanges) {
   TreeModel model = make_sample();
   materialize(model, source);
 
-  const std::uint16_t origin_port = free_port(), a_port = free_port();
+  const auto ports = free_ports(2);
+  const std::uint16_t origin_port = ports[0], a_port = ports[1];
   Node origin = make_origin(root / "origin", "dl-master", source, key.key);
   amend_config(origin,
                {{"source", {{"dir", source.string()}, {"settle_seconds", 0}}},
@@ -226,6 +238,36 @@ TEST(DaemonTest, SyncNowStartsACycleThroughTheControlSocket) {
   EXPECT_TRUE(now.exited(0)) << now.describe();
   EXPECT_TRUE(converges(source, mirror.tree(), 20s)) << d_mirror.log();
   EXPECT_EQ(d_mirror.terminate(5s), 0) << d_mirror.log();
+}
+
+// At tier0, sync-now publishes at once, without waiting settle_seconds for a quiet source.
+TEST(DaemonTest, SyncNowPublishesAtTier0WithoutWaitingToSettle) {
+  TempDir root("tiersync-daemon");
+  const KeyFiles key = keygen(root / "keys/origin");
+  const fs::path source = root / "incoming";
+  TreeModel model = make_sample();
+  materialize(model, source);
+  Node origin = make_origin(root / "origin", "dl-master", source, key.key);
+  amend_config(origin, {{"source", {{"dir", source.string()}, {"settle_seconds", 3600}}}});
+  ASSERT_TRUE(Exited(origin.once(), 0));  // --once skips the settle wait
+  Daemon d_origin(origin);
+
+  add_package(model, "edge/main/x86_64", "newpkg-2.0-r0.apk", 4242);
+  rebuild_index(model, "edge/main/x86_64", 1'800'000'000);
+  materialize(model, source);
+  // Give the daemon time to see the change (it looks every second); it must not publish.
+  std::this_thread::sleep_for(1500ms);
+  EXPECT_FALSE(fs::exists(origin.tree() / "edge/main/x86_64/newpkg-2.0-r0.apk"));
+  // The control socket needs a moment after start; retry a few times, bounded.
+  RunResult now;
+  for (int i = 0; i < 50; ++i) {
+    now = origin.ctl({"sync-now"});
+    if (now.exited(0)) break;
+    std::this_thread::sleep_for(100ms);
+  }
+  EXPECT_TRUE(now.exited(0)) << now.describe();
+  EXPECT_TRUE(converges(source, origin.tree(), 20s)) << d_origin.log();
+  EXPECT_EQ(d_origin.terminate(5s), 0) << d_origin.log();
 }
 
 }  // namespace
