@@ -1,0 +1,447 @@
+// tiersyncd over HTTPS on loopback: a test PKI made with the openssl CLI at test time (a CA, a
+// server certificate for 127.0.0.1 and localhost, a stranger CA with its own server certificate),
+// a relay chain over TLS, certificate and host-name failures, Range requests, a parent killed
+// mid-transfer and clients that connect and say nothing. Every wait is bounded.
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+#include "tests/integration/support.h"
+
+namespace tiersync::it {
+namespace {
+
+using namespace std::chrono_literals;
+
+// A free port on 127.0.0.1 (the kernel's pick; released again for the daemon to bind).
+std::uint16_t free_port() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof addr;
+  EXPECT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  EXPECT_EQ(::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  ::close(fd);
+  return ntohs(addr.sin_port);
+}
+
+// A TCP connection to 127.0.0.1:port, or -1.
+int connect_to(std::uint16_t port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return -1;
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = htons(port);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// Waits (bounded) until something accepts connections on the port.
+bool listening(std::uint16_t port, std::chrono::seconds limit) {
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (int fd = connect_to(port); fd >= 0) {
+      ::close(fd);
+      return true;
+    }
+    std::this_thread::sleep_for(100ms);
+  }
+  return false;
+}
+
+// Adds keys to a node's config file.
+void amend_config(const Node& node, const json& extra) {
+  json config = json::parse(read_file(node.config()));
+  config.update(extra, /*merge_objects=*/true);
+  std::ofstream(node.config()) << config.dump(2);
+}
+
+std::string https_url(std::uint16_t port) {
+  return "https://127.0.0.1:" + std::to_string(port) + "/";
+}
+
+// A background child (stdout and stderr into `log`); SIGKILLed and reaped if still running when
+// the object goes.
+class Process {
+ public:
+  Process(std::vector<std::string> argv, fs::path log) : log_(std::move(log)) {
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      int fd = ::open(log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      ::dup2(fd, 2);
+      ::dup2(fd, 1);
+      std::vector<char*> args;
+      for (auto& a : argv) args.push_back(a.data());
+      args.push_back(nullptr);
+      ::execv(args[0], args.data());
+      ::_exit(127);
+    }
+  }
+  ~Process() { kill(); }
+  Process(const Process&) = delete;
+  Process& operator=(const Process&) = delete;
+
+  /// SIGKILL and reap (no-op once reaped).
+  void kill() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+      pid_ = -1;
+    }
+  }
+  /// Waits at most `limit`; the exit code (128 + signal when killed), or -1 if still running.
+  int wait(std::chrono::milliseconds limit) {
+    const auto deadline = std::chrono::steady_clock::now() + limit;
+    while (pid_ > 0) {
+      int status = 0;
+      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+        pid_ = -1;
+        code_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        break;
+      }
+      if (std::chrono::steady_clock::now() >= deadline) return -1;
+      std::this_thread::sleep_for(20ms);
+    }
+    return code_;
+  }
+  std::string log() const { return fs::exists(log_) ? read_file(log_) : std::string(); }
+
+ private:
+  fs::path log_;
+  pid_t pid_ = -1;
+  int code_ = -1;
+};
+
+// `tiersyncd --config F` in the background.
+struct Daemon : Process {
+  explicit Daemon(const Node& node, std::string_view log_name = "daemon.log")
+      : Process({TIERSYNCD, "--config", node.config().string()}, node.home / log_name) {}
+};
+
+// Waits (bounded) until `tree` holds exactly the source's files.
+bool converges(const fs::path& source, const fs::path& tree, std::chrono::seconds limit) {
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (fs::exists(tree) && diff_listings(list_tree(source), list_tree(tree)).empty()) return true;
+    std::this_thread::sleep_for(100ms);
+  }
+  return false;
+}
+
+// Waits (bounded) until a tier0 has published the source: its tree matches, the snapshot is
+// there and the port accepts connections.
+bool published(const Node& origin, const fs::path& source, std::uint16_t port,
+               std::chrono::seconds limit) {
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  if (!converges(source, origin.tree(), limit)) return false;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (fs::exists(origin.tree() / ".tiersync/v1/snapshot")) break;
+    std::this_thread::sleep_for(100ms);
+  }
+  return fs::exists(origin.tree() / ".tiersync/v1/snapshot") &&
+         listening(port, std::chrono::duration_cast<std::chrono::seconds>(
+                             std::max(deadline - std::chrono::steady_clock::now(),
+                                      std::chrono::steady_clock::duration(1s))));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The test PKI
+
+struct CertKey {
+  fs::path cert;
+  fs::path key;
+};
+
+void openssl(const std::vector<std::string>& args) {
+  std::vector<std::string> argv = {"openssl"};
+  argv.insert(argv.end(), args.begin(), args.end());
+  const RunResult r = run(argv, {}, 30s);
+  if (!r.exited(0)) throw std::runtime_error("openssl failed: " + r.describe());
+}
+
+// A self-signed CA (P-256) named `dir/name`.
+CertKey make_ca(const fs::path& dir, const std::string& name) {
+  fs::create_directories(dir);
+  CertKey ca{dir / (name + ".pem"), dir / (name + ".key")};
+  openssl({"req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+           "-keyout", ca.key.string(), "-out", ca.cert.string(), "-days", "2", "-subj",
+           "/CN=tiersync test " + name, "-addext", "basicConstraints=critical,CA:TRUE", "-addext",
+           "keyUsage=critical,keyCertSign,cRLSign"});
+  return ca;
+}
+
+// A server certificate signed by `ca` with the given subjectAltName ("IP:127.0.0.1,DNS:...").
+CertKey make_server_cert(const CertKey& ca, const fs::path& dir, const std::string& name,
+                         const std::string& san, int serial) {
+  CertKey s{dir / (name + ".pem"), dir / (name + ".key")};
+  const fs::path csr = dir / (name + ".csr"), ext = dir / (name + ".ext");
+  openssl({"req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+           "-keyout", s.key.string(), "-out", csr.string(), "-subj", "/CN=" + name});
+  std::ofstream(ext) << "subjectAltName=" << san << "\n"
+                     << "basicConstraints=CA:FALSE\n"
+                     << "keyUsage=critical,digitalSignature\n"
+                     << "extendedKeyUsage=serverAuth\n";
+  openssl({"x509", "-req", "-in", csr.string(), "-CA", ca.cert.string(), "-CAkey", ca.key.string(),
+           "-set_serial", std::to_string(serial), "-days", "2", "-out", s.cert.string(), "-extfile",
+           ext.string()});
+  return s;
+}
+
+struct Pki {
+  CertKey ca, server, stranger_ca, stranger_server;
+};
+
+Pki make_pki(const fs::path& dir) {
+  Pki p;
+  p.ca = make_ca(dir, "ca");
+  p.server = make_server_cert(p.ca, dir, "server", "IP:127.0.0.1,DNS:localhost", 2);
+  p.stranger_ca = make_ca(dir, "stranger-ca");
+  p.stranger_server =
+      make_server_cert(p.stranger_ca, dir, "stranger-server", "IP:127.0.0.1,DNS:localhost", 3);
+  return p;
+}
+
+json tls_listen(std::uint16_t port, const CertKey& cert) {
+  return json::array({{{"address", "127.0.0.1"},
+                       {"port", port},
+                       {"tls_cert", cert.cert.string()},
+                       {"tls_key", cert.key.string()}}});
+}
+
+// A tier0 serving `source` over HTTPS on `port` with `cert`.
+Node https_origin(const fs::path& home, const fs::path& source, const KeyFiles& key,
+                  std::uint16_t port, const CertKey& cert) {
+  Node origin = make_origin(home, "dl-master", source, key.key);
+  amend_config(origin, {{"source", {{"dir", source.string()}, {"settle_seconds", 0}}},
+                        {"listen", tls_listen(port, cert)}});
+  return origin;
+}
+
+// A mirror of https://127.0.0.1:port/ verifying against `ca`.
+Node https_mirror(const fs::path& home, const std::string& name, std::uint16_t port,
+                  const CertKey& ca, const KeyFiles& key) {
+  Node m = make_mirror(home, name, https_url(port), {key.pub});
+  amend_config(m, {{"upstream", {{"ca_file", ca.cert.string()}, {"poll_seconds", 60}}}});
+  return m;
+}
+
+RunResult once(const Node& node, std::chrono::seconds limit) {
+  return run({kTiersyncd, "--config", node.config().string(), "--once"}, {}, limit);
+}
+
+// A fixture: a temp folder, the PKI, an origin key and a sample source.
+class HttpsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    pki = make_pki(root / "pki");
+    key = keygen(root / "keys/origin");
+    model = make_sample();
+    materialize(model, source);
+  }
+
+  TempDir root{"tiersync-https"};
+  Pki pki;
+  KeyFiles key;
+  TreeModel model;
+  fs::path source = root / "incoming";
+};
+
+// ---------------------------------------------------------------------------------------------
+
+TEST_F(HttpsTest, ThreeNodesOverHttpsConvergeByteForByte) {
+  const std::uint16_t origin_port = free_port(), a_port = free_port();
+  Node origin = https_origin(root / "origin", source, key, origin_port, pki.server);
+  Node a = https_mirror(root / "mirror-a", "mirror-a", origin_port, pki.ca, key);
+  amend_config(a, {{"listen", tls_listen(a_port, pki.server)}});
+  Node b = https_mirror(root / "mirror-b", "mirror-b", a_port, pki.ca, key);
+
+  Daemon d_origin(origin);
+  Daemon d_a(a);
+  Daemon d_b(b);
+  const auto logs = [&] {
+    return "--- origin ---\n" + d_origin.log() + "--- mirror-a ---\n" + d_a.log() +
+           "--- mirror-b ---\n" + d_b.log();
+  };
+  ASSERT_TRUE(converges(source, b.tree(), 30s)) << "mirror-b never matched the source\n" << logs();
+  EXPECT_TRUE(TreeMatches(b.tree(), model));
+
+  // The snapshot is re-served byte for byte (waited for: it may land just after the content).
+  const fs::path origin_snap = origin.tree() / ".tiersync/v1/snapshot";
+  const fs::path b_snap = b.tree() / ".tiersync/v1/snapshot";
+  const auto deadline = std::chrono::steady_clock::now() + 20s;
+  while (std::chrono::steady_clock::now() < deadline &&
+         !(fs::exists(b_snap) && read_file(b_snap) == read_file(origin_snap)))
+    std::this_thread::sleep_for(100ms);
+  ASSERT_TRUE(fs::exists(b_snap)) << logs();
+  EXPECT_EQ(read_file(b_snap), read_file(origin_snap)) << logs();
+}
+
+TEST_F(HttpsTest, UnknownCaIsRefusedAndNothingIsWritten) {
+  const std::uint16_t port = free_port();
+  Node origin = https_origin(root / "origin", source, key, port, pki.server);
+  Daemon d_origin(origin);
+  ASSERT_TRUE(published(origin, source, port, 30s)) << d_origin.log();
+
+  Node m = https_mirror(root / "mirror", "mirror", port, pki.stranger_ca, key);
+  const RunResult r = once(m, 30s);
+  EXPECT_TRUE(Exited(r, 1));
+  EXPECT_TRUE(StderrNames(r, {{"certificate verify failed"}}));
+  EXPECT_TRUE(list_tree(m.tree()).empty()) << "content written despite the failed verification";
+
+  // The same parent with the right CA works: the refusal was the CA's doing.
+  amend_config(m, {{"upstream", {{"ca_file", pki.ca.cert.string()}}}});
+  EXPECT_TRUE(Exited(once(m, 30s), 0));
+  EXPECT_TRUE(TreeMatches(m.tree(), model));
+}
+
+TEST_F(HttpsTest, ParentWithAStrangersCertificateIsRefused) {
+  const std::uint16_t port = free_port();
+  Node origin = https_origin(root / "origin", source, key, port, pki.stranger_server);
+  Daemon d_origin(origin);
+  ASSERT_TRUE(published(origin, source, port, 30s)) << d_origin.log();
+
+  Node m = https_mirror(root / "mirror", "mirror", port, pki.ca, key);
+  const RunResult r = once(m, 30s);
+  EXPECT_TRUE(Exited(r, 1));
+  EXPECT_TRUE(StderrNames(r, {{"certificate verify failed"}}));
+  EXPECT_TRUE(list_tree(m.tree()).empty()) << "content written despite the failed verification";
+}
+
+TEST_F(HttpsTest, HostNameMismatchIsRefused) {
+  const CertKey other = make_server_cert(pki.ca, root / "pki", "otherhost", "DNS:otherhost", 4);
+  const std::uint16_t port = free_port();
+  Node origin = https_origin(root / "origin", source, key, port, other);
+  Daemon d_origin(origin);
+  ASSERT_TRUE(published(origin, source, port, 30s)) << d_origin.log();
+
+  Node m = https_mirror(root / "mirror", "mirror", port, pki.ca, key);
+  const RunResult r = once(m, 30s);
+  EXPECT_TRUE(Exited(r, 1));
+  EXPECT_TRUE(StderrNames(r, {{"mismatch"}}));
+  EXPECT_TRUE(list_tree(m.tree()).empty()) << "content written despite the failed verification";
+}
+
+TEST_F(HttpsTest, RangeRequestGetsExactlyThoseBytes) {
+  if (!run({"sh", "-c", "command -v curl"}).exited(0)) GTEST_SKIP() << "curl is not installed";
+  const std::uint16_t port = free_port();
+  Node origin = https_origin(root / "origin", source, key, port, pki.server);
+  Daemon d_origin(origin);
+  ASSERT_TRUE(published(origin, source, port, 30s)) << d_origin.log();
+
+  const std::vector<std::string> packages = packages_in(model, "edge/main/x86_64");
+  ASSERT_FALSE(packages.empty());
+  const std::string& path = packages.front();
+  const std::string& bytes = model.at(path).bytes;
+  ASSERT_GE(bytes.size(), 20u);
+
+  const RunResult r =
+      run({"curl", "--silent", "--show-error", "--fail", "--cacert", pki.ca.cert.string(), "-r",
+           "10-19", "-w", "\n%{http_code}", https_url(port) + path},
+          {}, 30s);
+  ASSERT_TRUE(Exited(r, 0));
+  const std::size_t nl = r.out.rfind('\n');
+  ASSERT_NE(nl, std::string::npos) << r.describe();
+  EXPECT_EQ(r.out.substr(nl + 1), "206");
+  EXPECT_EQ(r.out.substr(0, nl), bytes.substr(10, 10));
+}
+
+// 64 MiB of deterministic bytes (xorshift64*).
+std::string big_bytes(std::size_t size, std::uint64_t seed) {
+  std::string out(size, '\0');
+  std::uint64_t x = seed | 1;
+  for (std::size_t i = 0; i < size; i += 8) {
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    const std::uint64_t v = x * 0x2545F4914F6CDD1DULL;
+    for (std::size_t j = 0; j < 8 && i + j < size; ++j)
+      out[i + j] = static_cast<char>(v >> (8 * j));
+  }
+  return out;
+}
+
+TEST_F(HttpsTest, ParentKilledMidTransferThenRestartedConverges) {
+  const std::string big = "edge/main/x86_64/big-1.0-r0.apk";
+  model[big] = FileSpec{big_bytes(64u << 20, 77), kBaseMtime + 500};
+  rebuild_index(model, "edge/main/x86_64", kBaseMtime + 600);
+  materialize(model, source);
+
+  const std::uint16_t port = free_port();
+  Node origin = https_origin(root / "origin", source, key, port, pki.server);
+  Node m = https_mirror(root / "mirror", "mirror", port, pki.ca, key);
+  amend_config(m, {{"upstream", {{"max_bytes_per_second", 8u << 20}}}});
+
+  auto d_origin = std::make_unique<Daemon>(origin);
+  ASSERT_TRUE(published(origin, source, port, 30s)) << d_origin->log();
+
+  {
+    Process first({kTiersyncd, "--config", m.config().string(), "--once"},
+                  root / "mirror-first.log");
+    std::this_thread::sleep_for(1s);
+    ASSERT_EQ(first.wait(0ms), -1) << "the throttled download ended within a second\n"
+                                   << first.log();
+    d_origin->kill();
+    const int code = first.wait(30s);
+    EXPECT_EQ(code, 1) << first.log();
+  }
+  EXPECT_FALSE(fs::exists(m.tree() / big)) << "a file appeared before its download completed";
+
+  d_origin = std::make_unique<Daemon>(origin, "daemon-restarted.log");
+  ASSERT_TRUE(published(origin, source, port, 30s)) << d_origin->log();
+  const RunResult r = once(m, 30s);
+  EXPECT_TRUE(Exited(r, 0)) << d_origin->log();
+  EXPECT_TRUE(TreeMatches(m.tree(), model));
+}
+
+TEST_F(HttpsTest, SilentClientsDoNotBlockTheServer) {
+  const std::uint16_t port = free_port();
+  Node origin = https_origin(root / "origin", source, key, port, pki.server);
+  Daemon d_origin(origin);
+  ASSERT_TRUE(published(origin, source, port, 30s)) << d_origin.log();
+
+  // Ten connections that say nothing, ten that stop halfway through a ClientHello's record.
+  struct Fds {
+    std::vector<int> fds;
+    ~Fds() {
+      for (int fd : fds) ::close(fd);
+    }
+  } silent;
+  const unsigned char partial_hello[] = {0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc};
+  for (int i = 0; i < 20; ++i) {
+    const int fd = connect_to(port);
+    ASSERT_GE(fd, 0);
+    silent.fds.push_back(fd);
+    if (i % 2 == 1) {
+      ASSERT_EQ(::send(fd, partial_hello, sizeof partial_hello, 0),
+                static_cast<ssize_t>(sizeof partial_hello));
+    }
+  }
+
+  // Well under the server's 10 s handshake timeout: the silent ones must not have to expire first.
+  Node m = https_mirror(root / "mirror", "mirror", port, pki.ca, key);
+  const auto start = std::chrono::steady_clock::now();
+  const RunResult r = once(m, 30s);
+  const auto took = std::chrono::steady_clock::now() - start;
+  EXPECT_TRUE(Exited(r, 0)) << d_origin.log();
+  EXPECT_LT(took, 7s) << "the mirror waited for the silent clients";
+  EXPECT_TRUE(TreeMatches(m.tree(), model));
+}
+
+}  // namespace
+}  // namespace tiersync::it
