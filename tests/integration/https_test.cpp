@@ -24,19 +24,6 @@ namespace {
 
 using namespace std::chrono_literals;
 
-// A free port on 127.0.0.1 (the kernel's pick; released again for the daemon to bind).
-std::uint16_t free_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof addr;
-  EXPECT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
-  EXPECT_EQ(::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
-  ::close(fd);
-  return ntohs(addr.sin_port);
-}
-
 // A TCP connection to 127.0.0.1:port, or -1.
 int connect_to(std::uint16_t port) {
   int fd = ::socket(AF_INET, SOCK_STREAM, 0);
@@ -65,83 +52,8 @@ bool listening(std::uint16_t port, std::chrono::seconds limit) {
   return false;
 }
 
-// Adds keys to a node's config file.
-void amend_config(const Node& node, const json& extra) {
-  json config = json::parse(read_file(node.config()));
-  config.update(extra, /*merge_objects=*/true);
-  std::ofstream(node.config()) << config.dump(2);
-}
-
 std::string https_url(std::uint16_t port) {
   return "https://127.0.0.1:" + std::to_string(port) + "/";
-}
-
-// A background child (stdout and stderr into `log`); SIGKILLed and reaped if still running when
-// the object goes.
-class Process {
- public:
-  Process(std::vector<std::string> argv, fs::path log) : log_(std::move(log)) {
-    pid_ = ::fork();
-    if (pid_ == 0) {
-      int fd = ::open(log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-      ::dup2(fd, 2);
-      ::dup2(fd, 1);
-      std::vector<char*> args;
-      for (auto& a : argv) args.push_back(a.data());
-      args.push_back(nullptr);
-      ::execv(args[0], args.data());
-      ::_exit(127);
-    }
-  }
-  ~Process() { kill(); }
-  Process(const Process&) = delete;
-  Process& operator=(const Process&) = delete;
-
-  /// SIGKILL and reap (no-op once reaped).
-  void kill() {
-    if (pid_ > 0) {
-      ::kill(pid_, SIGKILL);
-      ::waitpid(pid_, nullptr, 0);
-      pid_ = -1;
-    }
-  }
-  /// Waits at most `limit`; the exit code (128 + signal when killed), or -1 if still running.
-  int wait(std::chrono::milliseconds limit) {
-    const auto deadline = std::chrono::steady_clock::now() + limit;
-    while (pid_ > 0) {
-      int status = 0;
-      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
-        pid_ = -1;
-        code_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-        break;
-      }
-      if (std::chrono::steady_clock::now() >= deadline) return -1;
-      std::this_thread::sleep_for(20ms);
-    }
-    return code_;
-  }
-  std::string log() const { return fs::exists(log_) ? read_file(log_) : std::string(); }
-
- private:
-  fs::path log_;
-  pid_t pid_ = -1;
-  int code_ = -1;
-};
-
-// `tiersyncd --config F` in the background.
-struct Daemon : Process {
-  explicit Daemon(const Node& node, std::string_view log_name = "daemon.log")
-      : Process({TIERSYNCD, "--config", node.config().string()}, node.home / log_name) {}
-};
-
-// Waits (bounded) until `tree` holds exactly the source's files.
-bool converges(const fs::path& source, const fs::path& tree, std::chrono::seconds limit) {
-  const auto deadline = std::chrono::steady_clock::now() + limit;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (fs::exists(tree) && diff_listings(list_tree(source), list_tree(tree)).empty()) return true;
-    std::this_thread::sleep_for(100ms);
-  }
-  return false;
 }
 
 // Waits (bounded) until a tier0 has published the source: its tree matches, the snapshot is
@@ -265,7 +177,8 @@ class HttpsTest : public ::testing::Test {
 // ---------------------------------------------------------------------------------------------
 
 TEST_F(HttpsTest, ThreeNodesOverHttpsConvergeByteForByte) {
-  const std::uint16_t origin_port = free_port(), a_port = free_port();
+  const auto ports = free_ports(2);
+  const std::uint16_t origin_port = ports[0], a_port = ports[1];
   Node origin = https_origin(root / "origin", source, key, origin_port, pki.server);
   Node a = https_mirror(root / "mirror-a", "mirror-a", origin_port, pki.ca, key);
   amend_config(a, {{"listen", tls_listen(a_port, pki.server)}});

@@ -232,6 +232,48 @@ Node make_mirror(const fs::path& home, const std::string& name, const std::strin
                  const std::vector<fs::path>& trusted_keys, const json& guard = nullptr,
                  unsigned threshold = 1);
 
+/// Adds (merges) keys into a node's config file.
+void amend_config(const Node& node, const json& extra);
+
+/// `n` distinct free ports on 127.0.0.1: the kernel's picks, all held until every one is chosen,
+/// then released for the daemons to bind.
+std::vector<std::uint16_t> free_ports(int n);
+inline std::uint16_t free_port() {
+  return free_ports(1)[0];
+}
+
+/// A background child (stdout and stderr into `log`); SIGKILLed and reaped if still running when
+/// the object goes.
+class Process {
+ public:
+  Process(std::vector<std::string> argv, fs::path log);
+  ~Process() { kill(); }
+  Process(const Process&) = delete;
+  Process& operator=(const Process&) = delete;
+
+  /// SIGKILL and reap (no-op once reaped).
+  void kill();
+  /// Waits at most `limit`; the exit code (128 + signal when killed), or -1 if still running.
+  int wait(std::chrono::milliseconds limit);
+  /// SIGTERM, then wait(limit).
+  int terminate(std::chrono::milliseconds limit);
+  std::string log() const;
+
+ private:
+  fs::path log_;
+  int pid_ = -1;
+  int code_ = -1;
+};
+
+/// `tiersyncd --config F` in the background, its output in the node's home.
+struct Daemon : Process {
+  explicit Daemon(const Node& node, std::string_view log_name = "daemon.log")
+      : Process({TIERSYNCD, "--config", node.config().string()}, node.home / log_name) {}
+};
+
+/// Waits (bounded, polling every 100 ms) until `tree` holds exactly the files of `source`.
+bool converges(const fs::path& source, const fs::path& tree, std::chrono::seconds limit);
+
 /// Case-insensitive substring search.
 bool contains_nocase(std::string_view haystack, std::string_view needle);
 
