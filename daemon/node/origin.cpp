@@ -43,17 +43,7 @@ class SourceFetcher final : public sync::Fetcher {
   }
 
   Status fetch(const proto::Entry& e, const sync::ByteSink& sink) override {
-    const fs::path src = source_ / std::string(e.path());
-    sync::UniqueFd fd(::open(src.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
-    if (!fd.valid()) return make_error(sync::errno_message(src, errno));
-    static thread_local std::vector<char> buf(1 << 20);
-    while (true) {
-      ssize_t n = ::read(fd.get(), buf.data(), buf.size());
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) return make_error(sync::errno_message(src, errno));
-      if (n == 0) return {};
-      if (auto st = sink(buf.data(), static_cast<std::size_t>(n)); !st) return st;
-    }
+    return sync::stream_file(source_ / std::string(e.path()), sink);
   }
 
  private:

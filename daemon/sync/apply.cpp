@@ -95,22 +95,15 @@ std::string mismatch(const Entry& e, std::uint64_t got_size, const proto::Digest
 // Copies a local file whose content an entry needs, hashing it on the way: a tree file may have
 // rotted or been edited since it was verified.
 Status copy_verified(const fs::path& src, int out_fd, const fs::path& out_path, const Entry& e) {
-  UniqueFd in(::open(src.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
-  if (!in.valid()) return make_error(errno_message(src, errno));
-  static thread_local std::vector<char> buf(1 << 20);
   proto::Sha256 hasher;
   std::uint64_t got = 0;
-  while (true) {
-    ssize_t n = ::read(in.get(), buf.data(), buf.size());
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return make_error(errno_message(src, errno));
-    if (n == 0) break;
-    got += static_cast<std::uint64_t>(n);
+  auto st = stream_file(src, [&](const char* data, std::size_t size) -> Status {
+    got += size;
     if (got > e.size) return make_error(src.string() + ": larger than expected");
-    hasher.update(buf.data(), static_cast<std::size_t>(n));
-    if (auto st = write_all(out_fd, buf.data(), static_cast<std::size_t>(n), out_path); !st)
-      return st;
-  }
+    hasher.update(data, size);
+    return write_all(out_fd, data, size, out_path);
+  });
+  if (!st) return st;
   proto::Digest d = hasher.finish();
   if (got != e.size || d != e.sha256) return make_error(mismatch(e, got, d));
   return {};

@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <vector>
 
 namespace tiersync::sync {
 
@@ -48,6 +49,21 @@ Result<std::string> read_file(const fs::path& path, std::size_t max_bytes) {
   }
   out.resize(done);
   return out;
+}
+
+Status stream_file(const fs::path& path,
+                   const std::function<Status(const char* data, std::size_t size)>& sink) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+  if (!fd.valid()) return make_error(errno_message(path, errno));
+  ::posix_fadvise(fd.get(), 0, 0, POSIX_FADV_SEQUENTIAL);
+  static thread_local std::vector<char> buf(1 << 20);
+  while (true) {
+    ssize_t n = ::read(fd.get(), buf.data(), buf.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return make_error(errno_message(path, errno));
+    if (n == 0) return {};
+    if (auto st = sink(buf.data(), static_cast<std::size_t>(n)); !st) return st;
+  }
 }
 
 Status fsync_dir(const fs::path& dir) {

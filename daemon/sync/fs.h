@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <string_view>
 
@@ -47,6 +48,11 @@ class UniqueFd {
 
 /// Reads a whole regular file (no symlink followed at the last component) of at most `max_bytes`.
 Result<std::string> read_file(const fs::path& path, std::size_t max_bytes);
+
+/// Streams a file (the last component is not followed) into `sink` in 1 MiB reads; stops at the
+/// first error, the sink's included.
+Status stream_file(const fs::path& path,
+                   const std::function<Status(const char* data, std::size_t size)>& sink);
 
 /// Writes `bytes` to a temporary file beside `path`, optionally fsyncs it, renames it over `path`
 /// and fsyncs the folder: readers see the old or the new content, never a mix.

@@ -194,22 +194,14 @@ std::string scan_fingerprint(const ScanResult& scan, std::string_view salt) {
 }
 
 Result<proto::Digest> hash_file(const fs::path& path, std::uint64_t* size_out) {
-  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
-  if (!fd.valid()) return make_error(errno_message(path, errno));
-  ::posix_fadvise(fd.get(), 0, 0, POSIX_FADV_SEQUENTIAL);
   proto::Sha256 h;
-  static thread_local std::vector<char> buf(1 << 20);
   std::uint64_t total = 0;
-  while (true) {
-    ssize_t n = ::read(fd.get(), buf.data(), buf.size());
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return make_error(errno_message(path, errno));
-    }
-    if (n == 0) break;
-    h.update(buf.data(), static_cast<std::size_t>(n));
-    total += static_cast<std::uint64_t>(n);
-  }
+  auto st = stream_file(path, [&](const char* data, std::size_t size) -> Status {
+    h.update(data, size);
+    total += size;
+    return {};
+  });
+  if (!st) return st.error();
   if (size_out) *size_out = total;
   return h.finish();
 }
