@@ -188,5 +188,50 @@ TEST(DaemonTest, SyncNowPublishesAtTier0WithoutWaitingToSettle) {
   EXPECT_EQ(d_origin.terminate(5s), 0) << d_origin.log();
 }
 
+// A parent whose server sends a corrupted byte: the relay refuses the file (SHA-256), installs
+// nothing, and converges once the parent serves the right bytes again.
+TEST(DaemonTest, ACorruptedByteFromTheParentIsNeverInstalled) {
+  TempDir root("tiersync-daemon");
+  const KeyFiles key = keygen(root / "keys/origin");
+  const fs::path source = root / "incoming";
+  materialize(make_sample(), source);
+  Node origin = make_origin(root / "origin", "dl-master", source, key.key);
+  ASSERT_TRUE(Exited(origin.once(), 0));
+
+  // Relay A takes the origin's tree over file:// and serves its own copy over HTTP.
+  const std::uint16_t a_port = free_port();
+  Node a = make_mirror(root / "mirror-a", "mirror-a", origin.url(), {key.pub});
+  amend_config(a, {{"listen", {{{"address", "127.0.0.1"}, {"port", a_port}, {"tls", false}}}},
+                   {"upstream", {{"poll_seconds", 3600}}}});
+  Daemon d_a(a);
+  ASSERT_TRUE(converges(source, a.tree(), 30s)) << d_a.log();
+
+  // One byte of one package flipped on A's disk, size unchanged.
+  const std::string victim = packages_in(model_of(source), "edge/main/x86_64")[0];
+  const std::string good = read_file(a.tree() / victim);
+  std::string bad = good;
+  bad[bad.size() / 2] ^= 0x01;
+  {
+    std::ofstream out(a.tree() / victim, std::ios::binary | std::ios::in | std::ios::out);
+    out.write(bad.data(), static_cast<std::streamsize>(bad.size()));
+  }
+
+  Node b = make_mirror(root / "mirror-b", "mirror-b",
+                       "http://127.0.0.1:" + std::to_string(a_port) + "/", {key.pub});
+  RunResult refused = b.once();
+  EXPECT_TRUE(refused.exited(1)) << refused.describe();
+  EXPECT_TRUE(contains_nocase(refused.err, "SHA-256")) << refused.describe();
+  EXPECT_TRUE(contains_nocase(refused.err, victim)) << refused.describe();
+  EXPECT_TRUE(files_in(list_tree(b.tree())).empty()) << "something was installed";
+
+  {
+    std::ofstream out(a.tree() / victim, std::ios::binary | std::ios::in | std::ios::out);
+    out.write(good.data(), static_cast<std::streamsize>(good.size()));
+  }
+  RunResult fixed = b.once();
+  EXPECT_TRUE(fixed.exited(0)) << fixed.describe();
+  EXPECT_TRUE(diff_listings(list_tree(source), list_tree(b.tree())).empty());
+}
+
 }  // namespace
 }  // namespace tiersync::it
