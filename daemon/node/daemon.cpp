@@ -191,6 +191,7 @@ int run_daemon(const std::string& config_path, ops::Config config) {
   std::int64_t quiet_since = std::time(nullptr);
   bool run_now = true;
   bool forced = false;  // tier0: sync-now publishes without waiting for a quiet source
+  std::unique_ptr<transport::Transport> upstream;  // a relay's, kept across cycles
   while (true) {
     if (config.role == ops::Role::kTier0) {
       std::string print = source_fingerprint(config);
@@ -208,7 +209,7 @@ int run_daemon(const std::string& config_path, ops::Config config) {
         forced = false;
       }
     } else if (run_now) {
-      sync_once(config, &signals->stop);
+      sync_once(config, &signals->stop, &upstream);
       after_cycle();
       run_now = false;
     }
@@ -231,6 +232,7 @@ int run_daemon(const std::string& config_path, ops::Config config) {
         spdlog::error("reload refused, keeping the running configuration: {}", next.message());
       } else {
         config = std::move(*next);
+        upstream.reset();  // the parent's URL or TLS settings may have changed
         ops::setup_logging(config.log);
         spdlog::info("configuration reloaded from {}", config.file.string());
         run_now = true;

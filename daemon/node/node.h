@@ -5,10 +5,15 @@
 
 #include <atomic>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "daemon/ops/config.h"
+
+namespace tiersync::transport {
+class Transport;
+}
 
 namespace tiersync::node {
 
@@ -26,7 +31,10 @@ struct CycleOutcome {
 CycleOutcome publish_once(const ops::Config& config, const std::atomic<bool>* stop = nullptr);
 
 /// Relay: one sync cycle from the parent; `stop` as for publish_once.
-CycleOutcome sync_once(const ops::Config& config, const std::atomic<bool>* stop = nullptr);
+/// With `keep`, the transport to the parent outlives the cycle (the daemon's loop): its
+/// connections and its If-None-Match cache serve the next cycles.
+CycleOutcome sync_once(const ops::Config& config, const std::atomic<bool>* stop = nullptr,
+                       std::unique_ptr<transport::Transport>* keep = nullptr);
 
 /// `tiersyncctl status`: the node's state as JSON (no daemon needed).
 std::string status_json(const ops::Config& config);

@@ -136,19 +136,25 @@ bool applied_refs(const std::optional<sync::Applied>& applied, const proto::Dige
 
 }  // namespace
 
-CycleOutcome sync_once(const ops::Config& config, const std::atomic<bool>* stop) {
+CycleOutcome sync_once(const ops::Config& config, const std::atomic<bool>* stop,
+                       std::unique_ptr<transport::Transport>* keep) {
   Cycle cycle(config);
   if (auto st = cycle.open(); !st) return cycle.fail(st.message());
   auto& state = cycle.state();
 
   auto keys = load_trusted_keys(config);
   if (!keys) return cycle.fail(keys.message());
-  auto t = transport::make_transport(
-      config.upstream.url, {.ca_file = config.upstream.ca_file,
-                            .connections = config.upstream.connections,
-                            .max_bytes_per_second = config.upstream.max_bytes_per_second});
-  if (!t) return cycle.fail(t.message());
-  TransportFetcher fetcher(**t);
+  std::unique_ptr<transport::Transport> own;
+  std::unique_ptr<transport::Transport>& parent = keep ? *keep : own;
+  if (!parent) {
+    auto made = transport::make_transport(
+        config.upstream.url, {.ca_file = config.upstream.ca_file,
+                              .connections = config.upstream.connections,
+                              .max_bytes_per_second = config.upstream.max_bytes_per_second});
+    if (!made) return cycle.fail(made.message());
+    parent = std::move(*made);
+  }
+  TransportFetcher fetcher(*parent);
   sync::Applier applier(state, fetcher);
   if (auto rec = applier.recover(); !rec) return cycle.fail(rec.message());
   applier.set_stop_flag(stop);
@@ -157,12 +163,12 @@ CycleOutcome sync_once(const ops::Config& config, const std::atomic<bool>* stop)
   if (!applied) return cycle.fail(applied.message());
   const std::uint64_t applied_serial = *applied ? (*applied)->snapshot.serial : 0;
 
-  auto bytes = (*t)->fetch_snapshot();
+  auto bytes = parent->fetch_snapshot();
   if (!bytes) return cycle.fail("cannot fetch the snapshot: " + bytes.message());
   // A no-op reads one file and compares: no verification, no tree walk.
   if (*applied && *bytes == (*applied)->envelope) return cycle.noop(applied_serial);
 
-  const std::string from = " from " + (*t)->describe();
+  const std::string from = " from " + parent->describe();
   auto env = proto::decode_envelope(*bytes);
   if (!env) return cycle.fail("snapshot" + from + " refused: " + env.message());
   auto payload = proto::verify_envelope(*env, *keys, config.threshold, proto::kSnapshotPayloadType);
@@ -187,7 +193,7 @@ CycleOutcome sync_once(const ops::Config& config, const std::atomic<bool>* stop)
       if (!applied_refs(*applied, d)) state.forget_manifest(d);
     return cycle.fail(message);
   };
-  auto cand_manifests = candidate_manifests(*cand, *applied, state, **t, fetched);
+  auto cand_manifests = candidate_manifests(*cand, *applied, state, *parent, fetched);
   if (!cand_manifests)
     return refuse("snapshot serial " + std::to_string(cand->serial) +
                   " refused: " + cand_manifests.message());
