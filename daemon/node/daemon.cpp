@@ -17,6 +17,7 @@
 #include "daemon/node/node.h"
 #include "daemon/ops/control.h"
 #include "daemon/ops/log.h"
+#include "daemon/ops/notify.h"
 #include "daemon/serve/server.h"
 #include "daemon/sync/scan.h"
 #include "daemon/sync/state.h"
@@ -185,7 +186,27 @@ int run_daemon(const std::string& config_path, ops::Config config) {
   auto after_cycle = [&] {
     if (long_poll) poller->applied = applied_serial(config);
     publish_view();
+    sync::StateStore state(config.state_dir, config.tree);
+    const auto cycle = state.load_cycle();
+    const auto held = state.load_held().partitions.size();
+    const auto serial = applied_serial(config);
+    ops::notify_systemd("STATUS=serial " + std::to_string(serial) + ", upstream " +
+                        std::to_string(std::max(cycle.upstream_serial, serial)) + ", lag " +
+                        std::to_string(std::max(cycle.upstream_serial, serial) - serial) +
+                        ", held " + std::to_string(held) + ", last cycle " + cycle.result);
   };
+
+  // Ready once state is loaded and listeners are open. The watchdog is fed from a thread of its
+  // own: a long initial sync must not look like a hang.
+  ops::notify_systemd("READY=1\nSTATUS=serial " + std::to_string(applied_serial(config)));
+  if (const auto interval = ops::watchdog_interval(); interval.count() > 0) {
+    std::thread([interval] {
+      while (true) {
+        ops::notify_systemd("WATCHDOG=1");
+        std::this_thread::sleep_for(interval / 2);
+      }
+    }).detach();
+  }
 
   std::string last_print;
   std::int64_t quiet_since = std::time(nullptr);
@@ -219,6 +240,7 @@ int run_daemon(const std::string& config_path, ops::Config config) {
     int sig = signals->wait(std::chrono::seconds(wait));
     if (sig == SIGTERM || sig == SIGINT) {
       spdlog::info("tiersyncd stopping on signal {}", sig);
+      ops::notify_systemd("STOPPING=1");
       poller->stop = true;
       if (server) server->stop();
       return kExitOk;
@@ -235,6 +257,7 @@ int run_daemon(const std::string& config_path, ops::Config config) {
         upstream.reset();  // the parent's URL or TLS settings may have changed
         ops::setup_logging(config.log);
         spdlog::info("configuration reloaded from {}", config.file.string());
+        ops::notify_systemd("READY=1");
         run_now = true;
       }
     }

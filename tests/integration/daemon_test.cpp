@@ -8,8 +8,10 @@
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <cstring>
 
 #include <chrono>
 #include <fstream>
@@ -231,6 +233,53 @@ TEST(DaemonTest, ACorruptedByteFromTheParentIsNeverInstalled) {
   RunResult fixed = b.once();
   EXPECT_TRUE(fixed.exited(0)) << fixed.describe();
   EXPECT_TRUE(diff_listings(list_tree(source), list_tree(b.tree())).empty());
+}
+
+// The systemd notification protocol, without systemd: a datagram socket of the test's own as
+// NOTIFY_SOCKET. READY=1 once started, STATUS= lines, WATCHDOG=1 when WATCHDOG_USEC is set,
+// STOPPING=1 on SIGTERM.
+TEST(DaemonTest, NotifiesAFakeSystemd) {
+  TempDir root("tiersync-daemon");
+  const KeyFiles key = keygen(root / "keys/origin");
+  const fs::path source = root / "incoming";
+  materialize(make_sample(), source);
+  Node origin = make_origin(root / "origin", "dl-master", source, key.key);
+  ASSERT_TRUE(Exited(origin.once(), 0));
+  Node mirror = make_mirror(root / "mirror", "mirror", origin.url(), {key.pub});
+
+  const fs::path socket_path = root / "notify.sock";
+  int fd = ::socket(AF_UNIX, SOCK_DGRAM, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, socket_path.c_str(), sizeof addr.sun_path - 1);
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  timeval tv{0, 200'000};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+
+  // The child inherits the environment at fork.
+  ::setenv("NOTIFY_SOCKET", socket_path.c_str(), 1);
+  ::setenv("WATCHDOG_USEC", "200000", 1);
+  auto daemon = std::make_unique<Daemon>(mirror);
+  ::unsetenv("NOTIFY_SOCKET");
+  ::unsetenv("WATCHDOG_USEC");
+
+  std::string received;
+  auto receive_until = [&](std::string_view what, std::chrono::seconds limit) {
+    const auto deadline = std::chrono::steady_clock::now() + limit;
+    while (received.find(what) == std::string::npos &&
+           std::chrono::steady_clock::now() < deadline) {
+      char buf[4096];
+      ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+      if (n > 0) received.append(buf, static_cast<std::size_t>(n)).push_back('\n');
+    }
+    return received.find(what) != std::string::npos;
+  };
+  EXPECT_TRUE(receive_until("READY=1", 20s)) << received << daemon->log();
+  EXPECT_TRUE(receive_until("STATUS=serial 1", 20s)) << received << daemon->log();
+  EXPECT_TRUE(receive_until("WATCHDOG=1", 20s)) << received << daemon->log();
+  EXPECT_EQ(daemon->terminate(5s), 0) << daemon->log();
+  EXPECT_TRUE(receive_until("STOPPING=1", 5s)) << received;
+  ::close(fd);
 }
 
 }  // namespace
