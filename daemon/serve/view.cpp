@@ -65,6 +65,12 @@ Result<std::shared_ptr<const ServedView>> load_view(const sync::StateStore& stat
     if (previous) view->previous_manifest_hashes = previous->manifest_hashes;
     return std::shared_ptr<const ServedView>(std::move(view));
   }
+  // The same snapshot as the view served now (a no-op cycle): its manifests are shared, not
+  // read and parsed again.
+  if (previous && previous->serial == (*applied)->snapshot.serial &&
+      previous->envelope == (*applied)->envelope)
+    return make_view(**applied, previous->manifests, std::move(status_json), std::move(metrics),
+                     previous);
   auto manifests = state.load_manifests((*applied)->snapshot);
   if (!manifests) return manifests.error();
   return make_view(**applied, std::move(*manifests), std::move(status_json), std::move(metrics),

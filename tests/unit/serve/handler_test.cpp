@@ -342,6 +342,9 @@ TEST_F(ServerHandlerTest, LoadViewFromState) {
   EXPECT_EQ((*again)->status_json, "{}");
   EXPECT_FALSE((*view)->serves_manifest(proto::sha256("other")));
   EXPECT_NE((*view)->status_json.find("\"serial\": 7"), std::string::npos);
+  // ... and its manifests are shared, not read and parsed again.
+  EXPECT_EQ((*again)->manifests.at("edge/main/x86_64").get(),
+            (*view)->manifests.at("edge/main/x86_64").get());
 }
 
 }  // namespace
