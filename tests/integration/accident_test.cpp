@@ -5,6 +5,8 @@
 
 #include <sys/stat.h>
 
+#include <sstream>
+
 #include <gtest/gtest.h>
 
 #include "proto/dsse.h"
@@ -237,6 +239,39 @@ TEST_F(AccidentTest, BusyMarkerDefersThePublish) {
   EXPECT_TRUE(TreeMatches(origin_.tree(), done));
   ASSERT_TRUE(Exited(mirror_a_.once(), 0));
   EXPECT_TRUE(TreeMatches(mirror_a_.tree(), done));
+}
+
+// With "log": {"format": "json"}, every line tiersyncd writes is one JSON object with time,
+// level and msg; a hold is one error line that names the partition and its figures.
+TEST_F(AccidentTest, JsonLogsAreOneObjectPerLine) {
+  amend_config(origin_, {{"log", {{"format", "json"}}}});
+  TreeModel model = make_sample();
+  materialize(model, source_);
+  RunResult first = origin_.once();
+  ASSERT_TRUE(Exited(first, 0));
+  remove_partition(model, "edge/main/aarch64");
+  materialize(model, source_);
+  RunResult held = origin_.once();
+  ASSERT_TRUE(Exited(held, kHeld));
+  bool hold_line = false;
+  for (const RunResult* r : {&first, &held}) {
+    std::istringstream lines(r->err);
+    std::string line;
+    int count = 0;
+    while (std::getline(lines, line)) {
+      ++count;
+      json j = json::parse(line, nullptr, /*allow_exceptions=*/false);
+      ASSERT_TRUE(j.is_object()) << "not a JSON object: " << line;
+      EXPECT_TRUE(j.contains("time") && j.contains("level") && j.contains("msg")) << line;
+      const std::string msg = j.value("msg", "");
+      if (j.value("level", "") == "error" && msg.find("hold: partition=edge/main/aarch64") == 0)
+        hold_line = msg.find("deleted=") != std::string::npos &&
+                    msg.find("ratio=") != std::string::npos &&
+                    msg.find("limit=") != std::string::npos;
+    }
+    EXPECT_GT(count, 0) << r->describe();
+  }
+  EXPECT_TRUE(hold_line) << held.err;
 }
 
 }  // namespace
