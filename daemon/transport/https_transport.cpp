@@ -647,6 +647,28 @@ Result<std::unique_ptr<HttpsTransport>> HttpsTransport::create(const std::string
   return std::unique_ptr<HttpsTransport>(new HttpsTransport(std::move(impl)));
 }
 
+namespace {
+
+// A response body collected in memory (a snapshot, a manifest), forgotten when the parent sends
+// the transfer again from its first byte.
+struct BodyCollector {
+  std::string bytes;
+  const Sink sink = [this](const char* data, std::size_t size) {
+    bytes.append(data, size);
+    return Status{};
+  };
+  const std::function<Status()> restart = [this] {
+    bytes.clear();
+    return Status{};
+  };
+
+  BodyCollector() = default;
+  BodyCollector(const BodyCollector&) = delete;  // the callbacks point at this object
+  BodyCollector& operator=(const BodyCollector&) = delete;
+};
+
+}  // namespace
+
 HttpsTransport::HttpsTransport(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 HttpsTransport::~HttpsTransport() = default;
 
@@ -655,17 +677,9 @@ std::string HttpsTransport::describe() const {
 }
 
 Result<std::string> HttpsTransport::fetch_snapshot() {
-  std::string body;
-  const Sink sink = [&body](const char* data, std::size_t size) {
-    body.append(data, size);
-    return Status{};
-  };
-  const std::function<Status()> restart = [&body] {
-    body.clear();
-    return Status{};
-  };
-  Download d = impl_->download(kSnapshotPath, proto::kMaxEnvelopeBytes, sink);
-  d.restart = &restart;
+  BodyCollector body;
+  Download d = impl_->download(kSnapshotPath, proto::kMaxEnvelopeBytes, body.sink);
+  d.restart = &body.restart;
   if (!impl_->snapshot_etag.empty()) {
     d.if_none_match = impl_->snapshot_etag;
     d.not_modified_ok = true;
@@ -673,23 +687,15 @@ Result<std::string> HttpsTransport::fetch_snapshot() {
   if (auto st = impl_->fetch_one(d); !st) return st.error();
   if (d.status == 304) return impl_->snapshot_bytes;
   impl_->snapshot_etag = d.etag;
-  impl_->snapshot_bytes = d.etag.empty() ? std::string() : body;
-  return body;
+  impl_->snapshot_bytes = d.etag.empty() ? std::string() : body.bytes;
+  return std::move(body.bytes);
 }
 
 PollResult HttpsTransport::poll_snapshot(std::uint64_t after_serial, std::chrono::seconds wait) {
   wait = std::clamp(wait, std::chrono::seconds(0), kMaxPollWait);
-  std::string body;
-  const Sink sink = [&body](const char* data, std::size_t size) {
-    body.append(data, size);
-    return Status{};
-  };
-  const std::function<Status()> restart = [&body] {
-    body.clear();
-    return Status{};
-  };
-  Download d = impl_->download(kSnapshotPath, proto::kMaxEnvelopeBytes, sink);
-  d.restart = &restart;
+  BodyCollector body;
+  Download d = impl_->download(kSnapshotPath, proto::kMaxEnvelopeBytes, body.sink);
+  d.restart = &body.restart;
   d.target += "?after=" + std::to_string(after_serial) + "&wait=" + std::to_string(wait.count());
   d.url += "?after=" + std::to_string(after_serial) + "&wait=" + std::to_string(wait.count());
   d.not_modified_ok = true;
@@ -698,26 +704,18 @@ PollResult HttpsTransport::poll_snapshot(std::uint64_t after_serial, std::chrono
   if (d.status == 304) return std::optional<std::string>();
   if (!d.etag.empty()) {
     impl_->snapshot_etag = d.etag;
-    impl_->snapshot_bytes = body;
+    impl_->snapshot_bytes = body.bytes;
   }
-  return std::optional<std::string>(std::move(body));
+  return std::optional<std::string>(std::move(body.bytes));
 }
 
 Result<std::string> HttpsTransport::fetch_manifest(const proto::Digest& digest) {
-  std::string body;
-  const Sink sink = [&body](const char* data, std::size_t size) {
-    body.append(data, size);
-    return Status{};
-  };
-  const std::function<Status()> restart = [&body] {
-    body.clear();
-    return Status{};
-  };
+  BodyCollector body;
   Download d = impl_->download(std::string(kManifestsPath) + proto::to_hex(digest),
-                               proto::kMaxManifestBytes, sink);
-  d.restart = &restart;
+                               proto::kMaxManifestBytes, body.sink);
+  d.restart = &body.restart;
   if (auto st = impl_->fetch_one(d); !st) return st.error();
-  return body;
+  return std::move(body.bytes);
 }
 
 Status HttpsTransport::fetch_file(std::string_view path, std::uint64_t max_bytes,
