@@ -4,14 +4,28 @@
 
 #include <ctime>
 
+#include "daemon/ops/metrics.h"
 #include "proto/path.h"
 
 namespace tiersync::node {
 
-Cycle::Cycle(const ops::Config& config) : config_(config), state_(config.state_dir, config.tree) {}
+Cycle::Cycle(const ops::Config& config)
+    : config_(config),
+      state_(config.state_dir, config.tree),
+      previous_(state_.load_cycle()),
+      start_(std::chrono::steady_clock::now()) {}
 
 CycleOutcome Cycle::record(int exit_code, const std::string& result, const std::string& message) {
-  sync::CycleRecord r{result, std::time(nullptr), message, upstream_serial_};
+  const std::int64_t now = std::time(nullptr);
+  const bool success = result == "ok" || result == "noop";
+  sync::CycleRecord r{result,
+                      now,
+                      message,
+                      upstream_serial_,
+                      success ? now : previous_.last_success,
+                      parent_chain_ ? *parent_chain_ : previous_.parent_chain};
+  ops::process_metrics().observe_cycle(
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count());
   if (auto st = state_.save_cycle(r); !st)
     spdlog::warn("cannot record the cycle: {}", st.message());
   return CycleOutcome{exit_code, result, message};
@@ -78,6 +92,10 @@ CycleOutcome Cycle::applied(std::uint64_t serial, const sync::ApplyStats& s,
                     " fetched_bytes=" + std::to_string(s.fetched_bytes) +
                     " reused=" + std::to_string(s.reused_files);
   if (upstream_serial_ == 0) upstream_serial_ = serial;
+  auto& metrics = ops::process_metrics();
+  metrics.files_added += s.added;
+  metrics.files_changed += s.changed;
+  metrics.files_deleted += s.deleted;
   spdlog::info("{}", msg);
   return record(exit_code, exit_code == kExitHeld ? "held" : "ok", msg);
 }

@@ -2,7 +2,9 @@
 /// What every cycle shares: the state store, the outcome record for `status`, and one log line
 /// per event.
 
+#include <chrono>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -21,6 +23,10 @@ class Cycle {
   Status open() { return state_.open(); }
   sync::StateStore& state() { return state_; }
   void set_upstream_serial(std::uint64_t serial) { upstream_serial_ = serial; }
+  /// The parent's chain of node names (from its status), recorded with the outcome.
+  void set_parent_chain(std::vector<std::string> chain) { parent_chain_ = std::move(chain); }
+  /// The chain recorded by an earlier cycle (empty when none was).
+  const std::vector<std::string>& previous_parent_chain() const { return previous_.parent_chain; }
 
   CycleOutcome fail(const std::string& message);
   /// Nothing to do; `clear_holds` unless the cycle did not look (tier0's busy source).
@@ -42,6 +48,9 @@ class Cycle {
   const ops::Config& config_;
   sync::StateStore state_;
   std::uint64_t upstream_serial_ = 0;
+  std::optional<std::vector<std::string>> parent_chain_;  ///< unset: keep the previous one
+  sync::CycleRecord previous_;
+  std::chrono::steady_clock::time_point start_;
 };
 
 /// The relay's trusted keys; errors name the config key.

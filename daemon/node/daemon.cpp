@@ -17,6 +17,7 @@
 #include "daemon/node/node.h"
 #include "daemon/ops/control.h"
 #include "daemon/ops/log.h"
+#include "daemon/ops/metrics.h"
 #include "daemon/ops/notify.h"
 #include "daemon/serve/server.h"
 #include "daemon/sync/scan.h"
@@ -76,7 +77,10 @@ struct Poller {
         } else if (!r || (*r && serial <= known)) {
           // An error, or a parent answering at once without anything newer: back off.
           failures = std::min(failures + 1, 6u);
-          if (!r) spdlog::warn("long poll: {}", r.message());
+          if (!r) {
+            ++ops::process_metrics().upstream_errors;
+            spdlog::warn("long poll: {}", r.message());
+          }
           for (unsigned i = 0; i < (1u << failures) * 5 && !self->stop; ++i)
             std::this_thread::sleep_for(std::chrono::milliseconds(100));
         }

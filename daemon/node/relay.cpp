@@ -3,10 +3,14 @@
 #include <spdlog/spdlog.h>
 
 #include <ctime>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
 
 #include "daemon/node/cycle.h"
 #include "daemon/node/node.h"
+#include "daemon/ops/metrics.h"
 #include "daemon/sync/apply.h"
 #include "daemon/transport/transport.h"
 #include "proto/dsse.h"
@@ -17,27 +21,79 @@ namespace tiersync::node {
 
 namespace {
 
-// The engine's Fetcher over a transport.
+// The engine's Fetcher over a transport. Counts the bytes received, and the requests that
+// failed on the parent's side (not those the receiver stopped: a full disk, SIGTERM).
 class TransportFetcher final : public sync::Fetcher {
  public:
   explicit TransportFetcher(transport::Transport& t) : t_(t) {}
   Status fetch(const proto::Entry& e, const sync::ByteSink& sink) override {
-    return t_.fetch_file(e.path(), e.size, sink);
+    bool receiver_failed = false;
+    Status st = t_.fetch_file(e.path(), e.size, counted(sink, receiver_failed));
+    if (!st && !receiver_failed) ++ops::process_metrics().upstream_errors;
+    return st;
   }
   // A batch goes to the transport's pool (several connections to an HTTP(S) parent).
   Status fetch_many(std::span<sync::FetchJob> jobs) override {
     std::vector<transport::FileRequest> requests;
     requests.reserve(jobs.size());
-    for (auto& job : jobs)
-      requests.push_back({std::string(job.entry->path()), job.entry->size, job.sink, {}, {}});
+    std::unique_ptr<bool[]> receiver_failed(new bool[jobs.size()]());
+    for (std::size_t i = 0; i < jobs.size(); ++i)
+      requests.push_back({std::string(jobs[i].entry->path()),
+                          jobs[i].entry->size,
+                          counted(jobs[i].sink, receiver_failed[i]),
+                          {},
+                          {}});
     Status first = t_.fetch_files(requests);
-    for (std::size_t i = 0; i < jobs.size(); ++i) jobs[i].result = requests[i].result;
+    bool receiver = false;
+    for (std::size_t i = 0; i < jobs.size(); ++i) {
+      jobs[i].result = requests[i].result;
+      receiver = receiver || receiver_failed[i];
+    }
+    // A batch stops at its first failure: one error, unless the receiver caused it.
+    if (!first && !receiver) ++ops::process_metrics().upstream_errors;
     return first;
   }
 
  private:
+  static transport::Sink counted(const sync::ByteSink& sink, bool& receiver_failed) {
+    return [&sink, &receiver_failed](const char* data, std::size_t size) -> Status {
+      ops::process_metrics().bytes_downloaded += size;
+      Status st = sink(data, size);
+      if (!st) receiver_failed = true;
+      return st;
+    };
+  }
+
   transport::Transport& t_;
 };
+
+// The parent's chain of node names up to the origin, from its status endpoint; nullopt when it
+// serves none or an unusable one. Informational (it is not signed), so only checked for shape.
+std::optional<std::vector<std::string>> fetch_parent_chain(transport::Transport& t) {
+  auto body = t.fetch_status();
+  if (!body) return std::nullopt;
+  auto j = nlohmann::json::parse(*body, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object()) return std::nullopt;
+  auto usable = [](const nlohmann::json& v) {
+    if (!v.is_string()) return false;
+    const auto& name = v.get_ref<const std::string&>();
+    if (name.empty() || name.size() > 253) return false;
+    for (unsigned char c : name)
+      if (c < 0x20 || c == 0x7f) return false;
+    return true;
+  };
+  std::vector<std::string> chain;
+  if (auto it = j.find("chain"); it != j.end() && it->is_array() && it->size() <= 32) {
+    for (const auto& name : *it) {
+      if (!usable(name)) return std::nullopt;
+      chain.push_back(name.get<std::string>());
+    }
+  } else if (auto name = j.find("name"); name != j.end() && usable(*name)) {
+    chain.push_back(name->get<std::string>());
+  }
+  if (chain.empty()) return std::nullopt;
+  return chain;
+}
 
 // The candidate's changed manifests (and the root partition's, whose entries every partition
 // is checked against), from the store or the parent, each checked against its hash, the
@@ -61,12 +117,21 @@ Result<sync::ManifestSet> candidate_manifests(const proto::Snapshot& cand,
     }
     if (!m) {
       auto bytes = t.fetch_manifest(ref.manifest);
-      if (!bytes) return bytes.error();
-      if (proto::sha256(*bytes) != ref.manifest)
+      if (!bytes) {
+        ++ops::process_metrics().upstream_errors;
+        return bytes.error();
+      }
+      ops::process_metrics().bytes_downloaded += bytes->size();
+      if (proto::sha256(*bytes) != ref.manifest) {
+        ++ops::process_metrics().verify_failures;
         return make_error("manifest of partition \"" + name + "\": its bytes do not match its " +
                           "SHA-256 " + proto::to_hex(ref.manifest));
+      }
       auto decoded = proto::decode_manifest(*bytes, name, cand.depth);
-      if (!decoded) return decoded.error();
+      if (!decoded) {
+        ++ops::process_metrics().verify_failures;
+        return decoded.error();
+      }
       if (auto st = state.store_manifest(ref.manifest, *bytes); !st) return st.error();
       fetched.push_back(ref.manifest);
       m = std::make_shared<proto::Manifest>(std::move(*decoded));
@@ -163,19 +228,34 @@ CycleOutcome sync_once(const ops::Config& config, const std::atomic<bool>* stop,
   if (!applied) return cycle.fail(applied.message());
   const std::uint64_t applied_serial = *applied ? (*applied)->snapshot.serial : 0;
 
+  auto& metrics = ops::process_metrics();
   auto bytes = parent->fetch_snapshot();
-  if (!bytes) return cycle.fail("cannot fetch the snapshot: " + bytes.message());
+  if (!bytes) {
+    ++metrics.upstream_errors;
+    return cycle.fail("cannot fetch the snapshot: " + bytes.message());
+  }
   // A no-op reads one file and compares: no verification, no tree walk.
-  if (*applied && *bytes == (*applied)->envelope) return cycle.noop(applied_serial);
+  if (*applied && *bytes == (*applied)->envelope) {
+    if (cycle.previous_parent_chain().empty())
+      if (auto chain = fetch_parent_chain(*parent)) cycle.set_parent_chain(std::move(*chain));
+    return cycle.noop(applied_serial);
+  }
 
   const std::string from = " from " + parent->describe();
+  auto refuse_snapshot = [&](const std::string& why) {
+    ++metrics.verify_failures;
+    return cycle.fail("snapshot" + from + " refused: " + why);
+  };
   auto env = proto::decode_envelope(*bytes);
-  if (!env) return cycle.fail("snapshot" + from + " refused: " + env.message());
+  if (!env) return refuse_snapshot(env.message());
   auto payload = proto::verify_envelope(*env, *keys, config.threshold, proto::kSnapshotPayloadType);
-  if (!payload) return cycle.fail("snapshot" + from + " refused: " + payload.message());
+  if (!payload) return refuse_snapshot(payload.message());
   auto cand = proto::decode_snapshot(*payload);
-  if (!cand) return cycle.fail("snapshot" + from + " refused: " + cand.message());
+  if (!cand) return refuse_snapshot(cand.message());
   cycle.set_upstream_serial(cand->serial);
+  // A new serial: the parent's chain may have changed too (the parent's status is a snapshot of
+  // its own; an unreadable one keeps what the last cycle recorded).
+  if (auto chain = fetch_parent_chain(*parent)) cycle.set_parent_chain(std::move(*chain));
 
   if (cand->serial < applied_serial)
     return cycle.fail("rollback refused: the parent offers serial " + std::to_string(cand->serial) +
@@ -237,6 +317,7 @@ CycleOutcome sync_once(const ops::Config& config, const std::atomic<bool>* stop,
     // Bytes that contradict the signed manifest: keep nothing of this candidate. Other failures
     // (an unreadable parent) keep the verified staged files for the next try.
     if (applier.content_rejected()) {
+      ++metrics.verify_failures;
       applier.discard_staging();
       return refuse("applying serial " + std::to_string(cand->serial) +
                     " failed: " + stats.message());

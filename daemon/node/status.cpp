@@ -9,6 +9,7 @@
 #include <set>
 
 #include "daemon/node/node.h"
+#include "daemon/ops/metrics.h"
 #include "daemon/sync/fs.h"
 #include "daemon/sync/scan.h"
 #include "daemon/sync/state.h"
@@ -58,6 +59,19 @@ json status_object(const ops::Config& config) {
                      {"candidate", h.candidate},
                      {"since", proto::format_time(held.since)}});
   j["held"] = holds;
+  // Like Debian's trace files: this node, then its parent's chain up to the origin. A parent
+  // that serves no status (file://, a static server) stands in by its URL.
+  json chain = json::array({config.name});
+  if (config.role != ops::Role::kTier0) {
+    if (cycle.parent_chain.empty())
+      chain.push_back(config.upstream.url);
+    else
+      for (const auto& name : cycle.parent_chain) chain.push_back(name);
+  }
+  j["chain"] = chain;
+  j["last_success"] =
+      cycle.last_success ? json(proto::format_time(cycle.last_success)) : json(nullptr);
+  j["last_success_unix"] = cycle.last_success;
   if (cycle.result.empty()) {
     j["last_cycle"] = nullptr;
   } else {
@@ -87,12 +101,16 @@ std::string metrics_text(const ops::Config& config) {
         number(j["upstream_serial"]));
   gauge("tiersync_held_partitions", "Partitions held by the deletion guard.",
         std::to_string(j["held"].size()));
-  sync::StateStore state(config.state_dir, config.tree);
-  auto cycle = state.load_cycle();
-  const bool success = cycle.result == "ok" || cycle.result == "noop";
+  gauge("tiersync_lag", "Serials between the applied snapshot and the parent's latest.",
+        number(j["lag"]));
+  gauge("tiersync_last_success_timestamp_seconds",
+        "Unix time of the last cycle that applied, published or found nothing to do (0: never).",
+        number(j["last_success_unix"]));
+  const bool success = j["last_cycle"].is_object() &&
+                       (j["last_cycle"]["result"] == "ok" || j["last_cycle"]["result"] == "noop");
   gauge("tiersync_last_cycle_success", "1 if the last cycle applied or found nothing to do.",
         success ? "1" : "0");
-  return out;
+  return out + ops::process_metrics().text();
 }
 
 std::string status_text(const ops::Config& config) {
@@ -113,6 +131,9 @@ std::string status_text(const ops::Config& config) {
   row("serial", val(j["serial"]));
   row("upstream serial", val(j["upstream_serial"]));
   row("lag", val(j["lag"]));
+  std::string chain;
+  for (const auto& name : j["chain"]) chain += (chain.empty() ? "" : " <- ") + val(name);
+  row("chain", chain);
   if (j.contains("expires")) row("expires", val(j["expires"]));
   if (j.contains("files"))
     row("files", val(j["files"]) + " in " + val(j["partitions"]) + " partitions");
@@ -122,6 +143,7 @@ std::string status_text(const ops::Config& config) {
     row("last cycle", val(j["last_cycle"]["result"]) + " at " + val(j["last_cycle"]["time"]));
     row("", val(j["last_cycle"]["message"]));
   }
+  row("last success", val(j["last_success"]));
   if (j["held"].empty()) {
     row("held", "none");
   } else {

@@ -207,6 +207,10 @@ CycleRecord StateStore::load_cycle() const try {
   r.time = (*j)->value("time", std::int64_t{0});
   r.message = (*j)->value("message", "");
   r.upstream_serial = (*j)->value("upstream_serial", std::uint64_t{0});
+  r.last_success = (*j)->value("last_success", std::int64_t{0});
+  if (auto it = (*j)->find("parent_chain"); it != (*j)->end() && it->is_array())
+    for (const auto& name : *it)
+      if (name.is_string()) r.parent_chain.push_back(name.get<std::string>());
   return r;
 } catch (const json::exception&) {
   return {};
@@ -217,7 +221,9 @@ Status StateStore::save_cycle(const CycleRecord& r) const {
   json j = {{"result", r.result},
             {"time", r.time},
             {"message", r.message},
-            {"upstream_serial", r.upstream_serial}};
+            {"upstream_serial", r.upstream_serial},
+            {"last_success", r.last_success},
+            {"parent_chain", r.parent_chain}};
   return write_file_atomic(dir_ / "cycle.json",
                            j.dump(2, ' ', false, json::error_handler_t::replace) + "\n", 0644,
                            false);

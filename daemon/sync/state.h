@@ -50,6 +50,10 @@ struct CycleRecord {
   std::int64_t time = 0;
   std::string message;
   std::uint64_t upstream_serial = 0;
+  std::int64_t last_success = 0;  ///< time of the last ok or noop cycle (0: never)
+  /// The parent's chain of node names up to the origin, as its status endpoint gave it (empty:
+  /// not known, e.g. a file:// parent or a plain static server).
+  std::vector<std::string> parent_chain;
 };
 
 /// Written before the first file of a candidate is installed; removed once its deletions are

@@ -53,6 +53,8 @@ constexpr milliseconds kMaxBackoff{30'000};
 constexpr const char* kUserAgent = "tiersync";
 constexpr std::string_view kSnapshotPath = ".tiersync/v1/snapshot";
 constexpr std::string_view kManifestsPath = ".tiersync/v1/manifests/";
+constexpr std::string_view kStatusPath = ".tiersync/v1/status";
+constexpr std::uint64_t kMaxStatusBytes = 64 * 1024;
 
 bool is_ip_address(const std::string& host) {
   beast::error_code ec;
@@ -713,6 +715,14 @@ Result<std::string> HttpsTransport::fetch_manifest(const proto::Digest& digest) 
   BodyCollector body;
   Download d = impl_->download(std::string(kManifestsPath) + proto::to_hex(digest),
                                proto::kMaxManifestBytes, body.sink);
+  d.restart = &body.restart;
+  if (auto st = impl_->fetch_one(d); !st) return st.error();
+  return std::move(body.bytes);
+}
+
+Result<std::string> HttpsTransport::fetch_status() {
+  BodyCollector body;
+  Download d = impl_->download(kStatusPath, kMaxStatusBytes, body.sink);
   d.restart = &body.restart;
   if (auto st = impl_->fetch_one(d); !st) return st.error();
   return std::move(body.bytes);

@@ -62,6 +62,11 @@ class Transport {
     }
     return first;
   }
+  /// The parent's status JSON (not verified: informational, like a Debian trace file). A parent
+  /// that serves none (file://, a plain static server) gives an error.
+  virtual Result<std::string> fetch_status() {
+    return make_error(describe() + " serves no status");
+  }
   /// The parent, for messages.
   virtual std::string describe() const = 0;
 };

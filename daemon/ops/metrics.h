@@ -1,0 +1,40 @@
+#pragma once
+/// The process's counters for /metrics: what the cycles of this run did (files, bytes, failures,
+/// durations). Gauges read from state_dir (serials, holds) are node::metrics_text's.
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <string>
+
+namespace tiersync::ops {
+
+class ProcessMetrics {
+ public:
+  /// Upper bounds of tiersync_sync_duration_seconds' buckets (+Inf is implied).
+  static constexpr std::array<double, 12> kDurationBuckets = {0.05, 0.1, 0.25, 0.5, 1,   2.5,
+                                                              5,    10,  30,   60,  300, 1800};
+
+  std::atomic<std::uint64_t> files_added{0};
+  std::atomic<std::uint64_t> files_changed{0};
+  std::atomic<std::uint64_t> files_deleted{0};
+  std::atomic<std::uint64_t> bytes_downloaded{0};  ///< manifests and files
+  std::atomic<std::uint64_t> verify_failures{0};   ///< signatures, manifest and file hashes
+  std::atomic<std::uint64_t> upstream_errors{0};   ///< failed requests to the parent
+
+  /// One finished cycle (publish at tier0, sync at a relay), whatever its result.
+  void observe_cycle(double seconds);
+
+  /// Every counter and the histogram in Prometheus text format (HELP and TYPE included).
+  std::string text() const;
+
+ private:
+  std::array<std::atomic<std::uint64_t>, kDurationBuckets.size() + 1> buckets_{};
+  std::atomic<std::uint64_t> cycles_{0};
+  std::atomic<std::uint64_t> duration_micros_{0};
+};
+
+/// The process-wide instance.
+ProcessMetrics& process_metrics();
+
+}  // namespace tiersync::ops
