@@ -251,7 +251,8 @@ Response manifest_response(const Request& req, std::string_view hex, const Serve
     r.set("Cache-Control", std::string(kImmutable));
     return r;
   }
-  auto fd = open_beneath(ctx.tree, std::string(kManifestsPrefix) + std::string(hex));
+  const std::string rel = std::string(kManifestsPrefix) + std::string(hex);
+  auto fd = ctx.dirs ? ctx.dirs->open_file(rel) : open_beneath(ctx.tree, rel);
   if (!fd) return not_found();
   return file_response(req, std::move(*fd), "application/json", std::move(etag), kImmutable);
 }
@@ -383,6 +384,55 @@ Result<sync::UniqueFd> open_beneath(const fs::path& tree, std::string_view rel) 
   return make_error((tree / rel).string() + ": not a file path");
 }
 
+std::shared_ptr<sync::UniqueFd> DirCache::folder(const std::string& dir) {
+  {
+    std::lock_guard lock(mu_);
+    if (auto it = dirs_.find(dir); it != dirs_.end()) return it->second;
+  }
+  auto fd = std::make_shared<sync::UniqueFd>();
+  if (dir.empty()) {
+    *fd = sync::UniqueFd(::open(tree_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  } else {
+    const std::size_t slash = dir.rfind('/');
+    const std::string parent = slash == std::string::npos ? std::string() : dir.substr(0, slash);
+    const std::string name = slash == std::string::npos ? dir : dir.substr(slash + 1);
+    auto up = folder(parent);
+    if (!up->valid()) return up;
+    *fd = sync::UniqueFd(
+        ::openat(up->get(), name.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW));
+  }
+  if (!fd->valid()) return fd;  // not cached: it may appear with the next apply
+  const int saved = errno;
+  std::lock_guard lock(mu_);
+  if (dirs_.size() >= kMaxDirs) dirs_.clear();
+  dirs_.emplace(dir, fd);  // a racing thread's copy may win: both are the same folder
+  errno = saved;
+  return fd;
+}
+
+Result<sync::UniqueFd> DirCache::open_file(std::string_view rel) {
+  const std::size_t slash = rel.rfind('/');
+  const std::string dir(slash == std::string_view::npos ? std::string_view()
+                                                        : rel.substr(0, slash));
+  const std::string name(slash == std::string_view::npos ? rel : rel.substr(slash + 1));
+  auto parent = folder(dir);
+  if (!parent->valid()) return make_error(sync::errno_message(tree_ / rel, errno));
+  // O_NOFOLLOW: a symlink planted in the tree is never followed. O_NONBLOCK: opening a FIFO must
+  // not block the server thread; it is refused as not regular below.
+  sync::UniqueFd fd(
+      ::openat(parent->get(), name.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK));
+  if (!fd.valid()) return make_error(sync::errno_message(tree_ / rel, errno));
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) return make_error(sync::errno_message(tree_ / rel, errno));
+  if (!S_ISREG(st.st_mode)) return make_error((tree_ / rel).string() + ": not a regular file");
+  return fd;
+}
+
+void DirCache::clear() {
+  std::lock_guard lock(mu_);
+  dirs_.clear();
+}
+
 std::string http_date(std::time_t t) {
   static constexpr const char* kDays[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
   static constexpr const char* kMonths[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
@@ -509,7 +559,7 @@ Response handle_request(const Request& req, const ServedView& view, const Handle
   auto file = resolve_in_view(view, std::string(rel));
   if (!file) return not_found();
   // Missing on disk: removed by an apply in progress, whose view is not published yet.
-  auto fd = open_beneath(ctx.tree, *file);
+  auto fd = ctx.dirs ? ctx.dirs->open_file(*file) : open_beneath(ctx.tree, *file);
   if (!fd) return not_found();
   return file_response(req, std::move(*fd), content_type_of(*file), {}, {});
 }

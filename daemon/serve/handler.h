@@ -7,9 +7,12 @@
 #include <ctime>
 #include <filesystem>
 #include <functional>
+#include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -53,9 +56,31 @@ struct Response {
   std::string_view field(std::string_view name) const;
 };
 
+/// Descriptors of the tree's folders, each opened once without following a symlink on the way,
+/// so that a request opens only its file. Thread-safe. Cleared when a new view is published: an
+/// apply may have removed or replaced folders (a removed one only makes its files 404 until then).
+class DirCache {
+ public:
+  explicit DirCache(fs::path tree) : tree_(std::move(tree)) {}
+  /// Opens `rel` (a tree path) like open_beneath(), its folder from the cache.
+  Result<sync::UniqueFd> open_file(std::string_view rel);
+  void clear();
+  const fs::path& tree() const { return tree_; }
+
+ private:
+  static constexpr std::size_t kMaxDirs = 4096;  ///< more: cleared and filled again
+  /// The folder `dir` ("" is the tree), opened through its cached parent; -1 with errno set.
+  std::shared_ptr<sync::UniqueFd> folder(const std::string& dir);
+
+  fs::path tree_;
+  std::mutex mu_;
+  std::unordered_map<std::string, std::shared_ptr<sync::UniqueFd>> dirs_;
+};
+
 /// What handling needs besides the view.
 struct HandlerContext {
   fs::path tree;
+  std::shared_ptr<DirCache> dirs;  ///< folders of `tree`; null: each request walks from the top
   std::chrono::seconds max_wait{300};
   /// The server's own counters in Prometheus text, appended to /metrics.
   std::function<std::string()> server_metrics;

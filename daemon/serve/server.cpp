@@ -22,6 +22,7 @@
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
+#include <boost/beast/core/buffers_cat.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/http.hpp>
@@ -144,6 +145,7 @@ struct Server::Impl {
       : configs(std::move(listen)), limits(l) {
     limits.threads = std::max(1u, limits.threads);
     context.tree = std::move(tree_dir);
+    context.dirs = std::make_shared<DirCache>(context.tree);
     context.max_wait = limits.max_wait;
     context.server_metrics = [this] { return metrics_text(); };
     auto empty = std::make_shared<ServedView>();
@@ -442,19 +444,20 @@ asio::awaitable<bool> Server::Impl::write_response(Stream& stream, Response& res
   msg.keep_alive(keep_alive);
 
   auto& lowest = beast::get_lowest_layer(stream);
-  lowest.expires_after(limits.write_timeout);
-  http::response_serializer<http::empty_body> serializer{msg};
-  auto [ec, sent] = co_await http::async_write_header(stream, serializer, use_tuple);
-  if (ec) co_return false;
-  bytes_sent += sent;
-
+  // The header leaves in one write with the body's first chunk (or all of a small body): one
+  // segment per small file instead of two.
+  http::fields::writer header{msg.base(), msg.version(), msg.result_int()};
   const std::uint64_t length = res.content_length.value_or(0);
-  if (head || res.status == 304 || length == 0) co_return true;
-  if (!res.file.valid()) {
+  const bool no_body = head || res.status == 304 || length == 0;
+  if (no_body || !res.file.valid()) {
     lowest.expires_after(limits.write_timeout);
-    auto [wec, wrote] = co_await asio::async_write(stream, asio::buffer(res.body), use_tuple);
-    bytes_sent += wrote;
-    co_return !wec;
+    auto [ec, sent] = co_await asio::async_write(
+        stream,
+        beast::buffers_cat(header.get(),
+                           asio::buffer(res.body.data(), no_body ? 0 : res.body.size())),
+        use_tuple);
+    bytes_sent += sent;
+    co_return !ec;
   }
 
   // A file body, in chunks: a package is never held in memory whole, and each chunk must leave
@@ -462,6 +465,7 @@ asio::awaitable<bool> Server::Impl::write_response(Stream& stream, Response& res
   std::vector<char> chunk(static_cast<std::size_t>(std::min<std::uint64_t>(kChunkBytes, length)));
   std::uint64_t offset = res.file_offset;
   std::uint64_t left = length;
+  bool first = true;
   while (left > 0) {  // bounded: `left` shrinks every turn or the loop returns
     const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(left, chunk.size()));
     const ssize_t got = ::pread(res.file.get(), chunk.data(), want, static_cast<off_t>(offset));
@@ -472,11 +476,18 @@ asio::awaitable<bool> Server::Impl::write_response(Stream& stream, Response& res
                    got < 0 ? std::strerror(errno) : "short read");
       co_return false;
     }
+    const auto data = asio::buffer(chunk.data(), static_cast<std::size_t>(got));
     lowest.expires_after(limits.write_timeout);
-    auto [wec, wrote] = co_await asio::async_write(
-        stream, asio::buffer(chunk.data(), static_cast<std::size_t>(got)), use_tuple);
+    boost::system::error_code wec;
+    std::size_t wrote = 0;
+    if (first)
+      std::tie(wec, wrote) =
+          co_await asio::async_write(stream, beast::buffers_cat(header.get(), data), use_tuple);
+    else
+      std::tie(wec, wrote) = co_await asio::async_write(stream, data, use_tuple);
     if (wec) co_return false;
     bytes_sent += wrote;
+    first = false;
     offset += static_cast<std::uint64_t>(got);
     left -= static_cast<std::uint64_t>(got);
   }
@@ -576,6 +587,7 @@ void Server::publish(std::shared_ptr<const ServedView> view) {
   Impl& s = *impl_;
   const std::uint64_t serial = view->serial;
   std::vector<std::shared_ptr<Connection>> waiting;
+  s.context.dirs->clear();  // the apply before this view may have replaced folders
   {
     std::lock_guard lock(s.mu);
     s.view = std::move(view);

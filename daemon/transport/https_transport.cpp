@@ -551,6 +551,9 @@ struct HttpsTransport::Impl {
                       " bytes is larger than the expected " + std::to_string(d.max_bytes));
     }
     if (c.body.size() < kReadChunk) c.body.resize(kReadChunk);
+    // Beast reads max(512, free capacity) at a time into the connection's buffer: with only the
+    // headers' capacity, a body would come in ~500-byte reads (a million for 500 MB).
+    if (c.buffer.capacity() < kReadChunk) c.buffer.reserve(kReadChunk);
     std::uint64_t position = offset;  // the file offset of the next byte read
     while (!parser.is_done()) {
       const std::size_t want = static_cast<std::size_t>(

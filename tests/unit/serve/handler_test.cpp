@@ -198,6 +198,34 @@ TEST_F(ServerHandlerTest, ServesNothingElse) {
   EXPECT_EQ(r.field("Allow"), "GET, HEAD");
 }
 
+// The server's folder cache: the same refusals, and a folder swapped for a symlink is never
+// followed, neither before it was cached nor after.
+TEST_F(ServerHandlerTest, FolderCacheServesTheSameAndFollowsNoSymlink) {
+  context_.dirs = std::make_shared<DirCache>(tree_);
+  EXPECT_EQ(body_of(get("/edge/main/x86_64/a.apk")), "0123456789");
+  EXPECT_EQ(body_of(get("/latest-stable/main/x86_64/b.apk")), "0123456789");
+  EXPECT_EQ(get("/edge/main/x86_64/planted").status, 404u);
+  EXPECT_EQ(get("/edge/main/x86_64/planted/passwd").status, 404u);
+  EXPECT_EQ(get("/edge/main/x86_64/secret.apk").status, 404u);
+  EXPECT_EQ(get("/.tiersync/staging/edge/main/x86_64/a.apk").status, 404u);
+  EXPECT_EQ(get("/.tiersync/v1/manifests/" + proto::to_hex(manifest_digest_)).status, 200u);
+
+  // edge/main becomes a symlink to a folder holding a different a.apk: the cached descriptor
+  // still names the real folder, which is gone from the tree, so nothing follows the link.
+  write(dir_ / "elsewhere/x86_64/a.apk", "9876543210");
+  fs::rename(tree_ / "edge/main", dir_ / "old-main");
+  fs::create_symlink(dir_ / "elsewhere", tree_ / "edge/main");
+  Response cached = get("/edge/main/x86_64/a.apk");
+  EXPECT_NE(body_of(cached), "9876543210");
+  // Cleared (a new view): the walk refuses the symlinked folder.
+  context_.dirs->clear();
+  EXPECT_EQ(get("/edge/main/x86_64/a.apk").status, 404u);
+  // The real folder back: served again, including after a miss (misses are not cached).
+  fs::remove(tree_ / "edge/main");
+  fs::rename(dir_ / "old-main", tree_ / "edge/main");
+  EXPECT_EQ(body_of(get("/edge/main/x86_64/a.apk")), "0123456789");
+}
+
 TEST_F(ServerHandlerTest, ConditionalAndRangeRequests) {
   Response full = get("/edge/main/x86_64/a.apk");
   std::string last_modified(full.field("Last-Modified"));
