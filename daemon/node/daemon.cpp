@@ -181,12 +181,20 @@ int run_daemon(const std::string& config_path, ops::Config config) {
                    config.listen[i].tls ? "https" : "http");
     publish_view();
   }
-  auto poller = std::make_shared<Poller>();
-  const bool long_poll = config.is_relay() && !config.upstream.url.starts_with("file:");
-  if (long_poll) {
-    poller->applied = applied_serial(config);
-    Poller::start(poller, config);
-  }
+  // The long poll on the parent; started again with a reloaded configuration (its URL or CA
+  // file may have changed). A stopped poller's thread ends after its request in flight.
+  std::shared_ptr<Poller> poller;
+  bool long_poll = false;
+  auto start_poller = [&] {
+    if (poller) poller->stop = true;
+    poller = std::make_shared<Poller>();
+    long_poll = config.is_relay() && !config.upstream.url.starts_with("file:");
+    if (long_poll) {
+      poller->applied = applied_serial(config);
+      Poller::start(poller, config);
+    }
+  };
+  start_poller();
   auto after_cycle = [&] {
     if (long_poll) poller->applied = applied_serial(config);
     publish_view();
@@ -254,11 +262,17 @@ int run_daemon(const std::string& config_path, ops::Config config) {
       if (next) {
         if (auto st = ops::check_resources(*next); !st) next = st.error();
       }
+      // The listeners' certificates are part of the configuration: reloaded with it, or the
+      // whole reload is refused (renewed certificates take effect without a restart).
+      if (next && server) {
+        if (auto st = server->reload_tls(next->listen); !st) next = st.error();
+      }
       if (!next) {
         spdlog::error("reload refused, keeping the running configuration: {}", next.message());
       } else {
         config = std::move(*next);
         upstream.reset();  // the parent's URL or TLS settings may have changed
+        start_poller();
         ops::setup_logging(config.log);
         spdlog::info("configuration reloaded from {}", config.file.string());
         ops::notify_systemd("READY=1");

@@ -133,7 +133,8 @@ struct Connection {
 struct Listener {
   ops::ListenConfig config;
   std::string name;  ///< "listen[0] 0.0.0.0:8443", for logs and errors
-  std::unique_ptr<ssl::context> tls;
+  /// Replaced by reload_tls (under Impl::mu); a connection keeps the context it started with.
+  std::shared_ptr<ssl::context> tls;
   std::optional<tcp::acceptor> acceptor;
   std::uint16_t port = 0;
 };
@@ -200,7 +201,7 @@ struct Server::Impl {
   Status bind(Listener& l);
   asio::awaitable<void> accept_loop(Listener& l);
   asio::awaitable<void> run_plain(tcp::socket socket, std::shared_ptr<Connection> conn);
-  asio::awaitable<void> run_tls(tcp::socket socket, ssl::context& tls,
+  asio::awaitable<void> run_tls(tcp::socket socket, std::shared_ptr<ssl::context> tls,
                                 std::shared_ptr<Connection> conn);
   template <class Stream>
   asio::awaitable<bool> serve_requests(Stream& stream, const std::shared_ptr<Connection>& conn,
@@ -273,8 +274,13 @@ asio::awaitable<void> Server::Impl::accept_loop(Listener& l) {
     // until the client's (delayed) ACK of the first.
     socket.set_option(tcp::no_delay(true), ignored);
     auto strand = conn->strand;
-    if (l.tls)
-      asio::co_spawn(strand, run_tls(std::move(socket), *l.tls, std::move(conn)),
+    std::shared_ptr<ssl::context> tls;
+    {
+      std::lock_guard lock(mu);
+      tls = l.tls;
+    }
+    if (tls)
+      asio::co_spawn(strand, run_tls(std::move(socket), std::move(tls), std::move(conn)),
                      log_exception(l.name));
     else
       asio::co_spawn(strand, run_plain(std::move(socket), std::move(conn)), log_exception(l.name));
@@ -295,11 +301,11 @@ asio::awaitable<void> Server::Impl::run_plain(tcp::socket socket,
   stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
 }
 
-asio::awaitable<void> Server::Impl::run_tls(tcp::socket socket, ssl::context& tls,
+asio::awaitable<void> Server::Impl::run_tls(tcp::socket socket, std::shared_ptr<ssl::context> tls,
                                             std::shared_ptr<Connection> conn) {
   Registration registration{*this, conn};
   const std::string peer = peer_name(socket);
-  beast::ssl_stream<beast::tcp_stream> stream(std::move(socket), tls);
+  beast::ssl_stream<beast::tcp_stream> stream(std::move(socket), *tls);
   auto& lowest = beast::get_lowest_layer(stream);
   conn->stream = &lowest;
   if (stopping) co_return;
@@ -573,6 +579,36 @@ Status Server::start() {
         spdlog::error("serve: server thread failed: {}", e.what());
       }
     });
+  return {};
+}
+
+Status Server::reload_tls(const std::vector<ops::ListenConfig>& listen) {
+  Impl& s = *impl_;
+  if (listen.size() != s.listeners.size())
+    return make_error("the reloaded configuration has " + std::to_string(listen.size()) +
+                      " listen entries where " + std::to_string(s.listeners.size()) +
+                      " are bound: restart tiersyncd to change listeners");
+  std::vector<std::shared_ptr<ssl::context>> fresh(listen.size());
+  for (std::size_t i = 0; i < listen.size(); ++i) {
+    const auto& now = s.listeners[i].config;
+    const auto& next = listen[i];
+    if (next.address != now.address || next.port != now.port || next.tls != now.tls)
+      return make_error("listen[" + std::to_string(i) + "] changed (" + now.address + ":" +
+                        std::to_string(now.port) + (now.tls ? " tls" : " plain") + " -> " +
+                        next.address + ":" + std::to_string(next.port) +
+                        (next.tls ? " tls" : " plain") + "): restart tiersyncd to rebind");
+    if (!next.tls) continue;
+    auto ctx = make_tls_context(next);
+    if (!ctx) return make_error(s.listeners[i].name + ": " + ctx.message());
+    fresh[i] = std::move(*ctx);
+  }
+  std::lock_guard lock(s.mu);
+  for (std::size_t i = 0; i < listen.size(); ++i) {
+    if (!fresh[i]) continue;
+    s.listeners[i].tls = std::move(fresh[i]);
+    s.listeners[i].config.tls_cert = listen[i].tls_cert;
+    s.listeners[i].config.tls_key = listen[i].tls_key;
+  }
   return {};
 }
 

@@ -103,6 +103,11 @@ class Server {
   Status start();
   /// The bound port of each listen entry, in configuration order (port 0 becomes the real one).
   std::vector<std::uint16_t> ports() const;
+  /// Loads the certificate and key of every TLS listener again, from `listen` (a reloaded
+  /// configuration, entries matched by position): new connections get them, open ones keep
+  /// theirs. All or nothing: on an error, which names the entry and the file, the certificates
+  /// in use stay. Listeners are not rebound: a changed address, port or `tls` flag is an error.
+  Status reload_tls(const std::vector<ops::ListenConfig>& listen);
   /// Serves `view` from now on and answers the long-polls it satisfies. Thread-safe.
   void publish(std::shared_ptr<const ServedView> view);
   /// Stops accepting, closes idle connections, lets responses in flight finish for at most

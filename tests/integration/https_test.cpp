@@ -274,6 +274,55 @@ TEST_F(HttpsTest, RangeRequestGetsExactlyThoseBytes) {
   EXPECT_EQ(r.out.substr(0, nl), bytes.substr(10, 10));
 }
 
+// SIGHUP reloads the listeners' certificates: new connections get the renewed one without a
+// restart. A reload whose certificate does not load is refused and the one in use stays.
+TEST_F(HttpsTest, SighupReloadsTheCertificate) {
+  if (!run({"sh", "-c", "command -v curl"}).exited(0)) GTEST_SKIP() << "curl is not installed";
+  const std::uint16_t port = free_port();
+  const CertKey live{root / "live.pem", root / "live.key"};
+  fs::copy_file(pki.server.cert, live.cert);
+  fs::copy_file(pki.server.key, live.key);
+  Node origin = https_origin(root / "origin", source, key, port, live);
+  Daemon d_origin(origin);
+  ASSERT_TRUE(published(origin, source, port, 30s)) << d_origin.log();
+
+  const std::string url = https_url(port) + ".tiersync/v1/status";
+  auto trusted_by = [&](const CertKey& ca) {
+    return run({"curl", "--silent", "--fail", "--max-time", "5", "--cacert", ca.cert.string(), "-o",
+                "/dev/null", url},
+               {}, 10s)
+        .exited(0);
+  };
+  ASSERT_TRUE(trusted_by(pki.ca));
+  ASSERT_FALSE(trusted_by(pki.stranger_ca));
+
+  // Renewed in place, as certbot or an operator would, then SIGHUP.
+  fs::copy_file(pki.stranger_server.cert, live.cert, fs::copy_options::overwrite_existing);
+  fs::copy_file(pki.stranger_server.key, live.key, fs::copy_options::overwrite_existing);
+  d_origin.signal(SIGHUP);
+  bool renewed = false;
+  for (int i = 0; i < 100 && !renewed; ++i) {
+    renewed = trusted_by(pki.stranger_ca);
+    if (!renewed) std::this_thread::sleep_for(100ms);
+  }
+  ASSERT_TRUE(renewed) << d_origin.log();
+  EXPECT_FALSE(trusted_by(pki.ca));
+
+  // A certificate that does not load: the reload is refused, logged with the file, and the
+  // renewed certificate stays in use.
+  std::ofstream(live.cert, std::ios::trunc) << "not a certificate\n";
+  d_origin.signal(SIGHUP);
+  bool refused = false;
+  for (int i = 0; i < 100 && !refused; ++i) {
+    refused = contains_nocase(d_origin.log(), "reload refused");
+    if (!refused) std::this_thread::sleep_for(100ms);
+  }
+  EXPECT_TRUE(refused) << d_origin.log();
+  EXPECT_TRUE(contains_nocase(d_origin.log(), live.cert.string())) << d_origin.log();
+  EXPECT_TRUE(trusted_by(pki.stranger_ca)) << d_origin.log();
+  EXPECT_EQ(d_origin.terminate(5s), 0) << d_origin.log();
+}
+
 // 64 MiB of deterministic bytes (xorshift64*).
 std::string big_bytes(std::size_t size, std::uint64_t seed) {
   std::string out(size, '\0');

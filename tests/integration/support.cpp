@@ -759,6 +759,10 @@ void Process::kill() {
   }
 }
 
+void Process::signal(int sig) {
+  if (pid_ > 0) ::kill(pid_, sig);
+}
+
 int Process::wait(std::chrono::milliseconds limit) {
   const auto deadline = std::chrono::steady_clock::now() + limit;
   while (pid_ > 0) {

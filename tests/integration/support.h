@@ -253,6 +253,8 @@ class Process {
 
   /// SIGKILL and reap (no-op once reaped).
   void kill();
+  /// Sends `sig` while the process runs (no-op once reaped).
+  void signal(int sig);
   /// Waits at most `limit`; the exit code (128 + signal when killed), or -1 if still running.
   int wait(std::chrono::milliseconds limit);
   /// SIGTERM, then wait(limit).
