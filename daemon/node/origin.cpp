@@ -115,8 +115,18 @@ CycleOutcome publish_once(const ops::Config& config, const std::atomic<bool>* st
   Cycle cycle(config);
   if (auto st = cycle.open(); !st) return cycle.fail(st.message());
   auto& state = cycle.state();
-  auto key = proto::PrivateKey::load(config.signing_key);
-  if (!key) return cycle.fail("config key \"signing_key\": " + key.message());
+  std::vector<proto::PrivateKey> keys;
+  std::set<std::string> keyids;
+  for (std::size_t i = 0; i < config.signing_keys.size(); ++i) {
+    auto key = proto::PrivateKey::load(config.signing_keys[i]);
+    if (!key)
+      return cycle.fail("config key \"signing_key" +
+                        (config.signing_keys.size() > 1 ? "[" + std::to_string(i) + "]" : "") +
+                        "\": " + key.message());
+    keyids.insert(key->public_key().keyid());
+    keys.push_back(std::move(*key));
+  }
+  if (keys.empty()) return cycle.fail("config key \"signing_key\": no key");
   auto depth = proto::layout_depth(config.layout);
   if (!depth) return cycle.fail(depth.message());
 
@@ -140,7 +150,19 @@ CycleOutcome publish_once(const ops::Config& config, const std::atomic<bool>* st
   if (!applied) return cycle.fail(applied.message());
   const std::int64_t now = std::time(nullptr);
   const std::int64_t ttl = static_cast<std::int64_t>(config.snapshot_ttl_hours) * 3600;
-  const bool resign_due = *applied && now - (*applied)->snapshot.created >= ttl / 2;
+  // Re-signed at half the TTL, and at once when the signing keys changed (a rotation): relays
+  // that already trust only the new key must not wait days for it.
+  bool resign_due = *applied && now - (*applied)->snapshot.created >= ttl / 2;
+  if (*applied && !resign_due) {
+    auto env = proto::decode_envelope((*applied)->envelope);
+    std::set<std::string> signed_by;
+    if (env)
+      for (const auto& sig : env->signatures) signed_by.insert(sig.keyid);
+    if (signed_by != keyids) {
+      spdlog::info("signing keys changed: re-signing the published snapshot");
+      resign_due = true;
+    }
+  }
 
   auto scan = sync::scan_tree(config.source_dir, /*sorted=*/false);
   if (!scan) return cycle.fail("scanning source.dir: " + scan.message());
@@ -263,7 +285,7 @@ CycleOutcome publish_once(const ops::Config& config, const std::atomic<bool>* st
 
   std::string payload = proto::encode_snapshot(next);
   std::string envelope =
-      proto::encode_envelope(proto::sign_envelope(proto::kSnapshotPayloadType, payload, {*key}));
+      proto::encode_envelope(proto::sign_envelope(proto::kSnapshotPayloadType, payload, keys));
 
   SourceFetcher fetcher(config.source_dir, scan->files);
   sync::Applier applier(state, fetcher);

@@ -194,7 +194,21 @@ Result<Config> parse_config(std::string_view text, const fs::path& file) {
     } else {
       r.fail("source", "missing (required for role tier0)");
     }
-    r.path("signing_key", c.signing_key, base, true);
+    if (const json* keys = r.get("signing_key"); keys && keys->is_array()) {
+      if (keys->empty() || keys->size() > 8)
+        r.fail("signing_key", "must be a private key file or an array of 1 to 8 of them");
+      for (const auto& k : *keys) {
+        if (!k.is_string() || k.get<std::string>().empty()) {
+          r.fail("signing_key", "each entry must be a file path");
+          break;
+        }
+        c.signing_keys.push_back((base / k.get<std::string>()).lexically_normal());
+      }
+    } else {
+      fs::path one;
+      r.path("signing_key", one, base, true);
+      if (!one.empty()) c.signing_keys.push_back(std::move(one));
+    }
     r.integer("snapshot_ttl_hours", c.snapshot_ttl_hours, 1, 24 * 365);
   } else {
     for (auto k : {"layout", "index_files", "source", "signing_key", "snapshot_ttl_hours"})
@@ -351,8 +365,16 @@ Result<Config> load_config(const fs::path& file) {
 Status check_resources(const Config& c) {
   const std::string where = "config " + c.file.string() + ": ";
   if (c.role == Role::kTier0) {
-    auto key = proto::PrivateKey::load(c.signing_key);
-    if (!key) return make_error(where + "key \"signing_key\": " + key.message());
+    std::set<std::string> keyids;
+    for (std::size_t i = 0; i < c.signing_keys.size(); ++i) {
+      const std::string name =
+          c.signing_keys.size() == 1 ? "signing_key" : "signing_key[" + std::to_string(i) + "]";
+      auto key = proto::PrivateKey::load(c.signing_keys[i]);
+      if (!key) return make_error(where + "key \"" + name + "\": " + key.message());
+      if (!keyids.insert(key->public_key().keyid()).second)
+        return make_error(where + "key \"" + name + "\": the same key is listed twice (keyid " +
+                          key->public_key().keyid() + ")");
+    }
     if (::access(c.source_dir.c_str(), R_OK | X_OK) != 0)
       return make_error(where + "key \"source.dir\": " + c.source_dir.string() + ": " +
                         std::strerror(errno));

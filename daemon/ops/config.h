@@ -53,7 +53,9 @@ struct Config {
   std::vector<std::string> index_files = {"APKINDEX.tar.gz", "Release", "InRelease", "repomd.xml"};
   fs::path source_dir;
   unsigned settle_seconds = 10;
-  fs::path signing_key;
+  /// `signing_key`: one private key file, or an array of them (a key rotation with a relay
+  /// `threshold` of 2 signs with the old and the new key). Each signs every snapshot.
+  std::vector<fs::path> signing_keys;
   unsigned snapshot_ttl_hours = 168;
 
   // relays

@@ -392,5 +392,59 @@ TEST(OperationsTest, MetricsCountVerifyFailures) {
   EXPECT_EQ(st["chain"], json({"mirror-b", "mirror-a", origin.url()})) << st.dump(2);
 }
 
+// The key rotation of docs/security.md with a threshold: tier0 signs with the old and the new
+// key; relays that require both (threshold 2) accept; the old key is then retired. A rotation
+// re-signs at once, without waiting for content to change or for half the TTL.
+TEST(OperationsTest, KeyRotationWithAThreshold) {
+  TempDir root("tiersync-ops");
+  const KeyFiles old_key = keygen(root / "keys/old");
+  const KeyFiles new_key = keygen(root / "keys/new");
+  const fs::path source = root / "incoming";
+  materialize(make_sample(), source);
+  Node origin = make_origin(root / "origin", "dl-master", source, old_key.key);
+  ASSERT_TRUE(Exited(origin.once(), 0));
+  Node mirror = make_mirror(root / "mirror", "mirror", origin.url(), {old_key.pub});
+  ASSERT_TRUE(Exited(mirror.once(), 0));
+  const std::uint64_t first = read_published_snapshot(origin.tree()).serial;
+
+  // Step 1: tier0 signs with both keys; the next publish re-signs although nothing changed.
+  amend_config(origin, {{"signing_key", {old_key.key.string(), new_key.key.string()}}});
+  ASSERT_TRUE(Exited(origin.ctl({"status"}), 0));
+  RunResult resigned = origin.once();
+  ASSERT_TRUE(Exited(resigned, 0));
+  EXPECT_TRUE(Mentions(resigned, "signing keys changed"));
+  const std::uint64_t both = read_published_snapshot(origin.tree()).serial;
+  EXPECT_EQ(both, first + 1);
+  const json envelope = json::parse(read_file(origin.tree() / ".tiersync/v1/snapshot"));
+  EXPECT_EQ(envelope["signatures"].size(), 2u) << envelope.dump(2);
+  RunResult again = origin.once();  // keys unchanged now: nothing to do
+  ASSERT_TRUE(Exited(again, 0));
+  EXPECT_EQ(read_published_snapshot(origin.tree()).serial, both);
+
+  // Step 2: the relay requires both keys.
+  amend_config(mirror,
+               {{"trusted_keys", {old_key.pub.string(), new_key.pub.string()}}, {"threshold", 2}});
+  ASSERT_TRUE(Exited(mirror.once(), 0));
+  EXPECT_EQ(mirror.status().value("serial", json()), both);
+
+  // A snapshot signed by one of them falls short of the threshold.
+  amend_config(origin, {{"signing_key", new_key.key.string()}});
+  ASSERT_TRUE(Exited(origin.once(), 0));
+  RunResult short_of = mirror.once();
+  EXPECT_TRUE(short_of.exited(1)) << short_of.describe();
+  EXPECT_TRUE(contains_nocase(short_of.err, "threshold") ||
+              contains_nocase(short_of.err, "signature"))
+      << short_of.describe();
+  EXPECT_EQ(mirror.status().value("serial", json()), both);
+
+  // Step 3: the old key retired at the relay; the new key alone is enough, the old alone is not.
+  amend_config(mirror, {{"trusted_keys", {new_key.pub.string()}}, {"threshold", 1}});
+  ASSERT_TRUE(Exited(mirror.once(), 0));
+  EXPECT_EQ(mirror.status().value("serial", json()), read_published_snapshot(origin.tree()).serial);
+  Node stale = make_mirror(root / "stale", "stale", origin.url(), {old_key.pub});
+  EXPECT_TRUE(stale.once().exited(1));
+  EXPECT_TRUE(files_in(list_tree(stale.tree())).empty());
+}
+
 }  // namespace
 }  // namespace tiersync::it

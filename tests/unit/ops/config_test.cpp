@@ -122,7 +122,8 @@ TEST(ParseConfig, Tier0) {
   EXPECT_EQ(c.index_files, std::vector<std::string>{"APKINDEX.tar.gz"});
   EXPECT_EQ(c.source_dir, "/srv/incoming");
   EXPECT_EQ(c.settle_seconds, 30u);
-  EXPECT_EQ(c.signing_key, "/etc/tiersync/origin.key");
+  ASSERT_EQ(c.signing_keys.size(), 1u);
+  EXPECT_EQ(c.signing_keys[0], "/etc/tiersync/origin.key");
   EXPECT_EQ(c.snapshot_ttl_hours, 48u);
   EXPECT_DOUBLE_EQ(c.guard.max_delete_ratio, 0.1);
   EXPECT_EQ(c.guard.min_files, 5u);
@@ -228,7 +229,8 @@ TEST(ParseConfig, RelativePathsResolveAgainstTheConfigFolder) {
   t0["tree"] = "../tree";
   const Config c0 = parse(t0, "/opt/ts/etc/tiersync.json");
   EXPECT_EQ(c0.source_dir, "/opt/ts/etc/incoming");
-  EXPECT_EQ(c0.signing_key, "/opt/ts/etc/origin.key");
+  ASSERT_EQ(c0.signing_keys.size(), 1u);
+  EXPECT_EQ(c0.signing_keys[0], "/opt/ts/etc/origin.key");
   EXPECT_EQ(c0.tree, "/opt/ts/tree");
 }
 
@@ -589,6 +591,39 @@ TEST_F(CheckResourcesTest, SigningKeyThatIsNotAKey) {
   const Status st = check_resources(tier0_config());
   ASSERT_FALSE(st);
   EXPECT_TRUE(Contains(st.message(), "\"signing_key\""));
+}
+
+// A key rotation: signing_key may list several keys; each must load, none twice.
+TEST_F(CheckResourcesTest, SeveralSigningKeys) {
+  auto second = tiersync::proto::PrivateKey::generate();
+  ASSERT_TRUE(second) << second.message();
+  std::ofstream(dir_ / "new.key") << second->to_pem();
+  json doc = minimal_tier0();
+  doc["tree"] = "tree";
+  doc["state_dir"] = "state";
+  doc["source"]["dir"] = "incoming";
+  doc["signing_key"] = {"origin.key", "new.key"};
+  Config c = parse(doc, dir_ / "tiersync.json");
+  ASSERT_EQ(c.signing_keys.size(), 2u);
+  EXPECT_EQ(c.signing_keys[1], dir_ / "new.key");
+  EXPECT_TRUE(check_resources(c)) << check_resources(c).message();
+
+  doc["signing_key"] = {"origin.key", "origin.key"};
+  Status twice = check_resources(parse(doc, dir_ / "tiersync.json"));
+  ASSERT_FALSE(twice);
+  EXPECT_TRUE(Contains(twice.message(), "listed twice")) << twice.message();
+
+  doc["signing_key"] = {"origin.key", "missing.key"};
+  Status missing = check_resources(parse(doc, dir_ / "tiersync.json"));
+  ASSERT_FALSE(missing);
+  EXPECT_TRUE(Contains(missing.message(), "\"signing_key[1]\"")) << missing.message();
+
+  for (const json& bad : {json::array(), json::array({""}), json::array({1})}) {
+    doc["signing_key"] = bad;
+    auto r = parse_config(doc.dump(), dir_ / "tiersync.json");
+    ASSERT_FALSE(r) << bad.dump();
+    EXPECT_TRUE(Contains(r.message(), "\"signing_key\"")) << r.message();
+  }
 }
 
 TEST_F(CheckResourcesTest, MissingSourceDir) {
