@@ -32,10 +32,13 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// The source's fingerprint: any upload, rename or removal changes it ("" if it cannot be read).
+// The source's fingerprint: any upload, rename or removal changes it ("" if it cannot be read),
+// and so does `.tiersync-busy` appearing or going (the scan leaves the marker out): a builder's
+// finished upload is published once it has settled, not at the next minute's check.
 std::string source_fingerprint(const ops::Config& config) {
   auto scan = sync::scan_tree(config.source_dir, /*sorted=*/false);
-  return scan ? sync::scan_fingerprint(*scan, "") : std::string();
+  const bool busy = ::access((config.source_dir / ".tiersync-busy").c_str(), F_OK) == 0;
+  return scan ? sync::scan_fingerprint(*scan, busy ? "busy" : "") : std::string();
 }
 
 // Keeps one long poll open on an HTTP(S) parent and wakes the main loop (SIGUSR1) as soon as the
@@ -196,10 +199,15 @@ int run_daemon(const std::string& config_path, ops::Config config) {
   };
   start_poller();
   auto after_cycle = [&] {
-    if (long_poll) poller->applied = applied_serial(config);
-    publish_view();
     sync::StateStore state(config.state_dir, config.tree);
     const auto cycle = state.load_cycle();
+    // A held serial was looked at: the long poll waits for the next one (an approval wakes the
+    // loop through the control socket), not one cycle every few seconds for the same serial.
+    if (long_poll)
+      poller->applied = cycle.result == "held"
+                            ? std::max(applied_serial(config), cycle.upstream_serial)
+                            : applied_serial(config);
+    publish_view();
     const auto held = state.load_held().partitions.size();
     const auto serial = applied_serial(config);
     ops::notify_systemd("STATUS=serial " + std::to_string(serial) + ", upstream " +

@@ -234,11 +234,25 @@ CycleOutcome sync_once(const ops::Config& config, const std::atomic<bool>* stop,
     ++metrics.upstream_errors;
     return cycle.fail("cannot fetch the snapshot: " + bytes.message());
   }
+  // Nothing newer, but the snapshot we serve has expired: the origin stopped re-signing, or a
+  // parent is withholding updates (a freeze). Still served, and reported as a failure so that
+  // last_success and the alerts on it show it.
+  const std::int64_t now = std::time(nullptr);
+  auto in_sync = [&]() {
+    if (!*applied) return cycle.noop(applied_serial);
+    const auto& s = (*applied)->snapshot;
+    if (s.expires <= now)
+      return cycle.fail("stale: the parent " + parent->describe() + " still serves serial " +
+                        std::to_string(s.serial) + ", which expired at " +
+                        proto::format_time(s.expires) +
+                        " (the origin has not re-signed, or a parent withholds updates)");
+    return cycle.noop(applied_serial);
+  };
   // A no-op reads one file and compares: no verification, no tree walk.
   if (*applied && *bytes == (*applied)->envelope) {
     if (cycle.previous_parent_chain().empty())
       if (auto chain = fetch_parent_chain(*parent)) cycle.set_parent_chain(std::move(*chain));
-    return cycle.noop(applied_serial);
+    return in_sync();
   }
 
   const std::string from = " from " + parent->describe();
@@ -260,8 +274,7 @@ CycleOutcome sync_once(const ops::Config& config, const std::atomic<bool>* stop,
   if (cand->serial < applied_serial)
     return cycle.fail("rollback refused: the parent offers serial " + std::to_string(cand->serial) +
                       ", lower than the applied serial " + std::to_string(applied_serial));
-  if (cand->serial == applied_serial) return cycle.noop(applied_serial);
-  const std::int64_t now = std::time(nullptr);
+  if (cand->serial == applied_serial) return in_sync();
   if (cand->expires <= now)
     return cycle.fail("snapshot serial " + std::to_string(cand->serial) + " refused: expired at " +
                       proto::format_time(cand->expires) + "; still serving serial " +

@@ -37,6 +37,7 @@ json status_object(const ops::Config& config) {
     j["origin"] = s.origin;
     j["created"] = proto::format_time(s.created);
     j["expires"] = proto::format_time(s.expires);
+    j["expires_unix"] = s.expires;
     std::uint64_t files = 0;
     for (const auto& [name, ref] : s.partitions) files += ref.files;
     j["partitions"] = s.partitions.size();
@@ -103,6 +104,9 @@ std::string metrics_text(const ops::Config& config) {
         std::to_string(j["held"].size()));
   gauge("tiersync_lag", "Serials between the applied snapshot and the parent's latest.",
         number(j["lag"]));
+  gauge("tiersync_snapshot_expires_timestamp_seconds",
+        "Unix time at which the applied snapshot expires (0: nothing applied).",
+        number(j.value("expires_unix", json())));
   gauge("tiersync_last_success_timestamp_seconds",
         "Unix time of the last cycle that applied, published or found nothing to do (0: never).",
         number(j["last_success_unix"]));

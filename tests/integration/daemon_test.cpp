@@ -190,6 +190,31 @@ TEST(DaemonTest, SyncNowPublishesAtTier0WithoutWaitingToSettle) {
   EXPECT_EQ(d_origin.terminate(5s), 0) << d_origin.log();
 }
 
+// A builder's `.tiersync-busy` holds publishing back; removing it publishes as soon as the
+// source has settled (not at the next minute's re-sign check).
+TEST(DaemonTest, Tier0PublishesOnceTheBusyMarkerGoes) {
+  TempDir root("tiersync-daemon");
+  const KeyFiles key = keygen(root / "keys/origin");
+  const fs::path source = root / "incoming";
+  TreeModel model = make_sample();
+  materialize(model, source);
+  Node origin = make_origin(root / "origin", "dl-master", source, key.key);
+  amend_config(origin, {{"source", {{"dir", source.string()}, {"settle_seconds", 0}}}});
+  ASSERT_TRUE(Exited(origin.once(), 0));
+  Daemon d_origin(origin);
+
+  write_file(source / ".tiersync-busy", "uploading\n");
+  const std::string added = add_package(model, "edge/main/x86_64", "newpkg-2.0-r0.apk", 4242);
+  rebuild_index(model, "edge/main/x86_64", 1'800'000'000);
+  for (const std::string path : {added, std::string("edge/main/x86_64/APKINDEX.tar.gz")})
+    write_file(source / path, model.at(path).bytes, model.at(path).mtime, model.at(path).mode);
+  std::this_thread::sleep_for(2500ms);  // the daemon looks every second: it saw the upload
+  EXPECT_FALSE(fs::exists(origin.tree() / "edge/main/x86_64/newpkg-2.0-r0.apk")) << d_origin.log();
+  fs::remove(source / ".tiersync-busy");
+  EXPECT_TRUE(converges(source, origin.tree(), 10s)) << d_origin.log();
+  EXPECT_EQ(d_origin.terminate(5s), 0) << d_origin.log();
+}
+
 // A parent whose server sends a corrupted byte: the relay refuses the file (SHA-256), installs
 // nothing, and converges once the parent serves the right bytes again.
 TEST(DaemonTest, ACorruptedByteFromTheParentIsNeverInstalled) {

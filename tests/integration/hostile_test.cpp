@@ -13,6 +13,8 @@
 #include <set>
 #include <stdexcept>
 
+#include <thread>
+
 #include <gtest/gtest.h>
 
 #include "proto/digest.h"
@@ -452,6 +454,24 @@ TEST_F(HostileParentTest, HonestUpdateApplies) {
   ASSERT_TRUE(Exited(mirror_.once(), 0));
   EXPECT_TRUE(TreeMatches(mirror_.tree(), next_));
   EXPECT_EQ(mirror_.status().value("serial", json()), kHostileSerial);
+}
+
+// A freeze: the parent keeps serving the snapshot the mirror applied until it expires. The
+// mirror keeps its tree and serial, but no longer reports "in sync": the cycle fails as stale.
+TEST_F(HostileParentTest, AnExpiredSnapshotThatNeverChangesIsReportedStale) {
+  Offer o = Offer::of(good_, kGoodSerial, *key_);
+  o.expires = std::time(nullptr) + 2;
+  parent_->publish(o);
+  ASSERT_TRUE(Exited(mirror_.once(), 0));
+  EXPECT_EQ(mirror_.status()["last_cycle"]["result"], "ok");
+  std::this_thread::sleep_for(std::chrono::milliseconds(3100));  // past `expires`
+  RunResult stale = mirror_.once();
+  EXPECT_TRUE(stale.exited(1)) << stale.describe();
+  EXPECT_TRUE(StderrNames(stale, {{"stale"}, {"expired"}})) << stale.describe();
+  EXPECT_TRUE(TreeMatches(mirror_.tree(), good_));
+  const json st = mirror_.status();
+  EXPECT_EQ(st.value("serial", json()), kGoodSerial);
+  EXPECT_EQ(st["last_cycle"]["result"], "failed") << st.dump(2);
 }
 
 TEST_F(HostileParentTest, SymlinkThatBecomesAFolderIsNotWrittenThrough) {
