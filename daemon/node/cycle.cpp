@@ -90,7 +90,8 @@ CycleOutcome Cycle::applied(std::uint64_t serial, const sync::ApplyStats& s,
                     " deleted=" + std::to_string(s.deleted) +
                     " fetched=" + std::to_string(s.fetched_files) +
                     " fetched_bytes=" + std::to_string(s.fetched_bytes) +
-                    " reused=" + std::to_string(s.reused_files);
+                    " reused=" + std::to_string(s.reused_files) +
+                    (s.resumed_files ? " resumed=" + std::to_string(s.resumed_files) : "");
   if (upstream_serial_ == 0) upstream_serial_ = serial;
   auto& metrics = ops::process_metrics();
   metrics.files_added += s.added;

@@ -42,7 +42,8 @@ class TransportFetcher final : public sync::Fetcher {
                           jobs[i].entry->size,
                           counted(jobs[i].sink, receiver_failed[i]),
                           {},
-                          {}});
+                          {},
+                          jobs[i].offset});
     Status first = t_.fetch_files(requests);
     bool receiver = false;
     for (std::size_t i = 0; i < jobs.size(); ++i) {

@@ -172,6 +172,7 @@ Status Applier::stage(const Plan& plan, ApplyStats& stats) {
     UniqueFd fd;
     proto::Sha256 hasher;
     std::uint64_t got;
+    std::uint64_t offset = 0;  ///< staged by an earlier run (already in `hasher` and `got`)
   };
   constexpr std::size_t kBatch = 64;
   std::vector<std::unique_ptr<Download>> batch;
@@ -193,7 +194,8 @@ Status Applier::stage(const Plan& plan, ApplyStats& stats) {
                                 dl->got += size;
                                 return write_all(dl->fd.get(), data, size, dl->dest);
                               },
-                              {}});
+                              {},
+                              dl->offset});
     }
     Status result = jobs.empty() ? Status() : fetcher_.fetch_many(jobs);
     for (std::size_t i = 0; i < batch.size() && result; ++i) {
@@ -207,13 +209,17 @@ Status Applier::stage(const Plan& plan, ApplyStats& stats) {
       }
       if (result) {
         ++stats.fetched_files;
-        stats.fetched_bytes += dl.got;
+        stats.fetched_bytes += dl.got - dl.offset;
+        if (dl.offset > 0) ++stats.resumed_files;
         actions[dl.entry] = Action::kRename;
       }
     }
-    if (!result)  // nothing unverified stays under a staged name
+    // A download the parent or a stop cut short stays, to be resumed by the next run (which
+    // verifies the whole file before any use); one whose bytes contradicted the manifest goes.
+    if (!result)
       for (auto& dl : batch)
-        if (!actions.count(dl->entry)) ::unlink(dl->dest.c_str());
+        if (!actions.count(dl->entry) && (content_rejected_ || dl->got == 0))
+          ::unlink(dl->dest.c_str());
     batch.clear();
     return result;
   };
@@ -223,14 +229,36 @@ Status Applier::stage(const Plan& plan, ApplyStats& stats) {
     const fs::path dest = files / name;
     const fs::path final_path = tree / std::string(e->path());
     if (leftovers.count(name)) {
-      std::uint64_t size = 0;
-      auto d = hash_file(dest, &size);
-      if (d && size == e->size && *d == e->sha256) {
-        UniqueFd fd(::open(dest.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
-        if (fd.valid() && set_metadata(fd.get(), *e, dest)) {
-          actions[e] = Action::kRename;
-          ++stats.reused_files;
+      struct stat st;
+      const bool partial = ::lstat(dest.c_str(), &st) == 0 && S_ISREG(st.st_mode) &&
+                           st.st_size > 0 && static_cast<std::uint64_t>(st.st_size) < e->size;
+      if (partial) {
+        // A download an earlier run did not finish: its bytes are hashed again and the rest is
+        // asked for from where it stopped. The whole file is verified when it is complete.
+        auto resumed = std::make_unique<Download>(Download{e, dest, {}, {}, 0});
+        auto read = stream_file(dest, [&](const char* data, std::size_t size) -> Status {
+          resumed->hasher.update(data, size);
+          resumed->got += size;
+          return {};
+        });
+        resumed->fd = UniqueFd(::open(dest.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC | O_NOFOLLOW));
+        if (read && resumed->fd.valid() && resumed->got < e->size) {
+          resumed->offset = resumed->got;
+          batch.push_back(std::move(resumed));
+          if (batch.size() >= kBatch)
+            if (auto st2 = flush(); !st2) return st2;
           continue;
+        }
+      } else {
+        std::uint64_t size = 0;
+        auto d = hash_file(dest, &size);
+        if (d && size == e->size && *d == e->sha256) {
+          UniqueFd fd(::open(dest.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+          if (fd.valid() && set_metadata(fd.get(), *e, dest)) {
+            actions[e] = Action::kRename;
+            ++stats.reused_files;
+            continue;
+          }
         }
       }
       ::unlink(dest.c_str());

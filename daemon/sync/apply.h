@@ -3,6 +3,7 @@
 /// stage every new file (verified), install other files, then index files, then the root
 /// partition, commit, then delete and prune. A journal makes a killed apply resumable.
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <filesystem>
@@ -27,6 +28,8 @@ struct FetchJob {
   const proto::Entry* entry;
   ByteSink sink;
   Status result;
+  /// Bytes already staged by an earlier run: the sink wants the file from this byte on.
+  std::uint64_t offset = 0;
 };
 
 /// Where the bytes of new files come from (a parent, or tier0's source folder).
@@ -39,7 +42,13 @@ class Fetcher {
   /// only, never two at once. Returns the first failure. By default, one after another.
   virtual Status fetch_many(std::span<FetchJob> jobs) {
     for (auto& job : jobs) {
-      job.result = fetch(*job.entry, job.sink);
+      // From the first byte, the ones before `offset` dropped: a local source costs little.
+      std::uint64_t skip = job.offset;
+      job.result = fetch(*job.entry, [&](const char* data, std::size_t size) -> Status {
+        const std::size_t drop = static_cast<std::size_t>(std::min<std::uint64_t>(skip, size));
+        skip -= drop;
+        return drop == size ? Status{} : job.sink(data + drop, size - drop);
+      });
       if (!job.result) return job.result;
     }
     return {};
@@ -57,7 +66,8 @@ struct ApplyStats {
   std::uint64_t deleted = 0;
   std::uint64_t fetched_files = 0;
   std::uint64_t fetched_bytes = 0;
-  std::uint64_t reused_files = 0;  ///< copied from a local file of the same hash, or in place
+  std::uint64_t reused_files = 0;   ///< copied from a local file of the same hash, or in place
+  std::uint64_t resumed_files = 0;  ///< fetched from where an earlier run's download stopped
 };
 
 /// One candidate to apply: its verified envelope, snapshot and manifests. The applied

@@ -342,6 +342,7 @@ struct HttpsTransport::Impl {
       }
       Download d = download(r.path, r.max_bytes, r.sink);
       d.restart = &r.restart;
+      d.delivered = r.offset;  // resumed with a Range (or the repeated bytes are dropped)
       r.result = co_await fetch(c, d);
       if (!r.result && first) first = r.result;
     }

@@ -1,6 +1,7 @@
 #pragma once
 /// Where a parent's bytes come from: an interface, with file://, https:// and http:// behind it.
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
@@ -29,6 +30,9 @@ struct FileRequest {
   /// resets its hash). Without it, the transport discards the bytes the sink already has.
   std::function<Status()> restart;
   Status result;  ///< set by fetch_files
+  /// The sink already holds the file's first `offset` bytes (a download resumed across runs):
+  /// asked for with a Range where the parent takes one, else dropped as they arrive.
+  std::uint64_t offset = 0;
 };
 
 /// The outcome of a long poll: the envelope, or nothing when the serial did not move.
@@ -56,7 +60,13 @@ class Transport {
   virtual Status fetch_files(std::span<FileRequest> requests) {
     Status first;
     for (auto& req : requests) {
-      req.result = first ? fetch_file(req.path, req.max_bytes, req.sink)
+      std::uint64_t skip = req.offset;
+      const Sink from_offset = [&](const char* data, std::size_t size) -> Status {
+        const std::size_t drop = static_cast<std::size_t>(std::min<std::uint64_t>(skip, size));
+        skip -= drop;
+        return drop == size ? Status{} : req.sink(data + drop, size - drop);
+      };
+      req.result = first ? fetch_file(req.path, req.max_bytes, from_offset)
                          : Status(make_error(req.path + ": not fetched after an earlier failure"));
       if (first && !req.result) first = req.result;
     }

@@ -118,11 +118,33 @@ TEST(DaemonTest, SigtermDuringALongDownloadStopsPromptlyAndCleanly) {
   EXPECT_LT(std::chrono::steady_clock::now() - before, 5s);
   // Nothing of the candidate was installed: no content file at all on a first sync.
   EXPECT_TRUE(files_in(list_tree(mirror.tree())).empty()) << d_mirror->log();
+  // The part of the big file already downloaded stays staged, for the next run to resume.
+  std::uintmax_t kept = 0;
+  {
+    std::error_code ec;
+    for (const auto& f : fs::directory_iterator(staging, ec))
+      kept = std::max(kept, fs::file_size(f.path(), ec));
+  }
+  EXPECT_GE(kept, 1u << 20) << d_mirror->log();
+  EXPECT_LT(kept, big.size()) << d_mirror->log();
 
-  // Started again without the limit, it converges.
+  // Started again without the limit, it converges, fetching only the rest of the big file:
+  // the parent answered a Range (206), and the first run's bytes were verified with the rest.
   amend_config(mirror, {{"upstream", {{"max_bytes_per_second", 0}}}});
   d_mirror.emplace(mirror);
   EXPECT_TRUE(converges(source, mirror.tree(), 30s)) << d_mirror->log();
+  EXPECT_EQ(read_file(mirror.tree() / "edge/main/x86_64/zz-big-1.0-r0.apk"), big);
+  bool resumed = false;
+  for (int i = 0; i < 50 && !resumed; ++i) {
+    resumed = contains_nocase(d_mirror->log(), "resumed=1");
+    if (!resumed) std::this_thread::sleep_for(100ms);
+  }
+  EXPECT_TRUE(resumed) << d_mirror->log();
+  const RunResult metrics = run({"curl", "--silent", "--max-time", "5",
+                                 "http://127.0.0.1:" + std::to_string(origin_port) + "/metrics"});
+  if (metrics.exited(0))  // curl is optional here
+    EXPECT_TRUE(contains_nocase(metrics.out, "tiersync_http_requests_total{code=\"206\"}"))
+        << metrics.out;
 }
 
 // tiersyncctl sync-now reaches a running daemon over its control socket (mode 0600) and starts a
