@@ -47,6 +47,9 @@ std::string source_fingerprint(const ops::Config& config) {
 struct Poller {
   std::atomic<std::uint64_t> applied{0};
   std::atomic<bool> stop{false};
+  /// Set once the daemon's own first cycle is done: polling before it would only wake a second
+  /// cycle for the serial the first one is applying.
+  std::atomic<bool> primed{false};
 
   static void start(std::shared_ptr<Poller> self, const ops::Config& config) {
     transport::TransportOptions options;
@@ -59,6 +62,8 @@ struct Poller {
     }
     const auto wait = std::chrono::seconds(std::min(config.upstream.poll_seconds, 300u));
     std::thread([self, t = std::shared_ptr<transport::Transport>(std::move(*t)), wait] {
+      while (!self->primed && !self->stop)  // bounded by the first cycle, or SIGTERM
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
       for (unsigned failures = 0; !self->stop;) {
         const std::uint64_t known = self->applied;
         auto r = t->poll_snapshot(known, wait);
@@ -178,10 +183,6 @@ int run_daemon(const std::string& config_path, ops::Config config) {
       spdlog::error("cannot listen: {}", st.message());
       return kExitFailure;
     }
-    auto ports = server->ports();
-    for (std::size_t i = 0; i < config.listen.size() && i < ports.size(); ++i)
-      spdlog::info("listening on {}:{} ({})", config.listen[i].address, ports[i],
-                   config.listen[i].tls ? "https" : "http");
     publish_view();
   }
   // The long poll on the parent; started again with a reloaded configuration (its URL or CA
@@ -203,10 +204,12 @@ int run_daemon(const std::string& config_path, ops::Config config) {
     const auto cycle = state.load_cycle();
     // A held serial was looked at: the long poll waits for the next one (an approval wakes the
     // loop through the control socket), not one cycle every few seconds for the same serial.
-    if (long_poll)
+    if (long_poll) {
       poller->applied = cycle.result == "held"
                             ? std::max(applied_serial(config), cycle.upstream_serial)
                             : applied_serial(config);
+      poller->primed = true;
+    }
     publish_view();
     const auto held = state.load_held().partitions.size();
     const auto serial = applied_serial(config);
