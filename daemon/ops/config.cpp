@@ -68,6 +68,16 @@ class Reader {
     }
     out = (base / s).lexically_normal();
   }
+  /// A non-empty array of at most `max` file paths; `shape` says what is expected otherwise.
+  void path_list(std::string_view k, const json& v, std::vector<fs::path>& out,
+                 const fs::path& base, std::size_t max, const std::string& shape) {
+    if (!v.is_array() || v.empty() || v.size() > max) return fail(k, shape);
+    for (const auto& p : v) {
+      if (!p.is_string() || p.get<std::string>().empty())
+        return fail(k, "each entry must be a file path");
+      out.push_back((base / p.get<std::string>()).lexically_normal());
+    }
+  }
   template <class T>
   void integer(std::string_view k, T& out, std::int64_t min, std::int64_t max) {
     const json* v = get(k);
@@ -195,15 +205,8 @@ Result<Config> parse_config(std::string_view text, const fs::path& file) {
       r.fail("source", "missing (required for role tier0)");
     }
     if (const json* keys = r.get("signing_key"); keys && keys->is_array()) {
-      if (keys->empty() || keys->size() > 8)
-        r.fail("signing_key", "must be a private key file or an array of 1 to 8 of them");
-      for (const auto& k : *keys) {
-        if (!k.is_string() || k.get<std::string>().empty()) {
-          r.fail("signing_key", "each entry must be a file path");
-          break;
-        }
-        c.signing_keys.push_back((base / k.get<std::string>()).lexically_normal());
-      }
+      r.path_list("signing_key", *keys, c.signing_keys, base, 8,
+                  "must be a private key file or an array of 1 to 8 of them");
     } else {
       fs::path one;
       r.path("signing_key", one, base, true);
@@ -234,17 +237,8 @@ Result<Config> parse_config(std::string_view text, const fs::path& file) {
       r.fail("upstream", "missing (required for role " + std::string(role_name(c.role)) + ")");
     }
     if (const json* keys = r.get("trusted_keys")) {
-      if (!keys->is_array() || keys->empty()) {
-        r.fail("trusted_keys", "must be a non-empty array of public key files");
-      } else {
-        for (const auto& k : *keys) {
-          if (!k.is_string() || k.get<std::string>().empty()) {
-            r.fail("trusted_keys", "each entry must be a file path");
-            break;
-          }
-          c.trusted_keys.push_back((base / k.get<std::string>()).lexically_normal());
-        }
-      }
+      r.path_list("trusted_keys", *keys, c.trusted_keys, base, 64,
+                  "must be a non-empty array of public key files");
     } else {
       r.fail("trusted_keys", "missing (required for role " + std::string(role_name(c.role)) + ")");
     }
