@@ -27,16 +27,11 @@ namespace {
 
 using namespace std::chrono_literals;
 
-TEST(DaemonTest, ThreeNodesOverHttpConvergeAndFollowChanges) {
-  TempDir root("tiersync-daemon");
-  const KeyFiles key = keygen(root / "keys/origin");
-  const fs::path source = root / "incoming";
-  TreeModel model = make_sample();
-  materialize(model, source);
+class DaemonTest : public OriginTest {};
 
+TEST_F(DaemonTest, ThreeNodesOverHttpConvergeAndFollowChanges) {
   const auto ports = free_ports(2);
   const std::uint16_t origin_port = ports[0], a_port = ports[1];
-  Node origin = make_origin(root / "origin", "dl-master", source, key.key);
   amend_config(origin,
                {{"source", {{"dir", source.string()}, {"settle_seconds", 0}}},
                 {"listen", {{{"address", "127.0.0.1"}, {"port", origin_port}, {"tls", false}}}}});
@@ -79,19 +74,13 @@ TEST(DaemonTest, ThreeNodesOverHttpConvergeAndFollowChanges) {
 
 // SIGTERM in the middle of a long download: the daemon stops within 5 seconds, exit 0, without
 // installing anything of the half-fetched snapshot; started again, it converges.
-TEST(DaemonTest, SigtermDuringALongDownloadStopsPromptlyAndCleanly) {
-  TempDir root("tiersync-daemon");
-  const KeyFiles key = keygen(root / "keys/origin");
-  const fs::path source = root / "incoming";
-  TreeModel model = make_sample();
-  materialize(model, source);
+TEST_F(DaemonTest, SigtermDuringALongDownloadStopsPromptlyAndCleanly) {
   // 24 MiB at 1 MiB/s: the download lasts far longer than the 5 seconds SIGTERM may take.
   std::string big(24u << 20, '\0');
   for (std::size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>((i * 2654435761u) >> 24);
   write_file(source / "edge/main/x86_64/zz-big-1.0-r0.apk", big, 1'700'000'000);
 
   const std::uint16_t origin_port = free_port();
-  Node origin = make_origin(root / "origin", "dl-master", source, key.key);
   amend_config(origin,
                {{"source", {{"dir", source.string()}, {"settle_seconds", 0}}},
                 {"listen", {{{"address", "127.0.0.1"}, {"port", origin_port}, {"tls", false}}}}});
@@ -142,20 +131,15 @@ TEST(DaemonTest, SigtermDuringALongDownloadStopsPromptlyAndCleanly) {
   EXPECT_TRUE(resumed) << d_mirror->log();
   const RunResult metrics = run({"curl", "--silent", "--max-time", "5",
                                  "http://127.0.0.1:" + std::to_string(origin_port) + "/metrics"});
-  if (metrics.exited(0))  // curl is optional here
+  if (metrics.exited(0)) {  // curl is optional here
     EXPECT_TRUE(contains_nocase(metrics.out, "tiersync_http_requests_total{code=\"206\"}"))
         << metrics.out;
+  }
 }
 
 // tiersyncctl sync-now reaches a running daemon over its control socket (mode 0600) and starts a
 // cycle at once: with poll_seconds at an hour, nothing else would.
-TEST(DaemonTest, SyncNowStartsACycleThroughTheControlSocket) {
-  TempDir root("tiersync-daemon");
-  const KeyFiles key = keygen(root / "keys/origin");
-  const fs::path source = root / "incoming";
-  TreeModel model = make_sample();
-  materialize(model, source);
-  Node origin = make_origin(root / "origin", "dl-master", source, key.key);
+TEST_F(DaemonTest, SyncNowStartsACycleThroughTheControlSocket) {
   ASSERT_TRUE(Exited(origin.once(), 0));
   Node mirror = make_mirror(root / "mirror", "mirror", origin.url(), {key.pub});
   amend_config(mirror, {{"upstream", {{"poll_seconds", 3600}}}});
@@ -183,13 +167,7 @@ TEST(DaemonTest, SyncNowStartsACycleThroughTheControlSocket) {
 }
 
 // At tier0, sync-now publishes at once, without waiting settle_seconds for a quiet source.
-TEST(DaemonTest, SyncNowPublishesAtTier0WithoutWaitingToSettle) {
-  TempDir root("tiersync-daemon");
-  const KeyFiles key = keygen(root / "keys/origin");
-  const fs::path source = root / "incoming";
-  TreeModel model = make_sample();
-  materialize(model, source);
-  Node origin = make_origin(root / "origin", "dl-master", source, key.key);
+TEST_F(DaemonTest, SyncNowPublishesAtTier0WithoutWaitingToSettle) {
   amend_config(origin, {{"source", {{"dir", source.string()}, {"settle_seconds", 3600}}}});
   ASSERT_TRUE(Exited(origin.once(), 0));  // --once skips the settle wait
   Daemon d_origin(origin);
@@ -214,13 +192,7 @@ TEST(DaemonTest, SyncNowPublishesAtTier0WithoutWaitingToSettle) {
 
 // A builder's `.tiersync-busy` holds publishing back; removing it publishes as soon as the
 // source has settled (not at the next minute's re-sign check).
-TEST(DaemonTest, Tier0PublishesOnceTheBusyMarkerGoes) {
-  TempDir root("tiersync-daemon");
-  const KeyFiles key = keygen(root / "keys/origin");
-  const fs::path source = root / "incoming";
-  TreeModel model = make_sample();
-  materialize(model, source);
-  Node origin = make_origin(root / "origin", "dl-master", source, key.key);
+TEST_F(DaemonTest, Tier0PublishesOnceTheBusyMarkerGoes) {
   amend_config(origin, {{"source", {{"dir", source.string()}, {"settle_seconds", 0}}}});
   ASSERT_TRUE(Exited(origin.once(), 0));
   Daemon d_origin(origin);
@@ -228,7 +200,7 @@ TEST(DaemonTest, Tier0PublishesOnceTheBusyMarkerGoes) {
   write_file(source / ".tiersync-busy", "uploading\n");
   const std::string added = add_package(model, "edge/main/x86_64", "newpkg-2.0-r0.apk", 4242);
   rebuild_index(model, "edge/main/x86_64", 1'800'000'000);
-  for (const std::string path : {added, std::string("edge/main/x86_64/APKINDEX.tar.gz")})
+  for (const std::string& path : {added, std::string("edge/main/x86_64/APKINDEX.tar.gz")})
     write_file(source / path, model.at(path).bytes, model.at(path).mtime, model.at(path).mode);
   std::this_thread::sleep_for(2500ms);  // the daemon looks every second: it saw the upload
   EXPECT_FALSE(fs::exists(origin.tree() / "edge/main/x86_64/newpkg-2.0-r0.apk")) << d_origin.log();
@@ -239,12 +211,7 @@ TEST(DaemonTest, Tier0PublishesOnceTheBusyMarkerGoes) {
 
 // A parent whose server sends a corrupted byte: the relay refuses the file (SHA-256), installs
 // nothing, and converges once the parent serves the right bytes again.
-TEST(DaemonTest, ACorruptedByteFromTheParentIsNeverInstalled) {
-  TempDir root("tiersync-daemon");
-  const KeyFiles key = keygen(root / "keys/origin");
-  const fs::path source = root / "incoming";
-  materialize(make_sample(), source);
-  Node origin = make_origin(root / "origin", "dl-master", source, key.key);
+TEST_F(DaemonTest, ACorruptedByteFromTheParentIsNeverInstalled) {
   ASSERT_TRUE(Exited(origin.once(), 0));
 
   // Relay A takes the origin's tree over file:// and serves its own copy over HTTP.
@@ -285,12 +252,7 @@ TEST(DaemonTest, ACorruptedByteFromTheParentIsNeverInstalled) {
 // The systemd notification protocol, without systemd: a datagram socket of the test's own as
 // NOTIFY_SOCKET. READY=1 once started, STATUS= lines, WATCHDOG=1 when WATCHDOG_USEC is set,
 // STOPPING=1 on SIGTERM.
-TEST(DaemonTest, NotifiesAFakeSystemd) {
-  TempDir root("tiersync-daemon");
-  const KeyFiles key = keygen(root / "keys/origin");
-  const fs::path source = root / "incoming";
-  materialize(make_sample(), source);
-  Node origin = make_origin(root / "origin", "dl-master", source, key.key);
+TEST_F(DaemonTest, NotifiesAFakeSystemd) {
   ASSERT_TRUE(Exited(origin.once(), 0));
   Node mirror = make_mirror(root / "mirror", "mirror", origin.url(), {key.pub});
 

@@ -22,6 +22,8 @@ namespace {
 
 using namespace std::chrono_literals;
 
+class OperationsTest : public OriginTest {};
+
 // ---------------------------------------------------------------------------------------------
 // A strict reader of the Prometheus text exposition format (version 0.0.4).
 
@@ -235,16 +237,10 @@ const std::map<std::string, std::string> kRequired = {
 
 // tier0 -> tier1 -> mirror over HTTP: each node's /metrics parses and carries every required
 // metric with values that match what happened; each status names its chain up to the origin.
-TEST(OperationsTest, MetricsAndStatusChainAcrossThreeTiers) {
+TEST_F(OperationsTest, MetricsAndStatusChainAcrossThreeTiers) {
   if (!have_curl()) GTEST_SKIP() << "curl is not installed";
-  TempDir root("tiersync-ops");
-  const KeyFiles key = keygen(root / "keys/origin");
-  const fs::path source = root / "incoming";
-  TreeModel model = make_sample();
-  materialize(model, source);
 
   const auto ports = free_ports(3);
-  Node origin = make_origin(root / "origin", "dl-master", source, key.key);
   amend_config(origin,
                {{"source", {{"dir", source.string()}, {"settle_seconds", 0}}},
                 {"listen", {{{"address", "127.0.0.1"}, {"port", ports[0]}, {"tls", false}}}}});
@@ -336,13 +332,8 @@ TEST(OperationsTest, MetricsAndStatusChainAcrossThreeTiers) {
 
 // A parent that serves a corrupted byte: the relay's /metrics counts the refusal, its last
 // success stays at "never", and its status still names no serial.
-TEST(OperationsTest, MetricsCountVerifyFailures) {
+TEST_F(OperationsTest, MetricsCountVerifyFailures) {
   if (!have_curl()) GTEST_SKIP() << "curl is not installed";
-  TempDir root("tiersync-ops");
-  const KeyFiles key = keygen(root / "keys/origin");
-  const fs::path source = root / "incoming";
-  materialize(make_sample(), source);
-  Node origin = make_origin(root / "origin", "dl-master", source, key.key);
   ASSERT_TRUE(Exited(origin.once(), 0));
 
   const auto ports = free_ports(2);
@@ -395,7 +386,7 @@ TEST(OperationsTest, MetricsCountVerifyFailures) {
 // The key rotation of docs/security.md with a threshold: tier0 signs with the old and the new
 // key; relays that require both (threshold 2) accept; the old key is then retired. A rotation
 // re-signs at once, without waiting for content to change or for half the TTL.
-TEST(OperationsTest, KeyRotationWithAThreshold) {
+TEST(KeyRotationTest, OldAndNewKeyWithAThreshold) {
   TempDir root("tiersync-ops");
   const KeyFiles old_key = keygen(root / "keys/old");
   const KeyFiles new_key = keygen(root / "keys/new");

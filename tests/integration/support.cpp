@@ -796,4 +796,9 @@ bool converges(const fs::path& source, const fs::path& tree, std::chrono::second
   return false;
 }
 
+OriginTest::OriginTest() : key(keygen(root / "keys/origin")) {
+  materialize(model, source);
+  origin = make_origin(root / "origin", "dl-master", source, key.key);
+}
+
 }  // namespace tiersync::it

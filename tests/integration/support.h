@@ -279,6 +279,19 @@ bool converges(const fs::path& source, const fs::path& tree, std::chrono::second
 /// Case-insensitive substring search.
 bool contains_nocase(std::string_view haystack, std::string_view needle);
 
+/// A fixture for the tests that run daemons: a temp root, an origin key, a sample source
+/// (`model`, materialized in `source`) and a tier0 "dl-master" configured on it (not run).
+class OriginTest : public ::testing::Test {
+ protected:
+  OriginTest();
+
+  TempDir root{"tiersync-it"};
+  KeyFiles key;
+  fs::path source = root / "incoming";
+  TreeModel model = make_sample();
+  Node origin;
+};
+
 // ---------------------------------------------------------------------------------------------
 // Assertions (use as ASSERT_TRUE(Exited(node.once(), 0)))
 
