@@ -64,6 +64,8 @@ struct Poller {
     std::thread([self, t = std::shared_ptr<transport::Transport>(std::move(*t)), wait] {
       while (!self->primed && !self->stop)  // bounded by the first cycle, or SIGTERM
         std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      std::uint64_t last_woken = 0;  // the serial the last wake-up was for
+      unsigned repeats = 0;          // wake-ups in a row for it that did not get it applied
       for (unsigned failures = 0; !self->stop;) {
         const std::uint64_t known = self->applied;
         auto r = t->poll_snapshot(known, wait);
@@ -78,6 +80,16 @@ struct Poller {
         }
         if (serial > known) {
           failures = 0;
+          // The same serial again: the cycle could not apply it (refused, or the parent failed
+          // half-way). Retried after 5, 10, 20... seconds, up to the wait, not every 5 seconds.
+          repeats = serial == last_woken ? std::min(repeats + 1, 6u) : 0;
+          last_woken = serial;
+          const auto pause = std::min<std::chrono::milliseconds>(
+              std::chrono::seconds(5) * ((1u << repeats) - 1), wait);
+          for (auto waited = std::chrono::milliseconds(0); waited < pause && !self->stop;
+               waited += std::chrono::milliseconds(100))
+            std::this_thread::sleep_for(std::chrono::milliseconds(100));
+          if (self->stop) return;
           ::kill(::getpid(), SIGUSR1);
           // Give the cycle time to apply before asking again.
           for (int i = 0; i < 50 && !self->stop && self->applied == known; ++i)
@@ -277,6 +289,8 @@ int run_daemon(const std::string& config_path, ops::Config config) {
       // whole reload is refused (renewed certificates take effect without a restart).
       if (next && server) {
         if (auto st = server->reload_tls(next->listen); !st) next = st.error();
+      } else if (next && !next->listen.empty()) {
+        next = make_error("listen entries were added: restart tiersyncd to start serving");
       }
       if (!next) {
         spdlog::error("reload refused, keeping the running configuration: {}", next.message());

@@ -1,5 +1,9 @@
 #include "daemon/ops/config.h"
 
+#include <openssl/bio.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 #include <unistd.h>
 
 #include <cctype>
@@ -7,6 +11,7 @@
 #include <cstring>
 #include <fstream>
 #include <limits>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
@@ -356,6 +361,34 @@ Result<Config> load_config(const fs::path& file) {
   return parse_config(ss.str(), file);
 }
 
+namespace {
+
+// The first certificate of `cert` (a PEM chain) and the private key in `key` form a pair: what
+// the server will load at start or on SIGHUP, checked before it matters.
+Status check_tls_pair(const fs::path& cert, const fs::path& key) {
+  auto open = [](const fs::path& p) {
+    return std::unique_ptr<BIO, decltype(&BIO_free)>(BIO_new_file(p.c_str(), "r"), &BIO_free);
+  };
+  auto cert_bio = open(cert);
+  std::unique_ptr<X509, decltype(&X509_free)> x509(
+      cert_bio ? PEM_read_bio_X509(cert_bio.get(), nullptr, nullptr, nullptr) : nullptr,
+      &X509_free);
+  if (!x509) return make_error("tls_cert " + cert.string() + ": not a PEM certificate");
+  auto key_bio = open(key);
+  std::unique_ptr<EVP_PKEY, decltype(&EVP_PKEY_free)> pkey(
+      key_bio ? PEM_read_bio_PrivateKey(key_bio.get(), nullptr, nullptr, nullptr) : nullptr,
+      &EVP_PKEY_free);
+  ERR_clear_error();
+  if (!pkey) return make_error("tls_key " + key.string() + ": not a PEM private key");
+  const bool match = X509_check_private_key(x509.get(), pkey.get()) == 1;
+  ERR_clear_error();
+  if (!match)
+    return make_error("tls_key " + key.string() + " does not match tls_cert " + cert.string());
+  return {};
+}
+
+}  // namespace
+
 Status check_resources(const Config& c) {
   const std::string where = "config " + c.file.string() + ": ";
   if (c.role == Role::kTier0) {
@@ -390,6 +423,8 @@ Status check_resources(const Config& c) {
       if (::access(p->c_str(), R_OK) != 0)
         return make_error(where + "key \"listen[" + std::to_string(i) + "]." + k +
                           "\": " + p->string() + ": " + std::strerror(errno));
+    if (auto st = check_tls_pair(l.tls_cert, l.tls_key); !st)
+      return make_error(where + "key \"listen[" + std::to_string(i) + "]\": " + st.message());
   }
   return {};
 }

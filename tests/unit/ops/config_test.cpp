@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cstdlib>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -624,6 +625,39 @@ TEST_F(CheckResourcesTest, SeveralSigningKeys) {
     ASSERT_FALSE(r) << bad.dump();
     EXPECT_TRUE(Contains(r.message(), "\"signing_key\"")) << r.message();
   }
+}
+
+// A listener's certificate and key are loaded and matched, as the server will at start.
+TEST_F(CheckResourcesTest, TlsKeyMustMatchItsCertificate) {
+  auto make = [&](const std::string& name) {
+    const std::string cmd =
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
+        "-days 1 -subj /CN=t -keyout '" +
+        (dir_ / (name + ".key")).string() + "' -out '" + (dir_ / (name + ".pem")).string() +
+        "' >/dev/null 2>&1";
+    return std::system(cmd.c_str()) == 0;
+  };
+  if (!make("a") || !make("b")) GTEST_SKIP() << "the openssl command is not available";
+  json doc = minimal_tier0();
+  doc["tree"] = "tree";
+  doc["state_dir"] = "state";
+  doc["source"]["dir"] = "incoming";
+  doc["signing_key"] = "origin.key";
+  doc["listen"] = {
+      {{"address", "127.0.0.1"}, {"port", 8443}, {"tls_cert", "a.pem"}, {"tls_key", "a.key"}}};
+  EXPECT_TRUE(check_resources(parse(doc, dir_ / "tiersync.json")));
+
+  doc["listen"][0]["tls_key"] = "b.key";
+  Status mismatch = check_resources(parse(doc, dir_ / "tiersync.json"));
+  ASSERT_FALSE(mismatch);
+  EXPECT_TRUE(Contains(mismatch.message(), "does not match")) << mismatch.message();
+  EXPECT_TRUE(Contains(mismatch.message(), "listen[0]")) << mismatch.message();
+
+  std::ofstream(dir_ / "junk.pem") << "not a certificate";
+  doc["listen"][0]["tls_cert"] = "junk.pem";
+  Status junk = check_resources(parse(doc, dir_ / "tiersync.json"));
+  ASSERT_FALSE(junk);
+  EXPECT_TRUE(Contains(junk.message(), "not a PEM certificate")) << junk.message();
 }
 
 TEST_F(CheckResourcesTest, MissingSourceDir) {
