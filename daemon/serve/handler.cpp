@@ -118,10 +118,13 @@ Response file_response(const Request& req, sync::UniqueFd fd, std::string_view c
   const auto size = static_cast<std::uint64_t>(st.st_size);
   if (etag.empty()) {
     // No content hash at hand: mtime and size, as nginx does.
-    char buf[64];
-    std::snprintf(buf, sizeof buf, "\"%llx-%llx\"", static_cast<unsigned long long>(st.st_mtime),
-                  static_cast<unsigned long long>(size));
-    etag = buf;
+    char buf[48] = {'"'};
+    char* p =
+        std::to_chars(buf + 1, buf + 20, static_cast<unsigned long long>(st.st_mtime), 16).ptr;
+    *p++ = '-';
+    p = std::to_chars(p, buf + 46, static_cast<unsigned long long>(size), 16).ptr;
+    *p++ = '"';
+    etag.assign(buf, p);
   }
   const std::string last_modified = http_date(st.st_mtime);
   auto validators = [&](Response& r) {
@@ -434,16 +437,100 @@ void DirCache::clear() {
 }
 
 std::string http_date(std::time_t t) {
-  static constexpr const char* kDays[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
-  static constexpr const char* kMonths[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
-                                            "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+  static constexpr char kDays[] = "SunMonTueWedThuFriSat";
+  static constexpr char kMonths[] = "JanFebMarAprMayJunJulAugSepOctNovDec";
   struct tm tm {};
   ::gmtime_r(&t, &tm);
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%s, %02d %s %04d %02d:%02d:%02d GMT", kDays[tm.tm_wday % 7],
-                tm.tm_mday, kMonths[tm.tm_mon % 12], tm.tm_year + 1900, tm.tm_hour, tm.tm_min,
-                tm.tm_sec);
-  return buf;
+  // Written by hand: this runs twice per response (Date, Last-Modified).
+  std::string out = "Sun, 00 Jan 0000 00:00:00 GMT";
+  auto two = [&](std::size_t at, int v) {
+    out[at] = static_cast<char>('0' + v / 10 % 10);
+    out[at + 1] = static_cast<char>('0' + v % 10);
+  };
+  out.replace(0, 3, kDays + 3 * (tm.tm_wday % 7), 3);
+  two(5, tm.tm_mday);
+  out.replace(8, 3, kMonths + 3 * (tm.tm_mon % 12), 3);
+  const int year = std::clamp(tm.tm_year + 1900, 0, 9999);
+  two(12, year / 100);
+  two(14, year % 100);
+  two(17, tm.tm_hour);
+  two(20, tm.tm_min);
+  two(23, tm.tm_sec);
+  return out;
+}
+
+namespace {
+
+std::string_view reason_phrase(unsigned status) {
+  switch (status) {
+    case 200:
+      return "OK";
+    case 206:
+      return "Partial Content";
+    case 304:
+      return "Not Modified";
+    case 400:
+      return "Bad Request";
+    case 404:
+      return "Not Found";
+    case 405:
+      return "Method Not Allowed";
+    case 408:
+      return "Request Timeout";
+    case 413:
+      return "Content Too Large";
+    case 416:
+      return "Range Not Satisfiable";
+    case 431:
+      return "Request Header Fields Too Large";
+    case 500:
+      return "Internal Server Error";
+    case 503:
+      return "Service Unavailable";
+    default:
+      return "Unknown";
+  }
+}
+
+// The Date field's value, formatted once a second per thread.
+const std::string& cached_date(std::time_t now) {
+  thread_local std::time_t second = -1;
+  thread_local std::string text;
+  if (now != second) {
+    text = http_date(now);
+    second = now;
+  }
+  return text;
+}
+
+}  // namespace
+
+std::string serialize_head(const Response& res, unsigned version, bool keep_alive,
+                           std::time_t now) {
+  std::string out;
+  out.reserve(256);
+  out += version == 10 ? "HTTP/1.0 " : "HTTP/1.1 ";
+  out += std::to_string(res.status);
+  out += ' ';
+  out += reason_phrase(res.status);
+  out += "\r\nServer: tiersync\r\nDate: ";
+  out += cached_date(now);
+  out += "\r\n";
+  for (const auto& [name, value] : res.fields) {
+    out += name;
+    out += ": ";
+    out += value;
+    out += "\r\n";
+  }
+  if (res.content_length) {
+    out += "Content-Length: ";
+    out += std::to_string(*res.content_length);
+    out += "\r\n";
+  }
+  if (version >= 11 && !keep_alive) out += "Connection: close\r\n";
+  if (version < 11 && keep_alive) out += "Connection: keep-alive\r\n";
+  out += "\r\n";
+  return out;
 }
 
 std::optional<std::time_t> parse_http_date(std::string_view text) {

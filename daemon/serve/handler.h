@@ -50,6 +50,7 @@ struct Response {
   std::optional<LongPoll> poll;
 
   void set(std::string name, std::string value) {
+    if (fields.empty()) fields.reserve(8);  // a file response sets six
     fields.emplace_back(std::move(name), std::move(value));
   }
   /// The value of field `name` (exact case), or "".
@@ -110,6 +111,11 @@ Result<sync::UniqueFd> open_beneath(const fs::path& tree, std::string_view rel);
 
 /// IMF-fixdate ("Sun, 06 Nov 1994 08:49:37 GMT"), independent of the locale.
 std::string http_date(std::time_t t);
+
+/// The status line and header fields of `res` as sent, ending with the empty line: Server, Date
+/// (`now`), the response's fields, Content-Length when set, and Connection where the version's
+/// default differs from `keep_alive`. Field values are the handler's own (no CR or LF).
+std::string serialize_head(const Response& res, unsigned version, bool keep_alive, std::time_t now);
 /// Parses the three HTTP-date formats of RFC 9110 (IMF-fixdate, RFC 850, asctime).
 std::optional<std::time_t> parse_http_date(std::string_view text);
 

@@ -440,27 +440,20 @@ asio::awaitable<bool> Server::Impl::write_response(Stream& stream, Response& res
   ++requests;
   if (res.status < responses_by_code.size()) ++responses_by_code[res.status];
 
-  http::response<http::empty_body> msg{static_cast<http::status>(res.status), version};
-  msg.set(http::field::server, "tiersync");
-  msg.set(http::field::date, http_date(std::time(nullptr)));
-  for (const auto& [name, value] : res.fields) msg.set(name, value);
-  // Set by hand, not by prepare_payload(): the body is sent below, outside Beast, and a HEAD
-  // response announces the length of the GET body it does not carry.
-  if (res.content_length) msg.content_length(*res.content_length);
-  msg.keep_alive(keep_alive);
-
+  // The head is written by hand (serialize_head): Beast's fields would allocate per field.
+  // Content-Length is the GET body's, also for a HEAD response that carries none.
+  const std::string head_text = serialize_head(res, version, keep_alive, std::time(nullptr));
+  const asio::const_buffer header = asio::buffer(head_text);
   auto& lowest = beast::get_lowest_layer(stream);
   // The header leaves in one write with the body's first chunk (or all of a small body): one
   // segment per small file instead of two.
-  http::fields::writer header{msg.base(), msg.version(), msg.result_int()};
   const std::uint64_t length = res.content_length.value_or(0);
   const bool no_body = head || res.status == 304 || length == 0;
   if (no_body || !res.file.valid()) {
     lowest.expires_after(limits.write_timeout);
     auto [ec, sent] = co_await asio::async_write(
         stream,
-        beast::buffers_cat(header.get(),
-                           asio::buffer(res.body.data(), no_body ? 0 : res.body.size())),
+        beast::buffers_cat(header, asio::buffer(res.body.data(), no_body ? 0 : res.body.size())),
         use_tuple);
     bytes_sent += sent;
     co_return !ec;
@@ -468,13 +461,15 @@ asio::awaitable<bool> Server::Impl::write_response(Stream& stream, Response& res
 
   // A file body, in chunks: a package is never held in memory whole, and each chunk must leave
   // within the write timeout (a client that stops reading is dropped).
-  std::vector<char> chunk(static_cast<std::size_t>(std::min<std::uint64_t>(kChunkBytes, length)));
+  // Not zeroed: pread fills what is sent.
+  const auto chunk_size = static_cast<std::size_t>(std::min<std::uint64_t>(kChunkBytes, length));
+  const auto chunk = std::make_unique_for_overwrite<char[]>(chunk_size);
   std::uint64_t offset = res.file_offset;
   std::uint64_t left = length;
   bool first = true;
   while (left > 0) {  // bounded: `left` shrinks every turn or the loop returns
-    const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(left, chunk.size()));
-    const ssize_t got = ::pread(res.file.get(), chunk.data(), want, static_cast<off_t>(offset));
+    const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(left, chunk_size));
+    const ssize_t got = ::pread(res.file.get(), chunk.get(), want, static_cast<off_t>(offset));
     if (got <= 0) {
       // The file shrank or failed after its length was announced. Installs replace files by
       // rename, never in place, so this is damage; closing is the only honest signal left.
@@ -482,13 +477,15 @@ asio::awaitable<bool> Server::Impl::write_response(Stream& stream, Response& res
                    got < 0 ? std::strerror(errno) : "short read");
       co_return false;
     }
-    const auto data = asio::buffer(chunk.data(), static_cast<std::size_t>(got));
+    const auto data = asio::buffer(chunk.get(), static_cast<std::size_t>(got));
     lowest.expires_after(limits.write_timeout);
     boost::system::error_code wec;
     std::size_t wrote = 0;
+    // buffers_cat, not a two-element std::array: written that way over the TLS stream, the
+    // first chunk went missing (ServerTest.FilesHeadAndSymlinks caught it; not understood).
     if (first)
       std::tie(wec, wrote) =
-          co_await asio::async_write(stream, beast::buffers_cat(header.get(), data), use_tuple);
+          co_await asio::async_write(stream, beast::buffers_cat(header, data), use_tuple);
     else
       std::tie(wec, wrote) = co_await asio::async_write(stream, data, use_tuple);
     if (wec) co_return false;

@@ -145,8 +145,29 @@ TEST(ServerHandler, ParsesRanges) {
   EXPECT_EQ(parse_range("bytes=99999999999999999999-", 100).kind, ByteRange::kIgnore);
 }
 
+TEST(ServerHandler, SerializesTheHead) {
+  Response r;
+  r.status = 206;
+  r.set("ETag", "\"abc\"");
+  r.content_length = 10;
+  EXPECT_EQ(serialize_head(r, 11, true, 784111777),
+            "HTTP/1.1 206 Partial Content\r\nServer: tiersync\r\n"
+            "Date: Sun, 06 Nov 1994 08:49:37 GMT\r\nETag: \"abc\"\r\nContent-Length: 10\r\n\r\n");
+  // Connection only where the version's default differs; a 304 announces no length.
+  Response nm;
+  nm.status = 304;
+  EXPECT_EQ(serialize_head(nm, 11, false, 0),
+            "HTTP/1.1 304 Not Modified\r\nServer: tiersync\r\n"
+            "Date: Thu, 01 Jan 1970 00:00:00 GMT\r\nConnection: close\r\n\r\n");
+  EXPECT_NE(serialize_head(nm, 10, true, 0).find("Connection: keep-alive\r\n"), std::string::npos);
+  EXPECT_EQ(serialize_head(nm, 10, false, 0).find("Connection"), std::string::npos);
+}
+
 TEST(ServerHandler, HttpDates) {
   EXPECT_EQ(http_date(784111777), "Sun, 06 Nov 1994 08:49:37 GMT");
+  EXPECT_EQ(http_date(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+  EXPECT_EQ(http_date(4102444799), "Thu, 31 Dec 2099 23:59:59 GMT");
+  EXPECT_EQ(http_date(951782400), "Tue, 29 Feb 2000 00:00:00 GMT");
   EXPECT_EQ(parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"), 784111777);
   EXPECT_EQ(parse_http_date("Sunday, 06-Nov-94 08:49:37 GMT"), 784111777);
   EXPECT_EQ(parse_http_date("Sun Nov  6 08:49:37 1994"), 784111777);
