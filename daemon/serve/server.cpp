@@ -22,7 +22,6 @@
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
-#include <boost/beast/core/buffers_cat.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/http.hpp>
@@ -442,34 +441,34 @@ asio::awaitable<bool> Server::Impl::write_response(Stream& stream, Response& res
 
   // The head is written by hand (serialize_head): Beast's fields would allocate per field.
   // Content-Length is the GET body's, also for a HEAD response that carries none.
-  const std::string head_text = serialize_head(res, version, keep_alive, std::time(nullptr));
-  const asio::const_buffer header = asio::buffer(head_text);
+  std::string head_text = serialize_head(res, version, keep_alive, std::time(nullptr));
   auto& lowest = beast::get_lowest_layer(stream);
-  // The header leaves in one write with the body's first chunk (or all of a small body): one
-  // segment per small file instead of two.
   const std::uint64_t length = res.content_length.value_or(0);
   const bool no_body = head || res.status == 304 || length == 0;
+  // The head leaves in one contiguous write with the body, or with the first chunk of a file:
+  // one TCP segment and, over TLS, one record for a small file instead of two of each.
   if (no_body || !res.file.valid()) {
+    if (!no_body) head_text += res.body;
     lowest.expires_after(limits.write_timeout);
-    auto [ec, sent] = co_await asio::async_write(
-        stream,
-        beast::buffers_cat(header, asio::buffer(res.body.data(), no_body ? 0 : res.body.size())),
-        use_tuple);
+    auto [ec, sent] = co_await asio::async_write(stream, asio::buffer(head_text), use_tuple);
     bytes_sent += sent;
     co_return !ec;
   }
 
   // A file body, in chunks: a package is never held in memory whole, and each chunk must leave
-  // within the write timeout (a client that stops reading is dropped).
-  // Not zeroed: pread fills what is sent.
+  // within the write timeout (a client that stops reading is dropped). The buffer is not
+  // zeroed: pread fills what is sent.
+  const std::size_t head_size = head_text.size();
   const auto chunk_size = static_cast<std::size_t>(std::min<std::uint64_t>(kChunkBytes, length));
-  const auto chunk = std::make_unique_for_overwrite<char[]>(chunk_size);
+  const auto buffer = std::make_unique_for_overwrite<char[]>(head_size + chunk_size);
+  std::memcpy(buffer.get(), head_text.data(), head_size);
+  std::size_t start = head_size;  // the head goes out before the first chunk only
   std::uint64_t offset = res.file_offset;
   std::uint64_t left = length;
-  bool first = true;
   while (left > 0) {  // bounded: `left` shrinks every turn or the loop returns
     const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(left, chunk_size));
-    const ssize_t got = ::pread(res.file.get(), chunk.get(), want, static_cast<off_t>(offset));
+    char* const data = buffer.get() + head_size;
+    const ssize_t got = ::pread(res.file.get(), data, want, static_cast<off_t>(offset));
     if (got <= 0) {
       // The file shrank or failed after its length was announced. Installs replace files by
       // rename, never in place, so this is damage; closing is the only honest signal left.
@@ -477,20 +476,12 @@ asio::awaitable<bool> Server::Impl::write_response(Stream& stream, Response& res
                    got < 0 ? std::strerror(errno) : "short read");
       co_return false;
     }
-    const auto data = asio::buffer(chunk.get(), static_cast<std::size_t>(got));
     lowest.expires_after(limits.write_timeout);
-    boost::system::error_code wec;
-    std::size_t wrote = 0;
-    // buffers_cat, not a two-element std::array: written that way over the TLS stream, the
-    // first chunk went missing (ServerTest.FilesHeadAndSymlinks caught it; not understood).
-    if (first)
-      std::tie(wec, wrote) =
-          co_await asio::async_write(stream, beast::buffers_cat(header, data), use_tuple);
-    else
-      std::tie(wec, wrote) = co_await asio::async_write(stream, data, use_tuple);
+    auto [wec, wrote] = co_await asio::async_write(
+        stream, asio::buffer(data - start, start + static_cast<std::size_t>(got)), use_tuple);
     if (wec) co_return false;
     bytes_sent += wrote;
-    first = false;
+    start = 0;
     offset += static_cast<std::uint64_t>(got);
     left -= static_cast<std::uint64_t>(got);
   }
