@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "daemon/node/node.h"
+#include "daemon/node/watch.h"
 #include "daemon/ops/control.h"
 #include "daemon/ops/log.h"
 #include "daemon/ops/metrics.h"
@@ -243,33 +244,66 @@ int run_daemon(const std::string& config_path, ops::Config config) {
     }).detach();
   }
 
+  // tier0 learns of uploads from inotify, with a full fingerprint scan once a minute as a safety
+  // net (a lost event, a file system inotify does not see, such as NFS); without inotify it
+  // scans every second.
+  std::unique_ptr<SourceWatcher> watcher;
+  auto start_watcher = [&] {
+    watcher.reset();
+    if (config.role != ops::Role::kTier0) return;
+    watcher = std::make_unique<SourceWatcher>(config.source_dir);
+    if (!watcher->available())
+      spdlog::warn("{}; looking at the source by scanning it every second", watcher->why());
+  };
+  start_watcher();
+  constexpr std::int64_t kSafetyScanSeconds = 60;
   std::string last_print;
+  std::int64_t last_scan = 0;
+  auto rescan = [&](std::int64_t now) {  // true when the source's fingerprint moved
+    std::string print = source_fingerprint(config);
+    last_scan = now;
+    if (print == last_print) return false;
+    last_print = std::move(print);
+    return true;
+  };
   std::int64_t quiet_since = std::time(nullptr);
   bool run_now = true;
   bool forced = false;  // tier0: sync-now publishes without waiting for a quiet source
   std::unique_ptr<transport::Transport> upstream;  // a relay's, kept across cycles
   while (true) {
     if (config.role == ops::Role::kTier0) {
-      std::string print = source_fingerprint(config);
       std::int64_t now = std::time(nullptr);
-      if (print != last_print) {
-        last_print = print;
+      const bool watched = watcher && watcher->available();
+      bool changed = watched && watcher->changed();
+      if (!watched || now - last_scan >= kSafetyScanSeconds) changed = rescan(now) || changed;
+      if (changed) {
         quiet_since = now;
         run_now = true;
       }
       if (run_now &&
           (forced || now - quiet_since >= static_cast<std::int64_t>(config.settle_seconds))) {
+        if (watched) rescan(now);  // the source as published, to compare with afterwards
         publish_once(config, &signals->stop);
         after_cycle();
         run_now = false;
         forced = false;
+        if (watched) {
+          // The publish's own hard links touched the source's files (IN_ATTRIB): its events
+          // are dropped, and a scan tells whether a builder changed anything meanwhile.
+          watcher->changed();
+          now = std::time(nullptr);
+          if (rescan(now)) {
+            quiet_since = now;
+            run_now = true;
+          }
+        }
       }
     } else if (run_now) {
       sync_once(config, &signals->stop, &upstream);
       after_cycle();
       run_now = false;
     }
-    // tier0 looks at its source every second (and re-signs on time); relays poll.
+    // tier0 looks at its source's events every second (and re-signs on time); relays poll.
     int wait =
         config.role == ops::Role::kTier0 ? 1 : static_cast<int>(config.upstream.poll_seconds);
     int sig = signals->wait(std::chrono::seconds(wait));
@@ -298,6 +332,7 @@ int run_daemon(const std::string& config_path, ops::Config config) {
         config = std::move(*next);
         upstream.reset();  // the parent's URL or TLS settings may have changed
         start_poller();
+        start_watcher();  // source.dir may have moved
         ops::setup_logging(config.log);
         spdlog::info("configuration reloaded from {}", config.file.string());
         ops::notify_systemd("READY=1");

@@ -1,0 +1,106 @@
+#include "daemon/node/watch.h"
+
+#include <sys/inotify.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <system_error>
+#include <vector>
+
+namespace tiersync::node {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// What can change the published tree: content (IN_MODIFY while an upload is written, so a slow
+// one never looks quiet), names, removals, and mode or mtime (IN_ATTRIB).
+constexpr std::uint32_t kMask = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_MODIFY |
+                                IN_CLOSE_WRITE | IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF |
+                                IN_ONLYDIR | IN_DONT_FOLLOW;
+
+}  // namespace
+
+SourceWatcher::SourceWatcher(fs::path root) : root_(std::move(root)) {
+  fd_ = ::inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+  if (fd_ < 0) {
+    why_ = std::string("inotify: ") + std::strerror(errno);
+    return;
+  }
+  watch_tree(root_);
+}
+
+SourceWatcher::~SourceWatcher() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+void SourceWatcher::close_with(std::string why) {
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = -1;
+  dirs_.clear();
+  why_ = std::move(why);
+}
+
+bool SourceWatcher::watch_tree(const fs::path& dir) {
+  std::vector<fs::path> todo{dir};
+  while (!todo.empty()) {  // bounded by the folders below `dir`
+    fs::path d = std::move(todo.back());
+    todo.pop_back();
+    const int wd = ::inotify_add_watch(fd_, d.c_str(), kMask);
+    if (wd < 0) {
+      if (errno == ENOSPC || errno == ENOMEM) {
+        close_with("inotify: the watch limit is reached at " + d.string() +
+                   " (fs.inotify.max_user_watches)");
+        return false;
+      }
+      if (d == root_) {
+        close_with("inotify: " + d.string() + ": " + std::strerror(errno));
+        return false;
+      }
+      continue;  // gone already, or not a folder: its creation event covers it
+    }
+    dirs_[wd] = d;
+    std::error_code ec;
+    for (fs::directory_iterator it(d, ec), end; !ec && it != end; it.increment(ec)) {
+      std::error_code type_ec;
+      if (it->is_directory(type_ec) && !it->is_symlink(type_ec)) todo.push_back(it->path());
+    }
+  }
+  return true;
+}
+
+bool SourceWatcher::changed() {
+  if (fd_ < 0) return false;
+  bool any = false;
+  alignas(inotify_event) char buf[64 * 1024];
+  while (true) {  // bounded: each read drains queued events; the queue is finite
+    const ssize_t n = ::read(fd_, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;  // EAGAIN: drained
+    for (ssize_t off = 0; off < n;) {
+      const auto* ev = reinterpret_cast<const inotify_event*>(buf + off);
+      off += static_cast<ssize_t>(sizeof(inotify_event) + ev->len);
+      if (ev->mask & IN_Q_OVERFLOW) {
+        // Events were lost, new folders among them perhaps: watch everything again.
+        any = true;
+        for (const auto& [wd, path] : dirs_) ::inotify_rm_watch(fd_, wd);
+        dirs_.clear();
+        if (!watch_tree(root_)) return true;
+        continue;
+      }
+      if (ev->mask & IN_IGNORED) {
+        dirs_.erase(ev->wd);
+        continue;
+      }
+      any = true;
+      if ((ev->mask & IN_ISDIR) && (ev->mask & (IN_CREATE | IN_MOVED_TO)) && ev->len > 0) {
+        auto it = dirs_.find(ev->wd);
+        if (it != dirs_.end() && !watch_tree(it->second / ev->name)) return true;
+      }
+    }
+  }
+  return any;
+}
+
+}  // namespace tiersync::node

@@ -1,0 +1,82 @@
+// tier0's source watcher: inotify events of every kind an upload makes, in folders that exist at
+// start and in folders made later; nothing when nothing happens.
+
+#include "daemon/node/watch.h"
+
+#include <gtest/gtest.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+
+#include <filesystem>
+#include <fstream>
+
+namespace tiersync::node {
+namespace {
+
+namespace fs = std::filesystem;
+
+class SourceWatcherTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string tmpl = (fs::path(::testing::TempDir()) / "watch_test.XXXXXX").string();
+    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
+    root_ = tmpl;
+    fs::create_directories(root_ / "edge/main/x86_64");
+    std::ofstream(root_ / "edge/main/x86_64/a.apk") << "a";
+  }
+  void TearDown() override {
+    fs::remove_all(root_);
+    fs::remove_all(root_.parent_path() / ("outside-" + root_.filename().string()));
+  }
+  fs::path root_;
+};
+
+TEST_F(SourceWatcherTest, SeesEveryKindOfChangeAndNothingElse) {
+  SourceWatcher w(root_);
+  ASSERT_TRUE(w.available()) << w.why();
+  EXPECT_FALSE(w.changed());
+
+  std::ofstream(root_ / "edge/main/x86_64/b.apk") << "b";  // created and written, deep down
+  EXPECT_TRUE(w.changed());
+  EXPECT_FALSE(w.changed());  // drained
+
+  {
+    std::ifstream in(root_ / "edge/main/x86_64/a.apk");
+    std::string s;
+    in >> s;
+  }
+  EXPECT_FALSE(w.changed()) << "reading is not a change";
+
+  ::chmod((root_ / "edge/main/x86_64/a.apk").c_str(), 0600);  // mode only
+  EXPECT_TRUE(w.changed());
+  fs::rename(root_ / "edge/main/x86_64/b.apk", root_ / "edge/main/x86_64/c.apk");
+  EXPECT_TRUE(w.changed());
+  fs::remove(root_ / "edge/main/x86_64/c.apk");
+  EXPECT_TRUE(w.changed());
+
+  // A folder made after the start is watched too: a file written in it later is seen.
+  fs::create_directories(root_ / "edge/community/aarch64");
+  EXPECT_TRUE(w.changed());
+  std::ofstream(root_ / "edge/community/aarch64/d.apk") << "d";
+  EXPECT_TRUE(w.changed());
+  // A folder moved in from outside, with content.
+  const fs::path outside = root_.parent_path() / ("outside-" + root_.filename().string());
+  fs::create_directories(outside / "x");
+  fs::rename(outside, root_ / "edge/testing");
+  EXPECT_TRUE(w.changed());
+  std::ofstream(root_ / "edge/testing/x/e.apk") << "e";
+  EXPECT_TRUE(w.changed());
+  fs::remove_all(root_ / "edge/community");
+  EXPECT_TRUE(w.changed());
+  EXPECT_FALSE(w.changed());
+}
+
+TEST(SourceWatcher, AMissingSourceIsNotWatched) {
+  SourceWatcher w(fs::path(::testing::TempDir()) / "no-such-folder-for-tiersync");
+  EXPECT_FALSE(w.available());
+  EXPECT_NE(w.why().find("no-such-folder-for-tiersync"), std::string::npos) << w.why();
+  EXPECT_FALSE(w.changed());
+}
+
+}  // namespace
+}  // namespace tiersync::node
