@@ -383,7 +383,7 @@ def sync_bench(args, w, run, daemons, results):
 
     def mirror(t, label):
         def tier0_cpu():
-            # Less the tier0's idle cost (its source fingerprint every second) over the same time.
+            # Less the tier0's idle cost (watching its source) over the same time.
             return cpu_seconds(t0_pid) - idle * time.perf_counter()
         cpu = tier0_cpu if t != "file" else (lambda: 0.0)
         return lambda: timed([w["d"], "--config", w["root"] / f"m-{t}.json", "--once"], f"mirror-{t}-{label}", cpu)
@@ -599,7 +599,7 @@ def report(args, info, results):
                   f"{ratio:>7.3f} {target:>8} {result:4}  "
                   f"mean latency {r['tiersync_latency_avg']} / {r['nginx_latency_avg']}")
     print(f"tier0's first publish (daemon, sync-now to serial): {results['tier0_first_publish_s']:.1f} s; "
-          f"its idle CPU (source fingerprint every second): {100 * results['tier0_idle_cpu_per_s']:.1f}% of a core, "
+          f"its idle CPU (watching the source): {100 * results['tier0_idle_cpu_per_s']:.1f}% of a core, "
           f"subtracted from the server CPU above")
     for note in results["notes"] + results["consistency"] + results["errors"]:
         print("note:", note)
