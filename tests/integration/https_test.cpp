@@ -13,6 +13,7 @@
 
 #include <chrono>
 #include <fstream>
+#include <set>
 #include <thread>
 
 #include <gtest/gtest.h>
@@ -203,6 +204,66 @@ TEST_F(HttpsTest, ThreeNodesOverHttpsConvergeByteForByte) {
     std::this_thread::sleep_for(100ms);
   ASSERT_TRUE(fs::exists(b_snap)) << logs();
   EXPECT_EQ(read_file(b_snap), read_file(origin_snap)) << logs();
+}
+
+// The empty-$arch accident over HTTPS, three daemons: the builder's upload deletes every
+// architecture of edge/main but x86_64 at the source. tier0 holds them, publishes the healthy
+// change, and the mirror two hops down serves every file it served before, over TLS.
+TEST_F(HttpsTest, TheAccidentIsHeldAndEveryFileStillServed) {
+  if (!run({"sh", "-c", "command -v curl"}).exited(0)) GTEST_SKIP() << "curl is not installed";
+  const auto ports = free_ports(3);
+  Node origin = https_origin(root / "origin", source, key, ports[0], pki.server);
+  Node tier1 = https_mirror(root / "tier1", "tier1", ports[0], pki.ca, key);
+  amend_config(tier1, {{"role", "tier1"}, {"listen", tls_listen(ports[1], pki.server)}});
+  Node mirror = https_mirror(root / "mirror", "mirror", ports[1], pki.ca, key);
+  amend_config(mirror, {{"listen", tls_listen(ports[2], pki.server)}});
+  Daemon d_origin(origin);
+  Daemon d_tier1(tier1);
+  Daemon d_mirror(mirror);
+  const auto logs = [&] {
+    return "--- origin ---\n" + d_origin.log() + "--- tier1 ---\n" + d_tier1.log() +
+           "--- mirror ---\n" + d_mirror.log();
+  };
+  ASSERT_TRUE(converges(source, mirror.tree(), 30s)) << logs();
+  const TreeModel before = model;
+
+  // rsync --delete-delay $repo/$arch with an empty $arch: edge/main/ now holds x86_64 alone,
+  // with the package the builder meant to upload.
+  TreeModel upload = model;
+  std::set<std::string> lost;
+  for (const auto& partition : partitions_of(model))
+    if (partition.starts_with("edge/main/") && partition != "edge/main/x86_64") {
+      lost.insert(partition);
+      remove_partition(upload, partition);
+    }
+  ASSERT_FALSE(lost.empty());
+  const std::string added = add_package(upload, "edge/main/x86_64", "newpkg-2.0-r0.apk", 99);
+  rebuild_index(upload, "edge/main/x86_64", kBaseMtime + 9000);
+  materialize(upload, source);
+
+  // The healthy partition goes through to the mirror; the lost ones are held at tier0.
+  TreeModel expected = before;
+  for (const auto& path : paths_in(upload, "edge/main/x86_64")) expected[path] = upload.at(path);
+  bool arrived = false;
+  for (int i = 0; i < 300 && !arrived; ++i) {
+    arrived = fs::exists(mirror.tree() / added) && TreeMatches(mirror.tree(), expected);
+    if (!arrived) std::this_thread::sleep_for(100ms);
+  }
+  ASSERT_TRUE(arrived) << TreeMatches(mirror.tree(), expected).message() << logs();
+  EXPECT_EQ(held_partitions(origin.status()), lost) << logs();
+
+  // Every file the mirror served before the accident is still served, byte for byte, over TLS.
+  int checked = 0;
+  for (const auto& [path, spec] : before) {
+    if (spec.link || !lost.count(partition_of(path))) continue;
+    const RunResult r = run({"curl", "--silent", "--show-error", "--fail", "--cacert",
+                             pki.ca.cert.string(), https_url(ports[2]) + path},
+                            {}, 30s);
+    ASSERT_TRUE(Exited(r, 0)) << path;
+    EXPECT_TRUE(r.out == spec.bytes) << path;
+    ++checked;
+  }
+  EXPECT_GT(checked, 20);
 }
 
 TEST_F(HttpsTest, UnknownCaIsRefusedAndNothingIsWritten) {
