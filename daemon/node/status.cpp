@@ -92,10 +92,10 @@ std::string status_json(const ops::Config& config) {
 std::string metrics_text(const ops::Config& config) {
   json j = status_object(config);
   auto number = [](const json& v) { return v.is_number() ? v.dump() : std::string("0"); };
-  std::string out;
-  auto gauge = [&](const char* name, const char* help, const std::string& value) {
-    out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " gauge\n" + name +
-           " " + value + "\n";
+  ops::PrometheusText out;
+  auto gauge = [&](std::string_view name, std::string_view help, const std::string& value) {
+    out.family(name, "gauge", help);
+    out.sample(name, value);
   };
   gauge("tiersync_snapshot_serial", "Serial of the applied snapshot.", number(j["serial"]));
   gauge("tiersync_upstream_serial", "Latest serial seen at the parent.",
@@ -114,7 +114,7 @@ std::string metrics_text(const ops::Config& config) {
                        (j["last_cycle"]["result"] == "ok" || j["last_cycle"]["result"] == "noop");
   gauge("tiersync_last_cycle_success", "1 if the last cycle applied or found nothing to do.",
         success ? "1" : "0");
-  return out + ops::process_metrics().text();
+  return out.take() + ops::process_metrics().text();
 }
 
 std::string status_text(const ops::Config& config) {

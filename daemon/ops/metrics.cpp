@@ -15,45 +15,52 @@ void ProcessMetrics::observe_cycle(double seconds) {
   cycles_.fetch_add(1, std::memory_order_relaxed);
 }
 
-std::string ProcessMetrics::text() const {
-  std::string out;
-  auto head = [&](const char* name, const char* type, const char* help) {
-    out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n";
-  };
-  auto sample = [&](const std::string& name, std::uint64_t value) {
-    out += name + " " + std::to_string(value) + "\n";
-  };
-  head("tiersync_files_total", "counter", "Files this process installed or removed, by operation.");
-  sample("tiersync_files_total{op=\"add\"}", files_added.load());
-  sample("tiersync_files_total{op=\"change\"}", files_changed.load());
-  sample("tiersync_files_total{op=\"delete\"}", files_deleted.load());
-  head("tiersync_bytes_downloaded_total", "counter",
-       "Bytes of manifests and files received from the parent.");
-  sample("tiersync_bytes_downloaded_total", bytes_downloaded.load());
-  head("tiersync_verify_failures_total", "counter",
-       "Snapshots, manifests or files refused because a signature or a hash did not match.");
-  sample("tiersync_verify_failures_total", verify_failures.load());
-  head("tiersync_upstream_errors_total", "counter",
-       "Failed requests to the parent (after the transport's own retries).");
-  sample("tiersync_upstream_errors_total", upstream_errors.load());
+void PrometheusText::family(std::string_view name, std::string_view type, std::string_view help) {
+  out_.append("# HELP ").append(name).append(" ").append(help).append("\n");
+  out_.append("# TYPE ").append(name).append(" ").append(type).append("\n");
+}
 
-  head("tiersync_sync_duration_seconds", "histogram",
-       "Duration of each cycle (a publish at tier0, a sync at a relay).");
+void PrometheusText::sample(std::string_view series, std::string_view value) {
+  out_.append(series).append(" ").append(value).append("\n");
+}
+
+void PrometheusText::sample(std::string_view series, std::uint64_t value) {
+  sample(series, std::to_string(value));
+}
+
+std::string ProcessMetrics::text() const {
+  PrometheusText out;
+  out.family("tiersync_files_total", "counter",
+             "Files this process installed or removed, by operation.");
+  out.sample("tiersync_files_total{op=\"add\"}", files_added.load());
+  out.sample("tiersync_files_total{op=\"change\"}", files_changed.load());
+  out.sample("tiersync_files_total{op=\"delete\"}", files_deleted.load());
+  out.single("tiersync_bytes_downloaded_total", "counter",
+             "Bytes of manifests and files received from the parent.", bytes_downloaded.load());
+  out.single("tiersync_verify_failures_total", "counter",
+             "Snapshots, manifests or files refused because a signature or a hash did not match.",
+             verify_failures.load());
+  out.single("tiersync_upstream_errors_total", "counter",
+             "Failed requests to the parent (after the transport's own retries).",
+             upstream_errors.load());
+
+  out.family("tiersync_sync_duration_seconds", "histogram",
+             "Duration of each cycle (a publish at tier0, a sync at a relay).");
   std::uint64_t cumulative = 0;
   char le[32];
   for (std::size_t i = 0; i < kDurationBuckets.size(); ++i) {
     cumulative += buckets_[i].load();
     std::snprintf(le, sizeof le, "%g", kDurationBuckets[i]);
-    sample(std::string("tiersync_sync_duration_seconds_bucket{le=\"") + le + "\"}", cumulative);
+    out.sample(std::string("tiersync_sync_duration_seconds_bucket{le=\"") + le + "\"}", cumulative);
   }
   // +Inf and _count from the same reading, so the histogram stays consistent under updates.
   cumulative += buckets_.back().load();
-  sample("tiersync_sync_duration_seconds_bucket{le=\"+Inf\"}", cumulative);
+  out.sample("tiersync_sync_duration_seconds_bucket{le=\"+Inf\"}", cumulative);
   char sum[64];
   std::snprintf(sum, sizeof sum, "%.6f", static_cast<double>(duration_micros_.load()) / 1e6);
-  out += std::string("tiersync_sync_duration_seconds_sum ") + sum + "\n";
-  sample("tiersync_sync_duration_seconds_count", cumulative);
-  return out;
+  out.sample("tiersync_sync_duration_seconds_sum", std::string_view(sum));
+  out.sample("tiersync_sync_duration_seconds_count", cumulative);
+  return out.take();
 }
 
 ProcessMetrics& process_metrics() {

@@ -6,8 +6,30 @@
 #include <atomic>
 #include <cstdint>
 #include <string>
+#include <string_view>
 
 namespace tiersync::ops {
+
+/// Builds Prometheus text (exposition format 0.0.4): each family's HELP and TYPE lines, then its
+/// samples. The one writer of /metrics text: the node's gauges, these counters, the server's.
+class PrometheusText {
+ public:
+  /// `type`: counter, gauge or histogram.
+  void family(std::string_view name, std::string_view type, std::string_view help);
+  /// `series`: the metric name with its labels, e.g. `x_total{op="add"}`.
+  void sample(std::string_view series, std::uint64_t value);
+  void sample(std::string_view series, std::string_view value);
+  /// One family with one sample.
+  void single(std::string_view name, std::string_view type, std::string_view help,
+              std::uint64_t value) {
+    family(name, type, help);
+    sample(name, value);
+  }
+  std::string take() { return std::move(out_); }
+
+ private:
+  std::string out_;
+};
 
 class ProcessMetrics {
  public:

@@ -36,6 +36,7 @@
 #include <set>
 #include <thread>
 
+#include "daemon/ops/metrics.h"
 #include "daemon/serve/handler.h"
 
 namespace tiersync::serve {
@@ -489,22 +490,11 @@ asio::awaitable<bool> Server::Impl::write_response(Stream& stream, Response& res
 }
 
 std::string Server::Impl::metrics_text() const {
-  std::string out;
-  auto line = [&](std::string_view text) {
-    out += text;
-    out += '\n';
-  };
-  auto sample = [&](std::string_view name, std::uint64_t value) {
-    out += name;
-    out += ' ';
-    out += std::to_string(value);
-    out += '\n';
-  };
-  line("# HELP tiersync_http_requests_total HTTP responses sent, by status code.");
-  line("# TYPE tiersync_http_requests_total counter");
+  ops::PrometheusText out;
+  out.family("tiersync_http_requests_total", "counter", "HTTP responses sent, by status code.");
   for (std::size_t code = 100; code < responses_by_code.size(); ++code)
     if (auto n = responses_by_code[code].load())
-      sample("tiersync_http_requests_total{code=\"" + std::to_string(code) + "\"}", n);
+      out.sample("tiersync_http_requests_total{code=\"" + std::to_string(code) + "\"}", n);
   std::size_t active = 0;
   std::size_t waiting = 0;
   {
@@ -512,24 +502,16 @@ std::string Server::Impl::metrics_text() const {
     active = connections.size();
     waiting = pollers.size();
   }
-  line("# HELP tiersync_http_connections_accepted_total Connections accepted.");
-  line("# TYPE tiersync_http_connections_accepted_total counter");
-  sample("tiersync_http_connections_accepted_total", accepted.load());
-  line(
-      "# HELP tiersync_http_connections_rejected_total Connections closed at once: over the "
-      "connection limit.");
-  line("# TYPE tiersync_http_connections_rejected_total counter");
-  sample("tiersync_http_connections_rejected_total", rejected.load());
-  line("# HELP tiersync_http_connections_active Open connections.");
-  line("# TYPE tiersync_http_connections_active gauge");
-  sample("tiersync_http_connections_active", active);
-  line("# HELP tiersync_http_long_polls_waiting Snapshot long-polls being held.");
-  line("# TYPE tiersync_http_long_polls_waiting gauge");
-  sample("tiersync_http_long_polls_waiting", waiting);
-  line("# HELP tiersync_http_sent_bytes_total Bytes of HTTP headers and bodies sent.");
-  line("# TYPE tiersync_http_sent_bytes_total counter");
-  sample("tiersync_http_sent_bytes_total", bytes_sent.load());
-  return out;
+  out.single("tiersync_http_connections_accepted_total", "counter", "Connections accepted.",
+             accepted.load());
+  out.single("tiersync_http_connections_rejected_total", "counter",
+             "Connections closed at once: over the connection limit.", rejected.load());
+  out.single("tiersync_http_connections_active", "gauge", "Open connections.", active);
+  out.single("tiersync_http_long_polls_waiting", "gauge", "Snapshot long-polls being held.",
+             waiting);
+  out.single("tiersync_http_sent_bytes_total", "counter", "Bytes of HTTP headers and bodies sent.",
+             bytes_sent.load());
+  return out.take();
 }
 
 Server::Server(std::vector<ops::ListenConfig> listen, fs::path tree, ServerLimits limits)
