@@ -110,6 +110,12 @@ std::string_view content_type_of(std::string_view path) {
   return "application/octet-stream";
 }
 
+// A served file, opened without following symlinks: through the server's folder cache, or
+// walking from the top where the context has none.
+Result<sync::UniqueFd> open_served(const HandlerContext& ctx, std::string_view rel) {
+  return ctx.dirs ? ctx.dirs->open_file(rel) : open_beneath(ctx.tree, rel);
+}
+
 /// A regular file as the response: conditional requests, then a single range.
 Response file_response(const Request& req, sync::UniqueFd fd, std::string_view content_type,
                        std::string etag, std::string_view cache_control) {
@@ -255,7 +261,7 @@ Response manifest_response(const Request& req, std::string_view hex, const Serve
     return r;
   }
   const std::string rel = std::string(kManifestsPrefix) + std::string(hex);
-  auto fd = ctx.dirs ? ctx.dirs->open_file(rel) : open_beneath(ctx.tree, rel);
+  auto fd = open_served(ctx, rel);
   if (!fd) return not_found();
   return file_response(req, std::move(*fd), "application/json", std::move(etag), kImmutable);
 }
@@ -361,30 +367,7 @@ std::optional<std::string> resolve_in_view(const ServedView& view, std::string p
 }
 
 Result<sync::UniqueFd> open_beneath(const fs::path& tree, std::string_view rel) {
-  sync::UniqueFd dir(::open(tree.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (!dir.valid()) return make_error(sync::errno_message(tree, errno));
-  std::size_t start = 0;
-  while (start < rel.size()) {  // bounded: start grows every turn
-    std::size_t slash = rel.find('/', start);
-    const bool last = slash == std::string_view::npos;
-    if (last) slash = rel.size();
-    const std::string comp(rel.substr(start, slash - start));
-    start = slash + 1;
-    // O_NOFOLLOW at every component: a symlink planted in the tree (not one of the snapshot's,
-    // which resolve_in_view already followed lexically) is never followed. O_NONBLOCK: opening a
-    // FIFO must not block the server thread; it is refused as not regular below.
-    const int flags = O_RDONLY | O_CLOEXEC | O_NOFOLLOW | (last ? O_NONBLOCK : O_DIRECTORY);
-    sync::UniqueFd next(::openat(dir.get(), comp.c_str(), flags));
-    if (!next.valid()) return make_error(sync::errno_message(tree / rel, errno));
-    if (last) {
-      struct stat st {};
-      if (::fstat(next.get(), &st) != 0) return make_error(sync::errno_message(tree / rel, errno));
-      if (!S_ISREG(st.st_mode)) return make_error((tree / rel).string() + ": not a regular file");
-      return next;
-    }
-    dir = std::move(next);
-  }
-  return make_error((tree / rel).string() + ": not a file path");
+  return DirCache(tree).open_file(rel);  // the same walk, with nothing kept afterwards
 }
 
 std::shared_ptr<sync::UniqueFd> DirCache::folder(const std::string& dir) {
@@ -646,7 +629,7 @@ Response handle_request(const Request& req, const ServedView& view, const Handle
   auto file = resolve_in_view(view, std::string(rel));
   if (!file) return not_found();
   // Missing on disk: removed by an apply in progress, whose view is not published yet.
-  auto fd = ctx.dirs ? ctx.dirs->open_file(*file) : open_beneath(ctx.tree, *file);
+  auto fd = open_served(ctx, *file);
   if (!fd) return not_found();
   return file_response(req, std::move(*fd), content_type_of(*file), {}, {});
 }
