@@ -215,17 +215,15 @@ int run_daemon(const std::string& config_path, ops::Config config) {
   auto after_cycle = [&] {
     sync::StateStore state(config.state_dir, config.tree);
     const auto cycle = state.load_cycle();
+    const auto serial = applied_serial(config);
     // A held serial was looked at: the long poll waits for the next one (an approval wakes the
     // loop through the control socket), not one cycle every few seconds for the same serial.
     if (long_poll) {
-      poller->applied = cycle.result == "held"
-                            ? std::max(applied_serial(config), cycle.upstream_serial)
-                            : applied_serial(config);
+      poller->applied = cycle.result == "held" ? std::max(serial, cycle.upstream_serial) : serial;
       poller->primed = true;
     }
     publish_view();
     const auto held = state.load_held().partitions.size();
-    const auto serial = applied_serial(config);
     ops::notify_systemd("STATUS=serial " + std::to_string(serial) + ", upstream " +
                         std::to_string(std::max(cycle.upstream_serial, serial)) + ", lag " +
                         std::to_string(std::max(cycle.upstream_serial, serial) - serial) +
