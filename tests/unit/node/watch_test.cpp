@@ -2,6 +2,7 @@
 // start and in folders made later; nothing when nothing happens.
 
 #include "daemon/node/watch.h"
+#include "tests/unit/support.h"
 
 #include <gtest/gtest.h>
 #include <stdlib.h>
@@ -18,9 +19,8 @@ namespace fs = std::filesystem;
 class SourceWatcherTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    std::string tmpl = (fs::path(::testing::TempDir()) / "watch_test.XXXXXX").string();
-    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
-    root_ = tmpl;
+    root_ = unit::make_temp_dir("watch_test");
+    ASSERT_FALSE(root_.empty());
     fs::create_directories(root_ / "edge/main/x86_64");
     std::ofstream(root_ / "edge/main/x86_64/a.apk") << "a";
   }

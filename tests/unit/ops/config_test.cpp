@@ -13,18 +13,16 @@
 #include <vector>
 
 #include "proto/keys.h"
+#include "tests/unit/support.h"
 
 namespace tiersync::ops {
 namespace {
 
+using unit::Contains;
+
 using nlohmann::json;
 
 /// True when `haystack` contains `needle`; the failure message shows both.
-testing::AssertionResult Contains(std::string_view haystack, std::string_view needle) {
-  if (haystack.find(needle) != std::string_view::npos) return testing::AssertionSuccess();
-  return testing::AssertionFailure()
-         << "\"" << haystack << "\" does not contain \"" << needle << "\"";
-}
 
 /// Where the configs of these tests claim to live (parse_config reads no file).
 const fs::path kFile = "/etc/tiersync/tiersync.json";
@@ -544,9 +542,8 @@ TEST(ParseConfigError, MessageNamesTheFile) {
 class CheckResourcesTest : public testing::Test {
  protected:
   void SetUp() override {
-    std::string tmpl = (fs::path(testing::TempDir()) / "config_test.XXXXXX").string();
-    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
-    dir_ = tmpl;
+    dir_ = unit::make_temp_dir("config_test");
+    ASSERT_FALSE(dir_.empty());
     auto key = proto::PrivateKey::generate();
     ASSERT_TRUE(key) << key.message();
     std::ofstream(dir_ / "origin.key") << key->to_pem();

@@ -10,22 +10,15 @@
 #include <string>
 
 #include "proto/digest.h"
+#include "tests/unit/support.h"
 
 namespace tiersync::proto {
 namespace {
 
+using unit::read_file;
+using unit::write_file;
+
 namespace fs = std::filesystem;
-
-std::string read_file(const fs::path& file) {
-  std::ifstream in(file, std::ios::binary);
-  std::ostringstream out;
-  out << in.rdbuf();
-  return out.str();
-}
-
-void write_file(const fs::path& file, std::string_view bytes) {
-  std::ofstream(file, std::ios::binary) << bytes;
-}
 
 bool is_lower_hex(std::string_view s) {
   return s.find_first_not_of("0123456789abcdef") == std::string_view::npos;
@@ -35,9 +28,8 @@ bool is_lower_hex(std::string_view s) {
 class KeyFilesTest : public testing::Test {
  protected:
   void SetUp() override {
-    std::string tmpl = (fs::path(testing::TempDir()) / "keys_test.XXXXXX").string();
-    ASSERT_NE(mkdtemp(tmpl.data()), nullptr);
-    dir_ = tmpl;
+    dir_ = unit::make_temp_dir("keys_test");
+    ASSERT_FALSE(dir_.empty());
   }
   void TearDown() override { fs::remove_all(dir_); }
 

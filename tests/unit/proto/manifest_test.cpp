@@ -8,9 +8,12 @@
 #include <vector>
 
 #include "proto/digest.h"
+#include "tests/unit/support.h"
 
 namespace tiersync::proto {
 namespace {
+
+using unit::Contains;
 
 using nlohmann::json;
 
@@ -18,11 +21,6 @@ constexpr std::size_t kDepth = 3;
 const std::string kPart = "edge/main/x86_64";
 
 /// True when `haystack` contains `needle`; the failure message shows both.
-testing::AssertionResult Contains(std::string_view haystack, std::string_view needle) {
-  if (haystack.find(needle) != std::string_view::npos) return testing::AssertionSuccess();
-  return testing::AssertionFailure()
-         << "\"" << haystack << "\" does not contain \"" << needle << "\"";
-}
 
 /// A path inside kPart.
 std::string in_part(std::string_view name) {

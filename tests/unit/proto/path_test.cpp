@@ -1,4 +1,5 @@
 #include "proto/path.h"
+#include "tests/unit/support.h"
 
 #include <gtest/gtest.h>
 
@@ -9,12 +10,9 @@
 namespace tiersync::proto {
 namespace {
 
+using unit::Contains;
+
 /// True when `haystack` contains `needle`; the failure message shows both.
-testing::AssertionResult Contains(std::string_view haystack, std::string_view needle) {
-  if (haystack.find(needle) != std::string_view::npos) return testing::AssertionSuccess();
-  return testing::AssertionFailure()
-         << "\"" << haystack << "\" does not contain \"" << needle << "\"";
-}
 
 /// `count` components of `len` bytes each, joined by '/'.
 std::string components(std::size_t count, std::size_t len, char c = 'a') {

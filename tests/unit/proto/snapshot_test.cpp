@@ -8,9 +8,12 @@
 #include <string>
 
 #include "proto/digest.h"
+#include "tests/unit/support.h"
 
 namespace tiersync::proto {
 namespace {
+
+using unit::Contains;
 
 using nlohmann::json;
 
@@ -18,11 +21,6 @@ constexpr std::int64_t kCreated = 1795654800;  // 2026-11-26T01:00:00Z
 constexpr std::int64_t kExpires = 1796259600;  // 2026-12-03T01:00:00Z
 
 /// True when `haystack` contains `needle`; the failure message shows both.
-testing::AssertionResult Contains(std::string_view haystack, std::string_view needle) {
-  if (haystack.find(needle) != std::string_view::npos) return testing::AssertionSuccess();
-  return testing::AssertionFailure()
-         << "\"" << haystack << "\" does not contain \"" << needle << "\"";
-}
 
 Snapshot sample() {
   Snapshot s;

@@ -18,41 +18,26 @@
 #include "proto/dsse.h"
 #include "proto/manifest.h"
 #include "proto/snapshot.h"
+#include "tests/unit/support.h"
 
 namespace tiersync::serve {
 namespace {
 
-void write(const fs::path& file, std::string_view bytes) {
-  fs::create_directories(file.parent_path());
-  std::ofstream(file, std::ios::binary | std::ios::trunc) << bytes;
-}
-
-std::shared_ptr<proto::Manifest> manifest(std::string partition,
-                                          std::vector<proto::Entry> entries) {
-  auto m = std::make_shared<proto::Manifest>();
-  m->partition = std::move(partition);
-  m->entries = std::move(entries);
-  std::sort(m->entries.begin(), m->entries.end(),
-            [](const proto::Entry& a, const proto::Entry& b) { return a.path() < b.path(); });
-  return m;
-}
-
-proto::Entry file_entry(std::string path, std::string_view content) {
-  return proto::Entry::file(std::move(path), content.size(), proto::sha256(content), 1, 0644);
-}
+using unit::file_entry;
+using unit::manifest;
+using unit::write_file;
 
 /// A tree of depth 3 with a file, a file symlink, a folder symlink and symlinks that must not
 /// resolve; files on disk as the view says, plus things the view does not list.
 class ServerHandlerTest : public testing::Test {
  protected:
   void SetUp() override {
-    std::string tmpl = (fs::path(testing::TempDir()) / "handler_test.XXXXXX").string();
-    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
-    dir_ = tmpl;
+    dir_ = unit::make_temp_dir("handler_test");
+    ASSERT_FALSE(dir_.empty());
     tree_ = dir_ / "tree";
-    write(tree_ / "edge/main/x86_64/a.apk", "0123456789");
-    write(tree_ / "edge/main/x86_64/secret.apk", "not listed");
-    write(tree_ / ".tiersync/staging/edge/main/x86_64/a.apk", "staged");
+    write_file(tree_ / "edge/main/x86_64/a.apk", "0123456789");
+    write_file(tree_ / "edge/main/x86_64/secret.apk", "not listed");
+    write_file(tree_ / ".tiersync/staging/edge/main/x86_64/a.apk", "staged");
     fs::create_symlink("/etc", tree_ / "edge/main/x86_64/planted");
 
     view_.envelope = "{\"envelope\": true}";
@@ -74,7 +59,7 @@ class ServerHandlerTest : public testing::Test {
     manifest_bytes_ = proto::encode_manifest(*view_.manifests["edge/main/x86_64"]);
     manifest_digest_ = proto::sha256(manifest_bytes_);
     view_.manifest_hashes.insert(manifest_digest_);
-    write(tree_ / ".tiersync/v1/manifests" / proto::to_hex(manifest_digest_), manifest_bytes_);
+    write_file(tree_ / ".tiersync/v1/manifests" / proto::to_hex(manifest_digest_), manifest_bytes_);
 
     context_.tree = tree_;
     context_.max_wait = std::chrono::seconds(300);
@@ -233,7 +218,7 @@ TEST_F(ServerHandlerTest, FolderCacheServesTheSameAndFollowsNoSymlink) {
 
   // edge/main becomes a symlink to a folder holding a different a.apk: the cached descriptor
   // still names the real folder, which is gone from the tree, so nothing follows the link.
-  write(dir_ / "elsewhere/x86_64/a.apk", "9876543210");
+  write_file(dir_ / "elsewhere/x86_64/a.apk", "9876543210");
   fs::rename(tree_ / "edge/main", dir_ / "old-main");
   fs::create_symlink(dir_ / "elsewhere", tree_ / "edge/main");
   Response cached = get("/edge/main/x86_64/a.apk");

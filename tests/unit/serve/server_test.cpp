@@ -25,24 +25,18 @@
 #include <vector>
 
 #include "proto/manifest.h"
+#include "tests/unit/support.h"
 
 namespace tiersync::serve {
 namespace {
 
+using unit::file_entry;
+using unit::manifest;
+using unit::read_file;
+using unit::write_file;
+
 using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
-
-void write(const fs::path& file, std::string_view bytes) {
-  fs::create_directories(file.parent_path());
-  std::ofstream(file, std::ios::binary | std::ios::trunc) << bytes;
-}
-
-std::string read(const fs::path& file) {
-  std::ifstream in(file, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 std::string quote(std::string_view arg) {
   std::string out = "'";
@@ -90,20 +84,6 @@ std::string pattern(std::size_t size) {
   std::string s(size, '\0');
   for (std::size_t i = 0; i < size; ++i) s[i] = static_cast<char>((i * 7 + i / 251) % 251);
   return s;
-}
-
-std::shared_ptr<proto::Manifest> manifest(std::string partition,
-                                          std::vector<proto::Entry> entries) {
-  auto m = std::make_shared<proto::Manifest>();
-  m->partition = std::move(partition);
-  m->entries = std::move(entries);
-  std::sort(m->entries.begin(), m->entries.end(),
-            [](const proto::Entry& a, const proto::Entry& b) { return a.path() < b.path(); });
-  return m;
-}
-
-proto::Entry file_entry(std::string path, std::string_view content) {
-  return proto::Entry::file(std::move(path), content.size(), proto::sha256(content), 1, 0644);
 }
 
 /// A raw TCP client for what curl cannot do: say half a request and stay silent.
@@ -159,42 +139,41 @@ class ServerTest : public testing::Test {
  protected:
   static void SetUpTestSuite() {
     if (!have("curl") || !have("openssl")) return;
-    std::string tmpl = (fs::path(testing::TempDir()) / "server_pki.XXXXXX").string();
-    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
-    pki_ = new fs::path(tmpl);
+    pki_ = new fs::path(unit::make_temp_dir("server_pki"));
+    ASSERT_FALSE(pki_->empty());
     const fs::path& d = *pki_;
-    write(d / "openssl.cnf",
-          "[req]\n"
-          "distinguished_name = dn\n"
-          "prompt = no\n"
-          "[dn]\n"
-          "CN = tiersync test\n"
-          "[v3_ca]\n"
-          "basicConstraints = critical,CA:TRUE\n"
-          "keyUsage = critical,keyCertSign,cRLSign\n"
-          "subjectKeyIdentifier = hash\n"
-          "[v3_server]\n"
-          "basicConstraints = critical,CA:FALSE\n"
-          "keyUsage = critical,digitalSignature\n"
-          "extendedKeyUsage = serverAuth\n"
-          "subjectAltName = IP:127.0.0.1,IP:::1,DNS:localhost\n"
-          "subjectKeyIdentifier = hash\n"
-          "authorityKeyIdentifier = keyid\n");
+    write_file(d / "openssl.cnf",
+               "[req]\n"
+               "distinguished_name = dn\n"
+               "prompt = no\n"
+               "[dn]\n"
+               "CN = tiersync test\n"
+               "[v3_ca]\n"
+               "basicConstraints = critical,CA:TRUE\n"
+               "keyUsage = critical,keyCertSign,cRLSign\n"
+               "subjectKeyIdentifier = hash\n"
+               "[v3_server]\n"
+               "basicConstraints = critical,CA:FALSE\n"
+               "keyUsage = critical,digitalSignature\n"
+               "extendedKeyUsage = serverAuth\n"
+               "subjectAltName = IP:127.0.0.1,IP:::1,DNS:localhost\n"
+               "subjectKeyIdentifier = hash\n"
+               "authorityKeyIdentifier = keyid\n");
     const std::string cd = "cd " + quote(d.string()) + " && ";
     const std::string ec = " -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes ";
     ASSERT_EQ(run(cd + "openssl req -x509 -config openssl.cnf -extensions v3_ca" + ec +
                   "-keyout ca.key -out ca.pem -days 2 -subj '/CN=tiersync test CA' 2>log"),
               0)
-        << read(d / "log");
+        << read_file(d / "log");
     ASSERT_EQ(run(cd + "openssl req -new -config openssl.cnf" + ec +
                   "-keyout server.key -out server.csr -subj '/CN=localhost' 2>log"),
               0)
-        << read(d / "log");
+        << read_file(d / "log");
     ASSERT_EQ(run(cd + "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key "
                        "-CAcreateserial -out server.pem -days 2 -extfile openssl.cnf "
                        "-extensions v3_server 2>log"),
               0)
-        << read(d / "log");
+        << read_file(d / "log");
   }
   static void TearDownTestSuite() {
     if (pki_) fs::remove_all(*pki_);
@@ -204,16 +183,15 @@ class ServerTest : public testing::Test {
 
   void SetUp() override {
     if (!pki_) GTEST_SKIP() << "needs the curl and openssl commands";
-    std::string tmpl = (fs::path(testing::TempDir()) / "server_test.XXXXXX").string();
-    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
-    dir_ = tmpl;
+    dir_ = unit::make_temp_dir("server_test");
+    ASSERT_FALSE(dir_.empty());
     tree_ = dir_ / "tree";
     package_ = pattern(200000);  // several 64 KiB chunks
-    write(tree_ / "edge/main/x86_64/APKINDEX.tar.gz", "index");
-    write(tree_ / "edge/main/x86_64/foo-1.0-r0.apk", package_);
-    write(tree_ / "edge/main/x86_64/secret.apk", "not in the view");
-    write(tree_ / ".tiersync/staging/x", "staged");
-    write(tree_ / "edge/main/x86_64/big.apk", "");
+    write_file(tree_ / "edge/main/x86_64/APKINDEX.tar.gz", "index");
+    write_file(tree_ / "edge/main/x86_64/foo-1.0-r0.apk", package_);
+    write_file(tree_ / "edge/main/x86_64/secret.apk", "not in the view");
+    write_file(tree_ / ".tiersync/staging/x", "staged");
+    write_file(tree_ / "edge/main/x86_64/big.apk", "");
     fs::resize_file(tree_ / "edge/main/x86_64/big.apk", kBigSize);  // sparse: costs no disk
     fs::create_symlink("foo-1.0-r0.apk", tree_ / "edge/main/x86_64/foo.apk");
     fs::create_symlink("edge", tree_ / "latest-stable");
@@ -227,8 +205,8 @@ class ServerTest : public testing::Test {
                        file_entry("edge/main/x86_64/planted.apk", "x")});
     manifest_bytes_ = proto::encode_manifest(*m);
     manifest_hex_ = proto::to_hex(proto::sha256(manifest_bytes_));
-    write(tree_ / ".tiersync/v1/manifests" / manifest_hex_, manifest_bytes_);
-    write(tree_ / ".tiersync/v1/manifests" / std::string(64, 'b'), "not in the view");
+    write_file(tree_ / ".tiersync/v1/manifests" / manifest_hex_, manifest_bytes_);
+    write_file(tree_ / ".tiersync/v1/manifests" / std::string(64, 'b'), "not in the view");
     base_view_.depth = 3;
     base_view_.manifests["edge/main/x86_64"] = m;
     base_view_.manifests["."] = manifest(".", {proto::Entry::symlink("latest-stable", "edge")});
@@ -283,10 +261,10 @@ class ServerTest : public testing::Test {
            quote(out.string() + ".log");
     CurlResult r;
     r.exit = run(cmd);
-    r.status = std::atoi(read(out.string() + ".code").c_str());
-    r.headers = read(out.string() + ".headers");
-    r.body = read(out.string() + ".body");
-    r.log = read(out.string() + ".log");
+    r.status = std::atoi(read_file(out.string() + ".code").c_str());
+    r.headers = read_file(out.string() + ".headers");
+    r.body = read_file(out.string() + ".body");
+    r.log = read_file(out.string() + ".log");
     return r;
   }
 
@@ -508,9 +486,9 @@ TEST_F(ServerTest, TlsVersionsAndHostName) {
   int rc =
       run("openssl s_client -connect 127.0.0.1:" + port +
           " -tls1_1 -cipher 'DEFAULT:@SECLEVEL=0' </dev/null >" + quote(log.string()) + " 2>&1");
-  EXPECT_NE(rc, 0) << read(log);
-  EXPECT_NE(read(log).find("alert protocol version"), std::string::npos) << read(log);
-  EXPECT_NE(read(log).find("Cipher is (NONE)"), std::string::npos) << read(log);
+  EXPECT_NE(rc, 0) << read_file(log);
+  EXPECT_NE(read_file(log).find("alert protocol version"), std::string::npos) << read_file(log);
+  EXPECT_NE(read_file(log).find("Cipher is (NONE)"), std::string::npos) << read_file(log);
   // The certificate matches the host name too.
   CurlResult named = Curl({"--resolve", "localhost:" + port + ":127.0.0.1"},
                           "https://localhost:" + port + "/.tiersync/v1/status");
@@ -525,7 +503,8 @@ TEST_F(ServerTest, KeepAliveReusesTheConnection) {
                " -o /dev/null -o /dev/null " + quote(url) + " " + quote(url) + " 2>" +
                quote(log.string()));
   EXPECT_EQ(rc, 0);
-  EXPECT_NE(read(log).find("Re-using existing connection"), std::string::npos) << read(log);
+  EXPECT_NE(read_file(log).find("Re-using existing connection"), std::string::npos)
+      << read_file(log);
   EXPECT_EQ(server_->stats().connections_accepted - before, 1u);
 }
 

@@ -14,23 +14,17 @@
 #include <vector>
 
 #include "proto/digest.h"
+#include "tests/unit/support.h"
 
 namespace tiersync::sync {
 namespace {
 
+using unit::Contains;
+using unit::write_file;
+
 using Names = std::vector<std::string>;
 
 /// True when `haystack` contains `needle`; the failure message shows both.
-testing::AssertionResult Contains(std::string_view haystack, std::string_view needle) {
-  if (haystack.find(needle) != std::string_view::npos) return testing::AssertionSuccess();
-  return testing::AssertionFailure()
-         << "\"" << haystack << "\" does not contain \"" << needle << "\"";
-}
-
-void write(const fs::path& file, std::string_view bytes) {
-  fs::create_directories(file.parent_path());
-  std::ofstream(file, std::ios::binary | std::ios::trunc) << bytes;
-}
 
 /// Sets a file's mtime (without following a symlink).
 void set_mtime(const fs::path& file, std::int64_t sec, long nsec = 0) {
@@ -42,9 +36,8 @@ void set_mtime(const fs::path& file, std::int64_t sec, long nsec = 0) {
 class ScanTest : public testing::Test {
  protected:
   void SetUp() override {
-    std::string tmpl = (fs::path(testing::TempDir()) / "scan_test.XXXXXX").string();
-    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
-    dir_ = tmpl;
+    dir_ = unit::make_temp_dir("scan_test");
+    ASSERT_FALSE(dir_.empty());
     root_ = dir_ / "tree";
     fs::create_directories(root_);
   }
@@ -78,10 +71,10 @@ Names paths_of(const ScanResult& r) {
 // --- scan_tree ----------------------------------------------------------------------------------
 
 TEST_F(ScanTest, SortedFilesAndSymlinks) {
-  write(root_ / "z", "zz");
-  write(root_ / "b/file1", "one");
-  write(root_ / "a/file2", "two!");
-  write(root_ / "A", "upper");
+  write_file(root_ / "z", "zz");
+  write_file(root_ / "b/file1", "one");
+  write_file(root_ / "a/file2", "two!");
+  write_file(root_ / "A", "upper");
   fs::create_symlink("file2", root_ / "a/link");
   fs::create_symlink("../b", root_ / "a/dirlink");
   fs::create_directories(root_ / "emptydir");
@@ -113,18 +106,18 @@ TEST_F(ScanTest, SortedFilesAndSymlinks) {
 }
 
 TEST_F(ScanTest, MtimeKeepsNanoseconds) {
-  write(root_ / "f", "x");
+  write_file(root_ / "f", "x");
   set_mtime(root_ / "f", 1732500000, 123456789);
   EXPECT_EQ(scanned("f").mtime_ns, 1732500000'123456789LL);
 }
 
 TEST_F(ScanTest, SkipsTopLevelMetaDirAndBusyFile) {
-  write(root_ / ".tiersync/v1/snapshot", "env");
-  write(root_ / ".tiersync/staging/x", "x");
-  write(root_ / ".tiersync-busy", "");
-  write(root_ / "sub/.tiersync/x", "kept");
-  write(root_ / "sub/.tiersync-busy", "kept");
-  write(root_ / "f", "f");
+  write_file(root_ / ".tiersync/v1/snapshot", "env");
+  write_file(root_ / ".tiersync/staging/x", "x");
+  write_file(root_ / ".tiersync-busy", "");
+  write_file(root_ / "sub/.tiersync/x", "kept");
+  write_file(root_ / "sub/.tiersync-busy", "kept");
+  write_file(root_ / "f", "f");
   const ScanResult r = scan();
   EXPECT_EQ(paths_of(r), (Names{"f", "sub/.tiersync-busy", "sub/.tiersync/x"}));
   // Leaving out .tiersync/ is by design, not worth a line in `skipped`.
@@ -132,7 +125,7 @@ TEST_F(ScanTest, SkipsTopLevelMetaDirAndBusyFile) {
 }
 
 TEST_F(ScanTest, SkipsEscapingSymlinksAndSpecialFilesWithAReason) {
-  write(root_ / "a/file", "f");
+  write_file(root_ / "a/file", "f");
   fs::create_symlink("../../etc/passwd", root_ / "a/evil");
   fs::create_symlink("/etc/passwd", root_ / "a/abs");
   fs::create_symlink(".tiersync/v1/snapshot", root_ / "meta");
@@ -154,7 +147,7 @@ TEST_F(ScanTest, SkipsEscapingSymlinksAndSpecialFilesWithAReason) {
 // is lexically "x/secret", but really reads the file beside the tree. tier0 would publish it
 // (SPEC 3: symlink targets resolve inside the tree). Either link may be the one left out.
 TEST_F(ScanTest, SkipsASymlinkThatEscapesThroughAnotherSymlink) {
-  write(dir_ / "secret", "not for the mirror");
+  write_file(dir_ / "secret", "not for the mirror");
   fs::create_directories(root_ / "x");
   fs::create_symlink("..", root_ / "x/y");
   fs::create_symlink("y/../secret", root_ / "x/l");
@@ -170,9 +163,9 @@ TEST_F(ScanTest, SkipsASymlinkThatEscapesThroughAnotherSymlink) {
 }
 
 TEST_F(ScanTest, SkipsInvalidNames) {
-  write(root_ / "ok", "ok");
-  write(root_ / "bad\xff", "x");
-  write(root_ / std::string(255, 'n'), "x");  // the longest valid name
+  write_file(root_ / "ok", "ok");
+  write_file(root_ / "bad\xff", "x");
+  write_file(root_ / std::string(255, 'n'), "x");  // the longest valid name
   const ScanResult r = scan();
   EXPECT_EQ(paths_of(r), (Names{std::string(255, 'n'), "ok"}));
   ASSERT_EQ(r.skipped.size(), 1u);
@@ -189,21 +182,21 @@ TEST_F(ScanTest, MissingRootIsAnError) {
   const auto r = scan_tree(dir_ / "nope");
   ASSERT_FALSE(r);
   EXPECT_TRUE(Contains(r.message(), (dir_ / "nope").string()));
-  write(dir_ / "file", "x");
+  write_file(dir_ / "file", "x");
   EXPECT_FALSE(scan_tree(dir_ / "file"));
 }
 
 // --- hash_file ----------------------------------------------------------------------------------
 
 TEST_F(ScanTest, HashFile) {
-  write(root_ / "f", "hello");
+  write_file(root_ / "f", "hello");
   std::uint64_t size = 0;
   const auto d = hash_file(root_ / "f", &size);
   ASSERT_TRUE(d) << d.message();
   EXPECT_EQ(*d, proto::sha256("hello"));
   EXPECT_EQ(size, 5u);
 
-  write(root_ / "empty", "");
+  write_file(root_ / "empty", "");
   const auto e = hash_file(root_ / "empty", &size);
   ASSERT_TRUE(e) << e.message();
   EXPECT_EQ(proto::to_hex(*e), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
@@ -213,7 +206,7 @@ TEST_F(ScanTest, HashFile) {
 TEST_F(ScanTest, HashFileLargerThanItsBuffer) {
   std::string big(3 * (1 << 20) + 17, '\0');
   for (std::size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>(i * 31 + i / 4096);
-  write(root_ / "big", big);
+  write_file(root_ / "big", big);
   std::uint64_t size = 0;
   const auto d = hash_file(root_ / "big", &size);
   ASSERT_TRUE(d) << d.message();
@@ -225,7 +218,7 @@ TEST_F(ScanTest, HashFileErrors) {
   const auto missing = hash_file(root_ / "missing");
   ASSERT_FALSE(missing);
   EXPECT_TRUE(Contains(missing.message(), (root_ / "missing").string()));
-  write(root_ / "target", "t");
+  write_file(root_ / "target", "t");
   fs::create_symlink("target", root_ / "link");
   EXPECT_FALSE(hash_file(root_ / "link"));  // the last component is not followed
 }
@@ -233,7 +226,7 @@ TEST_F(ScanTest, HashFileErrors) {
 // --- HashCache ----------------------------------------------------------------------------------
 
 TEST_F(ScanTest, HashCacheDoesNotReReadAnUnchangedFile) {
-  write(root_ / "f", "content A");
+  write_file(root_ / "f", "content A");
   set_mtime(root_ / "f", 1732500000);
   const ScannedFile f = scanned("f");
 
@@ -263,12 +256,12 @@ TEST_F(ScanTest, HashCacheDoesNotReReadAnUnchangedFile) {
 }
 
 TEST_F(ScanTest, HashCacheReReadsAfterAnMtimeChange) {
-  write(root_ / "f", "content A");
+  write_file(root_ / "f", "content A");
   set_mtime(root_ / "f", 1732500000);
   HashCache cache;
   ASSERT_TRUE(cache.digest_of(root_, scanned("f")));
 
-  write(root_ / "f", "content B");  // same size
+  write_file(root_ / "f", "content B");  // same size
   set_mtime(root_ / "f", 1732500000, 1);
   const ScannedFile f = scanned("f");
   EXPECT_EQ(cache.lookup(f), std::nullopt);
@@ -280,12 +273,12 @@ TEST_F(ScanTest, HashCacheReReadsAfterAnMtimeChange) {
 }
 
 TEST_F(ScanTest, HashCacheReReadsAfterASizeChange) {
-  write(root_ / "f", "short");
+  write_file(root_ / "f", "short");
   set_mtime(root_ / "f", 1732500000);
   HashCache cache;
   ASSERT_TRUE(cache.digest_of(root_, scanned("f")));
 
-  write(root_ / "f", "a longer content");
+  write_file(root_ / "f", "a longer content");
   set_mtime(root_ / "f", 1732500000);
   const auto d = cache.digest_of(root_, scanned("f"));
   ASSERT_TRUE(d) << d.message();
@@ -294,7 +287,7 @@ TEST_F(ScanTest, HashCacheReReadsAfterASizeChange) {
 }
 
 TEST_F(ScanTest, HashCacheReReadsAfterAnInodeChange) {
-  write(root_ / "f", "content A");
+  write_file(root_ / "f", "content A");
   set_mtime(root_ / "f", 1732500000);
   HashCache cache;
   const ScannedFile f = scanned("f");
@@ -305,7 +298,7 @@ TEST_F(ScanTest, HashCacheReReadsAfterAnInodeChange) {
 }
 
 TEST_F(ScanTest, HashCacheRefusesAFileThatChangedWhileRead) {
-  write(root_ / "f", "0123456789");
+  write_file(root_ / "f", "0123456789");
   ScannedFile f = scanned("f");
   f.size = 3;  // what the scan saw; the file has grown since
   HashCache cache;
@@ -316,8 +309,8 @@ TEST_F(ScanTest, HashCacheRefusesAFileThatChangedWhileRead) {
 }
 
 TEST_F(ScanTest, HashCacheSaveLoadRoundTrip) {
-  write(root_ / "a", "aaa");
-  write(root_ / "b/c", "ccc");
+  write_file(root_ / "a", "aaa");
+  write_file(root_ / "b/c", "ccc");
   const ScanResult r = scan();
   HashCache cache;
   for (const auto& f : r.files) ASSERT_TRUE(cache.digest_of(root_, f));
@@ -341,8 +334,8 @@ TEST_F(ScanTest, HashCacheSaveLoadRoundTrip) {
 }
 
 TEST_F(ScanTest, HashCacheNeedsSaveWhenAFileIsGone) {
-  write(root_ / "a", "aaa");
-  write(root_ / "b", "bbb");
+  write_file(root_ / "a", "aaa");
+  write_file(root_ / "b", "bbb");
   HashCache cache;
   for (const auto& f : scan().files) ASSERT_TRUE(cache.digest_of(root_, f));
   const fs::path file = dir_ / "hashcache";
@@ -371,8 +364,8 @@ TEST_F(ScanTest, HashCacheMissingFileIsEmptyWithoutWarning) {
 }
 
 TEST_F(ScanTest, HashCacheDamagedFileIsEmptyWithWarning) {
-  write(root_ / "a", "aaa");
-  write(root_ / "b", "bbb");
+  write_file(root_ / "a", "aaa");
+  write_file(root_ / "b", "bbb");
   HashCache cache;
   for (const auto& f : scan().files) ASSERT_TRUE(cache.digest_of(root_, f));
   const fs::path file = dir_ / "hashcache";
@@ -383,7 +376,7 @@ TEST_F(ScanTest, HashCacheDamagedFileIsEmptyWithWarning) {
   for (const std::string& bytes :
        {std::string("garbage"), std::string(), good.substr(0, good.size() - 5),
         "TSHC2\n" + good.substr(6), good.substr(0, 6) + std::string("\xff\xff\xff\x7f", 4)}) {
-    write(file, bytes);
+    write_file(file, bytes);
     std::string warning;
     HashCache damaged = HashCache::load(file, &warning);
     EXPECT_EQ(damaged.size(), 0u) << bytes.size();

@@ -11,28 +11,22 @@
 #include "proto/dsse.h"
 #include "proto/keys.h"
 #include "proto/manifest.h"
+#include "tests/unit/support.h"
 
 namespace tiersync::sync {
 namespace {
 
-/// True when `haystack` contains `needle`; the failure message shows both.
-testing::AssertionResult Contains(std::string_view haystack, std::string_view needle) {
-  if (haystack.find(needle) != std::string_view::npos) return testing::AssertionSuccess();
-  return testing::AssertionFailure()
-         << "\"" << haystack << "\" does not contain \"" << needle << "\"";
-}
+using unit::Contains;
+using unit::write_file;
 
-void write(const fs::path& file, std::string_view bytes) {
-  std::ofstream(file, std::ios::binary | std::ios::trunc) << bytes;
-}
+/// True when `haystack` contains `needle`; the failure message shows both.
 
 /// A fresh state_dir and tree per test, removed afterwards; the store is opened.
 class StateTest : public testing::Test {
  protected:
   void SetUp() override {
-    std::string tmpl = (fs::path(testing::TempDir()) / "state_test.XXXXXX").string();
-    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
-    dir_ = tmpl;
+    dir_ = unit::make_temp_dir("state_test");
+    ASSERT_FALSE(dir_.empty());
     store_ = std::make_unique<StateStore>(dir_ / "state", dir_ / "tree");
     const Status st = store_->open();
     ASSERT_TRUE(st) << st.message();
@@ -148,9 +142,9 @@ TEST_F(StateTest, CycleRoundTrip) {
 }
 
 TEST_F(StateTest, DamagedSmallStateReadsAsEmpty) {
-  write(dir_ / "state/held.json", "{not json");
-  write(dir_ / "state/approvals.json", "[]");
-  write(dir_ / "state/cycle.json", "");
+  write_file(dir_ / "state/held.json", "{not json");
+  write_file(dir_ / "state/approvals.json", "[]");
+  write_file(dir_ / "state/cycle.json", "");
   EXPECT_TRUE(store_->load_held().partitions.empty());
   EXPECT_TRUE(store_->load_approvals().empty());
   EXPECT_EQ(store_->load_cycle().result, "");
@@ -161,13 +155,13 @@ TEST_F(StateTest, DamagedSmallStateReadsAsEmpty) {
 // that is valid JSON but damaged terminates tiersyncd/tiersyncctl instead of being handled like
 // the non-JSON case (held/approvals/cycle: read as empty; journal: an error naming the file).
 TEST_F(StateTest, WrongTypesInStateFilesDoNotThrow) {
-  write(dir_ / "state/held.json", R"({"candidate_serial": "43", "partitions": [1]})");
+  write_file(dir_ / "state/held.json", R"({"candidate_serial": "43", "partitions": [1]})");
   EXPECT_NO_THROW((void)store_->load_held());
-  write(dir_ / "state/approvals.json", R"({"approvals": [{"partition": 5}, 7]})");
+  write_file(dir_ / "state/approvals.json", R"({"approvals": [{"partition": 5}, 7]})");
   EXPECT_NO_THROW((void)store_->load_approvals());
-  write(dir_ / "state/cycle.json", R"({"result": "ok", "time": "yesterday"})");
+  write_file(dir_ / "state/cycle.json", R"({"result": "ok", "time": "yesterday"})");
   EXPECT_NO_THROW((void)store_->load_cycle());
-  write(dir_ / "state/journal.json", R"({"serial": "43", "previous": {}})");
+  write_file(dir_ / "state/journal.json", R"({"serial": "43", "previous": {}})");
   EXPECT_NO_THROW({
     const auto j = store_->load_journal();
     EXPECT_FALSE(j);
@@ -211,7 +205,7 @@ TEST_F(StateTest, DamagedJournalIsAnError) {
   // Unlike holds, a journal cannot be guessed: a damaged one must stop the node.
   for (std::string_view bytes : {"{not json", R"({"serial": 0, "previous": {}})",
                                  R"({"serial": 3, "previous": {"p/q/r": "XYZ"}})"}) {
-    write(dir_ / "state/journal.json", bytes);
+    write_file(dir_ / "state/journal.json", bytes);
     const auto j = store_->load_journal();
     ASSERT_FALSE(j) << bytes;
     EXPECT_TRUE(Contains(j.message(), "journal.json")) << bytes;
@@ -239,7 +233,7 @@ TEST_F(StateTest, LoadManifestRefusesBytesThatDoNotMatchTheName) {
   // Damage the stored copy: one byte changed, still a valid manifest.
   std::string other = bytes;
   other.replace(other.find("\"size\":3"), 8, "\"size\":4");
-  write(store_->manifest_path(d), other);
+  write_file(store_->manifest_path(d), other);
   const auto m = store_->load_manifest(d, "edge/main/x86_64", 3);
   ASSERT_FALSE(m);
   EXPECT_TRUE(Contains(m.message(), proto::to_hex(d)));
@@ -296,7 +290,7 @@ TEST_F(StateTest, AppliedRoundTrip) {
 }
 
 TEST_F(StateTest, DamagedAppliedSnapshotIsAnError) {
-  write(dir_ / "state/snapshot", "not an envelope");
+  write_file(dir_ / "state/snapshot", "not an envelope");
   const auto applied = store_->load_applied();
   ASSERT_FALSE(applied);
   EXPECT_TRUE(Contains(applied.message(), (dir_ / "state/snapshot").string()));

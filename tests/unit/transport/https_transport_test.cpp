@@ -25,24 +25,17 @@
 
 #include "daemon/transport/file_transport.h"
 #include "proto/digest.h"
+#include "tests/unit/support.h"
 
 namespace tiersync::transport {
 namespace {
 
+using unit::Contains;
+using unit::write_file;
+
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
-
-testing::AssertionResult Contains(std::string_view haystack, std::string_view needle) {
-  if (haystack.find(needle) != std::string_view::npos) return testing::AssertionSuccess();
-  return testing::AssertionFailure()
-         << "\"" << haystack << "\" does not contain \"" << needle << "\"";
-}
-
-void write_file(const fs::path& file, std::string_view bytes) {
-  fs::create_directories(file.parent_path());
-  std::ofstream(file, std::ios::binary | std::ios::trunc) << bytes;
-}
 
 /// `n` bytes that differ from one offset to the next, so that a misplaced byte shows.
 std::string pattern(std::size_t n, unsigned seed = 1) {
@@ -395,9 +388,8 @@ class HttpsTransportTest : public testing::Test {
  protected:
   static void SetUpTestSuite() {
     ::signal(SIGPIPE, SIG_IGN);
-    std::string tmpl = (fs::path(testing::TempDir()) / "https_pki.XXXXXX").string();
-    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
-    pki_.dir = tmpl;
+    pki_.dir = unit::make_temp_dir("https_pki");
+    ASSERT_FALSE(pki_.dir.empty());
     ASSERT_TRUE(make_ca(pki_.dir, "test-ca"));
     ASSERT_TRUE(make_ca(pki_.dir, "stranger-ca"));
     ASSERT_TRUE(make_leaf(pki_.dir, "server", "IP:127.0.0.1,IP:::1,DNS:localhost", 2));
@@ -412,9 +404,8 @@ class HttpsTransportTest : public testing::Test {
   static void TearDownTestSuite() { fs::remove_all(pki_.dir); }
 
   void SetUp() override {
-    std::string tmpl = (fs::path(testing::TempDir()) / "https_tree.XXXXXX").string();
-    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
-    tree_ = tmpl;
+    tree_ = unit::make_temp_dir("https_tree");
+    ASSERT_FALSE(tree_.empty());
     write_file(tree_ / ".tiersync/v1/snapshot", snapshot_);
     write_file(tree_ / ".tiersync/v1/manifests" / proto::to_hex(proto::sha256(manifest_)),
                manifest_);
@@ -890,9 +881,8 @@ TEST(HttpsUrlTest, EncodesEverythingButUnreservedBytesAndSlashes) {
 }
 
 TEST(HttpsTransportInterfaceTest, FileTransportFetchesABatchOneByOne) {
-  std::string tmpl = (fs::path(testing::TempDir()) / "https_file.XXXXXX").string();
-  ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
-  const fs::path dir = tmpl;
+  const fs::path dir = unit::make_temp_dir("https_file");
+  ASSERT_FALSE(dir.empty());
   write_file(dir / "a", "alpha");
   write_file(dir / "c", "gamma");
   auto t = make_transport("file://" + dir.string());
