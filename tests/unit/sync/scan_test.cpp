@@ -49,6 +49,14 @@ class ScanTest : public testing::Test {
     EXPECT_TRUE(r) << r.message();
     return r ? std::move(*r) : ScanResult{};
   }
+  /// Files a and b in the tree, and a hash cache of both saved to `file`.
+  void save_cache_of_a_and_b(const fs::path& file) {
+    write_file(root_ / "a", "aaa");
+    write_file(root_ / "b", "bbb");
+    HashCache cache;
+    for (const auto& f : scan().files) ASSERT_TRUE(cache.digest_of(root_, f));
+    ASSERT_TRUE(cache.save(file));
+  }
 
   /// The scanned record of one file.
   ScannedFile scanned(const std::string& path) {
@@ -334,12 +342,8 @@ TEST_F(ScanTest, HashCacheSaveLoadRoundTrip) {
 }
 
 TEST_F(ScanTest, HashCacheNeedsSaveWhenAFileIsGone) {
-  write_file(root_ / "a", "aaa");
-  write_file(root_ / "b", "bbb");
-  HashCache cache;
-  for (const auto& f : scan().files) ASSERT_TRUE(cache.digest_of(root_, f));
   const fs::path file = dir_ / "hashcache";
-  ASSERT_TRUE(cache.save(file));
+  ASSERT_NO_FATAL_FAILURE(save_cache_of_a_and_b(file));
 
   fs::remove(root_ / "b");
   HashCache loaded = HashCache::load(file);
@@ -364,12 +368,8 @@ TEST_F(ScanTest, HashCacheMissingFileIsEmptyWithoutWarning) {
 }
 
 TEST_F(ScanTest, HashCacheDamagedFileIsEmptyWithWarning) {
-  write_file(root_ / "a", "aaa");
-  write_file(root_ / "b", "bbb");
-  HashCache cache;
-  for (const auto& f : scan().files) ASSERT_TRUE(cache.digest_of(root_, f));
   const fs::path file = dir_ / "hashcache";
-  ASSERT_TRUE(cache.save(file));
+  ASSERT_NO_FATAL_FAILURE(save_cache_of_a_and_b(file));
   std::ifstream in(file, std::ios::binary);
   const std::string good((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
 
