@@ -27,10 +27,8 @@ class TransportFetcher final : public sync::Fetcher {
  public:
   explicit TransportFetcher(transport::Transport& t) : t_(t) {}
   Status fetch(const proto::Entry& e, const sync::ByteSink& sink) override {
-    bool receiver_failed = false;
-    Status st = t_.fetch_file(e.path(), e.size, counted(sink, receiver_failed));
-    if (!st && !receiver_failed) ++ops::process_metrics().upstream_errors;
-    return st;
+    sync::FetchJob job{&e, sink, {}};
+    return fetch_many({&job, 1});
   }
   // A batch goes to the transport's pool (several connections to an HTTP(S) parent).
   Status fetch_many(std::span<sync::FetchJob> jobs) override {
