@@ -101,17 +101,6 @@ CycleOutcome Cycle::applied(std::uint64_t serial, const sync::ApplyStats& s,
   return record(exit_code, exit_code == kExitHeld ? "held" : "ok", msg);
 }
 
-Result<std::vector<proto::PublicKey>> load_trusted_keys(const ops::Config& config) {
-  std::vector<proto::PublicKey> keys;
-  for (std::size_t i = 0; i < config.trusted_keys.size(); ++i) {
-    auto k = proto::PublicKey::load(config.trusted_keys[i]);
-    if (!k)
-      return make_error("config key \"trusted_keys[" + std::to_string(i) + "]\": " + k.message());
-    keys.push_back(std::move(*k));
-  }
-  return keys;
-}
-
 Status check_partitions_disjoint(const proto::Snapshot& snapshot, const sync::ManifestSet& set) {
   auto root = set.find(std::string(proto::kRootPartition));
   if (root == set.end()) return {};

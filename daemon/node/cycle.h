@@ -53,9 +53,6 @@ class Cycle {
   std::chrono::steady_clock::time_point start_;
 };
 
-/// The relay's trusted keys; errors name the config key.
-Result<std::vector<proto::PublicKey>> load_trusted_keys(const ops::Config& config);
-
 /// No partition may lie below an entry of the root partition (a file or symlink there would turn
 /// a folder of the tree into something else).
 Status check_partitions_disjoint(const proto::Snapshot& snapshot, const sync::ManifestSet& set);

@@ -115,18 +115,10 @@ CycleOutcome publish_once(const ops::Config& config, const std::atomic<bool>* st
   Cycle cycle(config);
   if (auto st = cycle.open(); !st) return cycle.fail(st.message());
   auto& state = cycle.state();
-  std::vector<proto::PrivateKey> keys;
+  auto keys = ops::load_signing_keys(config);
+  if (!keys) return cycle.fail("config " + keys.message());
   std::set<std::string> keyids;
-  for (std::size_t i = 0; i < config.signing_keys.size(); ++i) {
-    auto key = proto::PrivateKey::load(config.signing_keys[i]);
-    if (!key)
-      return cycle.fail("config key \"signing_key" +
-                        (config.signing_keys.size() > 1 ? "[" + std::to_string(i) + "]" : "") +
-                        "\": " + key.message());
-    keyids.insert(key->public_key().keyid());
-    keys.push_back(std::move(*key));
-  }
-  if (keys.empty()) return cycle.fail("config key \"signing_key\": no key");
+  for (const auto& key : *keys) keyids.insert(key.public_key().keyid());
   auto depth = proto::layout_depth(config.layout);
   if (!depth) return cycle.fail(depth.message());
 
@@ -285,7 +277,7 @@ CycleOutcome publish_once(const ops::Config& config, const std::atomic<bool>* st
 
   std::string payload = proto::encode_snapshot(next);
   std::string envelope =
-      proto::encode_envelope(proto::sign_envelope(proto::kSnapshotPayloadType, payload, keys));
+      proto::encode_envelope(proto::sign_envelope(proto::kSnapshotPayloadType, payload, *keys));
 
   SourceFetcher fetcher(config.source_dir, scan->files);
   sync::Applier applier(state, fetcher);

@@ -206,8 +206,8 @@ CycleOutcome sync_once(const ops::Config& config, const std::atomic<bool>* stop,
   if (auto st = cycle.open(); !st) return cycle.fail(st.message());
   auto& state = cycle.state();
 
-  auto keys = load_trusted_keys(config);
-  if (!keys) return cycle.fail(keys.message());
+  auto keys = ops::load_trusted_keys(config);
+  if (!keys) return cycle.fail("config " + keys.message());
   std::unique_ptr<transport::Transport> own;
   std::unique_ptr<transport::Transport>& parent = keep ? *keep : own;
   if (!parent) {

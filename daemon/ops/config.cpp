@@ -392,26 +392,12 @@ Status check_tls_pair(const fs::path& cert, const fs::path& key) {
 Status check_resources(const Config& c) {
   const std::string where = "config " + c.file.string() + ": ";
   if (c.role == Role::kTier0) {
-    std::set<std::string> keyids;
-    for (std::size_t i = 0; i < c.signing_keys.size(); ++i) {
-      const std::string name =
-          c.signing_keys.size() == 1 ? "signing_key" : "signing_key[" + std::to_string(i) + "]";
-      auto key = proto::PrivateKey::load(c.signing_keys[i]);
-      if (!key) return make_error(where + "key \"" + name + "\": " + key.message());
-      if (!keyids.insert(key->public_key().keyid()).second)
-        return make_error(where + "key \"" + name + "\": the same key is listed twice (keyid " +
-                          key->public_key().keyid() + ")");
-    }
+    if (auto keys = load_signing_keys(c); !keys) return make_error(where + keys.message());
     if (::access(c.source_dir.c_str(), R_OK | X_OK) != 0)
       return make_error(where + "key \"source.dir\": " + c.source_dir.string() + ": " +
                         std::strerror(errno));
   } else {
-    for (std::size_t i = 0; i < c.trusted_keys.size(); ++i) {
-      auto key = proto::PublicKey::load(c.trusted_keys[i]);
-      if (!key)
-        return make_error(where + "key \"trusted_keys[" + std::to_string(i) +
-                          "]\": " + key.message());
-    }
+    if (auto keys = load_trusted_keys(c); !keys) return make_error(where + keys.message());
     if (!c.upstream.ca_file.empty() && ::access(c.upstream.ca_file.c_str(), R_OK) != 0)
       return make_error(where + "key \"upstream.ca_file\": " + c.upstream.ca_file.string() + ": " +
                         std::strerror(errno));
@@ -427,6 +413,34 @@ Status check_resources(const Config& c) {
       return make_error(where + "key \"listen[" + std::to_string(i) + "]\": " + st.message());
   }
   return {};
+}
+
+Result<std::vector<proto::PrivateKey>> load_signing_keys(const Config& c) {
+  std::vector<proto::PrivateKey> keys;
+  std::set<std::string> keyids;
+  for (std::size_t i = 0; i < c.signing_keys.size(); ++i) {
+    const std::string name =
+        c.signing_keys.size() == 1 ? "signing_key" : "signing_key[" + std::to_string(i) + "]";
+    auto key = proto::PrivateKey::load(c.signing_keys[i]);
+    if (!key) return make_error("key \"" + name + "\": " + key.message());
+    if (!keyids.insert(key->public_key().keyid()).second)
+      return make_error("key \"" + name + "\": the same key is listed twice (keyid " +
+                        key->public_key().keyid() + ")");
+    keys.push_back(std::move(*key));
+  }
+  if (keys.empty()) return make_error("key \"signing_key\": no key");
+  return keys;
+}
+
+Result<std::vector<proto::PublicKey>> load_trusted_keys(const Config& c) {
+  std::vector<proto::PublicKey> keys;
+  for (std::size_t i = 0; i < c.trusted_keys.size(); ++i) {
+    auto key = proto::PublicKey::load(c.trusted_keys[i]);
+    if (!key)
+      return make_error("key \"trusted_keys[" + std::to_string(i) + "]\": " + key.message());
+    keys.push_back(std::move(*key));
+  }
+  return keys;
 }
 
 }  // namespace tiersync::ops

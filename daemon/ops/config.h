@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "daemon/sync/guard.h"
+#include "proto/keys.h"
 #include "proto/result.h"
 
 namespace tiersync::ops {
@@ -77,5 +78,11 @@ Result<Config> parse_config(std::string_view text, const fs::path& file);
 Result<Config> load_config(const fs::path& file);
 /// What parsing cannot see: the keys load, TLS files exist, the folders can be made.
 Status check_resources(const Config& config);
+
+/// tier0's `signing_key` files, loaded; errors name the key (`signing_key[1]` in a list) and
+/// refuse a key listed twice.
+Result<std::vector<proto::PrivateKey>> load_signing_keys(const Config& config);
+/// A relay's `trusted_keys`, loaded; errors name the entry (`trusted_keys[0]`).
+Result<std::vector<proto::PublicKey>> load_trusted_keys(const Config& config);
 
 }  // namespace tiersync::ops
