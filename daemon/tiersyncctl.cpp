@@ -19,7 +19,7 @@ namespace {
 using namespace tiersync;
 
 constexpr const char* kUsage =
-    "usage: tiersyncctl keygen --out PREFIX\n"
+    "usage: tiersyncctl keygen --out PREFIX [--force]\n"
     "       tiersyncctl [--config FILE] status [--json]\n"
     "       tiersyncctl [--config FILE] approve PARTITION... | --all\n"
     "       tiersyncctl [--config FILE] verify [--full]\n"
@@ -33,14 +33,28 @@ int usage_error(const std::string& what) {
 
 int keygen(const std::vector<std::string>& args) {
   std::string prefix;
+  bool force = false;
   for (std::size_t i = 0; i < args.size(); ++i) {
     if (args[i] == "--out" && i + 1 < args.size()) {
       prefix = args[++i];
+    } else if (args[i] == "--force") {
+      force = true;
     } else {
       return usage_error("keygen: unknown argument \"" + args[i] + "\"");
     }
   }
   if (prefix.empty()) return usage_error("keygen: --out PREFIX is required");
+  // A signing key replaced by mistake cannot be had back, and every relay trusting it would
+  // refuse the next snapshot: replacing one takes --force.
+  if (!force)
+    for (const std::string& file : {prefix + ".key", prefix + ".pub"}) {
+      struct stat st;
+      if (::lstat(file.c_str(), &st) == 0) {
+        std::fprintf(stderr, "tiersyncctl: keygen: %s exists; not replacing it without --force\n",
+                     file.c_str());
+        return node::kExitUsage;
+      }
+    }
   auto key = proto::PrivateKey::generate();
   if (!key) {
     std::fprintf(stderr, "tiersyncctl: %s\n", key.message().c_str());

@@ -26,6 +26,23 @@ for role in tier0 tier1 mirror; do
     failed=1
   fi
 done
+# keygen never replaces a key without --force (exit 2).
+status=0
+"$bin/tiersyncctl" keygen --out "$tmp/etc/tiersync/origin" >/dev/null 2>&1 || status=$?
+if [ "$status" -ne 2 ]; then
+  echo "FAIL: keygen over an existing key exited $status, not 2"
+  failed=1
+fi
+# A signing key that group or others may read is refused, naming the key and its mode.
+chmod 644 "$tmp/etc/tiersync/origin.key"
+if out=$("$bin/tiersyncd" --config "$tmp/tier0.json" --check-config 2>&1); then
+  echo "FAIL: --check-config accepted a signing key of mode 0644"
+  failed=1
+elif ! printf '%s\n' "$out" | grep -q "origin.key has mode 0644"; then
+  echo "FAIL: the refusal of a 0644 signing key does not name the key and its mode:"
+  echo "$out"
+  failed=1
+fi
 # The check must be able to fail: a missing key is refused.
 rm "$tmp/etc/tiersync/origin.key"
 if "$bin/tiersyncd" --config "$tmp/tier0.json" --check-config >/dev/null 2>&1; then

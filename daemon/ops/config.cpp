@@ -4,10 +4,12 @@
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cctype>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <limits>
@@ -387,6 +389,20 @@ Status check_tls_pair(const fs::path& cert, const fs::path& key) {
   return {};
 }
 
+// A private key that group or others may read (or write) is refused, as ssh refuses one: the
+// operator learns of it from tiersyncd before anyone else reads the key. The mode of the file a
+// symlink names is what counts. A missing file is left to the loader, which names it.
+Status check_private_key_mode(const std::string& key, const fs::path& file) {
+  struct stat st;
+  if (::stat(file.c_str(), &st) != 0 || (st.st_mode & 077) == 0) return {};
+  char mode[8];
+  std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(st.st_mode & 07777));
+  return make_error("key \"" + key + "\": " + file.string() + " has mode " + mode +
+                    ": a private key must not be readable or writable by group or others (chmod "
+                    "600 " +
+                    file.string() + ")");
+}
+
 }  // namespace
 
 Status check_resources(const Config& c) {
@@ -409,6 +425,9 @@ Status check_resources(const Config& c) {
       if (::access(p->c_str(), R_OK) != 0)
         return make_error(where + "key \"listen[" + std::to_string(i) + "]." + k +
                           "\": " + p->string() + ": " + std::strerror(errno));
+    if (auto st = check_private_key_mode("listen[" + std::to_string(i) + "].tls_key", l.tls_key);
+        !st)
+      return make_error(where + st.message());
     if (auto st = check_tls_pair(l.tls_cert, l.tls_key); !st)
       return make_error(where + "key \"listen[" + std::to_string(i) + "]\": " + st.message());
   }
@@ -421,6 +440,7 @@ Result<std::vector<proto::PrivateKey>> load_signing_keys(const Config& c) {
   for (std::size_t i = 0; i < c.signing_keys.size(); ++i) {
     const std::string name =
         c.signing_keys.size() == 1 ? "signing_key" : "signing_key[" + std::to_string(i) + "]";
+    if (auto st = check_private_key_mode(name, c.signing_keys[i]); !st) return st.error();
     auto key = proto::PrivateKey::load(c.signing_keys[i]);
     if (!key) return make_error("key \"" + name + "\": " + key.message());
     if (!keyids.insert(key->public_key().keyid()).second)

@@ -60,6 +60,46 @@ TEST_F(AccidentTest, KeygenWritesAPrivateKeyOnlyTheOwnerCanReadAndPrintsTheKeyid
   EXPECT_EQ(priv->public_key().der(), pub->der()) << "the .pub file must hold the key's half";
 }
 
+TEST_F(AccidentTest, KeygenRefusesToReplaceAKeyWithoutForce) {
+  const std::string before = read_file(key_.key);
+  RunResult again = run({kTiersyncctl, "keygen", "--out", (root_ / "keys/origin").string()});
+  EXPECT_TRUE(Exited(again, 2));
+  EXPECT_TRUE(Mentions(again, key_.key.string()));
+  EXPECT_EQ(read_file(key_.key), before) << "the existing key must be left as it was";
+
+  // Only the public half left: still refused (its pair would no longer match).
+  write_file(root_ / "keys/lone.pub", "x");
+  RunResult lone = run({kTiersyncctl, "keygen", "--out", (root_ / "keys/lone").string()});
+  EXPECT_TRUE(Exited(lone, 2));
+  EXPECT_TRUE(Mentions(lone, (root_ / "keys/lone.pub").string()));
+  EXPECT_FALSE(fs::exists(root_ / "keys/lone.key"));
+
+  RunResult forced =
+      run({kTiersyncctl, "keygen", "--out", (root_ / "keys/origin").string(), "--force"});
+  ASSERT_TRUE(Exited(forced, 0));
+  EXPECT_NE(read_file(key_.key), before);
+  struct stat st;
+  ASSERT_EQ(::stat(key_.key.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+}
+
+TEST_F(AccidentTest, SigningKeyReadableByOthersIsRefusedAtCheckAndAtStart) {
+  materialize(make_sample(), source_);
+  ASSERT_EQ(::chmod(key_.key.c_str(), 0644), 0);
+  for (const auto& args : {std::vector<std::string>{"--check-config"}, {"--once"}}) {
+    std::vector<std::string> argv = {kTiersyncd, "--config", origin_.config().string()};
+    argv.insert(argv.end(), args.begin(), args.end());
+    RunResult r = run(argv);
+    EXPECT_TRUE(Exited(r, 2)) << args[0];
+    EXPECT_TRUE(Mentions(r, key_.key.string())) << args[0];
+    EXPECT_TRUE(Mentions(r, "0644")) << args[0];
+  }
+  EXPECT_FALSE(fs::exists(origin_.tree() / ".tiersync/v1/snapshot"));
+  ASSERT_EQ(::chmod(key_.key.c_str(), 0600), 0);
+  EXPECT_TRUE(
+      Exited(run({kTiersyncd, "--config", origin_.config().string(), "--check-config"}), 0));
+}
+
 TEST_F(AccidentTest, GuttedUploadIsHeldAtOriginWhileHealthyPartitionsReachEveryMirror) {
   // 1. The healthy tree reaches both mirrors.
   const TreeModel v1 = make_sample();

@@ -2,9 +2,11 @@
 
 #include <gtest/gtest.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <cctype>
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -547,6 +549,7 @@ class CheckResourcesTest : public testing::Test {
     auto key = proto::PrivateKey::generate();
     ASSERT_TRUE(key) << key.message();
     std::ofstream(dir_ / "origin.key") << key->to_pem();
+    fs::permissions(dir_ / "origin.key", fs::perms::owner_read | fs::perms::owner_write);
     std::ofstream(dir_ / "origin.pub") << key->public_key().to_pem();
     fs::create_directories(dir_ / "incoming");
   }
@@ -596,6 +599,7 @@ TEST_F(CheckResourcesTest, SeveralSigningKeys) {
   auto second = tiersync::proto::PrivateKey::generate();
   ASSERT_TRUE(second) << second.message();
   std::ofstream(dir_ / "new.key") << second->to_pem();
+  fs::permissions(dir_ / "new.key", fs::perms::owner_read | fs::perms::owner_write);
   json doc = minimal_tier0();
   doc["tree"] = "tree";
   doc["state_dir"] = "state";
@@ -655,6 +659,48 @@ TEST_F(CheckResourcesTest, TlsKeyMustMatchItsCertificate) {
   Status junk = check_resources(parse(doc, dir_ / "tiersync.json"));
   ASSERT_FALSE(junk);
   EXPECT_TRUE(Contains(junk.message(), "not a PEM certificate")) << junk.message();
+}
+
+// As ssh: a private key that group or others may read is refused, naming the key and its mode.
+TEST_F(CheckResourcesTest, SigningKeyReadableByOthersIsRefused) {
+  for (mode_t mode : {0644, 0640, 0604, 0660, 0602}) {
+    ASSERT_EQ(::chmod((dir_ / "origin.key").c_str(), mode), 0);
+    const Status st = check_resources(tier0_config());
+    ASSERT_FALSE(st) << std::oct << mode;
+    EXPECT_TRUE(Contains(st.message(), "\"signing_key\""));
+    EXPECT_TRUE(Contains(st.message(), (dir_ / "origin.key").string()));
+    char octal[8];
+    std::snprintf(octal, sizeof octal, "%04o", static_cast<unsigned>(mode));
+    EXPECT_TRUE(Contains(st.message(), std::string("mode ") + octal));
+    // Every publish loads the keys again: a key opened up later stops it too.
+    EXPECT_FALSE(load_signing_keys(tier0_config()));
+  }
+  for (mode_t mode : {0600, 0400}) {
+    ASSERT_EQ(::chmod((dir_ / "origin.key").c_str(), mode), 0);
+    const Status st = check_resources(tier0_config());
+    EXPECT_TRUE(st) << std::oct << mode << ": " << st.message();
+  }
+  // A public key may be read by anyone.
+  ASSERT_EQ(::chmod((dir_ / "origin.pub").c_str(), 0644), 0);
+  EXPECT_TRUE(check_resources(mirror_config()));
+}
+
+TEST_F(CheckResourcesTest, TlsKeyReadableByOthersIsRefused) {
+  const std::string cmd =
+      "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=t "
+      "-keyout '" +
+      (dir_ / "tls.key").string() + "' -out '" + (dir_ / "tls.pem").string() + "' >/dev/null 2>&1";
+  if (std::system(cmd.c_str()) != 0) GTEST_SKIP() << "the openssl command is not available";
+  ASSERT_EQ(::chmod((dir_ / "tls.key").c_str(), 0600), 0);
+  Config c = mirror_config();
+  c.listen.push_back(ListenConfig{"127.0.0.1", 0, true, dir_ / "tls.pem", dir_ / "tls.key"});
+  EXPECT_TRUE(check_resources(c)) << check_resources(c).message();
+  ASSERT_EQ(::chmod((dir_ / "tls.key").c_str(), 0644), 0);
+  const Status st = check_resources(c);
+  ASSERT_FALSE(st);
+  EXPECT_TRUE(Contains(st.message(), "\"listen[0].tls_key\"")) << st.message();
+  EXPECT_TRUE(Contains(st.message(), (dir_ / "tls.key").string())) << st.message();
+  EXPECT_TRUE(Contains(st.message(), "mode 0644")) << st.message();
 }
 
 TEST_F(CheckResourcesTest, MissingSourceDir) {
