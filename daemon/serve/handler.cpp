@@ -93,13 +93,13 @@ bool etag_matches(std::string_view header, std::string_view etag) {
 }
 
 /// If-Range (RFC 9110 13.1.5): the Range applies only when the validator still matches: an entity
-/// tag compared strongly, or a date equal to Last-Modified.
-bool if_range_allows(std::string_view if_range, std::string_view etag,
-                     std::string_view last_modified) {
+/// tag compared strongly. A date never does: with reproducible builds a changed file can keep its
+/// mtime (and its size), so Last-Modified is a weak validator here, and a resume by date could
+/// join old and new bytes. Such a client gets the whole file.
+bool if_range_allows(std::string_view if_range, std::string_view etag) {
   if_range = trim(if_range);
   if (if_range.empty()) return true;
-  if (if_range.front() == '"') return if_range == etag;
-  return if_range == last_modified;
+  return !etag.empty() && if_range.front() == '"' && if_range == etag;
 }
 
 std::string_view content_type_of(std::string_view path) {
@@ -116,25 +116,22 @@ Result<sync::UniqueFd> open_served(const HandlerContext& ctx, std::string_view r
   return ctx.dirs ? ctx.dirs->open_file(rel) : open_beneath(ctx.tree, rel);
 }
 
-/// A regular file as the response: conditional requests, then a single range.
+/// A strong entity tag from a content hash: the quoted lowercase hex SHA-256.
+std::string etag_of(const proto::Digest& d) {
+  return "\"" + proto::to_hex(d) + "\"";
+}
+
+/// A regular file as the response: conditional requests, then a single range. `etag` is the
+/// content's SHA-256 (etag_of); empty when the bytes on disk are not known to be the entry's
+/// (no ETag is sent then, If-None-Match never matches and If-Range sends the whole file).
 Response file_response(const Request& req, sync::UniqueFd fd, std::string_view content_type,
                        std::string etag, std::string_view cache_control) {
   struct stat st {};
   if (::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode)) return not_found();
   const auto size = static_cast<std::uint64_t>(st.st_size);
-  if (etag.empty()) {
-    // No content hash at hand: mtime and size, as nginx does.
-    char buf[48] = {'"'};
-    char* p =
-        std::to_chars(buf + 1, buf + 20, static_cast<unsigned long long>(st.st_mtime), 16).ptr;
-    *p++ = '-';
-    p = std::to_chars(p, buf + 46, static_cast<unsigned long long>(size), 16).ptr;
-    *p++ = '"';
-    etag.assign(buf, p);
-  }
   const std::string last_modified = http_date(st.st_mtime);
   auto validators = [&](Response& r) {
-    r.set("ETag", etag);
+    if (!etag.empty()) r.set("ETag", etag);
     r.set("Last-Modified", last_modified);
     if (!cache_control.empty()) r.set("Cache-Control", std::string(cache_control));
   };
@@ -142,7 +139,7 @@ Response file_response(const Request& req, sync::UniqueFd fd, std::string_view c
   // RFC 9110 13.2.2: If-None-Match decides when present; If-Modified-Since only without it.
   bool not_modified = false;
   if (!req.if_none_match.empty()) {
-    not_modified = etag_matches(req.if_none_match, etag);
+    not_modified = !etag.empty() && etag_matches(req.if_none_match, etag);
   } else if (!req.if_modified_since.empty()) {
     auto since = parse_http_date(req.if_modified_since);
     not_modified = since && st.st_mtime <= *since;
@@ -157,8 +154,7 @@ Response file_response(const Request& req, sync::UniqueFd fd, std::string_view c
   // Range applies to GET only (RFC 9110 14.2); an invalid or multi-range header is ignored and the
   // whole file sent, which the RFC allows and every client handles.
   ByteRange range;
-  if (req.method == "GET" && !req.range.empty() &&
-      if_range_allows(req.if_range, etag, last_modified))
+  if (req.method == "GET" && !req.range.empty() && if_range_allows(req.if_range, etag))
     range = parse_range(req.range, size);
 
   if (range.kind == ByteRange::kUnsatisfiable) {
@@ -181,6 +177,20 @@ Response file_response(const Request& req, sync::UniqueFd fd, std::string_view c
   }
   r.file = std::move(fd);
   return r;
+}
+
+/// A tree file's ETag: its SHA-256 from the applied manifest, so that a changed file always gets
+/// a new one (mtime and size may stay the same). An apply installs files before its view is
+/// published: a file on disk whose size or mtime is not the entry's is such a newer file, and
+/// gets no ETag rather than the old content's.
+std::string tree_file_etag(const ServedView& view, const std::string& path,
+                           const sync::UniqueFd& fd) {
+  const proto::Entry* e = view.find(path);
+  struct stat st {};
+  if (!e || e->link || ::fstat(fd.get(), &st) != 0 ||
+      static_cast<std::uint64_t>(st.st_size) != e->size || st.st_mtime != e->mtime)
+    return {};
+  return etag_of(e->sha256);
 }
 
 struct SnapshotQuery {
@@ -252,7 +262,7 @@ Response manifest_response(const Request& req, std::string_view hex, const Serve
                            const HandlerContext& ctx) {
   auto digest = proto::digest_from_hex(hex);
   if (!digest || !view.serves_manifest(*digest)) return not_found();
-  std::string etag = "\"" + std::string(hex) + "\"";
+  std::string etag = etag_of(*digest);
   if (!req.if_none_match.empty() && etag_matches(req.if_none_match, etag)) {
     Response r;
     r.status = 304;
@@ -631,7 +641,8 @@ Response handle_request(const Request& req, const ServedView& view, const Handle
   // Missing on disk: removed by an apply in progress, whose view is not published yet.
   auto fd = open_served(ctx, *file);
   if (!fd) return not_found();
-  return file_response(req, std::move(*fd), content_type_of(*file), {}, {});
+  return file_response(req, std::move(*fd), content_type_of(*file),
+                       tree_file_etag(view, *file, *fd), {});
 }
 
 }  // namespace tiersync::serve

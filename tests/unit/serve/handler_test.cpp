@@ -3,6 +3,7 @@
 
 #include "daemon/serve/handler.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -27,6 +28,19 @@ using unit::file_entry;
 using unit::manifest;
 using unit::write_file;
 
+/// The mtime of the served files, on disk and in their entries.
+constexpr std::int64_t kMtime = 1732500000;
+
+void set_mtime(const fs::path& file) {
+  const timespec times[2] = {{kMtime, 0}, {kMtime, 0}};
+  ASSERT_EQ(::utimensat(AT_FDCWD, file.c_str(), times, 0), 0) << file;
+}
+
+/// The entry of a file as an apply leaves it: the disk's size and mtime.
+proto::Entry served_entry(std::string path, std::string_view content) {
+  return proto::Entry::file(std::move(path), content.size(), proto::sha256(content), kMtime, 0644);
+}
+
 /// A tree of depth 3 with a file, a file symlink, a folder symlink and symlinks that must not
 /// resolve; files on disk as the view says, plus things the view does not list.
 class ServerHandlerTest : public testing::Test {
@@ -36,6 +50,7 @@ class ServerHandlerTest : public testing::Test {
     ASSERT_FALSE(dir_.empty());
     tree_ = dir_ / "tree";
     write_file(tree_ / "edge/main/x86_64/a.apk", "0123456789");
+    set_mtime(tree_ / "edge/main/x86_64/a.apk");
     write_file(tree_ / "edge/main/x86_64/secret.apk", "not listed");
     write_file(tree_ / ".tiersync/staging/edge/main/x86_64/a.apk", "staged");
     fs::create_symlink("/etc", tree_ / "edge/main/x86_64/planted");
@@ -47,7 +62,7 @@ class ServerHandlerTest : public testing::Test {
     view_.metrics = [] { return std::string("tiersync_test 1"); };
     view_.manifests["edge/main/x86_64"] =
         manifest("edge/main/x86_64",
-                 {file_entry("edge/main/x86_64/a.apk", "0123456789"),
+                 {served_entry("edge/main/x86_64/a.apk", "0123456789"),
                   proto::Entry::symlink("edge/main/x86_64/b.apk", "a.apk"),
                   proto::Entry::symlink("edge/main/x86_64/loop1", "loop2"),
                   proto::Entry::symlink("edge/main/x86_64/loop2", "loop1"),
@@ -272,6 +287,89 @@ TEST_F(ServerHandlerTest, ConditionalAndRangeRequests) {
   EXPECT_EQ(handle_request(range, view_, context_).status, 206u);
   range.method = "HEAD";  // Range is for GET only
   EXPECT_EQ(handle_request(range, view_, context_).status, 200u);
+}
+
+// A file's ETag is its SHA-256 from the applied manifest: with reproducible builds a changed file
+// may keep its size and mtime, and must still get a new ETag.
+TEST_F(ServerHandlerTest, EtagIsTheContentHashAndChangesWithTheContentAlone) {
+  Response before = get("/edge/main/x86_64/a.apk");
+  const std::string old_etag(before.field("ETag"));
+  EXPECT_EQ(old_etag, "\"" + proto::to_hex(proto::sha256("0123456789")) + "\"");
+  const std::string last_modified(before.field("Last-Modified"));
+
+  // Same size, same mtime, other bytes: what the next apply leaves, and its view.
+  write_file(tree_ / "edge/main/x86_64/a.apk", "abcdefghij");
+  set_mtime(tree_ / "edge/main/x86_64/a.apk");
+  auto m = std::make_shared<proto::Manifest>(*view_.manifests["edge/main/x86_64"]);
+  for (auto& e : m->entries)
+    if (e.path() == "edge/main/x86_64/a.apk")
+      e = served_entry("edge/main/x86_64/a.apk", "abcdefghij");
+  view_.manifests["edge/main/x86_64"] = m;
+
+  Response after = get("/edge/main/x86_64/a.apk");
+  EXPECT_EQ(after.field("ETag"), "\"" + proto::to_hex(proto::sha256("abcdefghij")) + "\"");
+  EXPECT_NE(after.field("ETag"), old_etag);
+  EXPECT_EQ(after.field("Last-Modified"), last_modified);  // what made the old ETag stay
+  // Through a symlink of the view: the ETag of the file it resolves to.
+  EXPECT_EQ(get("/edge/main/x86_64/b.apk").field("ETag"), after.field("ETag"));
+
+  Request r;
+  r.method = "GET";
+  r.target = "/edge/main/x86_64/a.apk";
+  r.if_none_match = old_etag;
+  EXPECT_EQ(handle_request(r, view_, context_).status, 200u);
+  r.if_none_match = after.field("ETag");
+  EXPECT_EQ(handle_request(r, view_, context_).status, 304u);
+}
+
+// A resume (If-Range) that names the old content gets the whole new file, never its tail.
+TEST_F(ServerHandlerTest, IfRangeWithTheOldEtagGetsTheWholeNewFile) {
+  const std::string old_etag(get("/edge/main/x86_64/a.apk").field("ETag"));
+  write_file(tree_ / "edge/main/x86_64/a.apk", "abcdefghij");
+  set_mtime(tree_ / "edge/main/x86_64/a.apk");
+  auto m = std::make_shared<proto::Manifest>(*view_.manifests["edge/main/x86_64"]);
+  for (auto& e : m->entries)
+    if (e.path() == "edge/main/x86_64/a.apk")
+      e = served_entry("edge/main/x86_64/a.apk", "abcdefghij");
+  view_.manifests["edge/main/x86_64"] = m;
+
+  Request range;
+  range.method = "GET";
+  range.target = "/edge/main/x86_64/a.apk";
+  range.range = "bytes=5-";
+  range.if_range = old_etag;
+  Response whole = handle_request(range, view_, context_);
+  EXPECT_EQ(whole.status, 200u);
+  EXPECT_EQ(body_of(whole), "abcdefghij");
+  EXPECT_TRUE(whole.field("Content-Range").empty());
+
+  // A date is no validator for If-Range here (mtimes may stay): the whole file too.
+  range.if_range = whole.field("Last-Modified");
+  EXPECT_EQ(handle_request(range, view_, context_).status, 200u);
+  // The current ETag resumes.
+  range.if_range = whole.field("ETag");
+  Response part = handle_request(range, view_, context_);
+  EXPECT_EQ(part.status, 206u);
+  EXPECT_EQ(body_of(part), "fghij");
+}
+
+// An apply installs files before its view is published: a file on disk that is not the view's
+// entry (its size or mtime differ) is not given the entry's ETag, so no old validator matches it.
+TEST_F(ServerHandlerTest, FileNewerThanTheViewGetsNoEtag) {
+  const std::string old_etag(get("/edge/main/x86_64/a.apk").field("ETag"));
+  write_file(tree_ / "edge/main/x86_64/a.apk", "a longer new content");
+  Request r;
+  r.method = "GET";
+  r.target = "/edge/main/x86_64/a.apk";
+  Response plain = handle_request(r, view_, context_);
+  EXPECT_EQ(plain.status, 200u);
+  EXPECT_TRUE(plain.field("ETag").empty());
+  r.if_none_match = old_etag;
+  EXPECT_EQ(handle_request(r, view_, context_).status, 200u);
+  r.if_none_match = {};
+  r.range = "bytes=3-";
+  r.if_range = old_etag;
+  EXPECT_EQ(handle_request(r, view_, context_).status, 200u);
 }
 
 TEST_F(ServerHandlerTest, SnapshotAndLongPollDecision) {
