@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <limits>
 
@@ -474,7 +475,7 @@ class ManifestReader {
 
 }  // namespace
 
-Status validate_manifest(const Manifest& m, std::size_t depth) {
+Status validate_manifest(const Manifest& m, std::size_t depth, ModeRule modes) {
   const std::string where = "manifest of partition \"" + m.partition + "\": ";
   if (auto err = partition_name_error(m.partition, depth)) return make_error(where + *err);
   for (std::size_t i = 0; i < m.entries.size(); ++i) {
@@ -486,6 +487,13 @@ Status validate_manifest(const Manifest& m, std::size_t depth) {
     if (e.link) {
       if (auto err = link_target_error(path, e.target()))
         return make_error(where + entry_name(i, path) + ": " + *err);
+    } else if (modes == ModeRule::kPublishable && (e.mode & ~kPublishableModeBits) != 0) {
+      // A setuid file, or one that any local user could rewrite, must never reach a mirror.
+      char octal[8];
+      std::snprintf(octal, sizeof octal, "%04o", static_cast<unsigned>(e.mode));
+      return make_error(where + entry_name(i, path) + ": mode " + octal +
+                        " is not allowed (setuid, setgid, sticky or group/world-writable; "
+                        "at most 0755)");
     }
     if (i > 0) {
       std::string_view prev = m.entries[i - 1].path();
@@ -508,7 +516,7 @@ Status validate_manifest(const Manifest& m, std::size_t depth) {
 }
 
 Result<Manifest> decode_manifest(std::string_view bytes, std::string_view expected_partition,
-                                 std::size_t depth) {
+                                 std::size_t depth, ModeRule modes) {
   const std::string where = "manifest of partition \"" + std::string(expected_partition) + "\": ";
   if (bytes.size() > kMaxManifestBytes) return make_error(where + "larger than the 512 MiB limit");
   auto m = ManifestReader(bytes).read();
@@ -516,7 +524,7 @@ Result<Manifest> decode_manifest(std::string_view bytes, std::string_view expect
   if (m->partition != expected_partition)
     return make_error(where + "its partition field does not name this partition");
   m->entries.shrink_to_fit();
-  if (auto st = validate_manifest(*m, depth); !st) return make_error(st.message());
+  if (auto st = validate_manifest(*m, depth, modes); !st) return make_error(st.message());
   return m;
 }
 

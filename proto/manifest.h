@@ -15,6 +15,14 @@ namespace tiersync::proto {
 /// Manifests larger than this are refused before parsing.
 inline constexpr std::size_t kMaxManifestBytes = 512u << 20;
 
+/// The only permission bits a published file may carry: no setuid, setgid or sticky bit, nothing
+/// writable by group or others (docs/security.md, "Modes"). tier0 publishes `mode & 0755`.
+inline constexpr std::uint16_t kPublishableModeBits = 0755;
+
+/// What a manifest's modes are checked against: documents from a parent (and tier0's own) must
+/// be publishable; a manifest this node applied before the rule existed still loads.
+enum class ModeRule { kPublishable, kAny };
+
 /// One file or symlink: 64 bytes plus the path, exactly. A relay holds every entry of a large
 /// tree in memory (SPEC's budget is 200 bytes an entry), so no JSON objects, no std::string
 /// (32 bytes, and a second allocation size class) and no second string for a symlink's target.
@@ -80,11 +88,13 @@ std::string encode_manifest(const Manifest& manifest);
 
 /// Parses and validates a manifest: every path rule, sorting, uniqueness, membership of
 /// `expected_partition` under a layout of `depth` segments, symlink confinement, no entry below
-/// another entry. The whole document is refused on the first broken rule, naming the entry.
+/// another entry, modes within kPublishableModeBits (unless `modes` is kAny). The whole document
+/// is refused on the first broken rule, naming the entry.
 Result<Manifest> decode_manifest(std::string_view bytes, std::string_view expected_partition,
-                                 std::size_t depth);
+                                 std::size_t depth, ModeRule modes = ModeRule::kPublishable);
 
 /// Runs the same checks on a manifest built in memory (tier0, before publishing).
-Status validate_manifest(const Manifest& manifest, std::size_t depth);
+Status validate_manifest(const Manifest& manifest, std::size_t depth,
+                         ModeRule modes = ModeRule::kPublishable);
 
 }  // namespace tiersync::proto

@@ -92,7 +92,10 @@ Result<sync::ManifestSet> build_manifests(const ops::Config& config, std::size_t
     }
     auto digest = cache.digest_of(config.source_dir, f);
     if (!digest) return make_error("source changed during the scan: " + digest.message());
-    m->entries.push_back(proto::Entry::file(f.path, f.size, *digest, seconds_of(f.mtime_ns), f.mode,
+    // Published masked (docs/security.md, "Modes"): a setuid or world-writable file at the
+    // source arrives everywhere as at most 0755.
+    const std::uint32_t mode = f.mode & proto::kPublishableModeBits;
+    m->entries.push_back(proto::Entry::file(f.path, f.size, *digest, seconds_of(f.mtime_ns), mode,
                                             index_names.count(basename(f.path)) > 0));
   }
   // The root partition always exists: relays install it last.

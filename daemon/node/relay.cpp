@@ -111,7 +111,8 @@ Result<sync::ManifestSet> candidate_manifests(const proto::Snapshot& cand,
     }
     std::shared_ptr<const proto::Manifest> m;
     if (state.has_manifest(ref.manifest)) {
-      auto loaded = state.load_manifest(ref.manifest, name, cand.depth);
+      auto loaded =
+          state.load_manifest(ref.manifest, name, cand.depth, proto::ModeRule::kPublishable);
       if (loaded) m = *loaded;
     }
     if (!m) {

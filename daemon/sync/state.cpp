@@ -88,13 +88,14 @@ void StateStore::forget_manifest(const proto::Digest& d) const {
 }
 
 Result<std::shared_ptr<const proto::Manifest>> StateStore::load_manifest(
-    const proto::Digest& d, const std::string& partition, std::size_t depth) const {
+    const proto::Digest& d, const std::string& partition, std::size_t depth,
+    proto::ModeRule modes) const {
   fs::path file = manifest_path(d);
   auto bytes = read_file(file, proto::kMaxManifestBytes);
   if (!bytes) return bytes.error();
   if (proto::sha256(*bytes) != d)
     return make_error(file.string() + ": content does not match its SHA-256 name");
-  auto m = proto::decode_manifest(*bytes, partition, depth);
+  auto m = proto::decode_manifest(*bytes, partition, depth, modes);
   if (!m) return m.error();
   return std::shared_ptr<const proto::Manifest>(std::make_shared<proto::Manifest>(std::move(*m)));
 }

@@ -85,10 +85,12 @@ class StateStore {
   /// Commit point: the candidate becomes the applied snapshot.
   Status save_applied(std::string_view envelope) const;
 
-  /// A manifest from the store, its bytes checked against `d`.
-  Result<std::shared_ptr<const proto::Manifest>> load_manifest(const proto::Digest& d,
-                                                               const std::string& partition,
-                                                               std::size_t depth) const;
+  /// A manifest from the store, its bytes checked against `d`. Modes are not checked by default
+  /// (what this node applied before the mode rule existed must still load, to be replaced); a
+  /// candidate taken from the store asks for ModeRule::kPublishable.
+  Result<std::shared_ptr<const proto::Manifest>> load_manifest(
+      const proto::Digest& d, const std::string& partition, std::size_t depth,
+      proto::ModeRule modes = proto::ModeRule::kAny) const;
   bool has_manifest(const proto::Digest& d) const;
   Status store_manifest(const proto::Digest& d, std::string_view bytes) const;
   /// Removes a stored manifest (of a candidate that was refused).

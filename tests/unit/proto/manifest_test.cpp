@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -34,7 +35,7 @@ Manifest sample() {
       Entry::file(in_part("APKINDEX.tar.gz"), 812, sha256("index"), 1732500000, 0644, true),
       Entry::file(in_part("foo-1.0-r0.apk"), 1234, sha256("foo"), 1732400000, 0644),
       Entry::symlink(in_part("latest.apk"), "foo-1.0-r0.apk"),
-      Entry::file(in_part("sub/bar.apk"), 0, sha256(""), -5, 04755),
+      Entry::file(in_part("sub/bar.apk"), 0, sha256(""), -5, 0700),
   };
   return m;
 }
@@ -106,7 +107,7 @@ TEST(Manifest, RoundTrip) {
   EXPECT_TRUE(link.link);
   EXPECT_EQ(link.path(), in_part("latest.apk"));
   EXPECT_EQ(link.target(), "foo-1.0-r0.apk");
-  EXPECT_EQ(back->entries[3].mode, 04755u);
+  EXPECT_EQ(back->entries[3].mode, 0700u);
   EXPECT_EQ(back->entries[3].mtime, -5);
 }
 
@@ -461,11 +462,44 @@ TEST(ManifestDecode, ModeOutOfRange) {
     EXPECT_TRUE(Contains(msg, in_part("a.apk"))) << mode;
     EXPECT_TRUE(Contains(msg, "mode")) << mode;
   }
+  // 07777 is a permission value, read as such where modes are not checked (a stored manifest).
   json entry = file_json(in_part("a.apk"));
   entry["mode"] = 07777;
-  const auto m = decode_manifest(doc_with(json::array({entry})), kPart, kDepth);
+  const auto m = decode_manifest(doc_with(json::array({entry})), kPart, kDepth, ModeRule::kAny);
   ASSERT_TRUE(m) << m.message();
   EXPECT_EQ(m->entries[0].mode, 07777u);
+}
+
+TEST(ManifestDecode, UnsafeModeIsRefusedNamingTheEntry) {
+  // setuid, setgid, sticky, group- or world-writable: never published, never applied.
+  for (int mode : {04755, 02755, 01755, 0666, 0775, 0757, 0777}) {
+    json entries = json::array({file_json(in_part("a.apk")), file_json(in_part("b.apk"))});
+    entries[1]["mode"] = mode;
+    const std::string msg = decode_error(doc_with(entries));
+    EXPECT_TRUE(Contains(msg, "entry 1")) << mode;
+    EXPECT_TRUE(Contains(msg, in_part("b.apk"))) << mode;
+    char octal[8];
+    std::snprintf(octal, sizeof octal, "%04o", static_cast<unsigned>(mode));
+    EXPECT_TRUE(Contains(msg, std::string("mode ") + octal)) << mode;
+    EXPECT_TRUE(Contains(msg, "not allowed")) << mode;
+  }
+  for (int mode : {0755, 0644, 0600, 0444, 0700, 0}) {
+    json entry = file_json(in_part("a.apk"));
+    entry["mode"] = mode;
+    const auto m = decode_manifest(doc_with(json::array({entry})), kPart, kDepth);
+    ASSERT_TRUE(m) << mode << ": " << m.message();
+    EXPECT_EQ(m->entries[0].mode, static_cast<unsigned>(mode));
+  }
+}
+
+TEST(ManifestValidate, UnsafeModeIsRefused) {
+  Manifest m = sample();
+  m.entries[1].mode = 04755;
+  const auto st = validate_manifest(m, kDepth);
+  ASSERT_FALSE(st);
+  EXPECT_TRUE(Contains(st.message(), in_part("foo-1.0-r0.apk")));
+  EXPECT_TRUE(Contains(st.message(), "mode 4755"));
+  EXPECT_TRUE(validate_manifest(m, kDepth, ModeRule::kAny));
 }
 
 // BUG: mtime is read with get<int64_t>() after is_number_integer(), which is also true for an
