@@ -25,42 +25,86 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// Files reach the tree by hard link from the source where possible, else by copy; either way
-// only if the source file is still the one that was scanned.
+// Files reach the tree as copies of what was hashed, never as links into the source: a builder
+// who edits a file of source.dir in place, or swaps it (or a folder above it) for a symlink while
+// tier0 publishes, cannot change what lands in the tree (docs/security.md, "The source folder").
+// Each file is opened with no symlink followed, must still be the scanned one, is copied (a
+// reflink where the file system can: then nothing is copied) and the copy is hashed: only bytes
+// that match the manifest's SHA-256 are placed.
 class SourceFetcher final : public sync::Fetcher {
  public:
   SourceFetcher(fs::path source, const std::vector<sync::ScannedFile>& scanned)
       : source_(std::move(source)), scanned_(scanned) {}
 
   Result<bool> place(const proto::Entry& e, const fs::path& dest) override {
-    // Finishing a killed publish, nothing was scanned: copy, and let the hash decide.
+    // Finishing a killed publish, nothing was scanned: fetch(), and the applier's hash decides.
     if (scanned_.empty()) return false;
-    const fs::path src = source_ / std::string(e.path());
-    if (auto st = still_scanned(e, src); !st) return st.error();
-    if (::link(src.c_str(), dest.c_str()) == 0) return true;
-    if (errno == EXDEV || errno == EPERM || errno == EMLINK) return false;  // copy instead
-    return make_error(sync::errno_message(dest, errno));
-  }
-
-  Status fetch(const proto::Entry& e, const sync::ByteSink& sink) override {
-    return sync::stream_file(source_ / std::string(e.path()), sink);
-  }
-
- private:
-  Status still_scanned(const proto::Entry& e, const fs::path& src) const {
     auto it =
         std::lower_bound(scanned_.begin(), scanned_.end(), e.path(),
                          [](const sync::ScannedFile& f, std::string_view p) { return f.path < p; });
+    if (it == scanned_.end() || it->path != e.path()) return changed(e, "not scanned");
+    auto dir = source_dir();
+    if (!dir) return dir.error();
+    auto in = sync::open_file_beneath(*dir, e.path(), source_);
+    if (!in) return changed(e, in.message());
     struct stat st;
-    if (it == scanned_.end() || it->path != e.path() || ::lstat(src.c_str(), &st) != 0 ||
-        st.st_ino != it->ino || static_cast<std::uint64_t>(st.st_size) != it->size ||
-        st.st_mtim.tv_sec * 1'000'000'000 + st.st_mtim.tv_nsec != it->mtime_ns)
-      return make_error(src.string() + ": changed while publishing; the next cycle picks it up");
-    return {};
+    if (::fstat(in->get(), &st) != 0 || !sync::same_file(st, *it))
+      return changed(e, "not the file that was scanned");
+    sync::UniqueFd out(
+        ::open(dest.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600));
+    if (!out.valid()) return make_error(sync::errno_message(dest, errno));
+    // One byte more than the entry: a file that grew is seen as such, and a file that keeps
+    // growing cannot hold the publish.
+    auto copied = sync::copy_and_hash(in->get(), out.get(), dest, e.size + 1);
+    if (!copied) {
+      ::unlink(dest.c_str());
+      return copied.error();
+    }
+    if (copied->size != e.size || copied->sha256 != e.sha256) {
+      ::unlink(dest.c_str());
+      mismatched_.emplace_back(e.path());
+      return changed(e, "its bytes no longer match the SHA-256 that was scanned");
+    }
+    const timespec times[2] = {{e.mtime, 0}, {e.mtime, 0}};
+    if (::fchmod(out.get(), e.mode) != 0 || ::futimens(out.get(), times) != 0) {
+      const int err = errno;
+      ::unlink(dest.c_str());
+      return make_error(sync::errno_message(dest, err));
+    }
+    return true;
+  }
+
+  /// Files whose bytes contradicted their scanned digest: the hash cache must not give it again.
+  const std::vector<std::string>& mismatched() const { return mismatched_; }
+
+  Status fetch(const proto::Entry& e, const sync::ByteSink& sink) override {
+    auto dir = source_dir();
+    if (!dir) return dir.error();
+    auto in = sync::open_file_beneath(*dir, e.path(), source_);
+    if (!in) return in.error();
+    return sync::stream_fd(in->get(), source_ / std::string(e.path()), sink);
+  }
+
+ private:
+  Error changed(const proto::Entry& e, const std::string& why) const {
+    return make_error((source_ / std::string(e.path())).string() + ": changed while publishing (" +
+                      why + "); the next cycle picks it up");
+  }
+
+  // source.dir itself is the operator's (it may be a symlink); only what lies below is walked
+  // without following symlinks. Opened once per publish.
+  Result<int> source_dir() {
+    if (!dir_.valid()) {
+      dir_ = sync::UniqueFd(::open(source_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+      if (!dir_.valid()) return make_error(sync::errno_message(source_, errno));
+    }
+    return dir_.get();
   }
 
   fs::path source_;
   const std::vector<sync::ScannedFile>& scanned_;
+  sync::UniqueFd dir_;
+  std::vector<std::string> mismatched_;
 };
 
 std::string_view basename(std::string_view path) {
@@ -293,6 +337,13 @@ CycleOutcome publish_once(const ops::Config& config, const std::atomic<bool>* st
   sync::Plan plan = sync::make_plan(applied_manifests, req.candidate_manifests);
   applied_manifests.clear();
   auto stats = applier.apply(req, plan);
+  if (!fetcher.mismatched().empty()) {
+    // Rewritten in place with size and mtime kept: the cache gave a digest the bytes no longer
+    // have. Forgotten, so the next cycle reads them and publishes what they are now.
+    for (const auto& path : fetcher.mismatched()) cache.forget(path);
+    if (auto st = cache.save(state.hash_cache_path()); !st)
+      spdlog::warn("cannot save the hash cache: {}", st.message());
+  }
   if (!stats)
     return cycle.fail("publishing serial " + std::to_string(next.serial) +
                       " failed: " + stats.message());

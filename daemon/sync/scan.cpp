@@ -2,6 +2,8 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -162,6 +164,30 @@ void sort_scan(ScanResult& scan) {
 }
 
 namespace {
+
+Status write_all_at(int fd, const char* data, std::size_t size, loff_t offset,
+                    const fs::path& what) {
+  while (size > 0) {  // bounded: size shrinks every turn that writes
+    ssize_t n = ::pwrite(fd, data, size, offset);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return make_error(errno_message(what, errno));
+    data += n;
+    offset += n;
+    size -= static_cast<std::size_t>(n);
+  }
+  return {};
+}
+
+}  // namespace
+
+bool same_file(const struct stat& st, const ScannedFile& f) {
+  return S_ISREG(st.st_mode) && st.st_ino == f.ino && st.st_dev == f.dev &&
+         static_cast<std::uint64_t>(st.st_size) == f.size &&
+         static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec ==
+             f.mtime_ns;
+}
+
+namespace {
 // splitmix64's finaliser: spreads every input bit over the output.
 std::uint64_t mix(std::uint64_t x) {
   x ^= x >> 30;
@@ -204,6 +230,94 @@ Result<proto::Digest> hash_file(const fs::path& path, std::uint64_t* size_out) {
   if (!st) return st.error();
   if (size_out) *size_out = total;
   return h.finish();
+}
+
+Result<UniqueFd> open_file_beneath(int dir_fd, std::string_view rel, const fs::path& shown) {
+  UniqueFd dir;  // the folder reached so far; invalid: still `dir_fd`
+  std::size_t start = 0;
+  while (true) {  // bounded: start grows every turn
+    const std::size_t slash = rel.find('/', start);
+    const std::string name(
+        rel.substr(start, slash == std::string_view::npos ? rel.npos : slash - start));
+    const int at = dir.valid() ? dir.get() : dir_fd;
+    if (slash == std::string_view::npos) {
+      // O_NONBLOCK: a FIFO swapped in must not block the publish; it is refused as not regular.
+      UniqueFd fd(::openat(at, name.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK));
+      if (!fd.valid()) return make_error(errno_message(shown / rel, errno));
+      struct stat st;
+      if (::fstat(fd.get(), &st) != 0) return make_error(errno_message(shown / rel, errno));
+      if (!S_ISREG(st.st_mode)) return make_error((shown / rel).string() + ": not a regular file");
+      return fd;
+    }
+    UniqueFd next(::openat(at, name.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW));
+    if (!next.valid()) return make_error(errno_message(shown / rel.substr(0, slash), errno));
+    dir = std::move(next);
+    start = slash + 1;
+  }
+}
+
+Status stream_fd(int fd, const fs::path& shown,
+                 const std::function<Status(const char* data, std::size_t size)>& sink) {
+  ::posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+  static thread_local std::vector<char> buf(1 << 20);
+  for (off_t offset = 0;;) {  // ends where the file ends
+    ssize_t n = ::pread(fd, buf.data(), buf.size(), offset);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return make_error(errno_message(shown, errno));
+    if (n == 0) return {};
+    offset += n;
+    if (auto st = sink(buf.data(), static_cast<std::size_t>(n)); !st) return st;
+  }
+}
+
+Result<CopiedFile> copy_and_hash(int in_fd, int out_fd, const fs::path& out_path,
+                                 std::uint64_t max_bytes) {
+  CopiedFile out;
+  // A reflink shares the source's extents (btrfs, xfs, bcachefs): nothing is copied, and a later
+  // write to either file copies the extent it touches, so the copy never changes with the source.
+  out.cloned = ::ioctl(out_fd, FICLONE, in_fd) == 0;
+  if (!out.cloned) {
+    loff_t in_off = 0, out_off = 0;
+    bool by_kernel = true;
+    while (static_cast<std::uint64_t>(out_off) < max_bytes) {  // bounded: max_bytes
+      const std::size_t want = static_cast<std::size_t>(
+          std::min<std::uint64_t>(max_bytes - static_cast<std::uint64_t>(out_off), 1u << 30));
+      ssize_t n = -1;
+      if (by_kernel) {
+        n = ::copy_file_range(in_fd, &in_off, out_fd, &out_off, want, 0);
+        if (n < 0 &&
+            (errno == EXDEV || errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP ||
+             errno == EBADF) &&
+            out_off == 0) {
+          by_kernel = false;  // not across these file systems: through user space instead
+          continue;
+        }
+      } else {
+        static thread_local std::vector<char> buf(1 << 20);
+        n = ::pread(in_fd, buf.data(), std::min(want, buf.size()), in_off);
+        if (n > 0) {
+          if (auto st =
+                  write_all_at(out_fd, buf.data(), static_cast<std::size_t>(n), out_off, out_path);
+              !st)
+            return st.error();
+          in_off += n;
+          out_off += n;
+        }
+      }
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) return make_error(errno_message(out_path, errno));
+      if (n == 0) break;
+    }
+  }
+  proto::Sha256 h;
+  auto st = stream_fd(out_fd, out_path, [&](const char* data, std::size_t size) -> Status {
+    h.update(data, size);
+    out.size += size;
+    return {};
+  });
+  if (!st) return st.error();
+  out.sha256 = h.finish();
+  return out;
 }
 
 // Binary format: "TSHC1\n", then per record: u32 path length, path, u64 size, i64 mtime_ns,
@@ -308,14 +422,38 @@ void HashCache::store(const ScannedFile& f, const proto::Digest& digest) {
   stored_.emplace(records_.back().path, records_.size() - 1);
 }
 
+void HashCache::forget(std::string_view path) {
+  Record* r = find(path);
+  if (!r) return;
+  if (r->used) --used_;
+  r->used = false;
+  r->size = ~std::uint64_t{0};  // matches no file: lookup() misses until store()
+  dirty_ = true;
+}
+
 Result<proto::Digest> HashCache::digest_of(const fs::path& root, const ScannedFile& f) {
   if (auto d = lookup(f)) return *d;
+  // Opened with no symlink followed, and hashed only if it is still the file the scan saw: a
+  // builder swapping a folder for a symlink cannot make tier0 hash (and so sign) another file.
+  UniqueFd dir(::open(root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!dir.valid()) return make_error(errno_message(root, errno));
+  auto fd = open_file_beneath(dir.get(), f.path, root);
+  if (!fd) return fd.error();
+  struct stat st;
+  if (::fstat(fd->get(), &st) != 0) return make_error(errno_message(root / f.path, errno));
+  if (!same_file(st, f)) return make_error((root / f.path).string() + ": changed while scanned");
+  proto::Sha256 h;
   std::uint64_t size = 0;
-  auto d = hash_file(root / f.path, &size);
-  if (!d) return d;
+  auto read = stream_fd(fd->get(), root / f.path, [&](const char* data, std::size_t n) -> Status {
+    h.update(data, n);
+    size += n;
+    return {};
+  });
+  if (!read) return read.error();
   ++hashed_;
   if (size != f.size) return make_error((root / f.path).string() + ": changed while being read");
-  store(f, *d);
+  const proto::Digest d = h.finish();
+  store(f, d);
   return d;
 }
 

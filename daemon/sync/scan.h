@@ -2,6 +2,8 @@
 /// Walking a tree and hashing its files, with a cache so that an unchanged file is never read
 /// twice.
 
+#include <sys/stat.h>
+
 #include <cstdint>
 #include <filesystem>
 #include <functional>
@@ -12,6 +14,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "daemon/sync/fs.h"
 #include "proto/digest.h"
 #include "proto/result.h"
 
@@ -48,8 +51,35 @@ void sort_scan(ScanResult& scan);
 /// same fingerprint produce the same manifests, so tier0's no-op needs no sort and no hashing.
 std::string scan_fingerprint(const ScanResult& scan, std::string_view salt);
 
+/// True when `st` (of an open file) is the regular file `f` describes: inode, device, size, mtime.
+bool same_file(const struct stat& st, const ScannedFile& f);
+
 /// Streams a file through SHA-256 (the last component is not followed).
 Result<proto::Digest> hash_file(const fs::path& path, std::uint64_t* size_out = nullptr);
+
+/// Opens the regular file `rel` (a validated relative path) below the folder `dir_fd`, following
+/// no symlink at any component (one O_NOFOLLOW openat per component): a folder or file swapped
+/// for a symlink meanwhile gives an error, never another file. `shown` names `dir_fd` in errors.
+/// (tier0's source walk; the tree's walks live in fs.h.)
+Result<UniqueFd> open_file_beneath(int dir_fd, std::string_view rel, const fs::path& shown);
+
+/// Streams the open file `fd` from its first byte into `sink` in 1 MiB reads.
+Status stream_fd(int fd, const fs::path& shown,
+                 const std::function<Status(const char* data, std::size_t size)>& sink);
+
+/// What copy_and_hash() wrote.
+struct CopiedFile {
+  std::uint64_t size = 0;
+  proto::Digest sha256{};
+  bool cloned = false;  ///< shares extents with the source (FICLONE), no byte copied
+};
+
+/// Copies the open file `in_fd` into the empty file `out_fd` (opened for reading and writing):
+/// a reflink (FICLONE) where the file system can, else copy_file_range, else read and write;
+/// at most `max_bytes` are copied. Then hashes what `out_fd` holds: the digest is the copy's,
+/// whatever happens to the source meanwhile.
+Result<CopiedFile> copy_and_hash(int in_fd, int out_fd, const fs::path& out_path,
+                                 std::uint64_t max_bytes);
 
 /// size, mtime and inode -> SHA-256, persisted in state_dir in a compact binary form. Loading
 /// keeps the file's bytes and points into them: a no-op rescan of a large tree allocates nothing
@@ -63,7 +93,11 @@ class HashCache {
   /// The cached digest if `f` is unchanged since it was hashed.
   std::optional<proto::Digest> lookup(const ScannedFile& f);
   void store(const ScannedFile& f, const proto::Digest& digest);
-  /// Hashes `f` under `root` unless the cache knows it; counts reads in `hashed`.
+  /// Drops what is known of `path`: its next digest_of() reads it (a file rewritten in place
+  /// with its size and mtime kept, which the cache cannot see).
+  void forget(std::string_view path);
+  /// Hashes `f` under `root` unless the cache knows it; counts reads in `hashed`. The file is
+  /// opened with open_file_beneath() and must still be the scanned one (inode, size, mtime).
   Result<proto::Digest> digest_of(const fs::path& root, const ScannedFile& f);
 
   std::size_t size() const { return records_.size(); }

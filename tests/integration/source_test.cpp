@@ -1,7 +1,10 @@
-// tier0 and what builders do to its source folder: modes are published masked
-// (docs/security.md, "Modes").
+// tier0 and what builders do to its source folder: modes are published masked, and a file
+// changed in place in source.dir never changes the trees (docs/security.md, "Modes" and "The
+// source folder").
 
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <gtest/gtest.h>
 
@@ -51,9 +54,57 @@ TEST_F(SourceTest, SetuidAndWritableModesArePublishedMasked) {
     EXPECT_EQ(mode_of(node->tree() / packages[2]), 0750u) << node->name;
     EXPECT_TRUE(TreeMatches(node->tree(), expected)) << node->name;
   }
+  // The source is the builders': left as it was.
+  EXPECT_EQ(mode_of(source / packages[0]), 04777u);
   // Nothing left to do: the masked modes are what was published.
   EXPECT_TRUE(Exited(origin.once(), 0));
   EXPECT_TRUE(Exited(mirror.once(), 0));
+}
+
+// With hard links, a file truncated or rewritten in place in source.dir changed tier0's tree at
+// once: mirrors then fetched bytes that contradicted the signed hash. The tree holds copies.
+TEST_F(SourceTest, FileTruncatedInPlaceInTheSourceLeavesTheTreeIntact) {
+  publish_and_sync();
+  const std::string victim = packages_in(model, "edge/main/x86_64")[0];
+  const std::string published = model[victim].bytes;
+  ASSERT_FALSE(published.empty());
+
+  ASSERT_EQ(::truncate((source / victim).c_str(), 0), 0);
+  EXPECT_EQ(read_file(origin.tree() / victim), published);
+  // A mirror syncing from the tree meanwhile gets what was signed.
+  RunResult fresh = make_mirror(root / "fresh", "fresh", origin.url(), {key.pub}).once();
+  EXPECT_TRUE(Exited(fresh, 0));
+  EXPECT_EQ(read_file(root / "fresh/tree" / victim), published);
+
+  // Rewritten in place with its size and mtime kept (what a reproducible rebuild can do): the
+  // hash cache cannot see it, so nothing is published; the tree keeps the signed bytes.
+  {
+    std::string other(published.size(), 'x');
+    const int fd = ::open((source / victim).c_str(), O_WRONLY | O_CLOEXEC);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::pwrite(fd, other.data(), other.size(), 0), static_cast<ssize_t>(other.size()));
+    const timespec times[2] = {{model[victim].mtime, 0}, {model[victim].mtime, 0}};
+    ASSERT_EQ(::futimens(fd, times), 0);
+    ::close(fd);
+  }
+  EXPECT_EQ(read_file(origin.tree() / victim), published);
+  EXPECT_TRUE(Exited(mirror.once(), 0));
+  EXPECT_EQ(read_file(mirror.tree() / victim), published);
+
+  struct stat src {
+  }, tree{};
+  ASSERT_EQ(::stat((source / victim).c_str(), &src), 0);
+  ASSERT_EQ(::stat((origin.tree() / victim).c_str(), &tree), 0);
+  EXPECT_FALSE(src.st_dev == tree.st_dev && src.st_ino == tree.st_ino)
+      << "the tree must not share an inode with the source";
+
+  // A real change (new content, new mtime) is published as usual.
+  model[victim].bytes = "rebuilt";
+  model[victim].mtime += 10;
+  materialize(model, source);
+  publish_and_sync();
+  EXPECT_TRUE(TreeMatches(origin.tree(), model));
+  EXPECT_TRUE(TreeMatches(mirror.tree(), model));
 }
 
 }  // namespace
