@@ -12,6 +12,7 @@
 #include "daemon/node/daemon.h"
 #include "daemon/node/node.h"
 #include "daemon/ops/config.h"
+#include "daemon/ops/fd_limit.h"
 #include "daemon/ops/log.h"
 
 namespace {
@@ -60,6 +61,7 @@ int main(int argc, char** argv) {
     return node::kExitOk;
   }
   ops::setup_logging(config->log);
+  ops::raise_fd_limit();  // systemd's soft 1,024 is too few for a crowd of long polls
   if (once) {
     auto outcome =
         config->role == ops::Role::kTier0 ? node::publish_once(*config) : node::sync_once(*config);

@@ -191,7 +191,8 @@ int run_daemon(const std::string& config_path, ops::Config config) {
     server->publish(view);
   };
   if (!config.listen.empty()) {
-    server = std::make_unique<serve::Server>(config.listen, config.tree);
+    server = std::make_unique<serve::Server>(config.listen, config.tree,
+                                             serve::server_limits(config.serve));
     if (auto st = server->start(); !st) {
       spdlog::error("cannot listen: {}", st.message());
       return kExitFailure;

@@ -319,6 +319,24 @@ Result<Config> parse_config(std::string_view text, const fs::path& file) {
       c.listen.push_back(std::move(lc));
     }
   }
+  if (const json* sv = r.get("serve")) {
+    if (!sv->is_object()) {
+      r.fail("serve", "must be an object");
+    } else {
+      Reader sr(*sv, "serve.", &err);
+      constexpr std::int64_t kMax = 1'000'000;
+      sr.integer("max_connections", c.serve.max_connections, 1, kMax);
+      sr.integer("max_long_polls", c.serve.max_long_polls, 1, kMax);
+      sr.integer("max_long_polls_per_address", c.serve.max_long_polls_per_address, 1, kMax);
+      if (!sr.failed() && c.serve.max_long_polls > c.serve.max_connections)
+        sr.fail("max_long_polls", "must not exceed serve.max_connections (" +
+                                      std::to_string(c.serve.max_connections) + ")");
+      if (!sr.failed() && c.serve.max_long_polls_per_address > c.serve.max_long_polls)
+        sr.fail("max_long_polls_per_address", "must not exceed serve.max_long_polls (" +
+                                                  std::to_string(c.serve.max_long_polls) + ")");
+      sr.finish();
+    }
+  }
   if (c.role == Role::kTier1 && c.listen.empty() && !r.failed())
     r.fail("listen", "missing: a tier1 must listen");
   r.path("control_socket", c.control_socket, base);

@@ -37,6 +37,14 @@ struct UpstreamConfig {
   std::uint64_t max_bytes_per_second = 0;  ///< 0: unlimited
 };
 
+/// The built-in server's caps against crowds (`serve`); the server lowers them further to fit the
+/// descriptor limit (docs/configuration.md).
+struct ServeConfig {
+  std::uint32_t max_connections = 16384;          ///< open connections, long polls included
+  std::uint32_t max_long_polls = 8192;            ///< snapshot long polls held at once; more: 503
+  std::uint32_t max_long_polls_per_address = 32;  ///< of them from one client address; more: 503
+};
+
 struct LogConfig {
   std::string level = "info";
   std::string format = "text";  ///< text or json
@@ -66,6 +74,7 @@ struct Config {
 
   sync::GuardPolicy guard;
   std::vector<ListenConfig> listen;
+  ServeConfig serve;
   fs::path control_socket;  ///< default: state_dir/control.sock
   LogConfig log;
 

@@ -400,7 +400,7 @@ std::shared_ptr<sync::UniqueFd> DirCache::folder(const std::string& dir) {
   if (!fd->valid()) return fd;  // not cached: it may appear with the next apply
   const int saved = errno;
   std::lock_guard lock(mu_);
-  if (dirs_.size() >= kMaxDirs) dirs_.clear();
+  if (dirs_.size() >= max_dirs_) dirs_.clear();
   dirs_.emplace(dir, fd);  // a racing thread's copy may win: both are the same folder
   errno = saved;
   return fd;

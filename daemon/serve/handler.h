@@ -62,18 +62,20 @@ struct Response {
 /// apply may have removed or replaced folders (a removed one only makes its files 404 until then).
 class DirCache {
  public:
-  explicit DirCache(fs::path tree) : tree_(std::move(tree)) {}
+  /// Keeps at most `max_dirs` folders open (more: cleared and filled again).
+  explicit DirCache(fs::path tree, std::size_t max_dirs = 4096)
+      : tree_(std::move(tree)), max_dirs_(max_dirs) {}
   /// Opens `rel` (a tree path) like open_beneath(), its folder from the cache.
   Result<sync::UniqueFd> open_file(std::string_view rel);
   void clear();
   const fs::path& tree() const { return tree_; }
 
  private:
-  static constexpr std::size_t kMaxDirs = 4096;  ///< more: cleared and filled again
   /// The folder `dir` ("" is the tree), opened through its cached parent; -1 with errno set.
   std::shared_ptr<sync::UniqueFd> folder(const std::string& dir);
 
   fs::path tree_;
+  std::size_t max_dirs_;
   std::mutex mu_;
   std::unordered_map<std::string, std::shared_ptr<sync::UniqueFd>> dirs_;
 };

@@ -35,7 +35,9 @@
 #include <optional>
 #include <set>
 #include <thread>
+#include <unordered_map>
 
+#include "daemon/ops/fd_limit.h"
 #include "daemon/ops/metrics.h"
 #include "daemon/serve/handler.h"
 
@@ -57,6 +59,10 @@ constexpr std::size_t kFirstReadBytes = 4096;
 constexpr std::size_t kChunkBytes = 64 * 1024;
 constexpr auto kTlsShutdownTimeout = 2s;
 constexpr auto kAcceptRetryDelay = 100ms;
+constexpr auto kAcceptMaxRetryDelay = 2s;
+/// What a client refused a long poll should wait before asking again. The poll only saves
+/// latency: its periodic poll keeps working meanwhile.
+constexpr std::string_view kLongPollRetryAfterSeconds = "30";
 
 /// TLS 1.2 suites: forward secret AEAD only (TLS 1.3 keeps OpenSSL's defaults, all AEAD).
 constexpr const char* kTls12Ciphers =
@@ -122,12 +128,26 @@ Result<std::unique_ptr<ssl::context>> make_tls_context(const ops::ListenConfig& 
 /// A live connection as the server sees it: owned jointly by its session and the registry. The
 /// pointers are set and read only on the connection's strand.
 struct Connection {
-  explicit Connection(asio::any_io_executor ex) : strand(std::move(ex)) {}
+  Connection(asio::any_io_executor ex, std::string addr)
+      : strand(std::move(ex)), address(std::move(addr)) {}
   asio::any_io_executor strand;
+  const std::string address;                 ///< the client's IP address: per-address caps
   beast::tcp_stream* stream = nullptr;       ///< while the session lives
   asio::steady_timer* poll_timer = nullptr;  ///< while a long-poll waits
   std::uint64_t poll_after = 0;
   bool writing = false;  ///< a request is being answered: stop() lets it finish
+};
+
+/// A long poll's watch on its client (Server::Impl::watch_client), shared with the long poll on
+/// the connection's strand.
+struct ClientWatch {
+  ClientWatch(asio::any_io_executor ex, asio::steady_timer& poll)
+      : poll_timer(poll), finished(std::move(ex), asio::steady_timer::time_point::max()) {}
+  asio::steady_timer& poll_timer;  ///< the long poll's: cancelled when the client goes
+  asio::steady_timer finished;     ///< cancelled when the watch ends
+  bool poll_over = false;          ///< the poll ended (publish, expiry, stop): stop watching
+  bool running = true;
+  bool client_gone = false;  ///< the client closed the connection or it failed
 };
 
 struct Listener {
@@ -139,14 +159,44 @@ struct Listener {
   std::uint16_t port = 0;
 };
 
+/// The caps of `limits` fitted to a soft descriptor limit of `fds`: the reserve is kept for the
+/// rest of the node; each connection may hold two descriptors (its socket and the file it
+/// sends); long polls get at most seven eighths of the connections, so that a crowd of them
+/// leaves room for /metrics, status and downloads.
+ServerCaps fit_caps(const ServerLimits& limits, std::uint64_t fds) {
+  ServerCaps caps;
+  caps.descriptor_limit = fds;
+  const std::uint64_t usable =
+      fds > limits.reserved_descriptors ? fds - limits.reserved_descriptors : 0;
+  caps.cached_folders = static_cast<std::size_t>(std::clamp<std::uint64_t>(usable / 16, 16, 4096));
+  const std::uint64_t for_connections =
+      usable > caps.cached_folders ? usable - caps.cached_folders : 0;
+  caps.connections = static_cast<std::size_t>(std::min<std::uint64_t>(
+      std::max<std::uint64_t>(for_connections / 2, 8), limits.max_connections));
+  caps.long_polls = std::clamp<std::size_t>(caps.connections - caps.connections / 8, 1,
+                                            std::max<std::size_t>(limits.max_long_polls, 1));
+  caps.long_polls_per_address =
+      std::clamp<std::size_t>(limits.max_long_polls_per_address, 1, caps.long_polls);
+  return caps;
+}
+
 }  // namespace
+
+ServerLimits server_limits(const ops::ServeConfig& serve) {
+  ServerLimits limits;
+  limits.max_connections = serve.max_connections;
+  limits.max_long_polls = serve.max_long_polls;
+  limits.max_long_polls_per_address = serve.max_long_polls_per_address;
+  return limits;
+}
 
 struct Server::Impl {
   Impl(std::vector<ops::ListenConfig> listen, fs::path tree_dir, ServerLimits l)
       : configs(std::move(listen)), limits(l) {
     limits.threads = std::max(1u, limits.threads);
+    caps = fit_caps(limits, ops::fd_limit().soft);
     context.tree = std::move(tree_dir);
-    context.dirs = std::make_shared<DirCache>(context.tree);
+    context.dirs = std::make_shared<DirCache>(context.tree, caps.cached_folders);
     context.max_wait = limits.max_wait;
     context.server_metrics = [this] { return metrics_text(); };
     auto empty = std::make_shared<ServedView>();
@@ -156,6 +206,7 @@ struct Server::Impl {
 
   std::vector<ops::ListenConfig> configs;
   ServerLimits limits;
+  ServerCaps caps;
   HandlerContext context;
 
   // Shared between the server threads and the owner's; declared before the io_context, which
@@ -165,6 +216,7 @@ struct Server::Impl {
   std::shared_ptr<const ServedView> view;             // guarded by mu
   std::set<std::shared_ptr<Connection>> connections;  // guarded by mu
   std::set<std::shared_ptr<Connection>> pollers;      // guarded by mu: long-polls waiting
+  std::unordered_map<std::string, std::size_t> polls_by_address;  // guarded by mu: of pollers
   std::atomic<bool> stopping{false};
   bool started = false;  // owner thread only
   bool stopped = false;  // owner thread only
@@ -173,6 +225,10 @@ struct Server::Impl {
   std::atomic<std::uint64_t> rejected{0};
   std::atomic<std::uint64_t> requests{0};
   std::atomic<std::uint64_t> bytes_sent{0};
+  std::atomic<std::uint64_t> polls_refused_total{0};    // over max_long_polls
+  std::atomic<std::uint64_t> polls_refused_address{0};  // over max_long_polls_per_address
+  std::atomic<std::uint64_t> polls_abandoned{0};
+  std::atomic<std::uint64_t> accept_failures{0};
   std::array<std::atomic<std::uint64_t>, 600> responses_by_code{};
 
   asio::io_context ioc;
@@ -192,11 +248,18 @@ struct Server::Impl {
       conn->stream = nullptr;
       conn->poll_timer = nullptr;
       std::lock_guard lock(impl.mu);
-      impl.pollers.erase(conn);
+      impl.forget_poll(conn);
       impl.connections.erase(conn);
       if (impl.connections.empty()) impl.drained.notify_all();
     }
   };
+
+  /// Removes `conn` from the long polls waiting, if it is there. Call with `mu` held.
+  void forget_poll(const std::shared_ptr<Connection>& conn) {
+    if (!pollers.erase(conn)) return;
+    auto it = polls_by_address.find(conn->address);
+    if (it != polls_by_address.end() && --it->second == 0) polls_by_address.erase(it);
+  }
 
   Status bind(Listener& l);
   asio::awaitable<void> accept_loop(Listener& l);
@@ -206,12 +269,21 @@ struct Server::Impl {
   template <class Stream>
   asio::awaitable<bool> serve_requests(Stream& stream, const std::shared_ptr<Connection>& conn,
                                        const std::string& peer);
-  asio::awaitable<Response> long_poll(const std::shared_ptr<Connection>& conn, Request request,
-                                      LongPoll poll);
+  template <class Stream>
+  asio::awaitable<std::optional<Response>> long_poll(Stream& stream, beast::flat_buffer& buffer,
+                                                     const std::shared_ptr<Connection>& conn,
+                                                     Request request, LongPoll poll);
+  template <class Stream>
+  asio::awaitable<void> watch_client(Stream& stream, beast::flat_buffer& buffer,
+                                     ClientWatch& watch);
   template <class Stream>
   asio::awaitable<bool> write_response(Stream& stream, Response& res, unsigned version,
                                        bool keep_alive, bool head);
   std::string metrics_text() const;
+  std::size_t stats_connections() const {
+    std::lock_guard lock(mu);
+    return connections.size();
+  }
 };
 
 Status Server::Impl::bind(Listener& l) {
@@ -240,23 +312,37 @@ Status Server::Impl::bind(Listener& l) {
 
 asio::awaitable<void> Server::Impl::accept_loop(Listener& l) {
   asio::steady_timer backoff(co_await asio::this_coro::executor);
-  while (!stopping) {  // ends when stop() closes the acceptor
+  std::uint64_t failures = 0;  // accept failures in a row (a burst)
+  while (!stopping) {          // ends when stop() closes the acceptor
     // Each connection gets its own strand: its session, timers and wake-ups never run
     // concurrently with each other, while different connections use both threads.
     auto [ec, socket] = co_await l.acceptor->async_accept(asio::make_strand(ioc), use_tuple);
     if (ec == asio::error::operation_aborted || stopping) co_return;
     if (ec) {
-      // Out of descriptors or memory: retrying at once would spin; the pending connections wait
-      // in the backlog.
-      spdlog::warn("serve: {}: accept failed: {}", l.name, ec.message());
-      backoff.expires_after(kAcceptRetryDelay);
+      // Out of descriptors (or memory): retrying at once would spin, the pending connections
+      // wait in the backlog. The delay doubles while the burst lasts, and the burst is logged
+      // once when it starts and once when it ends, not at every retry.
+      ++accept_failures;
+      if (failures++ == 0)
+        spdlog::warn("serve: {}: accept failed: {} (retrying with back-off; {} connections open)",
+                     l.name, ec.message(), stats_connections());
+      backoff.expires_after(std::min<std::chrono::milliseconds>(
+          kAcceptRetryDelay * (1u << std::min<std::uint64_t>(failures - 1, 5)),
+          kAcceptMaxRetryDelay));
       co_await backoff.async_wait(use_tuple);
       continue;
     }
-    auto conn = std::make_shared<Connection>(socket.get_executor());
+    if (failures > 0) {
+      spdlog::info("serve: {}: accepting again after {} failed attempts", l.name, failures);
+      failures = 0;
+    }
+    boost::system::error_code peer_ec;
+    const auto peer = socket.remote_endpoint(peer_ec);
+    auto conn = std::make_shared<Connection>(
+        socket.get_executor(), peer_ec ? std::string("?") : peer.address().to_string());
     {
       std::lock_guard lock(mu);
-      if (connections.size() >= limits.max_connections)
+      if (connections.size() >= caps.connections)
         conn.reset();
       else
         connections.insert(conn);
@@ -392,10 +478,18 @@ asio::awaitable<bool> Server::Impl::serve_requests(Stream& stream,
       res = text_response(400, "missing Host header");
     else
       res = handle_request(request, *current_view(), context);
-    if (res.poll) res = co_await long_poll(conn, request, *res.poll);
+    bool close_after = false;
+    if (res.poll) {
+      auto answer = co_await long_poll(stream, buffer, conn, request, *res.poll);
+      if (!answer) co_return false;  // the client left while it waited: nobody to answer
+      // A refused long poll closes its connection: a refused crowd must not keep the connection
+      // slots that /metrics and downloads need.
+      close_after = answer->status == 503;
+      res = std::move(*answer);
+    }
 
     const bool keep_alive =
-        req.keep_alive() && !stopping && n + 1 < limits.max_requests_per_connection;
+        req.keep_alive() && !close_after && !stopping && n + 1 < limits.max_requests_per_connection;
     const bool ok = co_await write_response(stream, res, req.version(), keep_alive,
                                             req.method() == http::verb::head);
     conn->writing = false;
@@ -407,31 +501,96 @@ asio::awaitable<bool> Server::Impl::serve_requests(Stream& stream,
   co_return true;
 }
 
-asio::awaitable<Response> Server::Impl::long_poll(const std::shared_ptr<Connection>& conn,
-                                                  Request request, LongPoll poll) {
-  asio::steady_timer timer(co_await asio::this_coro::executor, poll.wait);
-  bool wait = false;
+template <class Stream>
+asio::awaitable<std::optional<Response>> Server::Impl::long_poll(
+    Stream& stream, beast::flat_buffer& buffer, const std::shared_ptr<Connection>& conn,
+    Request request, LongPoll poll) {
+  const auto ex = co_await asio::this_coro::executor;
+  asio::steady_timer timer(ex, poll.wait);
+  enum class Admit { kAnswerNow, kWait, kTooMany, kTooManyFromAddress } admit = Admit::kAnswerNow;
   {
     // Checked and registered under the lock publish() takes to swap the view: a view published
     // after this check posts its wake-up to our strand, where it runs only once async_wait below
     // has started. The same holds for stop().
     std::lock_guard lock(mu);
     if (view->serial <= poll.after && !stopping) {
-      conn->poll_timer = &timer;
-      conn->poll_after = poll.after;
-      pollers.insert(conn);
-      wait = true;
+      const auto from_address = polls_by_address.find(conn->address);
+      if (pollers.size() >= caps.long_polls) {
+        admit = Admit::kTooMany;
+      } else if (from_address != polls_by_address.end() &&
+                 from_address->second >= caps.long_polls_per_address) {
+        admit = Admit::kTooManyFromAddress;
+      } else {
+        conn->poll_timer = &timer;
+        conn->poll_after = poll.after;
+        pollers.insert(conn);
+        ++polls_by_address[conn->address];
+        admit = Admit::kWait;
+      }
     }
   }
-  if (wait) {
-    auto [ec] = co_await timer.async_wait(use_tuple);  // expiry, or cancel() by publish/stop
+  if (admit == Admit::kTooMany || admit == Admit::kTooManyFromAddress) {
+    // Over a cap: refused at once, and the connection closed after the answer (no log line per
+    // refusal: a crowd would flood the log; the metrics count them).
+    const bool total = admit == Admit::kTooMany;
+    ++(total ? polls_refused_total : polls_refused_address);
+    Response r = text_response(503, total ? "too many long polls: retry later"
+                                          : "too many long polls from your address: retry later");
+    r.set("Retry-After", std::string(kLongPollRetryAfterSeconds));
+    co_return r;
+  }
+  if (admit == Admit::kWait) {
+    // While the poll waits, the client is watched: a client that closes its connection ends
+    // the poll at once and frees its descriptor, instead of holding it in CLOSE_WAIT until the
+    // wait runs out.
+    ClientWatch watch(ex, timer);
+    asio::co_spawn(ex, watch_client(stream, buffer, watch), log_exception("long poll watch"));
+    auto [ec] = co_await timer.async_wait(use_tuple);  // expiry, or cancel() by publish/stop/watch
     (void)ec;
     conn->poll_timer = nullptr;
-    std::lock_guard lock(mu);
-    pollers.erase(conn);
+    {
+      std::lock_guard lock(mu);
+      forget_poll(conn);
+    }
+    watch.poll_over = true;
+    if (watch.running) {
+      // Ends the watch's read (a cancelled read completes at once: bounded), and waits for it,
+      // since it uses the stream and buffer this frame's caller owns.
+      beast::get_lowest_layer(stream).cancel();
+      auto [fec] = co_await watch.finished.async_wait(use_tuple);
+      (void)fec;
+    }
+    if (watch.client_gone) {
+      ++polls_abandoned;
+      co_return std::nullopt;
+    }
   }
   request.waited = true;
   co_return handle_request(request, *current_view(), context);
+}
+
+template <class Stream>
+asio::awaitable<void> Server::Impl::watch_client(Stream& stream, beast::flat_buffer& buffer,
+                                                 ClientWatch& watch) {
+  // Reads whatever the client sends while its poll waits: end of stream or an error (reset, a
+  // TLS peer gone without close_notify) means it has gone. Pipelined bytes are kept in `buffer`
+  // for the requests after the poll, up to one request's worth; a client that sends more than
+  // that is answered at once rather than read further (or ignored until the wait runs out).
+  const std::size_t max_buffered = limits.max_header_bytes + limits.max_body_bytes;
+  beast::get_lowest_layer(stream).expires_never();  // the poll's own timer bounds the wait
+  while (!watch.poll_over && buffer.size() < max_buffered) {  // bounded by max_buffered
+    auto [ec, got] = co_await stream.async_read_some(
+        buffer.prepare(std::min(kFirstReadBytes, max_buffered - buffer.size())), use_tuple);
+    buffer.commit(got);
+    if (watch.poll_over) break;  // cancelled by the poll's end: not the client's doing
+    if (ec) {
+      watch.client_gone = true;
+      break;
+    }
+  }
+  if (!watch.poll_over) watch.poll_timer.cancel();  // gone, or a full buffer: end the poll now
+  watch.running = false;
+  watch.finished.cancel();
 }
 
 template <class Stream>
@@ -511,6 +670,23 @@ std::string Server::Impl::metrics_text() const {
              waiting);
   out.single("tiersync_http_sent_bytes_total", "counter", "Bytes of HTTP headers and bodies sent.",
              bytes_sent.load());
+  out.family("tiersync_http_long_polls_refused_total", "counter",
+             "Long polls answered 503: over the total or the per-address cap.");
+  out.sample("tiersync_http_long_polls_refused_total{reason=\"total\"}",
+             polls_refused_total.load());
+  out.sample("tiersync_http_long_polls_refused_total{reason=\"address\"}",
+             polls_refused_address.load());
+  out.single("tiersync_http_long_polls_abandoned_total", "counter",
+             "Long polls ended by their client closing the connection.", polls_abandoned.load());
+  out.single("tiersync_http_accept_failures_total", "counter",
+             "accept() failures (out of descriptors, say), each retried after a back-off.",
+             accept_failures.load());
+  out.single("tiersync_http_connections_limit", "gauge",
+             "The connection cap in force (serve.max_connections fitted to the descriptor limit).",
+             caps.connections);
+  out.single("tiersync_http_long_polls_limit", "gauge",
+             "The long-poll cap in force (serve.max_long_polls fitted to the descriptor limit).",
+             caps.long_polls);
   return out.take();
 }
 
@@ -537,6 +713,11 @@ Status Server::start() {
     }
   }
   s.started = true;
+  spdlog::info(
+      "serve: caps: {} connections, {} long polls ({} per address), {} cached folders, for a "
+      "descriptor limit of {} ({} reserved for the node)",
+      s.caps.connections, s.caps.long_polls, s.caps.long_polls_per_address, s.caps.cached_folders,
+      s.caps.descriptor_limit, s.limits.reserved_descriptors);
   for (auto& l : s.listeners) {
     spdlog::info("serve: listening on {} ({}, port {})", l.name, l.tls ? "https" : "http", l.port);
     asio::co_spawn(l.acceptor->get_executor(), s.accept_loop(l), log_exception(l.name));
@@ -642,6 +823,10 @@ ServerStats Server::stats() const {
   out.connections_accepted = s.accepted.load();
   out.connections_rejected = s.rejected.load();
   out.requests = s.requests.load();
+  out.long_polls_refused = s.polls_refused_total.load() + s.polls_refused_address.load();
+  out.long_polls_abandoned = s.polls_abandoned.load();
+  out.accept_failures = s.accept_failures.load();
+  out.caps = s.caps;
   std::lock_guard lock(s.mu);
   out.connections_active = s.connections.size();
   out.long_polls_waiting = s.pollers.size();

@@ -63,9 +63,16 @@ Result<std::shared_ptr<const ServedView>> load_view(const sync::StateStore& stat
                                                     MetricsProvider metrics = {},
                                                     const ServedView* previous = nullptr);
 
-/// Limits against slow or hostile clients; the defaults are what tiersyncd uses.
+/// Limits against slow, hostile or crowding clients; the defaults are what tiersyncd uses. The
+/// server lowers max_connections and max_long_polls to fit the descriptor limit (see
+/// docs/configuration.md, `serve`).
 struct ServerLimits {
-  std::size_t max_connections = 1024;       ///< beyond it, new connections are closed at once
+  std::size_t max_connections = 16384;          ///< beyond it, new connections are closed at once
+  std::size_t max_long_polls = 8192;            ///< snapshot long polls held at once; more: 503
+  std::size_t max_long_polls_per_address = 32;  ///< of them from one client address; more: 503
+  /// Descriptors the server leaves to the rest of the node (its lock, state and journal files,
+  /// downloads from the parent, the control socket, logs), whatever the crowd.
+  std::size_t reserved_descriptors = 256;
   std::size_t max_header_bytes = 8 * 1024;  ///< request line and fields; more: 431
   std::size_t max_body_bytes = 4 * 1024;    ///< requests are GET/HEAD; more: 413
   unsigned max_requests_per_connection = 1000;
@@ -79,6 +86,18 @@ struct ServerLimits {
   unsigned threads = 2;
 };
 
+/// The caps in force once fitted to the descriptor limit.
+struct ServerCaps {
+  std::size_t connections = 0;
+  std::size_t long_polls = 0;
+  std::size_t long_polls_per_address = 0;
+  std::size_t cached_folders = 0;      ///< folder descriptors kept open (DirCache)
+  std::uint64_t descriptor_limit = 0;  ///< the soft RLIMIT_NOFILE they were fitted to
+};
+
+/// ServerLimits from the configuration's `serve` section, the rest at their defaults.
+ServerLimits server_limits(const ops::ServeConfig& serve);
+
 /// Counters, for tests and the operator.
 struct ServerStats {
   std::uint64_t connections_accepted = 0;
@@ -86,6 +105,10 @@ struct ServerStats {
   std::uint64_t connections_active = 0;
   std::uint64_t requests = 0;
   std::uint64_t long_polls_waiting = 0;
+  std::uint64_t long_polls_refused = 0;    ///< answered 503: over a long-poll cap
+  std::uint64_t long_polls_abandoned = 0;  ///< ended by their client closing the connection
+  std::uint64_t accept_failures = 0;       ///< accept() errors (out of descriptors, say)
+  ServerCaps caps;
 };
 
 /// Listens on every configured address (HTTPS, or plain HTTP with `"tls": false`) and serves the

@@ -519,6 +519,36 @@ TEST(ParseConfigError, BadLog) {
   expect_key_error(doc, "log.level");
 }
 
+TEST(ParseConfig, ServeCaps) {
+  const Config defaults = parse(mirror());
+  EXPECT_EQ(defaults.serve.max_connections, 16384u);
+  EXPECT_EQ(defaults.serve.max_long_polls, 8192u);
+  EXPECT_EQ(defaults.serve.max_long_polls_per_address, 32u);
+  json doc = tier1();
+  doc["serve"] = {
+      {"max_connections", 100}, {"max_long_polls", 50}, {"max_long_polls_per_address", 5}};
+  const Config c = parse(doc);
+  EXPECT_EQ(c.serve.max_connections, 100u);
+  EXPECT_EQ(c.serve.max_long_polls, 50u);
+  EXPECT_EQ(c.serve.max_long_polls_per_address, 5u);
+}
+
+TEST(ParseConfigError, BadServe) {
+  json doc = tier1();
+  doc["serve"] = 5;
+  expect_key_error(doc, "serve");
+  doc["serve"] = {{"max_long_polls", 0}};
+  expect_key_error(doc, "serve.max_long_polls");
+  doc["serve"] = {{"max_connections", "many"}};
+  expect_key_error(doc, "serve.max_connections");
+  doc["serve"] = {{"max_connections", 10}, {"max_long_polls", 20}};
+  expect_key_error(doc, "serve.max_long_polls");
+  doc["serve"] = {{"max_long_polls", 10}, {"max_long_polls_per_address", 11}};
+  expect_key_error(doc, "serve.max_long_polls_per_address");
+  doc["serve"] = {{"max_polls", 10}};
+  expect_key_error(doc, "serve.max_polls");
+}
+
 TEST(ParseConfigError, BadLayoutOrIndexFiles) {
   json doc = tier0();
   doc["layout"] = "release/repo";

@@ -10,6 +10,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <stdlib.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -89,8 +90,15 @@ std::string pattern(std::size_t size) {
 /// A raw TCP client for what curl cannot do: say half a request and stay silent.
 class RawClient {
  public:
-  explicit RawClient(std::uint16_t port) {
+  /// Connects to 127.0.0.1:`port` from `source` (another loopback address: a different client).
+  explicit RawClient(std::uint16_t port, const char* source = nullptr) {
     fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (source) {
+      sockaddr_in from{};
+      from.sin_family = AF_INET;
+      ::inet_pton(AF_INET, source, &from.sin_addr);
+      if (::bind(fd_, reinterpret_cast<sockaddr*>(&from), sizeof from) != 0) return;
+    }
     sockaddr_in addr{};
     addr.sin_family = AF_INET;
     addr.sin_port = htons(port);
@@ -107,6 +115,24 @@ class RawClient {
   bool send(std::string_view bytes) {
     return ::send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL) ==
            static_cast<ssize_t>(bytes.size());
+  }
+  /// Closes the connection now (a client that goes away).
+  void close() {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+  }
+  /// Reads until `text` has arrived (true), the peer closes or `timeout` passes; appends to `out`.
+  bool read_until(std::string_view text, std::chrono::milliseconds timeout, std::string& out) {
+    const auto deadline = Clock::now() + timeout;
+    while (out.find(text) == std::string::npos && Clock::now() < deadline) {  // bounded
+      pollfd p{fd_, POLLIN, 0};
+      if (::poll(&p, 1, 50) <= 0) continue;
+      char buf[4096];
+      ssize_t n = ::recv(fd_, buf, sizeof buf, 0);
+      if (n <= 0) break;
+      out.append(buf, static_cast<std::size_t>(n));
+    }
+    return out.find(text) != std::string::npos;
   }
   /// Reads until the peer closes or `timeout` passes; `closed` tells which.
   std::string read_until_close(std::chrono::milliseconds timeout, bool& closed) {
@@ -330,6 +356,152 @@ TEST_F(ServerTest, LongPollAnswersAsSoonAsANewerSerialIsPublished) {
   const auto start = Clock::now();
   EXPECT_EQ(Curl({}, http_ + "/.tiersync/v1/snapshot?after=5&wait=30").status, 200);
   EXPECT_LT(Clock::now() - start, 5s);
+}
+
+/// Waits (bounded) until `done()` holds; returns it.
+template <class F>
+bool eventually(F done, std::chrono::milliseconds timeout = 10s) {
+  const auto deadline = Clock::now() + timeout;
+  while (!done() && Clock::now() < deadline) std::this_thread::sleep_for(20ms);  // bounded
+  return done();
+}
+
+std::size_t open_descriptors() {
+  return static_cast<std::size_t>(
+      std::distance(fs::directory_iterator("/proc/self/fd"), fs::directory_iterator()));
+}
+
+constexpr std::string_view kPollRequest =
+    "GET /.tiersync/v1/snapshot?after=5&wait=60 HTTP/1.1\r\nHost: x\r\n\r\n";
+
+TEST_F(ServerTest, ClosedClientFreesItsLongPollAtOnce) {
+  const std::size_t idle_fds = open_descriptors();
+  // Plain HTTP: the client closes while its poll (60 s) waits.
+  auto plain = std::make_unique<RawClient>(server_->ports()[1]);
+  ASSERT_TRUE(plain->send(kPollRequest));
+  ASSERT_TRUE(eventually([&] { return server_->stats().long_polls_waiting == 1; }));
+  plain->close();
+  EXPECT_TRUE(eventually([&] { return server_->stats().long_polls_waiting == 0; }));
+  EXPECT_TRUE(eventually([&] { return server_->stats().connections_active == 0; }));
+  EXPECT_EQ(server_->stats().long_polls_abandoned, 1u);
+  // TLS: curl gives up after 2 s of a 60 s poll (without close_notify).
+  CurlResult r = Curl({"--max-time", "2"}, https_ + "/.tiersync/v1/snapshot?after=5&wait=60");
+  EXPECT_NE(r.exit, 0);
+  EXPECT_TRUE(eventually([&] { return server_->stats().long_polls_waiting == 0; }));
+  EXPECT_TRUE(eventually([&] { return server_->stats().connections_active == 0; }));
+  EXPECT_EQ(server_->stats().long_polls_abandoned, 2u);
+  // Every descriptor is back (the server's sockets, not only its counters).
+  EXPECT_TRUE(eventually([&] { return open_descriptors() <= idle_fds; }))
+      << open_descriptors() << " open, " << idle_fds << " before";
+  EXPECT_EQ(server_->stats().requests, 0u);  // nobody was left to answer
+}
+
+TEST_F(ServerTest, PipelinedRequestDuringALongPollWaitsItsTurn) {
+  RawClient client(server_->ports()[1]);
+  ASSERT_TRUE(client.send(kPollRequest));
+  ASSERT_TRUE(eventually([&] { return server_->stats().long_polls_waiting == 1; }));
+  ASSERT_TRUE(client.send("GET /.tiersync/v1/status HTTP/1.1\r\nHost: x\r\n\r\n"));
+  // Another client's request round trip: the pipelined bytes have arrived by then, and the poll
+  // still waits.
+  EXPECT_EQ(Curl({}, http_ + "/metrics").status, 200);
+  EXPECT_EQ(server_->stats().long_polls_waiting, 1u);
+  Publish(6);
+  std::string answer;
+  ASSERT_TRUE(client.read_until("{\"serial\": 6}", 10s, answer)) << answer;
+  const auto first = answer.find("HTTP/1.1 200");
+  ASSERT_NE(first, std::string::npos) << answer;
+  EXPECT_NE(answer.find("\"serial\": 6}", first), std::string::npos) << answer;    // the envelope
+  EXPECT_NE(answer.find("HTTP/1.1 200", first + 1), std::string::npos) << answer;  // the status
+  EXPECT_EQ(server_->stats().long_polls_abandoned, 0u);
+}
+
+TEST_F(ServerTest, LongPollsOverTheCapAre503WithRetryAfter) {
+  server_->stop();
+  limits_.max_long_polls = 2;
+  StartServer();
+  ASSERT_EQ(server_->stats().caps.long_polls, 2u);
+  std::vector<std::unique_ptr<RawClient>> held;
+  for (int i = 0; i < 2; ++i) {
+    held.push_back(std::make_unique<RawClient>(server_->ports()[1]));
+    ASSERT_TRUE(held.back()->send(kPollRequest));
+  }
+  ASSERT_TRUE(eventually([&] { return server_->stats().long_polls_waiting == 2; }));
+  RawClient excess(server_->ports()[1]);
+  ASSERT_TRUE(excess.send(kPollRequest));
+  std::string answer;
+  EXPECT_TRUE(excess.read_until("retry later", 10s, answer)) << answer;
+  EXPECT_EQ(answer.rfind("HTTP/1.1 503", 0), 0u) << answer;
+  EXPECT_NE(answer.find("Retry-After: 30\r\n"), std::string::npos) << answer;
+  EXPECT_NE(answer.find("Connection: close\r\n"), std::string::npos) << answer;
+  bool closed = false;
+  excess.read_until_close(10s, closed);
+  EXPECT_TRUE(closed);  // a refused crowd does not keep its connections
+  EXPECT_EQ(server_->stats().long_polls_refused, 1u);
+  // Requests other than long polls are not refused.
+  CurlResult metrics = Curl({}, http_ + "/metrics");
+  EXPECT_EQ(metrics.status, 200);
+  EXPECT_NE(metrics.body.find("tiersync_http_long_polls_limit 2\n"), std::string::npos);
+  EXPECT_NE(metrics.body.find("tiersync_http_long_polls_refused_total{reason=\"total\"} 1\n"),
+            std::string::npos)
+      << metrics.body;
+  // The held ones are answered when the serial moves.
+  Publish(6);
+  for (auto& c : held) {
+    answer.clear();
+    EXPECT_TRUE(c->read_until("\"serial\": 6}", 10s, answer)) << answer;
+  }
+}
+
+TEST_F(ServerTest, LongPollsPerAddressAreCapped) {
+  server_->stop();
+  limits_.max_long_polls_per_address = 2;
+  StartServer();
+  std::vector<std::unique_ptr<RawClient>> held;
+  for (int i = 0; i < 2; ++i) {
+    held.push_back(std::make_unique<RawClient>(server_->ports()[1], "127.0.0.1"));
+    ASSERT_TRUE(held.back()->send(kPollRequest));
+  }
+  ASSERT_TRUE(eventually([&] { return server_->stats().long_polls_waiting == 2; }));
+  RawClient third(server_->ports()[1], "127.0.0.1");
+  ASSERT_TRUE(third.send(kPollRequest));
+  std::string answer;
+  EXPECT_TRUE(third.read_until("retry later", 10s, answer)) << answer;
+  EXPECT_EQ(answer.rfind("HTTP/1.1 503", 0), 0u) << answer;
+  EXPECT_NE(answer.find("Retry-After: 30\r\n"), std::string::npos) << answer;
+  EXPECT_NE(answer.find("from your address"), std::string::npos) << answer;
+  // Another address is still welcome; and a freed slot is taken again.
+  RawClient other(server_->ports()[1], "127.0.0.2");
+  ASSERT_TRUE(other.connected());
+  ASSERT_TRUE(other.send(kPollRequest));
+  EXPECT_TRUE(eventually([&] { return server_->stats().long_polls_waiting == 3; }));
+  held.back()->close();
+  ASSERT_TRUE(eventually([&] { return server_->stats().long_polls_waiting == 2; }));
+  RawClient again(server_->ports()[1], "127.0.0.1");
+  ASSERT_TRUE(again.send(kPollRequest));
+  EXPECT_TRUE(eventually([&] { return server_->stats().long_polls_waiting == 3; }));
+  EXPECT_EQ(server_->stats().long_polls_refused, 1u);
+}
+
+TEST_F(ServerTest, CapsFitTheDescriptorLimit) {
+  server_->stop();
+  server_.reset();
+  rlimit saved{};
+  ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &saved), 0);
+  ASSERT_GE(saved.rlim_max, 1024u);
+  rlimit low = saved;
+  low.rlim_cur = 1024;
+  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &low), 0);
+  StartServer();  // the caps are fitted when the server is made
+  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &saved), 0);
+  const ServerCaps caps = server_->stats().caps;
+  EXPECT_EQ(caps.descriptor_limit, 1024u);
+  // Every connection sending a file (two descriptors each) and every cached folder together
+  // still leave the reserve to the node.
+  EXPECT_LE(2 * caps.connections + caps.cached_folders + limits_.reserved_descriptors, 1024u);
+  EXPECT_GE(caps.connections, 100u);
+  EXPECT_LT(caps.long_polls, caps.connections);  // room left for /metrics and downloads
+  EXPECT_LE(caps.long_polls_per_address, caps.long_polls);
+  EXPECT_EQ(Curl({}, http_ + "/metrics").status, 200);
 }
 
 TEST_F(ServerTest, Manifests) {
