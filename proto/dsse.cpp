@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "proto/digest.h"
+#include "proto/printable.h"
 
 namespace tiersync::proto {
 namespace {
@@ -34,7 +35,7 @@ Json parse_strict(std::string_view text) {
     if (event == E::object_start) keys.emplace_back();
     if (event == E::object_end) keys.pop_back();
     if (event == E::key && !keys.back().insert(parsed.get<std::string>()).second) {
-      throw Refused("duplicate key \"" + parsed.get<std::string>() + "\"");
+      throw Refused("duplicate key \"" + printable(parsed.get<std::string>()) + "\"");
     }
     if ((event == E::value || event == E::object_start || event == E::array_start) &&
         ++values > kMaxJsonValues) {
@@ -76,6 +77,11 @@ Result<Envelope> decode_object(const Json& root) {
   if (sigs == root.end()) return make_error("envelope: signatures is missing");
   if (!sigs->is_array()) return make_error("envelope: signatures is not an array");
   if (sigs->empty()) return make_error("envelope: signatures is empty");
+  // Refused rather than trimmed: a relay re-serves the envelope byte for byte, so what it accepts
+  // is what its children get, and more than one signature per trusted key has no use.
+  if (sigs->size() > kMaxSignatures)
+    return make_error("envelope: " + std::to_string(sigs->size()) + " signatures, more than " +
+                      std::to_string(kMaxSignatures));
   for (std::size_t i = 0; i < sigs->size(); ++i) {
     const Json& entry = (*sigs)[i];
     const std::string field = "signatures[" + std::to_string(i) + "]";
@@ -84,7 +90,11 @@ Result<Envelope> decode_object(const Json& root) {
     // keyid is optional in DSSE; some signers write null for "none".
     if (const auto keyid = entry.find("keyid"); keyid != entry.end() && !keyid->is_null()) {
       if (!keyid->is_string()) return make_error("envelope: " + field + ".keyid is not a string");
-      sig.keyid = keyid->get<std::string>();
+      const auto& text = keyid->get_ref<const std::string&>();
+      if (text.size() > kMaxKeyidBytes)
+        return make_error("envelope: " + field + ".keyid is longer than " +
+                          std::to_string(kMaxKeyidBytes) + " bytes (\"" + printable(text) + "\")");
+      sig.keyid = text;
     }
     auto bytes = base64_member(entry, "sig", field + ".sig");
     if (!bytes) return bytes.error();
@@ -151,8 +161,8 @@ Envelope sign_envelope(std::string_view payload_type, std::string_view payload,
 Result<std::string> verify_envelope(const Envelope& envelope, const std::vector<PublicKey>& trusted,
                                     unsigned threshold, std::string_view expected_type) {
   if (envelope.payload_type != expected_type) {
-    return make_error("envelope: payloadType is \"" + envelope.payload_type + "\", expected \"" +
-                      std::string(expected_type) + "\"");
+    return make_error("envelope: payloadType is \"" + printable(envelope.payload_type) +
+                      "\", expected \"" + std::string(expected_type) + "\"");
   }
   // A key listed twice, or signing twice, is still one key: count distinct DER encodings.
   std::vector<const PublicKey*> keys;
@@ -162,31 +172,68 @@ Result<std::string> verify_envelope(const Envelope& envelope, const std::vector<
   }
   const unsigned required = std::max(threshold, 1u);  // 0 would accept unsigned payloads
   const std::string message = pae(envelope.payload_type, envelope.payload);
-  std::vector<bool> counted(keys.size(), false);
+  const auto& sigs = envelope.signatures;
+  std::vector<bool> counted(keys.size(), false);  // this key signed
+  std::vector<bool> hinted(keys.size(), false);   // this key was tried for the signature naming it
+  std::vector<std::size_t> tried(sigs.size(), keys.size());  // the key tried for a signature's hint
+  std::vector<bool> valid(sigs.size(), false);
+  // Every check hashes the whole payload: a budget per trusted key bounds what a forged envelope
+  // costs, however many signatures (and wrong keyids) it holds.
+  std::size_t budget = kVerifyBudgetPerKey * keys.size();
   unsigned count = 0;
-  const auto counts_for = [&](const Signature& sig, bool hinted) -> bool {
-    for (std::size_t i = 0; i < keys.size(); ++i) {
-      if (counted[i] || (keys[i]->keyid() == sig.keyid) != hinted) continue;
-      if (keys[i]->verify(message, sig.sig)) {
-        counted[i] = true;
-        return true;
-      }
-    }
-    return false;
+  const auto check = [&](std::size_t s, std::size_t k) {
+    --budget;
+    if (!keys[k]->verify(message, sigs[s].sig)) return false;
+    counted[k] = true;
+    valid[s] = true;
+    return ++count >= required;
   };
-  for (const Signature& sig : envelope.signatures) {
-    // The keyid is only a hint: try the key it names first, then every other uncounted key.
-    if ((counts_for(sig, true) || counts_for(sig, false)) && ++count >= required) {
-      return envelope.payload;
+  // First the key each keyid names, once per key: the one check a well-formed envelope needs.
+  for (std::size_t s = 0; s < sigs.size() && budget > 0; ++s) {
+    for (std::size_t k = 0; k < keys.size(); ++k) {
+      if (counted[k] || hinted[k] || keys[k]->keyid() != sigs[s].keyid) continue;
+      hinted[k] = true;
+      tried[s] = k;
+      if (check(s, k)) return envelope.payload;
+      break;
     }
   }
-  std::string hints;
-  for (const Signature& sig : envelope.signatures) {
-    hints += (hints.empty() ? "" : ", ") + (sig.keyid.empty() ? "<none>" : sig.keyid);
+  // The keyid is only a hint: then every other uncounted key, while the budget lasts.
+  bool gave_up = false;
+  for (std::size_t s = 0; s < sigs.size() && !gave_up; ++s) {
+    if (valid[s]) continue;
+    for (std::size_t k = 0; k < keys.size(); ++k) {
+      if (counted[k] || tried[s] == k) continue;
+      if (budget == 0) {
+        gave_up = true;
+        break;
+      }
+      if (check(s, k)) return envelope.payload;
+      if (valid[s]) break;
+    }
   }
-  return make_error("snapshot signature: " + std::to_string(count) + " of " +
+  constexpr std::size_t kHintsShown = 8;
+  std::string hints;
+  for (std::size_t s = 0; s < sigs.size() && s < kHintsShown; ++s)
+    hints += (hints.empty() ? "" : ", ") +
+             (sigs[s].keyid.empty() ? "<none>" : printable(sigs[s].keyid, kMaxKeyidBytes));
+  if (sigs.size() > kHintsShown)
+    hints += " and " + std::to_string(sigs.size() - kHintsShown) + " more";
+  std::string why = "snapshot signature: " + std::to_string(count) + " of " +
                     std::to_string(required) + " required trusted keys signed it (signatures " +
-                    "from keyids: " + hints + ")");
+                    "from keyids: " + hints + ")";
+  if (gave_up)
+    why += "; gave up after " + std::to_string(kVerifyBudgetPerKey * keys.size()) +
+           " signature checks";
+  return make_error(std::move(why));
+}
+
+Result<std::string> verify_envelope(std::string_view envelope_bytes,
+                                    const std::vector<PublicKey>& trusted, unsigned threshold,
+                                    std::string_view expected_type) {
+  auto envelope = decode_envelope(envelope_bytes);
+  if (!envelope) return envelope.error();
+  return verify_envelope(*envelope, trusted, threshold, expected_type);
 }
 
 }  // namespace tiersync::proto

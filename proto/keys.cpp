@@ -9,6 +9,7 @@
 #include <openssl/x509.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cassert>
 #include <cerrno>
 #include <climits>
@@ -29,6 +30,7 @@ struct KeyHandle {
 namespace {
 
 constexpr std::size_t kEd25519SignatureBytes = 64;
+std::atomic<std::uint64_t> g_verifications{0};
 /// A PEM Ed25519 key is about 120 bytes; anything much larger is not a key file.
 constexpr std::size_t kMaxPemBytes = std::size_t{64} * 1024;
 
@@ -169,6 +171,7 @@ Result<PublicKey> PublicKey::load(const std::filesystem::path& file) {
 
 bool PublicKey::verify(std::string_view message, std::string_view signature) const {
   if (!key_ || signature.size() != kEd25519SignatureBytes) return false;
+  g_verifications.fetch_add(1, std::memory_order_relaxed);
   const MdCtx ctx(EVP_MD_CTX_new());
   // Ed25519 hashes internally, so no digest is named; it is one-shot only.
   const bool ok =
@@ -178,6 +181,10 @@ bool PublicKey::verify(std::string_view message, std::string_view signature) con
                        message.size()) == 1;
   ERR_clear_error();  // a bad signature is an answer, not an error to report later
   return ok;
+}
+
+std::uint64_t PublicKey::verifications() {
+  return g_verifications.load(std::memory_order_relaxed);
 }
 
 std::string PublicKey::to_pem() const {

@@ -1,6 +1,7 @@
 #pragma once
 /// Ed25519 keys through OpenSSL's EVP API: PEM (PKCS#8 private, SPKI public), sign, verify, keyid.
 
+#include <cstdint>
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -22,6 +23,8 @@ class PublicKey {
 
   /// True when `signature` is a valid Ed25519 signature of `message` by this key.
   bool verify(std::string_view message, std::string_view signature) const;
+  /// How many signatures `verify` has checked in this process (what a forged envelope costs).
+  static std::uint64_t verifications();
   const std::string& keyid() const { return keyid_; }
   /// Raw DER SubjectPublicKeyInfo.
   const std::string& der() const { return der_; }

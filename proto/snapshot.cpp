@@ -3,6 +3,7 @@
 #include <ctime>
 #include <nlohmann/json.hpp>
 
+#include "proto/dsse.h"
 #include "proto/path.h"
 
 namespace tiersync::proto {
@@ -130,6 +131,13 @@ Result<Snapshot> decode_snapshot(std::string_view payload) {
     }
   }
   return s;
+}
+
+Result<Snapshot> verify_snapshot(std::string_view envelope, const std::vector<PublicKey>& trusted,
+                                 unsigned threshold) {
+  auto payload = verify_envelope(envelope, trusted, threshold, kSnapshotPayloadType);
+  if (!payload) return payload.error();
+  return decode_snapshot(*payload);
 }
 
 }  // namespace tiersync::proto

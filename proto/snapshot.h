@@ -6,8 +6,10 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "proto/digest.h"
+#include "proto/keys.h"
 #include "proto/result.h"
 
 namespace tiersync::proto {
@@ -39,5 +41,11 @@ std::optional<std::int64_t> parse_time(std::string_view text);
 std::string encode_snapshot(const Snapshot& snapshot);
 /// Parses and validates a payload; call only on a payload whose signature verified.
 Result<Snapshot> decode_snapshot(std::string_view payload);
+
+/// The one call for snapshot envelope bytes from a parent (a fetch, a long poll): decodes the
+/// envelope within its limits, verifies `threshold` trusted keys' signatures, and only then parses
+/// the payload (proto::verify_envelope, then decode_snapshot).
+Result<Snapshot> verify_snapshot(std::string_view envelope, const std::vector<PublicKey>& trusted,
+                                 unsigned threshold);
 
 }  // namespace tiersync::proto

@@ -6,6 +6,7 @@
 
 #include "daemon/ops/metrics.h"
 #include "proto/path.h"
+#include "proto/printable.h"
 
 namespace tiersync::node {
 
@@ -15,7 +16,9 @@ Cycle::Cycle(const ops::Config& config)
       previous_(state_.load_cycle()),
       start_(std::chrono::steady_clock::now()) {}
 
-CycleOutcome Cycle::record(int exit_code, const std::string& result, const std::string& message) {
+CycleOutcome Cycle::record(int exit_code, const std::string& result, const std::string& raw) {
+  // A message may quote a parent's bytes: recorded, returned and logged cut short and escaped.
+  const std::string message = proto::printable(raw, sync::kMaxCycleMessageBytes);
   const std::int64_t now = std::time(nullptr);
   const bool success = result == "ok" || result == "noop";
   sync::CycleRecord r{result,
@@ -32,7 +35,7 @@ CycleOutcome Cycle::record(int exit_code, const std::string& result, const std::
 }
 
 CycleOutcome Cycle::fail(const std::string& message) {
-  spdlog::error("cycle failed: {}", message);
+  spdlog::error("cycle failed: {}", proto::printable(message, sync::kMaxCycleMessageBytes));
   return record(kExitFailure, "failed", message);
 }
 

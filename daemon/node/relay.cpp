@@ -116,25 +116,34 @@ Result<sync::ManifestSet> candidate_manifests(const proto::Snapshot& cand,
       if (loaded) m = *loaded;
     }
     if (!m) {
-      auto bytes = t.fetch_manifest(ref.manifest);
-      if (!bytes) {
-        ++ops::process_metrics().upstream_errors;
-        return bytes.error();
+      // Streamed into the store and hashed as it arrives; parsed from there once it matched.
+      bool parent_failed = false;
+      auto received = state.receive_manifest(
+          ref.manifest, [&](const transport::Sink& sink, const std::function<Status()>& restart) {
+            const transport::Sink counted = [&](const char* data, std::size_t size) -> Status {
+              ops::process_metrics().bytes_downloaded += size;
+              return sink(data, size);
+            };
+            auto st = t.fetch_manifest(ref.manifest, counted, restart);
+            parent_failed = !st;
+            return st;
+          });
+      if (!received) {
+        if (parent_failed) ++ops::process_metrics().upstream_errors;
+        return received.error();
       }
-      ops::process_metrics().bytes_downloaded += bytes->size();
-      if (proto::sha256(*bytes) != ref.manifest) {
+      if (!*received) {
         ++ops::process_metrics().verify_failures;
         return make_error("manifest of partition \"" + name + "\": its bytes do not match its " +
                           "SHA-256 " + proto::to_hex(ref.manifest));
       }
-      auto decoded = proto::decode_manifest(*bytes, name, cand.depth);
-      if (!decoded) {
-        ++ops::process_metrics().verify_failures;
-        return decoded.error();
-      }
-      if (auto st = state.store_manifest(ref.manifest, *bytes); !st) return st.error();
       fetched.push_back(ref.manifest);
-      m = std::make_shared<proto::Manifest>(std::move(*decoded));
+      auto loaded = state.load_manifest(ref.manifest, name, cand.depth);
+      if (!loaded) {
+        ++ops::process_metrics().verify_failures;
+        return loaded.error();
+      }
+      m = std::move(*loaded);
     }
     if (m->entries.size() != ref.files || m->total_bytes() != ref.bytes)
       return make_error("manifest of partition \"" + name + "\": holds " +
@@ -215,10 +224,14 @@ CycleOutcome sync_once(const ops::Config& config, const std::atomic<bool>* stop,
     auto made = transport::make_transport(
         config.upstream.url, {.ca_file = config.upstream.ca_file,
                               .connections = config.upstream.connections,
-                              .max_bytes_per_second = config.upstream.max_bytes_per_second});
+                              .max_bytes_per_second = config.upstream.max_bytes_per_second,
+                              .min_bytes_per_second = config.upstream.min_bytes_per_second});
     if (!made) return cycle.fail(made.message());
     parent = std::move(*made);
   }
+  // Every fetch of this cycle (snapshot, manifests, files) ends soon after SIGTERM. Set on each
+  // cycle: a transport kept across cycles must not hold an older cycle's flag.
+  parent->set_stop_flag(stop);
   TransportFetcher fetcher(*parent);
   sync::Applier applier(state, fetcher);
   if (auto rec = applier.recover(); !rec) return cycle.fail(rec.message());
@@ -260,11 +273,8 @@ CycleOutcome sync_once(const ops::Config& config, const std::atomic<bool>* stop,
     ++metrics.verify_failures;
     return cycle.fail("snapshot" + from + " refused: " + why);
   };
-  auto env = proto::decode_envelope(*bytes);
-  if (!env) return refuse_snapshot(env.message());
-  auto payload = proto::verify_envelope(*env, *keys, config.threshold, proto::kSnapshotPayloadType);
-  if (!payload) return refuse_snapshot(payload.message());
-  auto cand = proto::decode_snapshot(*payload);
+  // Verified before its payload is parsed; within the limits of size, JSON and signatures.
+  auto cand = proto::verify_snapshot(*bytes, *keys, config.threshold);
   if (!cand) return refuse_snapshot(cand.message());
   cycle.set_upstream_serial(cand->serial);
   // A new serial: the parent's chain may have changed too (the parent's status is a snapshot of

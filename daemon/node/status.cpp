@@ -14,6 +14,7 @@
 #include "daemon/sync/scan.h"
 #include "daemon/sync/state.h"
 #include "proto/path.h"
+#include "proto/printable.h"
 
 namespace tiersync::node {
 
@@ -44,7 +45,7 @@ json status_object(const ops::Config& config) {
     j["files"] = files;
   } else {
     j["serial"] = nullptr;
-    if (!applied) j["error"] = applied.message();
+    if (!applied) j["error"] = proto::printable(applied.message(), sync::kMaxCycleMessageBytes);
   }
   std::uint64_t upstream = std::max(cycle.upstream_serial, serial);
   if (config.role == ops::Role::kTier0) upstream = serial;

@@ -238,6 +238,8 @@ Result<Config> parse_config(std::string_view text, const fs::path& file) {
         u.integer("poll_seconds", c.upstream.poll_seconds, 1, 86400);
         u.integer("max_bytes_per_second", c.upstream.max_bytes_per_second, 0,
                   std::numeric_limits<std::int64_t>::max());
+        u.integer("min_bytes_per_second", c.upstream.min_bytes_per_second, 0,
+                  std::numeric_limits<std::int64_t>::max());
         u.finish();
       }
     } else {

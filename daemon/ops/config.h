@@ -35,6 +35,8 @@ struct UpstreamConfig {
   unsigned connections = 8;
   unsigned poll_seconds = 300;
   std::uint64_t max_bytes_per_second = 0;  ///< 0: unlimited
+  /// Every fetch's body must keep this average rate after a 30 s grace; 0: no minimum.
+  std::uint64_t min_bytes_per_second = 1024;
 };
 
 /// The built-in server's caps against crowds (`serve`); the server lowers them further to fit the

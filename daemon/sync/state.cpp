@@ -1,19 +1,26 @@
 #include "daemon/sync/state.h"
 
+#include <fcntl.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <nlohmann/json.hpp>
 #include <set>
 
 #include "daemon/sync/fs.h"
 #include "proto/dsse.h"
 #include "proto/manifest.h"
+#include "proto/printable.h"
 
 namespace tiersync::sync {
 
 using nlohmann::json;
 
 namespace {
+
+// A parent's chain as recorded: as many names as a status may list, each a DNS name at most.
+constexpr std::size_t kMaxChainNames = 32;
+constexpr std::size_t kMaxChainNameBytes = 253;
 
 // Reads a small JSON file of state; a missing file is nullopt, a damaged one an error.
 Result<std::optional<json>> read_json(const fs::path& file) {
@@ -81,6 +88,59 @@ bool StateStore::has_manifest(const proto::Digest& d) const {
 
 Status StateStore::store_manifest(const proto::Digest& d, std::string_view bytes) const {
   return write_file_atomic(manifest_path(d), bytes, 0644, /*durable=*/false);
+}
+
+Result<bool> StateStore::receive_manifest(const proto::Digest& d, const ManifestFetch& fetch,
+                                          std::uint64_t max_bytes) const {
+  static std::atomic<unsigned> sequence{0};
+  const fs::path final_path = manifest_path(d);
+  // Named for the digest, this process and a counter: two receivers never share a file; a crash
+  // leaves it to collect_manifests, which keeps only the manifests the snapshots name.
+  const fs::path temp = dir_ / "manifests" /
+                        (".incoming-" + proto::to_hex(d) + "." + std::to_string(::getpid()) + "." +
+                         std::to_string(sequence++));
+  UniqueFd fd(::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0644));
+  if (!fd.valid()) return make_error(errno_message(temp, errno));
+  struct Discard {
+    const fs::path& file;
+    bool keep = false;
+    ~Discard() {
+      if (!keep) ::unlink(file.c_str());
+    }
+  } discard{temp};
+
+  proto::Sha256 hasher;
+  std::uint64_t size = 0;
+  const auto sink = [&](const char* data, std::size_t n) -> Status {
+    if (size + n > max_bytes)
+      return make_error("manifest " + proto::to_hex(d) + ": larger than the limit of " +
+                        std::to_string(max_bytes) + " bytes");
+    hasher.update(data, n);
+    size += n;
+    while (n > 0) {
+      const ssize_t w = ::write(fd.get(), data, n);
+      if (w < 0 && errno == EINTR) continue;
+      if (w < 0) return make_error(errno_message(temp, errno));
+      data += w;
+      n -= static_cast<std::size_t>(w);
+    }
+    return {};
+  };
+  const auto restart = [&]() -> Status {
+    if (::ftruncate(fd.get(), 0) != 0 || ::lseek(fd.get(), 0, SEEK_SET) != 0)
+      return make_error(errno_message(temp, errno));
+    (void)hasher.finish();  // resets it
+    size = 0;
+    return {};
+  };
+  if (auto st = fetch(sink, restart); !st) return st.error();
+  if (hasher.finish() != d) return false;
+  if (::close(fd.release()) != 0) return make_error(errno_message(temp, errno));
+  // Not made durable here, like store_manifest: the apply's barrier does it before the commit.
+  if (::rename(temp.c_str(), final_path.c_str()) != 0)
+    return make_error(errno_message(final_path, errno));
+  discard.keep = true;
+  return true;
 }
 
 void StateStore::forget_manifest(const proto::Digest& d) const {
@@ -206,25 +266,31 @@ CycleRecord StateStore::load_cycle() const try {
   if (!j || !*j) return r;
   r.result = (*j)->value("result", "");
   r.time = (*j)->value("time", std::int64_t{0});
-  r.message = (*j)->value("message", "");
+  // As written (escaped already, up to four bytes per byte), or an older file's, cut short.
+  r.message = proto::printable((*j)->value("message", ""), 4 * kMaxCycleMessageBytes + 32);
   r.upstream_serial = (*j)->value("upstream_serial", std::uint64_t{0});
   r.last_success = (*j)->value("last_success", std::int64_t{0});
   if (auto it = (*j)->find("parent_chain"); it != (*j)->end() && it->is_array())
     for (const auto& name : *it)
-      if (name.is_string()) r.parent_chain.push_back(name.get<std::string>());
+      if (name.is_string() && r.parent_chain.size() < kMaxChainNames)
+        r.parent_chain.push_back(proto::printable(name.get<std::string>(), kMaxChainNameBytes));
   return r;
 } catch (const json::exception&) {
   return {};
 }
 
 Status StateStore::save_cycle(const CycleRecord& r) const {
-  // Outcome only: losing it to a power cut costs nothing.
+  // Outcome only: losing it to a power cut costs nothing. The message and the chain may quote a
+  // parent's bytes: they are kept cut short and escaped, here and when read back.
+  json chain = json::array();
+  for (const auto& name : r.parent_chain)
+    if (chain.size() < kMaxChainNames) chain.push_back(proto::printable(name, kMaxChainNameBytes));
   json j = {{"result", r.result},
             {"time", r.time},
-            {"message", r.message},
+            {"message", proto::printable(r.message, kMaxCycleMessageBytes)},
             {"upstream_serial", r.upstream_serial},
             {"last_success", r.last_success},
-            {"parent_chain", r.parent_chain}};
+            {"parent_chain", std::move(chain)}};
   return write_file_atomic(dir_ / "cycle.json",
                            j.dump(2, ' ', false, json::error_handler_t::replace) + "\n", 0644,
                            false);

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -13,6 +14,7 @@
 #include "daemon/sync/guard.h"
 #include "daemon/sync/plan.h"
 #include "proto/digest.h"
+#include "proto/manifest.h"
 #include "proto/result.h"
 #include "proto/snapshot.h"
 
@@ -43,6 +45,10 @@ struct Approval {
   std::string partition;
   std::string candidate;
 };
+
+/// A cycle's message as recorded and shown (it may quote a parent's bytes): cut to this many
+/// bytes and escaped (proto::printable).
+inline constexpr std::size_t kMaxCycleMessageBytes = 2048;
 
 /// The outcome of the last cycle, for `status`.
 struct CycleRecord {
@@ -93,6 +99,17 @@ class StateStore {
       proto::ModeRule modes = proto::ModeRule::kAny) const;
   bool has_manifest(const proto::Digest& d) const;
   Status store_manifest(const proto::Digest& d, std::string_view bytes) const;
+  /// Where receive_manifest's caller sends the bytes, and what it calls when the parent sends
+  /// them again from the first byte.
+  using ManifestFetch =
+      std::function<Status(const std::function<Status(const char* data, std::size_t size)>& sink,
+                           const std::function<Status()>& restart)>;
+  /// Receives a manifest into the store as it arrives, never whole in memory: `fetch` streams it
+  /// into a temporary file beside the store's, hashed on the way and refused beyond `max_bytes`.
+  /// true: its SHA-256 is `d` and it is stored under that name; false: it is not, and nothing is
+  /// left behind (as on an error).
+  Result<bool> receive_manifest(const proto::Digest& d, const ManifestFetch& fetch,
+                                std::uint64_t max_bytes = proto::kMaxManifestBytes) const;
   /// Removes a stored manifest (of a candidate that was refused).
   void forget_manifest(const proto::Digest& d) const;
   /// Every manifest of a snapshot (shared when two partitions... never; one per partition).

@@ -70,9 +70,20 @@ Result<std::string> FileTransport::fetch_snapshot() {
   return read_small(root_ / ".tiersync/v1/snapshot", proto::kMaxEnvelopeBytes);
 }
 
-Result<std::string> FileTransport::fetch_manifest(const proto::Digest& digest) {
-  return read_small(root_ / ".tiersync/v1/manifests" / proto::to_hex(digest),
-                    proto::kMaxManifestBytes);
+Status FileTransport::fetch_manifest(const proto::Digest& digest, const Sink& sink,
+                                     const std::function<Status()>& /*restart*/) {
+  // Read once from the first byte: there is nothing to restart.
+  const std::string path = ".tiersync/v1/manifests/" + proto::to_hex(digest);
+  std::uint64_t total = 0;
+  auto st = fetch_file(path, proto::kMaxManifestBytes, [&](const char* data, std::size_t size) {
+    total += size;
+    if (total > proto::kMaxManifestBytes)
+      return Status(make_error("parent file://" + (root_ / path).string() +
+                               ": larger than the limit of " +
+                               std::to_string(proto::kMaxManifestBytes) + " bytes"));
+    return sink(data, size);
+  });
+  return st;
 }
 
 Status FileTransport::fetch_file(std::string_view path, std::uint64_t max_bytes, const Sink& sink) {
@@ -88,6 +99,7 @@ Status FileTransport::fetch_file(std::string_view path, std::uint64_t max_bytes,
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) return make_error(sys_error(file));
     if (n == 0) break;
+    if (stop_ && stop_->load()) return make_error("parent file://" + file.string() + ": stopped");
     total += static_cast<std::uint64_t>(n);
     if (auto st = sink(buf.data(), static_cast<std::size_t>(n)); !st) return st;
   }

@@ -30,6 +30,7 @@
 
 #include "proto/dsse.h"
 #include "proto/manifest.h"
+#include "proto/printable.h"
 
 namespace tiersync::transport {
 
@@ -48,6 +49,8 @@ namespace {
 constexpr auto kAsTuple = net::as_tuple(net::use_awaitable);
 
 constexpr std::size_t kReadChunk = 64 * 1024;
+// How often a raised stop flag is looked at: the longest a fetch runs on after SIGTERM.
+constexpr milliseconds kStopCheck{100};
 constexpr std::chrono::seconds kMaxPollWait{300};
 constexpr milliseconds kMaxBackoff{30'000};
 constexpr const char* kUserAgent = "tiersync";
@@ -128,6 +131,36 @@ struct Download {
   bool may_resume = true;       ///< false once the parent mishandled a Range
   unsigned status = 0;          ///< of the last response
   std::string etag;
+};
+
+/// The whole-transfer deadline of a body (TransportOptions::min_bytes_per_second): the bytes
+/// received must keep up with the minimum rate once the grace period is over. Time spent in our
+/// own rate limiter's pauses does not count against the parent.
+class RateFloor {
+ public:
+  RateFloor(std::uint64_t min_bytes_per_second, milliseconds grace)
+      : rate_(min_bytes_per_second), start_(Clock::now()), grace_(grace) {}
+
+  void received(std::size_t bytes) { bytes_ += bytes; }
+  void paused(Clock::duration d) { start_ += d; }
+  /// When the bytes received so far stop being enough; max() without a minimum rate.
+  Clock::time_point deadline() const {
+    if (rate_ == 0) return Clock::time_point::max();
+    const std::chrono::duration<double> earned(static_cast<double>(bytes_) /
+                                               static_cast<double>(rate_));
+    return start_ + grace_ + std::chrono::duration_cast<Clock::duration>(earned);
+  }
+  std::string describe() const {
+    const auto took = std::chrono::duration_cast<milliseconds>(Clock::now() - start_);
+    return "slower than the minimum rate of " + std::to_string(rate_) + " bytes/s (" +
+           std::to_string(bytes_) + " bytes in " + ms_text(took) + ")";
+  }
+
+ private:
+  std::uint64_t rate_;
+  Clock::time_point start_;
+  milliseconds grace_;
+  std::uint64_t bytes_ = 0;
 };
 
 /// A pooled connection; closed until first used, and again after any error.
@@ -290,7 +323,8 @@ struct HttpsTransport::Impl {
         options(o),
         tls(std::move(ctx)),
         pool(std::max(1u, o.connections)),
-        limiter(o.max_bytes_per_second) {}
+        limiter(o.max_bytes_per_second),
+        stop(o.stop) {}
 
   ~Impl() {
     for (auto& c : pool) c.close();
@@ -306,11 +340,26 @@ struct HttpsTransport::Impl {
     return d;
   }
 
-  /// Runs everything spawned on `io` to its end, on this thread.
+  /// Runs everything spawned on `io` to its end, on this thread. A raised stop flag closes every
+  /// connection, which cancels what waits on them; pauses look at `stopped` themselves.
   void run() {
     io.restart();
-    io.run();
+    stopped = false;
+    for (bool closed = false; !io.stopped();) {
+      io.run_for(kStopCheck);
+      if (!closed && stop_requested()) {
+        closed = true;
+        for (auto& c : pool)
+          if (c.is_open()) c.lowest().close();  // not c.close(): a coroutine still uses it
+      }
+    }
     if (failure) std::rethrow_exception(std::exchange(failure, nullptr));
+  }
+
+  /// True once the stop flag was seen raised during this run().
+  bool stop_requested() {
+    if (!stopped && stop && stop->load()) stopped = true;
+    return stopped;
   }
 
   void spawn(net::awaitable<void> task) {
@@ -353,9 +402,17 @@ struct HttpsTransport::Impl {
   net::awaitable<Status> fetch(Connection& c, Download& d) {
     bool stale_retried = false;
     for (unsigned attempt = 1;;) {
+      if (stop_requested()) {
+        c.close();
+        co_return make_error(d.url + ": stopped");
+      }
       d.status = 0;
       d.etag.clear();
       const Outcome o = co_await attempt_once(c, d);
+      if (stop_requested()) {
+        c.close();
+        co_return make_error(d.url + ": stopped");
+      }
       switch (o.kind) {
         case Outcome::kDone:
           co_return Status{};
@@ -393,10 +450,13 @@ struct HttpsTransport::Impl {
     return milliseconds(pick(rng));
   }
 
+  /// Waits until `when`, in slices, so that a raised stop flag ends the wait.
   net::awaitable<void> pause_until(Clock::time_point when) {
-    if (when <= Clock::now()) co_return;
-    net::steady_timer timer(io, when);
-    co_await timer.async_wait(kAsTuple);
+    net::steady_timer timer(io);
+    for (auto now = Clock::now(); now < when && !stop_requested(); now = Clock::now()) {
+      timer.expires_at(std::min(when, now + kStopCheck));
+      co_await timer.async_wait(kAsTuple);
+    }
   }
 
   net::awaitable<Outcome> attempt_once(Connection& c, Download& d) {
@@ -517,7 +577,7 @@ struct HttpsTransport::Impl {
         c.close();
         d.may_resume = false;
         co_return retry("the parent answered a resume at byte " + std::to_string(d.delivered) +
-                        " with Content-Range \"" + range + "\"");
+                        " with Content-Range \"" + proto::printable(range) + "\"");
       }
       offset = d.delivered;
     } else if (d.status == 416 && ranged) {
@@ -556,15 +616,32 @@ struct HttpsTransport::Impl {
     // headers' capacity, a body would come in ~500-byte reads (a million for 500 MB).
     if (c.buffer.capacity() < kReadChunk) c.buffer.reserve(kReadChunk);
     std::uint64_t position = offset;  // the file offset of the next byte read
+    RateFloor floor(options.min_bytes_per_second, options.min_rate_grace);
     while (!parser.is_done()) {
       const std::size_t want = static_cast<std::size_t>(
           std::min<std::uint64_t>(limiter.chunk(), d.max_bytes - position + 1));
       res.body().data = c.body.data();
       res.body().size = want;
-      c.lowest().expires_after(options.read_timeout);
+      // Silence is bounded by the read timeout, the whole body by the minimum rate.
+      const auto now = Clock::now();
+      const auto floor_deadline = floor.deadline();
+      const bool floor_bound = floor_deadline < now + options.read_timeout;
+      if (floor_deadline <= now) {
+        c.close();
+        co_return retry(floor.describe() + " after " + std::to_string(position) + " bytes");
+      }
+      if (floor_bound)
+        c.lowest().expires_at(floor_deadline);
+      else
+        c.lowest().expires_after(options.read_timeout);
       auto [ec, consumed] = co_await http::async_read_some(stream, c.buffer, parser, kAsTuple);
       if (ec == http::error::need_buffer) ec = {};
       const std::size_t got = want - res.body().size;
+      floor.received(got);
+      if (ec == beast::error::timeout && floor_bound) {
+        c.close();
+        co_return retry(floor.describe() + " after " + std::to_string(position + got) + " bytes");
+      }
       if (got > 0) {
         // Bytes before `delivered` are a repeat (a parent that ignored our Range) and dropped:
         // the receiver verifies the whole file, so skipping them is as safe as a resume.
@@ -591,7 +668,9 @@ struct HttpsTransport::Impl {
           }
           d.delivered += got - skip;
         }
+        const auto before_pause = Clock::now();
         co_await pause_until(limiter.book(got));
+        floor.paused(Clock::now() - before_pause);
       }
       if (!ec) continue;
       if (ec == ssl::error::stream_truncated && parser.need_eof()) {
@@ -622,8 +701,10 @@ struct HttpsTransport::Impl {
   RateLimiter limiter;
   std::mt19937_64 rng{std::random_device{}()};
   std::exception_ptr failure;
-  std::string snapshot_etag;   ///< of `snapshot_bytes`, for If-None-Match
-  std::string snapshot_bytes;  ///< the last snapshot fetched
+  const std::atomic<bool>* stop;  ///< TransportOptions::stop, or set_stop_flag's
+  bool stopped = false;           ///< the stop flag was seen raised during this run()
+  std::string snapshot_etag;      ///< of `snapshot_bytes`, for If-None-Match
+  std::string snapshot_bytes;     ///< the last snapshot fetched
 };
 
 // --- The public face --------------------------------------------------------------------------
@@ -715,13 +796,16 @@ PollResult HttpsTransport::poll_snapshot(std::uint64_t after_serial, std::chrono
   return std::optional<std::string>(std::move(body.bytes));
 }
 
-Result<std::string> HttpsTransport::fetch_manifest(const proto::Digest& digest) {
-  BodyCollector body;
+Status HttpsTransport::fetch_manifest(const proto::Digest& digest, const Sink& sink,
+                                      const std::function<Status()>& restart) {
   Download d = impl_->download(std::string(kManifestsPath) + proto::to_hex(digest),
-                               proto::kMaxManifestBytes, body.sink);
-  d.restart = &body.restart;
-  if (auto st = impl_->fetch_one(d); !st) return st.error();
-  return std::move(body.bytes);
+                               proto::kMaxManifestBytes, sink);
+  d.restart = &restart;
+  return impl_->fetch_one(d);
+}
+
+void HttpsTransport::set_stop_flag(const std::atomic<bool>* stop) {
+  impl_->stop = stop;
 }
 
 Result<std::string> HttpsTransport::fetch_status() {

@@ -43,13 +43,15 @@ class HttpsTransport final : public Transport {
   Result<std::string> fetch_snapshot() override;
   /// The long poll `?after=N&wait=S` (S at most 300).
   PollResult poll_snapshot(std::uint64_t after_serial, std::chrono::seconds wait) override;
-  Result<std::string> fetch_manifest(const proto::Digest& digest) override;
+  Status fetch_manifest(const proto::Digest& digest, const Sink& sink,
+                        const std::function<Status()>& restart) override;
   Status fetch_file(std::string_view path, std::uint64_t max_bytes, const Sink& sink) override;
   /// GET .tiersync/v1/status (at most 64 KiB).
   Result<std::string> fetch_status() override;
   /// Up to `connections` files at once, one per pooled connection.
   Status fetch_files(std::span<FileRequest> requests) override;
   std::string describe() const override;
+  void set_stop_flag(const std::atomic<bool>* stop) override;
 
  private:
   struct Impl;

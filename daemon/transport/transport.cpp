@@ -46,7 +46,7 @@ Result<std::unique_ptr<Transport>> make_transport(const std::string& url,
       return make_error("upstream.url \"" + url + "\": a file:// URL needs an absolute path");
     auto path = percent_decode(rest);
     if (!path) return make_error("upstream.url \"" + url + "\": malformed percent-escape");
-    return std::unique_ptr<Transport>(std::make_unique<FileTransport>(*path));
+    return std::unique_ptr<Transport>(std::make_unique<FileTransport>(*path, options.stop));
   }
   if (url.starts_with("https://") || url.starts_with("http://")) {
     auto https = HttpsTransport::create(url, options);

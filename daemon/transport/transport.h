@@ -2,6 +2,7 @@
 /// Where a parent's bytes come from: an interface, with file://, https:// and http:// behind it.
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
@@ -50,8 +51,11 @@ class Transport {
     if (!bytes) return bytes.error();
     return std::optional<std::string>(std::move(*bytes));
   }
-  /// The bytes of a manifest (not yet checked against `digest`).
-  virtual Result<std::string> fetch_manifest(const proto::Digest& digest) = 0;
+  /// Streams the manifest named `digest` into `sink` (not checked against `digest`: the receiver
+  /// hashes what arrives), at most proto::kMaxManifestBytes. `restart` is called when the parent
+  /// sends it again from its first byte after the sink got some.
+  virtual Status fetch_manifest(const proto::Digest& digest, const Sink& sink,
+                                const std::function<Status()>& restart) = 0;
   /// Streams the file at `path` (a validated tree path) into `sink`; stops at `max_bytes` + 1.
   virtual Status fetch_file(std::string_view path, std::uint64_t max_bytes, const Sink& sink) = 0;
   /// Fetches a batch, concurrently where the transport can; sets each request's `result`. After
@@ -79,6 +83,10 @@ class Transport {
   }
   /// The parent, for messages.
   virtual std::string describe() const = 0;
+  /// A flag that, once raised, ends whatever fetch is running within a fraction of a second
+  /// (with an error saying so) and refuses new ones; replaces TransportOptions::stop. The flag
+  /// must outlive the transport or be replaced first.
+  virtual void set_stop_flag(const std::atomic<bool>* /*stop*/) {}
 };
 
 /// How to reach an HTTP(S) parent (SPEC section 7, `upstream`); file:// ignores it.
@@ -90,6 +98,13 @@ struct TransportOptions {
   std::uint64_t max_bytes_per_second = 0;             ///< across the pool; 0: unlimited
   unsigned max_attempts = 4;                          ///< per request, for transient failures
   std::chrono::milliseconds retry_base_delay{200};    ///< doubled per attempt, with jitter
+  /// A response body must arrive at this average rate at least, after the grace below: a body of
+  /// N bytes fails after grace + N / min_bytes_per_second, however the parent spreads it (the
+  /// read timeout alone restarts with every byte). 0: no minimum.
+  std::uint64_t min_bytes_per_second = 1024;
+  std::chrono::milliseconds min_rate_grace{30'000};
+  /// Raised: every fetch ends within about 100 ms with an error (SIGTERM). May be null.
+  const std::atomic<bool>* stop = nullptr;
 };
 
 /// A transport for `url`: file:///path/to/parent/tree, https://host[:port]/prefix/ or http://...

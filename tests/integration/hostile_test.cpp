@@ -306,6 +306,22 @@ const std::vector<HostileCase>& cases() {
          c.offer.patch_envelope = [](proto::Envelope& e) { e.signatures.clear(); };
          c.expect = {{"signature", "signed", "threshold"}};
        }},
+      {"ValidEnvelopePaddedBeyond64Signatures",
+       [](HostileContext& c) {
+         // The origin's signature is there and valid; 64 more are junk. Refused whole: a relay
+         // re-serves what it accepts byte for byte.
+         c.offer.patch_envelope = [](proto::Envelope& e) {
+           for (int i = 0; i < 64; ++i) e.signatures.push_back({"", std::string(64, 'j')});
+         };
+         c.expect = {{"65 signatures"}};
+       }},
+      {"KeyidLongerThan64Bytes",
+       [](HostileContext& c) {
+         c.offer.patch_envelope = [](proto::Envelope& e) {
+           e.signatures.push_back({std::string(65, 'f'), std::string(64, 'j')});
+         };
+         c.expect = {{"keyid"}};
+       }},
       {"GarbageSnapshot",
        [](HostileContext& c) {
          c.offer.raw_envelope = "{\"payloadType\": \"application/vnd.tiersync.snap";
@@ -556,6 +572,28 @@ TEST_F(HostileParentTest, SameSerialWithOtherContentIsANoop) {
   EXPECT_EQ(diff_listings(before.tree, after.tree), "");
   EXPECT_EQ(diff_listings(before.state, after.state), "");
   EXPECT_EQ(mirror_.status().value("serial", json()), kGoodSerial);
+}
+
+TEST_F(HostileParentTest, AnEightMebibyteKeyidStaysOutOfStateAndStatus) {
+  ASSERT_NO_FATAL_FAILURE(sync_good());
+  Offer o = Offer::of(next_, kHostileSerial, *key_);
+  o.patch_envelope = [](proto::Envelope& e) {
+    e.signatures.push_back({std::string(8u << 20, 'k') + "\n\x1b[2J", std::string(64, 'j')});
+  };
+  parent_->publish(o);
+  const World before = world();
+
+  RunResult r = mirror_.once();
+  ASSERT_FALSE(r.timed_out);
+  EXPECT_TRUE(r.exited(1)) << r.describe().substr(0, 4096);
+  EXPECT_TRUE(StderrNames(r, {{"keyid"}, {"8388613 bytes"}})) << r.err.substr(0, 4096);
+  EXPECT_LT(r.err.size(), 16u * 1024);
+  EXPECT_EQ(r.err.find('\x1b'), std::string::npos);
+  EXPECT_LT(fs::file_size(mirror_.state() / "cycle.json"), 16u * 1024);
+  const json st = mirror_.status();
+  EXPECT_LT(st.dump().size(), 16u * 1024);
+  EXPECT_EQ(st.value("serial", json()), kGoodSerial);
+  EXPECT_EQ(diff_listings(before.tree, world().tree), "");
 }
 
 class HostileCaseTest : public HostileParentTest,

@@ -56,7 +56,8 @@ json tier1() {
     "tree": "/srv/mirror/alpine",
     "state_dir": "/var/lib/tiersync",
     "upstream": {"url": "https://dl-master.example.org:8443/", "ca_file": "/etc/tiersync/ca.pem",
-                 "connections": 16, "poll_seconds": 60, "max_bytes_per_second": 1000000},
+                 "connections": 16, "poll_seconds": 60, "max_bytes_per_second": 1000000,
+                 "min_bytes_per_second": 4096},
     "trusted_keys": ["/etc/tiersync/origin.pub", "/etc/tiersync/origin2.pub"],
     "threshold": 2,
     "guard": {"max_delete_ratio": 0.2, "min_files": 10, "trust_upstream_approvals": false,
@@ -153,6 +154,7 @@ TEST(ParseConfig, Tier1) {
   EXPECT_EQ(c.upstream.connections, 16u);
   EXPECT_EQ(c.upstream.poll_seconds, 60u);
   EXPECT_EQ(c.upstream.max_bytes_per_second, 1000000u);
+  EXPECT_EQ(c.upstream.min_bytes_per_second, 4096u);
   EXPECT_EQ(c.trusted_keys,
             (std::vector<fs::path>{"/etc/tiersync/origin.pub", "/etc/tiersync/origin2.pub"}));
   EXPECT_EQ(c.threshold, 2u);
@@ -179,6 +181,7 @@ TEST(ParseConfig, MirrorDefaults) {
   EXPECT_EQ(c.upstream.connections, 8u);
   EXPECT_EQ(c.upstream.poll_seconds, 300u);
   EXPECT_EQ(c.upstream.max_bytes_per_second, 0u);
+  EXPECT_EQ(c.upstream.min_bytes_per_second, 1024u);
   EXPECT_EQ(c.threshold, 1u);
   EXPECT_TRUE(c.listen.empty());  // a mirror may listen, need not
   EXPECT_EQ(c.control_socket, "/var/lib/tiersync/control.sock");
@@ -370,6 +373,7 @@ TEST(ParseConfigError, ValueOutOfRange) {
       {"/upstream/connections", 65},
       {"/upstream/poll_seconds", 0},
       {"/upstream/max_bytes_per_second", -1},
+      {"/upstream/min_bytes_per_second", -1},
       {"/threshold", 0},
       {"/listen/0/port", 65536},
       {"/listen/0/port", -1},

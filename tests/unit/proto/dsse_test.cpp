@@ -7,6 +7,7 @@
 #include <string>
 
 #include "proto/digest.h"
+#include "proto/snapshot.h"
 
 namespace tiersync::proto {
 namespace {
@@ -248,6 +249,78 @@ TEST(DsseDecode, UnknownFieldsIgnored) {
       R"({"payloadType":"t","payload":"aGk=","signatures":[{"sig":"","x":1}],"future":{"a":[1]}})");
   ASSERT_TRUE(env) << env.message();
   EXPECT_EQ(env->payload, "hi");
+}
+
+TEST(DsseDecode, MoreSignaturesThanTrustedKeysMayBeRefused) {
+  json doc = {{"payloadType", "t"}, {"payload", ""}, {"signatures", json::array()}};
+  for (std::size_t i = 0; i <= kMaxSignatures; ++i)
+    doc["signatures"].push_back({{"keyid", ""}, {"sig", ""}});
+  EXPECT_EQ(decode_error(doc.dump()), "envelope: 65 signatures, more than 64");
+  doc["signatures"].erase(kMaxSignatures);
+  EXPECT_TRUE(decode_envelope(doc.dump()));
+}
+
+TEST(DsseDecode, ALongKeyidIsRefusedAndQuotedCutShort) {
+  const std::string keyid(8u << 20, 'k');
+  json doc = {{"payloadType", "t"},
+              {"payload", ""},
+              {"signatures", {{{"keyid", std::string(64, 'a')}, {"sig", ""}}}}};
+  EXPECT_TRUE(decode_envelope(doc.dump()));
+  doc["signatures"].push_back({{"keyid", keyid + "\n\x1b"}, {"sig", ""}});
+  const std::string message = decode_error(doc.dump());
+  EXPECT_EQ(message, "envelope: signatures[1].keyid is longer than 64 bytes (\"" +
+                         std::string(200, 'k') + "...(8388610 bytes)\")");
+}
+
+TEST_F(DsseTest, AForgedEnvelopeCostsAtMostTwoChecksPerTrustedKey) {
+  std::vector<PublicKey> trusted;
+  for (int i = 0; i < 8; ++i) trusted.push_back(new_key().public_key());
+  // The most signatures an envelope may hold, none valid: half name a trusted key, half none.
+  Envelope env{std::string(kSnapshotPayloadType), std::string(kPayload), {}};
+  for (std::size_t i = 0; i < kMaxSignatures; ++i)
+    env.signatures.push_back(
+        {i % 2 ? trusted[i % trusted.size()].keyid() : "", std::string(64, static_cast<char>(i))});
+  const auto before = PublicKey::verifications();
+  const auto r = verify_envelope(env, trusted, 1, kSnapshotPayloadType);
+  const auto checks = PublicKey::verifications() - before;
+  ASSERT_FALSE(r);
+  // Not 64 signatures x 8 keys = 512 checks of the whole payload.
+  EXPECT_EQ(checks, kVerifyBudgetPerKey * trusted.size());
+  EXPECT_TRUE(r.message().ends_with(" and 56 more); gave up after 16 signature checks"))
+      << r.message();
+}
+
+TEST_F(DsseTest, AnHonestEnvelopeCostsOneCheckPerSignatureNeeded) {
+  std::vector<PublicKey> trusted = {b_.public_key(), a_.public_key()};
+  for (int i = 0; i < 62; ++i) trusted.push_back(new_key().public_key());
+  const Envelope env = sign_envelope(kSnapshotPayloadType, kPayload, {c_, a_, b_});
+  const auto before = PublicKey::verifications();
+  EXPECT_TRUE(verify_envelope(env, trusted, 2, kSnapshotPayloadType));
+  EXPECT_EQ(PublicKey::verifications() - before, 2u);  // c_ names no trusted key: not tried
+}
+
+TEST_F(DsseTest, TheBytesAreVerifiedBeforeThePayloadIsParsed) {
+  // A payload that would be expensive to parse, signed by a key the verifier does not trust.
+  const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+  const std::string forged = encode_envelope(sign_envelope(kSnapshotPayloadType, deep, {c_}));
+  const auto r = verify_snapshot(forged, {a_.public_key()}, 1);
+  ASSERT_FALSE(r);
+  EXPECT_TRUE(r.message().starts_with("snapshot signature: 0 of 1 ")) << r.message();
+  const auto payload = verify_envelope(forged, {c_.public_key()}, 1, kSnapshotPayloadType);
+  ASSERT_TRUE(payload) << payload.message();
+  EXPECT_EQ(*payload, deep);
+  // Signed by a trusted key, it is parsed, and refused as a snapshot.
+  const auto parsed = verify_snapshot(forged, {c_.public_key()}, 1);
+  ASSERT_FALSE(parsed);
+  EXPECT_TRUE(parsed.message().starts_with("snapshot: ")) << parsed.message();
+  EXPECT_EQ(verify_snapshot("[]", {c_.public_key()}, 1).message(), "envelope: not a JSON object");
+}
+
+TEST_F(DsseTest, AHostilePayloadTypeIsQuotedCutShort) {
+  const Envelope env = sign_envelope(std::string(1u << 20, 'x') + "\n", kPayload, {a_});
+  const auto r = verify_envelope(env, {a_.public_key()}, 1, kSnapshotPayloadType);
+  ASSERT_FALSE(r);
+  EXPECT_LT(r.message().size(), 400u) << r.message().substr(0, 400);
 }
 
 }  // namespace

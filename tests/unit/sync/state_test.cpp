@@ -226,6 +226,98 @@ TEST_F(StateTest, ManifestStore) {
   EXPECT_EQ((*m)->entries[0].path(), "edge/main/x86_64/a.apk");
 }
 
+/// A fetch for receive_manifest that sends `bytes` in chunks of `chunk`, `restarts` times from
+/// the first byte after half of them, and counts the largest chunk it handed over.
+StateStore::ManifestFetch sender(const std::string& bytes, std::size_t chunk, int restarts = 0) {
+  return [=](const auto& sink, const auto& restart) -> Status {
+    for (int r = 0; r < restarts; ++r) {
+      if (auto st = sink(bytes.data(), bytes.size() / 2); !st) return st;
+      if (auto st = restart(); !st) return st;
+    }
+    for (std::size_t at = 0; at < bytes.size(); at += chunk)
+      if (auto st = sink(bytes.data() + at, std::min(chunk, bytes.size() - at)); !st) return st;
+    return {};
+  };
+}
+
+std::vector<std::string> store_names(const fs::path& dir) {
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(dir)) names.push_back(e.path().filename().string());
+  return names;
+}
+
+TEST_F(StateTest, ReceiveManifestStoresWhatMatchesItsName) {
+  const std::string bytes = manifest_bytes();
+  const proto::Digest d = proto::sha256(bytes);
+  auto got = store_->receive_manifest(d, sender(bytes, 7, /*restarts=*/2));
+  ASSERT_TRUE(got) << got.message();
+  EXPECT_TRUE(*got);
+  EXPECT_TRUE(store_->has_manifest(d));
+  EXPECT_EQ(store_names(dir_ / "state/manifests"), std::vector<std::string>{proto::to_hex(d)});
+  auto m = store_->load_manifest(d, "edge/main/x86_64", 3);
+  ASSERT_TRUE(m) << m.message();
+  EXPECT_EQ((*m)->entries.size(), 1u);
+}
+
+TEST_F(StateTest, ReceiveManifestLeavesNothingOfWhatDoesNotMatch) {
+  const std::string bytes = manifest_bytes();
+  const proto::Digest other = proto::sha256("something else");
+  auto got = store_->receive_manifest(other, sender(bytes, 5));
+  ASSERT_TRUE(got) << got.message();
+  EXPECT_FALSE(*got);
+  EXPECT_FALSE(store_->has_manifest(other));
+  EXPECT_TRUE(store_names(dir_ / "state/manifests").empty());
+
+  // A failed fetch leaves nothing either, and its error comes back as it is.
+  auto failed = store_->receive_manifest(other, [](const auto& sink, const auto&) -> Status {
+    if (auto st = sink("{", 1); !st) return st;
+    return make_error("the parent went away");
+  });
+  ASSERT_FALSE(failed);
+  EXPECT_EQ(failed.message(), "the parent went away");
+  EXPECT_TRUE(store_names(dir_ / "state/manifests").empty());
+}
+
+TEST_F(StateTest, ReceiveManifestStopsAtTheSizeLimit) {
+  // 1 KiB at a time up to a limit of 64 KiB and one byte more: refused by the sink at that byte.
+  const std::string kibibyte(1024, ' ');
+  std::uint64_t offered = 0;
+  auto got = store_->receive_manifest(
+      proto::sha256("x"),
+      [&](const auto& sink, const auto&) {
+        for (int i = 0; i < 64; ++i) {
+          if (auto st = sink(kibibyte.data(), kibibyte.size()); !st) return st;
+          offered += kibibyte.size();
+        }
+        return sink(" ", 1);
+      },
+      64 * 1024);
+  ASSERT_FALSE(got);
+  EXPECT_EQ(offered, 64u * 1024);
+  EXPECT_EQ(got.message(), "manifest " + proto::to_hex(proto::sha256("x")) +
+                               ": larger than the limit of 65536 bytes");
+  EXPECT_TRUE(store_names(dir_ / "state/manifests").empty());
+}
+
+TEST_F(StateTest, ACycleRecordQuotingHostileBytesStaysSmall) {
+  CycleRecord r;
+  r.result = "failed";
+  r.message = "snapshot refused: keyid " + std::string(8u << 20, 'k') + "\n\x1b[2J";
+  r.parent_chain = {std::string(1u << 20, 'p'), "tier1\n"};
+  ASSERT_TRUE(store_->save_cycle(r));
+  EXPECT_LT(fs::file_size(dir_ / "state/cycle.json"), 16u * 1024);
+  const CycleRecord back = store_->load_cycle();
+  EXPECT_LE(back.message.size(), kMaxCycleMessageBytes + 32);
+  EXPECT_TRUE(back.message.ends_with("...(8388637 bytes)")) << back.message.substr(2000);
+  ASSERT_EQ(back.parent_chain.size(), 2u);
+  EXPECT_EQ(back.parent_chain[1], "tier1\\x0a");
+
+  // A file an older version wrote whole is cut short when read.
+  write_file(dir_ / "state/cycle.json",
+             "{\"result\":\"failed\",\"message\":\"" + std::string(8u << 20, 'k') + "\"}");
+  EXPECT_LT(store_->load_cycle().message.size(), 16u * 1024);
+}
+
 TEST_F(StateTest, LoadManifestRefusesBytesThatDoNotMatchTheName) {
   const std::string bytes = manifest_bytes();
   const proto::Digest d = proto::sha256(bytes);

@@ -115,6 +115,7 @@ struct Faults {
   bool close_after_response = false;  ///< close kept-alive connections without saying so
   int fail_503 = 0;                   ///< this many responses are 503
   std::chrono::milliseconds hold{0};  ///< wait before answering
+  std::chrono::milliseconds trickle{0};  ///< send the body one byte at a time, this far apart
 };
 
 /// A small HTTP/1.1 server (Envoy's fake upstream, in miniature) on 127.0.0.1 and port 0: serves
@@ -355,6 +356,13 @@ class TestServer {
       cut = true;
     }
     if (faults_.stall) limit = std::min<std::uint64_t>(limit, faults_.stall_after);
+    if (faults_.trickle.count() > 0) {
+      // Never silent for long, so a read timeout alone never fires.
+      for (std::uint64_t sent = 0; sent < limit; ++sent)
+        if (!c.write(std::string_view(body).substr(sent, 1)) || stopping_sleep(faults_.trickle))
+          return false;
+      return !cut && !faults_.close_delimited && !faults_.close_after_response;
+    }
     for (std::uint64_t sent = 0; sent < limit;) {
       const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(16384, limit - sent));
       if (!c.write(std::string_view(body).substr(sent, n))) return false;
@@ -462,9 +470,19 @@ TEST_F(HttpsTransportTest, FetchesSnapshotManifestAndFileWithTheRightCa) {
   auto snap = t->fetch_snapshot();
   ASSERT_TRUE(snap) << snap.message();
   EXPECT_EQ(*snap, snapshot_);
-  auto manifest = t->fetch_manifest(proto::sha256(manifest_));
-  ASSERT_TRUE(manifest) << manifest.message();
-  EXPECT_EQ(*manifest, manifest_);
+  std::string manifest;
+  auto got = t->fetch_manifest(
+      proto::sha256(manifest_),
+      [&](const char* data, std::size_t size) {
+        manifest.append(data, size);
+        return Status{};
+      },
+      [&] {
+        manifest.clear();
+        return Status{};
+      });
+  ASSERT_TRUE(got) << got.message();
+  EXPECT_EQ(manifest, manifest_);
   auto file = fetch(*t, "edge/main/x86_64/big.apk", big_.size());
   ASSERT_TRUE(file) << file.message();
   EXPECT_TRUE(*file == big_);
@@ -677,6 +695,81 @@ TEST_F(HttpsTransportTest, AStalledBodyTimesOut) {
                                 "700 ms) after 50000 bytes");
   EXPECT_GE(elapsed, 600ms);
   EXPECT_LT(elapsed, 4s);
+}
+
+TEST_F(HttpsTransportTest, ATricklingParentFailsAtTheMinimumRate) {
+  // A byte every 20 ms: never silent long enough for the read timeout (5 s here).
+  auto server = serve({.trickle = 20ms});
+  TransportOptions o = options();
+  o.max_attempts = 1;
+  o.min_bytes_per_second = 1000;
+  o.min_rate_grace = 200ms;
+  auto t = connect(server->url(), o);
+  ASSERT_TRUE(t);
+  std::uint64_t received = 0;
+  auto st =
+      t->fetch_file("edge/main/x86_64/big.apk", big_.size(), [&](const char*, std::size_t size) {
+        received += size;
+        return Status{};
+      });
+  ASSERT_FALSE(st);
+  EXPECT_TRUE(Contains(st.message(), server->url() + "edge/main/x86_64/big.apk: slower than the " +
+                                         "minimum rate of 1000 bytes/s ("));
+  // Far from the 300,000 bytes it would have taken 100 minutes to trickle.
+  EXPECT_LT(received, 10'000u);
+}
+
+TEST_F(HttpsTransportTest, AStopFlagEndsATrickle) {
+  auto server = serve({.trickle = 20ms});
+  std::atomic<bool> stop{false};
+  TransportOptions o = options();
+  o.min_bytes_per_second = 0;  // only the flag can end it
+  o.stop = &stop;
+  auto t = connect(server->url(), o);
+  ASSERT_TRUE(t);
+  std::uint64_t received = 0;
+  auto st =
+      t->fetch_file("edge/main/x86_64/big.apk", big_.size(), [&](const char*, std::size_t size) {
+        received += size;
+        if (received >= 10) stop = true;
+        return Status{};
+      });
+  ASSERT_FALSE(st);
+  EXPECT_EQ(st.message(), server->url() + "edge/main/x86_64/big.apk: stopped");
+  EXPECT_LT(received, 10'000u);
+  // Still raised: nothing more is asked of the parent.
+  const int requests = server->requests;
+  auto snap = t->fetch_snapshot();
+  ASSERT_FALSE(snap);
+  EXPECT_EQ(snap.message(), server->url() + ".tiersync/v1/snapshot: stopped");
+  EXPECT_EQ(server->requests, requests);
+}
+
+TEST_F(HttpsTransportTest, AStopFlagEndsAManifestFetchWaitingForItsAnswer) {
+  // The parent holds the answer for 5 s; the flag, raised by another thread once the request has
+  // arrived, ends the wait (set_stop_flag replaces the options' flag).
+  auto server = serve({.hold = 5s});
+  std::atomic<bool> stop{false};
+  auto t = connect(server->url(), options());
+  ASSERT_TRUE(t);
+  t->set_stop_flag(&stop);
+  std::thread raiser([&] {
+    for (int i = 0; i < 1000 && server->requests == 0; ++i) std::this_thread::sleep_for(10ms);
+    stop = true;
+  });
+  std::string manifest;
+  auto st = t->fetch_manifest(
+      proto::sha256(manifest_),
+      [&](const char* data, std::size_t size) {
+        manifest.append(data, size);
+        return Status{};
+      },
+      [] { return Status{}; });
+  raiser.join();
+  ASSERT_FALSE(st);
+  EXPECT_EQ(st.message(), server->url() + ".tiersync/v1/manifests/" +
+                              proto::to_hex(proto::sha256(manifest_)) + ": stopped");
+  EXPECT_EQ(manifest, "");
 }
 
 TEST_F(HttpsTransportTest, RetriesA503ThenSucceeds) {
