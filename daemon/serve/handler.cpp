@@ -394,8 +394,7 @@ std::shared_ptr<sync::UniqueFd> DirCache::folder(const std::string& dir) {
     const std::string name = slash == std::string::npos ? dir : dir.substr(slash + 1);
     auto up = folder(parent);
     if (!up->valid()) return up;
-    *fd = sync::UniqueFd(
-        ::openat(up->get(), name.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW));
+    *fd = sync::open_dir_beneath(up->get(), name);  // the engine's walk, one step of it
   }
   if (!fd->valid()) return fd;  // not cached: it may appear with the next apply
   const int saved = errno;

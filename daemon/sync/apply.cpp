@@ -92,17 +92,45 @@ std::string mismatch(const Entry& e, std::uint64_t got_size, const proto::Digest
          proto::to_hex(got) + ")";
 }
 
+// Opens the regular file `rel` of the tree, never through a symlink (docs/crash-safety.md: a
+// folder that became a symlink is not entered).
+Result<UniqueFd> open_tree_file(const TreeFs& tree, std::string_view rel) {
+  UniqueFd fd = tree.open_file(rel, O_RDONLY);
+  if (!fd.valid()) return make_error(errno_message(tree.root() / rel, errno));
+  struct stat st;
+  if (::fstat(fd.get(), &st) != 0) return make_error(errno_message(tree.root() / rel, errno));
+  if (!S_ISREG(st.st_mode)) return make_error((tree.root() / rel).string() + ": not a file");
+  return fd;
+}
+
+// The SHA-256 of the tree's file `rel` (reached without following a symlink).
+Result<proto::Digest> hash_tree_file(const TreeFs& tree, std::string_view rel) {
+  auto fd = open_tree_file(tree, rel);
+  if (!fd) return fd.error();
+  proto::Sha256 h;
+  auto st = stream_fd(fd->get(), tree.root() / rel, [&](const char* data, std::size_t size) {
+    h.update(data, size);
+    return Status{};
+  });
+  if (!st) return st.error();
+  return h.finish();
+}
+
 // Copies a local file whose content an entry needs, hashing it on the way: a tree file may have
 // rotted or been edited since it was verified.
-Status copy_verified(const fs::path& src, int out_fd, const fs::path& out_path, const Entry& e) {
+Status copy_verified(const TreeFs& tree, std::string_view src, int out_fd, const fs::path& out_path,
+                     const Entry& e) {
+  auto in = open_tree_file(tree, src);
+  if (!in) return in.error();
   proto::Sha256 hasher;
   std::uint64_t got = 0;
-  auto st = stream_file(src, [&](const char* data, std::size_t size) -> Status {
-    got += size;
-    if (got > e.size) return make_error(src.string() + ": larger than expected");
-    hasher.update(data, size);
-    return write_all(out_fd, data, size, out_path);
-  });
+  auto st =
+      stream_fd(in->get(), tree.root() / src, [&](const char* data, std::size_t size) -> Status {
+        got += size;
+        if (got > e.size) return make_error(std::string(src) + ": larger than expected");
+        hasher.update(data, size);
+        return write_all(out_fd, data, size, out_path);
+      });
   if (!st) return st;
   proto::Digest d = hasher.finish();
   if (got != e.size || d != e.sha256) return make_error(mismatch(e, got, d));
@@ -113,7 +141,9 @@ Status copy_verified(const fs::path& src, int out_fd, const fs::path& out_path, 
 
 Status Applier::stage(const Plan& plan, ApplyStats& stats) {
   auto& actions = actions_;
-  const fs::path tree = state_.tree();
+  auto opened = TreeFs::open(state_.tree());
+  if (!opened) return opened.error();
+  const TreeFs& tree = *opened;
   const fs::path files = state_.staging_dir() / "files";
   if (auto st = make_dirs(files); !st) return st;
   if (auto st = make_dirs(state_.staging_dir() / "links"); !st) return st;
@@ -132,7 +162,7 @@ Status Applier::stage(const Plan& plan, ApplyStats& stats) {
     }
     for (const Entry* e : p.retouch) {
       struct stat st;
-      auto exists = lstat_path(tree / std::string(e->path()), st);
+      auto exists = tree.lstat(e->path(), st);
       if (!exists) return exists.error();
       if (*exists && S_ISREG(st.st_mode) && static_cast<std::uint64_t>(st.st_size) == e->size) {
         actions[e] = Action::kRetouch;
@@ -227,7 +257,6 @@ Status Applier::stage(const Plan& plan, ApplyStats& stats) {
   for (const auto& [name, e] : order) {
     if (stopping()) return stopped;
     const fs::path dest = files / name;
-    const fs::path final_path = tree / std::string(e->path());
     if (leftovers.count(name)) {
       struct stat st;
       const bool partial = ::lstat(dest.c_str(), &st) == 0 && S_ISREG(st.st_mode) &&
@@ -264,9 +293,12 @@ Status Applier::stage(const Plan& plan, ApplyStats& stats) {
       ::unlink(dest.c_str());
     }
     // Already in place (a killed run installed it, or the tree came from rsync): check by hash.
+    // Never through a symlink: a folder that became one (or the reverse) holds other files.
     struct stat st;
-    if (::lstat(final_path.c_str(), &st) == 0 && matches_entry(st, *e)) {
-      auto d = hash_file(final_path);
+    auto here = tree.lstat(e->path(), st);
+    if (!here) return here.error();
+    if (*here && matches_entry(st, *e)) {
+      auto d = hash_tree_file(tree, e->path());
       if (d && *d == e->sha256) {
         actions[e] = Action::kInPlace;
         ++stats.reused_files;
@@ -284,8 +316,8 @@ Status Applier::stage(const Plan& plan, ApplyStats& stats) {
       if (!fd.valid()) return make_error(errno_message(dest, errno));
       bool copied = false;
       if (auto it = local.find(e->sha256); it != local.end()) {
-        const fs::path src = tree / *it->second;
-        copied = copy_verified(src, fd.get(), dest, *e) && set_metadata(fd.get(), *e, dest);
+        copied = copy_verified(tree, *it->second, fd.get(), dest, *e) &&
+                 set_metadata(fd.get(), *e, dest);
         // The local copy is gone or damaged: fetch the bytes instead.
         if (!copied && (::ftruncate(fd.get(), 0) != 0 || ::lseek(fd.get(), 0, SEEK_SET) != 0))
           return make_error(errno_message(dest, errno));
@@ -306,34 +338,48 @@ Status Applier::stage(const Plan& plan, ApplyStats& stats) {
 
 Status Applier::install(const Plan& plan) {
   auto& actions = actions_;
-  const fs::path tree = state_.tree();
+  auto opened = TreeFs::open(state_.tree());
+  if (!opened) return opened.error();
+  const TreeFs& tree = *opened;
   const std::string root(proto::kRootPartition);
   std::unordered_set<std::string> made_dirs;
 
+  // Every step below resolves its folder from the tree's descriptor without following a symlink
+  // (docs/crash-safety.md, "Type changes"): a path whose folder became a symlink is never entered.
   auto install_one = [&](const Entry& e) -> Status {
     auto it = actions.find(&e);
     if (it == actions.end() || it->second == Action::kInPlace) return {};
     std::string_view path = e.path();
-    const fs::path final_path = tree / std::string(path);
     std::size_t slash = path.rfind('/');
     if (slash != std::string_view::npos) {
       std::string dir(path.substr(0, slash));
       if (!made_dirs.count(dir)) {
-        if (auto st = make_dirs_below(tree, dir, /*replace_blockers=*/true); !st) return st;
+        // A file or symlink standing where the candidate has a folder is an applied entry that
+        // the candidate removes: it goes now (its deletion later finds it gone).
+        auto made = tree.make_dirs(dir, /*replace_blockers=*/true, crash_point);
+        if (!made) return made.error();
         made_dirs.insert(dir);
       }
     }
     if (it->second == Action::kRetouch) {
       crash_point();
-      UniqueFd fd(::open(final_path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
-      if (!fd.valid()) return make_error(errno_message(final_path, errno));
-      return set_metadata(fd.get(), e, final_path);
+      auto fd = open_tree_file(tree, path);
+      if (!fd) return fd.error();
+      return set_metadata(fd->get(), e, tree.root() / path);
     }
-    // A folder standing where the candidate has a file holds only entries being removed.
+    // A folder standing where the candidate has a file holds only entries being removed (the
+    // candidate has nothing below a file): they go now, never followed through a symlink.
     struct stat st;
-    if (::lstat(final_path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
+    auto here = tree.lstat(path, st);
+    if (!here) return here.error();
+    if (*here && S_ISDIR(st.st_mode)) {
       crash_point();
-      if (auto rm = remove_tree(final_path); !rm) return rm;
+      if (auto rm = tree.remove_tree(path); !rm) return rm;
+      // Folders made in this pass may have been below it (not in a valid candidate; kept exact).
+      std::erase_if(made_dirs, [&](const std::string& d) {
+        return d.size() > path.size() && d.compare(0, path.size(), path) == 0 &&
+               d[path.size()] == '/';
+      });
     }
     fs::path from;
     if (it->second == Action::kSymlink) {
@@ -346,9 +392,7 @@ Status Applier::install(const Plan& plan) {
       from = state_.staging_dir() / "files" / staged_name(e);
     }
     crash_point();
-    if (::rename(from.c_str(), final_path.c_str()) != 0)
-      return make_error("installing " + final_path.string() + ": " + errno_message(from, errno));
-    return {};
+    return tree.rename_into(from, path);
   };
 
   // Other files, then index files, of every partition; then the root partition likewise.
@@ -391,17 +435,21 @@ Status Applier::commit(const ApplyRequest& req) {
 
 Status Applier::finish(const proto::Snapshot& candidate, const Plan& plan,
                        const std::optional<proto::Snapshot>& previous, ApplyStats& stats) {
-  const fs::path tree = state_.tree();
+  auto opened = TreeFs::open(state_.tree());
+  if (!opened) return opened.error();
+  const TreeFs& tree = *opened;
   std::set<std::string, std::greater<>> parents;  // deepest first
   for (const auto& p : plan.partitions) {
     for (const auto& path : p.deletes) {
-      const fs::path file = tree / path;
+      // Never through a symlink: below a folder that became a symlink (or a file) the old entry
+      // is already gone, and the name now leads elsewhere. A folder standing there holds the
+      // candidate's entries.
       struct stat st;
-      // A folder may stand there now, holding the candidate's entries.
-      if (::lstat(file.c_str(), &st) == 0 && !S_ISDIR(st.st_mode)) {
+      auto here = tree.lstat(path, st);
+      if (!here) return here.error();
+      if (*here && !S_ISDIR(st.st_mode)) {
         crash_point();
-        if (::unlink(file.c_str()) != 0 && errno != ENOENT)
-          return make_error(errno_message(file, errno));
+        if (auto gone = tree.unlink(path); !gone) return gone.error();
       }
       ++stats.deleted;
       for (std::size_t slash = path.rfind('/'); slash != std::string::npos && slash > 0;
@@ -409,11 +457,10 @@ Status Applier::finish(const proto::Snapshot& candidate, const Plan& plan,
         parents.insert(path.substr(0, slash));
     }
   }
-  // Prune folders left empty, deepest first (sorting descending puts "a/b" before "a").
-  for (const auto& dir : parents) {
-    const fs::path d = tree / dir;
-    if (::rmdir(d.c_str()) == 0) crash_point();
-  }
+  // Prune folders left empty, deepest first (sorting descending puts "a/b" before "a"); a name
+  // that is now a symlink or a file is left alone.
+  for (const auto& dir : parents)
+    if (tree.rmdir_if_empty(dir)) crash_point();
   crash_point();
   if (auto st = state_.clear_journal(); !st) return st;
   discard_staging();

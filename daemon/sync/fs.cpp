@@ -1,13 +1,18 @@
 #include "daemon/sync/fs.h"
 
+#include <dirent.h>
 #include <fcntl.h>
+#include <linux/openat2.h>
 #include <sys/file.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <memory>
+#include <optional>
 #include <vector>
 
 namespace tiersync::sync {
@@ -55,12 +60,17 @@ Status stream_file(const fs::path& path,
                    const std::function<Status(const char* data, std::size_t size)>& sink) {
   UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
   if (!fd.valid()) return make_error(errno_message(path, errno));
-  ::posix_fadvise(fd.get(), 0, 0, POSIX_FADV_SEQUENTIAL);
+  return stream_fd(fd.get(), path, sink);
+}
+
+Status stream_fd(int fd, const fs::path& what,
+                 const std::function<Status(const char* data, std::size_t size)>& sink) {
+  ::posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
   static thread_local std::vector<char> buf(1 << 20);
   while (true) {
-    ssize_t n = ::read(fd.get(), buf.data(), buf.size());
+    ssize_t n = ::read(fd, buf.data(), buf.size());
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return make_error(errno_message(path, errno));
+    if (n < 0) return make_error(errno_message(what, errno));
     if (n == 0) return {};
     if (auto st = sink(buf.data(), static_cast<std::size_t>(n)); !st) return st;
   }
@@ -117,31 +127,6 @@ Status make_dirs(const fs::path& dir) {
   return {};
 }
 
-Status make_dirs_below(const fs::path& base, std::string_view rel, bool replace_blockers) {
-  std::string cur = base.string();
-  std::size_t start = 0;
-  while (start < rel.size()) {
-    std::size_t slash = rel.find('/', start);
-    if (slash == std::string_view::npos) slash = rel.size();
-    cur.push_back('/');
-    cur.append(rel.substr(start, slash - start));
-    start = slash + 1;
-    struct stat st;
-    auto exists = lstat_path(cur, st);
-    if (!exists) return exists.error();
-    if (*exists && S_ISDIR(st.st_mode)) continue;
-    if (*exists) {
-      if (!replace_blockers)
-        return make_error(cur + ": not a folder (" +
-                          (S_ISLNK(st.st_mode) ? "a symlink" : "a file") + " stands there)");
-      if (::unlink(cur.c_str()) != 0) return make_error(errno_message(cur, errno));
-    }
-    if (::mkdir(cur.c_str(), 0755) != 0 && errno != EEXIST)
-      return make_error(errno_message(cur, errno));
-  }
-  return {};
-}
-
 Status sync_filesystem(const fs::path& path) {
   UniqueFd fd(::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!fd.valid() || ::syncfs(fd.get()) != 0) return make_error(errno_message(path, errno));
@@ -152,6 +137,233 @@ Status remove_tree(const fs::path& path) {
   std::error_code ec;
   fs::remove_all(path, ec);
   if (ec) return make_error(path.string() + ": " + ec.message());
+  return {};
+}
+
+namespace {
+
+// Cleared the first time the kernel (or a seccomp filter) refuses openat2: the walk then goes
+// component by component.
+std::atomic<bool> g_openat2{true};
+
+// The folder `rel` below `dir_fd` in one call; nullopt when openat2 is not available here.
+std::optional<UniqueFd> openat2_dir(int dir_fd, const std::string& rel) {
+  if (!g_openat2.load(std::memory_order_relaxed)) return std::nullopt;
+  struct open_how how {};
+  how.flags = O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC;
+  how.resolve = RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH;
+  const long fd = ::syscall(SYS_openat2, dir_fd, rel.c_str(), &how, sizeof how);
+  if (fd >= 0) return UniqueFd(static_cast<int>(fd));
+  if (errno == ENOSYS || errno == EPERM || errno == E2BIG) {
+    g_openat2.store(false, std::memory_order_relaxed);
+    return std::nullopt;
+  }
+  if (errno == EAGAIN) return std::nullopt;  // a racing rename: this once, the walk below
+  return UniqueFd();                         // errno says why
+}
+
+}  // namespace
+
+void use_openat2(bool on) {
+  g_openat2.store(on);
+}
+
+UniqueFd open_dir_beneath(int dir_fd, std::string_view rel) {
+  constexpr int kFlags = O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC;
+  if (rel.empty()) return UniqueFd(::openat(dir_fd, ".", kFlags));
+  std::string name(rel);
+  if (auto fd = openat2_dir(dir_fd, name)) return std::move(*fd);
+  // Component by component: O_NOFOLLOW refuses a symlink at each one (ELOOP or ENOTDIR).
+  UniqueFd cur;
+  std::size_t start = 0;
+  while (start <= name.size()) {
+    std::size_t slash = name.find('/', start);
+    if (slash == std::string::npos) slash = name.size();
+    if (slash < name.size()) name[slash] = '\0';
+    UniqueFd next(::openat(cur.valid() ? cur.get() : dir_fd, name.c_str() + start, kFlags));
+    if (!next.valid()) return next;
+    cur = std::move(next);
+    start = slash + 1;
+  }
+  return cur;
+}
+
+Result<TreeFs> TreeFs::open(const fs::path& root) {
+  UniqueFd fd(::open(root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!fd.valid()) return make_error(errno_message(root, errno));
+  TreeFs t;
+  t.root_ = root;
+  t.fd_ = std::move(fd);
+  return t;
+}
+
+int TreeFs::parent(std::string_view rel, std::string& leaf) const {
+  const std::size_t slash = rel.rfind('/');
+  leaf.assign(slash == std::string_view::npos ? rel : rel.substr(slash + 1));
+  const std::string_view dir =
+      slash == std::string_view::npos ? std::string_view() : rel.substr(0, slash);
+  if (dir.empty()) return fd_.get();
+  // Paths come sorted: consecutive ones mostly share their folder.
+  if (!cached_fd_.valid() || cached_dir_ != dir) {
+    cached_dir_.clear();
+    cached_fd_ = open_dir_beneath(fd_.get(), dir);
+    if (!cached_fd_.valid()) return -1;
+    cached_dir_.assign(dir);
+  }
+  return cached_fd_.get();
+}
+
+void TreeFs::forget_folders() const {
+  const int saved = errno;
+  cached_fd_.reset();
+  cached_dir_.clear();
+  errno = saved;
+}
+
+namespace {
+// Errors that mean "nothing of that name here, or not reachable without following a symlink".
+bool absent_errno(int err) {
+  return err == ENOENT || err == ENOTDIR || err == ELOOP;
+}
+}  // namespace
+
+Result<bool> TreeFs::lstat(std::string_view rel, struct stat& st) const {
+  std::string leaf;
+  const int dir = parent(rel, leaf);
+  if (dir < 0) {
+    if (absent_errno(errno)) return false;
+    return make_error(errno_message(root_ / rel, errno));
+  }
+  if (::fstatat(dir, leaf.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0) return true;
+  if (absent_errno(errno)) return false;
+  return make_error(errno_message(root_ / rel, errno));
+}
+
+UniqueFd TreeFs::open_file(std::string_view rel, int flags, mode_t mode) const {
+  std::string leaf;
+  const int dir = parent(rel, leaf);
+  if (dir < 0) return UniqueFd();
+  return UniqueFd(::openat(dir, leaf.c_str(), flags | O_NOFOLLOW | O_CLOEXEC, mode));
+}
+
+Result<bool> TreeFs::unlink(std::string_view rel) const {
+  std::string leaf;
+  const int dir = parent(rel, leaf);
+  if (dir < 0) {
+    if (absent_errno(errno)) return false;
+    return make_error(errno_message(root_ / rel, errno));
+  }
+  if (::unlinkat(dir, leaf.c_str(), 0) == 0) return true;
+  if (errno == ENOENT || errno == EISDIR) return false;
+  return make_error(errno_message(root_ / rel, errno));
+}
+
+bool TreeFs::rmdir_if_empty(std::string_view rel) const {
+  std::string leaf;
+  const int dir = parent(rel, leaf);
+  if (dir < 0 || ::unlinkat(dir, leaf.c_str(), AT_REMOVEDIR) != 0) return false;
+  forget_folders();  // the cached one may be this one
+  return true;
+}
+
+namespace {
+
+// Empties the folder `fd` (every entry removed, folders recursively, symlinks as links).
+Status empty_folder(int fd, const fs::path& what) {
+  UniqueFd own(::openat(fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!own.valid()) return make_error(errno_message(what, errno));
+  DIR* d = ::fdopendir(own.get());
+  if (!d) return make_error(errno_message(what, errno));
+  own.release();
+  std::unique_ptr<DIR, int (*)(DIR*)> dir(d, ::closedir);
+  std::vector<std::string> names;
+  while (const dirent* de = ::readdir(d)) {
+    std::string_view n = de->d_name;
+    if (n != "." && n != "..") names.emplace_back(n);
+  }
+  for (const auto& n : names) {
+    if (::unlinkat(fd, n.c_str(), 0) == 0 || errno == ENOENT) continue;
+    if (errno != EISDIR && errno != EPERM) return make_error(errno_message(what / n, errno));
+    UniqueFd sub(::openat(fd, n.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    if (!sub.valid()) return make_error(errno_message(what / n, errno));
+    if (auto st = empty_folder(sub.get(), what / n); !st) return st;
+    if (::unlinkat(fd, n.c_str(), AT_REMOVEDIR) != 0 && errno != ENOENT)
+      return make_error(errno_message(what / n, errno));
+  }
+  return {};
+}
+
+}  // namespace
+
+Status TreeFs::remove_tree(std::string_view rel) const {
+  std::string leaf;
+  const int dir = parent(rel, leaf);
+  const fs::path what = root_ / rel;
+  if (dir < 0) {
+    if (absent_errno(errno)) return {};
+    return make_error(errno_message(what, errno));
+  }
+  if (::unlinkat(dir, leaf.c_str(), 0) == 0 || errno == ENOENT) return {};
+  if (errno != EISDIR && errno != EPERM) return make_error(errno_message(what, errno));
+  UniqueFd sub(::openat(dir, leaf.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+  if (!sub.valid()) return make_error(errno_message(what, errno));
+  if (auto st = empty_folder(sub.get(), what); !st) return st;
+  const bool removed = ::unlinkat(dir, leaf.c_str(), AT_REMOVEDIR) == 0 || errno == ENOENT;
+  forget_folders();  // the cached one may have been inside
+  if (!removed) return make_error(errno_message(what, errno));
+  return {};
+}
+
+Result<UniqueFd> TreeFs::make_dirs(std::string_view rel, bool replace_blockers,
+                                   const std::function<void()>& before_mutation) const {
+  // Most folders exist: one open settles it.
+  UniqueFd cur = open_dir_beneath(fd_.get(), rel);
+  if (cur.valid()) return cur;
+  cur = UniqueFd(::openat(fd_.get(), ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!cur.valid()) return make_error(errno_message(root_, errno));
+  std::size_t start = 0;
+  while (start < rel.size()) {
+    std::size_t slash = rel.find('/', start);
+    if (slash == std::string_view::npos) slash = rel.size();
+    const std::string name(rel.substr(start, slash - start));
+    const fs::path what = root_ / rel.substr(0, slash);
+    start = slash + 1;
+    constexpr int kFlags = O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC;
+    UniqueFd next(::openat(cur.get(), name.c_str(), kFlags));
+    if (!next.valid()) {
+      if (errno != ENOENT && errno != ENOTDIR && errno != ELOOP)
+        return make_error(errno_message(what, errno));
+      struct stat st;
+      const bool exists = ::fstatat(cur.get(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0;
+      if (!exists && errno != ENOENT) return make_error(errno_message(what, errno));
+      if (!exists || !S_ISDIR(st.st_mode)) {
+        if (exists) {
+          if (!replace_blockers)
+            return make_error(what.string() + ": not a folder (" +
+                              (S_ISLNK(st.st_mode) ? "a symlink" : "a file") + " stands there)");
+          if (before_mutation) before_mutation();
+          if (::unlinkat(cur.get(), name.c_str(), 0) != 0 && errno != ENOENT)
+            return make_error(errno_message(what, errno));
+        }
+        if (::mkdirat(cur.get(), name.c_str(), 0755) != 0 && errno != EEXIST)
+          return make_error(errno_message(what, errno));
+      }
+      next = UniqueFd(::openat(cur.get(), name.c_str(), kFlags));
+      if (!next.valid()) return make_error(errno_message(what, errno));
+    }
+    cur = std::move(next);
+  }
+  return cur;
+}
+
+Status TreeFs::rename_into(const fs::path& from, std::string_view rel) const {
+  std::string leaf;
+  const int dir = parent(rel, leaf);
+  if (dir < 0)
+    return make_error("installing " + (root_ / rel).string() + ": " +
+                      errno_message(root_ / rel, errno));
+  if (::renameat(AT_FDCWD, from.c_str(), dir, leaf.c_str()) != 0)
+    return make_error("installing " + (root_ / rel).string() + ": " + errno_message(from, errno));
   return {};
 }
 

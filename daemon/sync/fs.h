@@ -53,6 +53,9 @@ Result<std::string> read_file(const fs::path& path, std::size_t max_bytes);
 /// first error, the sink's included.
 Status stream_file(const fs::path& path,
                    const std::function<Status(const char* data, std::size_t size)>& sink);
+/// stream_file() of an open file, from its current offset; `what` names it in errors.
+Status stream_fd(int fd, const fs::path& what,
+                 const std::function<Status(const char* data, std::size_t size)>& sink);
 
 /// Writes `bytes` to a temporary file beside `path`, optionally fsyncs it, renames it over `path`
 /// and fsyncs the folder: readers see the old or the new content, never a mix.
@@ -61,10 +64,6 @@ Status write_file_atomic(const fs::path& path, std::string_view bytes, mode_t mo
 
 /// Creates `dir` and its parents (mode 0755); for trusted locations (the tree, state_dir).
 Status make_dirs(const fs::path& dir);
-
-/// Creates the folder `rel` (a validated relative path) below `base`, refusing to pass through a
-/// symlink. With `replace_blockers`, a file or symlink standing where a folder must be is removed.
-Status make_dirs_below(const fs::path& base, std::string_view rel, bool replace_blockers);
 
 /// fsync of a folder (after renames in it).
 Status fsync_dir(const fs::path& dir);
@@ -77,6 +76,61 @@ Status remove_tree(const fs::path& path);
 
 /// lstat that reports ENOENT as "absent" (returns false) and other errors as errors.
 Result<bool> lstat_path(const fs::path& path, struct stat& st);
+
+/// Opens the folder `rel` (a relative path, "" for `dir_fd` itself) below the folder `dir_fd`
+/// without following any symlink on the way, the last component included: one
+/// openat2(RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH) where the kernel has it, else openat(O_NOFOLLOW |
+/// O_DIRECTORY) component by component. The one folder walk of tiersync (the server's folder cache
+/// walks with it too). Invalid with errno set when it fails: ELOOP or ENOTDIR where a symlink or a
+/// file stands on the way, ENOENT where nothing does.
+UniqueFd open_dir_beneath(int dir_fd, std::string_view rel);
+/// Tests: with false, open_dir_beneath() walks component by component even where openat2 exists.
+void use_openat2(bool on);
+
+/// A tree operated on without ever following a symlink it holds: every path is relative to the
+/// tree, its folder opened with open_dir_beneath() and the last component handled with the *at()
+/// calls and AT_SYMLINK_NOFOLLOW. A path below a symlink, a file or nothing is "absent": an
+/// operation never reaches through it to what a symlink points at. For the engine's apply; not
+/// thread-safe (the folder of the last path is kept open for the next one).
+class TreeFs {
+ public:
+  static Result<TreeFs> open(const fs::path& root);
+
+  const fs::path& root() const { return root_; }
+
+  /// lstat of `rel`: false when it is missing, or something on the way is not a folder.
+  Result<bool> lstat(std::string_view rel, struct stat& st) const;
+  /// Opens `rel` with `flags` (O_NOFOLLOW and O_CLOEXEC added); errno set when invalid.
+  UniqueFd open_file(std::string_view rel, int flags, mode_t mode = 0) const;
+  /// Removes the file or symlink `rel`; a missing one (or one below a non-folder) is no error,
+  /// nor is a folder standing there (returned false, left alone). True when something went.
+  Result<bool> unlink(std::string_view rel) const;
+  /// Removes the folder `rel` if it is empty; true when it went. Anything else is left.
+  bool rmdir_if_empty(std::string_view rel) const;
+  /// Removes `rel` and, when it is a folder, everything in it (symlinks as links, never their
+  /// targets); a missing `rel` is no error.
+  Status remove_tree(std::string_view rel) const;
+  /// Creates the folder `rel` and its parents (mode 0755) and opens it. With `replace_blockers`,
+  /// a file or symlink standing where a folder must be is removed (`before_mutation` is called
+  /// before each such removal, for crash tests); otherwise that is an error.
+  Result<UniqueFd> make_dirs(std::string_view rel, bool replace_blockers,
+                             const std::function<void()>& before_mutation = {}) const;
+  /// Renames `from` (an absolute path outside the tree's content, e.g. staging) over `rel`, whose
+  /// folder must exist.
+  Status rename_into(const fs::path& from, std::string_view rel) const;
+
+ private:
+  /// The folder holding `rel`'s last component (owned by the object; -1 with errno set), and that
+  /// component.
+  int parent(std::string_view rel, std::string& leaf) const;
+  /// Drops the kept folder: called after a folder is removed.
+  void forget_folders() const;
+
+  fs::path root_;
+  UniqueFd fd_;
+  mutable std::string cached_dir_;
+  mutable UniqueFd cached_fd_;
+};
 
 /// Exclusive advisory lock on a file, held while the object lives.
 class FileLock {

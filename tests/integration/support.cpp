@@ -475,6 +475,14 @@ void materialize(const TreeModel& model, const fs::path& dir) {
   Listing have = list_tree(dir, {.skip_meta = true, .hash = true, .exclude = {}});
   for (const auto& [path, spec] : model) {
     auto it = have.find(path);
+    // A parent that is a file or symlink in the old tree must become a folder.
+    for (fs::path p = fs::path(path).parent_path(); !p.empty(); p = p.parent_path()) {
+      auto pit = have.find(p.string());
+      if (pit != have.end() && pit->second.type != 'd') {
+        fs::remove(dir / p);
+        pit->second.type = 'd';  // made a folder below: not to be removed again
+      }
+    }
     if (spec.link) {
       if (it != have.end() && it->second.type == 'l' && it->second.target == spec.bytes) continue;
       if (it != have.end() && it->second.type == 'd') fs::remove_all(dir / path);
@@ -485,11 +493,6 @@ void materialize(const TreeModel& model, const fs::path& dir) {
         it->second.mtime == spec.mtime && it->second.mode == spec.mode)
       continue;
     if (it != have.end() && it->second.type == 'd') fs::remove_all(dir / path);
-    // A parent that is a file or symlink in the old tree must become a folder.
-    for (fs::path p = fs::path(path).parent_path(); !p.empty(); p = p.parent_path()) {
-      auto pit = have.find(p.string());
-      if (pit != have.end() && pit->second.type != 'd') fs::remove(dir / p);
-    }
     write_file(dir / path, spec.bytes, spec.mtime, spec.mode);
   }
   // Remove what the model does not have, deepest first, then prune empty folders.

@@ -1,0 +1,310 @@
+#include "daemon/sync/apply.h"
+
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "daemon/sync/fs.h"
+#include "daemon/sync/plan.h"
+#include "daemon/sync/state.h"
+#include "proto/dsse.h"
+#include "proto/keys.h"
+#include "proto/manifest.h"
+#include "proto/path.h"
+#include "tests/unit/support.h"
+
+namespace tiersync::sync {
+namespace {
+
+constexpr std::size_t kDepth = 3;  // {release}/{repo}/{arch}
+
+/// A file (content) or a symlink (target) of a source.
+struct Item {
+  std::string bytes;
+  bool link = false;
+  std::uint32_t mode = 0644;
+};
+using Model = std::map<std::string, Item>;
+
+Item link_to(std::string target) {
+  return Item{std::move(target), true};
+}
+
+/// Serves every file of the model it was given: what a parent holds.
+class ModelFetcher final : public Fetcher {
+ public:
+  Model model;
+  std::size_t fetched = 0;
+  Status fetch(const proto::Entry& entry, const ByteSink& sink) override {
+    auto it = model.find(std::string(entry.path()));
+    if (it == model.end() || it->second.link) return make_error("no such file at the parent");
+    ++fetched;
+    return sink(it->second.bytes.data(), it->second.bytes.size());
+  }
+};
+
+/// What a tree holds, read without following any symlink: path -> 'f' + mode + content, 'l' +
+/// target, or 'd'.
+std::map<std::string, std::string> listing(const fs::path& root) {
+  std::map<std::string, std::string> out;
+  std::vector<fs::path> todo{root};
+  while (!todo.empty()) {
+    fs::path dir = todo.back();
+    todo.pop_back();
+    for (const auto& de : fs::directory_iterator(dir)) {
+      const std::string rel = de.path().lexically_relative(root).generic_string();
+      if (rel == ".tiersync") continue;
+      struct stat st;
+      if (::lstat(de.path().c_str(), &st) != 0) continue;
+      if (S_ISDIR(st.st_mode)) {
+        out[rel] = "d";
+        todo.push_back(de.path());
+      } else if (S_ISLNK(st.st_mode)) {
+        out[rel] = "l" + fs::read_symlink(de.path()).string();
+      } else {
+        out[rel] = "f" + std::to_string(st.st_mode & 07777) + ":" + unit::read_file(de.path());
+      }
+    }
+  }
+  return out;
+}
+
+/// The listing of a tree holding exactly `model`: its files, its symlinks and the folders on
+/// their way (the manifest carries no folder of its own).
+std::map<std::string, std::string> listing_of(const Model& model) {
+  std::map<std::string, std::string> out;
+  for (const auto& [path, item] : model) {
+    out[path] = item.link ? "l" + item.bytes : "f" + std::to_string(item.mode) + ":" + item.bytes;
+    for (auto slash = path.find('/'); slash != std::string::npos; slash = path.find('/', slash + 1))
+      out[path.substr(0, slash)] = "d";
+  }
+  return out;
+}
+
+/// A node's state_dir and tree, and the snapshots applied to it one after another through the
+/// engine, as tier0 and every relay apply them.
+class ApplyTest : public testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = unit::make_temp_dir("apply_test");
+    ASSERT_FALSE(dir_.empty());
+    state_ = std::make_unique<StateStore>(dir_ / "state", dir_ / "tree");
+    const Status st = state_->open();
+    ASSERT_TRUE(st) << st.message();
+    auto key = proto::PrivateKey::generate();
+    ASSERT_TRUE(key) << key.message();
+    key_ = std::make_unique<proto::PrivateKey>(std::move(*key));
+  }
+  void TearDown() override {
+    use_openat2(true);
+    state_.reset();
+    fs::remove_all(dir_);
+  }
+
+  /// Applies `model` as the next snapshot; the tree then holds exactly it.
+  void apply(const Model& model) {
+    std::map<std::string, std::shared_ptr<proto::Manifest>> parts;
+    for (const auto& [path, item] : model) {
+      auto& m = parts[std::string(proto::partition_of(path, kDepth))];
+      if (!m) {
+        m = std::make_shared<proto::Manifest>();
+        m->partition = std::string(proto::partition_of(path, kDepth));
+      }
+      m->entries.push_back(
+          item.link ? proto::Entry::symlink(path, item.bytes)
+                    : proto::Entry::file(path, item.bytes.size(), proto::sha256(item.bytes), 1000,
+                                         item.mode, path.ends_with("APKINDEX.tar.gz")));
+    }
+    ApplyRequest req;
+    req.candidate.origin = "dl-master";
+    req.candidate.serial = ++serial_;
+    req.candidate.created = 1795654800;
+    req.candidate.expires = 1796259600;
+    req.candidate.layout = "{release}/{repo}/{arch}";
+    req.candidate.depth = kDepth;
+    for (auto& [name, m] : parts) {
+      ASSERT_TRUE(proto::validate_manifest(*m, kDepth)) << name;
+      const std::string bytes = proto::encode_manifest(*m);
+      const proto::Digest d = proto::sha256(bytes);
+      ASSERT_TRUE(state_->store_manifest(d, bytes));
+      req.candidate.partitions[name] = {d, m->entries.size(), m->total_bytes()};
+      req.candidate_manifests[name] = m;
+    }
+    req.envelope = proto::encode_envelope(proto::sign_envelope(
+        proto::kSnapshotPayloadType, proto::encode_snapshot(req.candidate), {*key_}));
+    if (applied_) req.applied = *applied_;
+    const Plan plan = make_plan(applied_manifests_, req.candidate_manifests);
+    fetcher_.model = model;
+    Applier applier(*state_, fetcher_);
+    auto stats = applier.apply(req, plan);
+    ASSERT_TRUE(stats) << stats.message();
+    applied_ = req.candidate;
+    applied_manifests_ = req.candidate_manifests;
+  }
+
+  fs::path tree() const { return dir_ / "tree"; }
+
+  fs::path dir_;
+  std::unique_ptr<StateStore> state_;
+  std::unique_ptr<proto::PrivateKey> key_;
+  ModelFetcher fetcher_;
+  std::uint64_t serial_ = 0;
+  std::optional<proto::Snapshot> applied_;
+  ManifestSet applied_manifests_;
+};
+
+/// A release and a copy of it (or a symlink to it) at `copy`, a path of any depth.
+Model release_and(const std::string& copy, bool as_link) {
+  Model m;
+  const std::vector<std::string> files = {"main/x86_64/APKINDEX.tar.gz", "main/x86_64/a-1.apk",
+                                          "main/x86_64/b-1.apk", "community/x86_64/c-1.apk"};
+  for (const auto& f : files) m["v3.20/" + f] = Item{"bytes of " + f};
+  m["last-updated"] = Item{"1"};
+  if (as_link) {
+    // A relative target from the symlink's folder back to the top, then into v3.20.
+    std::string up;
+    for (char c : copy)
+      if (c == '/') up += "../";
+    m[copy] = link_to(up + "v3.20");
+  } else {
+    for (const auto& f : files) m[copy + "/" + f] = Item{"bytes of " + f};
+  }
+  return m;
+}
+
+// The symlink replacing a folder sits in the root partition (depth 1 and 2) or in a partition
+// of its own (depth 4): the old entries below it are in other partitions or the same.
+const std::vector<std::string> kCopies = {"latest-stable", "alias/latest-stable",
+                                          "alias/x/y/latest-stable"};
+
+TEST_F(ApplyTest, FolderBecomingASymlinkLeavesItsTargetAlone) {
+  for (const auto& copy : kCopies) {
+    SCOPED_TRACE(copy);
+    ASSERT_NO_FATAL_FAILURE(apply(release_and(copy, false)));
+    ASSERT_EQ(listing(tree()), listing_of(release_and(copy, false)));
+    ASSERT_NO_FATAL_FAILURE(apply(release_and(copy, true)));
+    // Deleting the old copy's paths by name went through the new symlink into v3.20 before.
+    EXPECT_EQ(listing(tree()), listing_of(release_and(copy, true)));
+    ASSERT_NO_FATAL_FAILURE(apply(Model{{"last-updated", Item{"2"}}}));
+  }
+}
+
+TEST_F(ApplyTest, SymlinkBecomingAFolderGetsItsFiles) {
+  for (const auto& copy : kCopies) {
+    SCOPED_TRACE(copy);
+    ASSERT_NO_FATAL_FAILURE(apply(release_and(copy, true)));
+    ASSERT_EQ(listing(tree()), listing_of(release_and(copy, true)));
+    ASSERT_NO_FATAL_FAILURE(apply(release_and(copy, false)));
+    // Seen through the old symlink, the new folder's files were "in place" before.
+    EXPECT_EQ(listing(tree()), listing_of(release_and(copy, false)));
+    ASSERT_NO_FATAL_FAILURE(apply(Model{{"last-updated", Item{"2"}}}));
+  }
+}
+
+TEST_F(ApplyTest, TypeChangesBackAndForthWithTheComponentWalk) {
+  use_openat2(false);  // the walk of kernels without openat2
+  for (const auto& copy : kCopies) {
+    SCOPED_TRACE(copy);
+    for (bool as_link : {false, true, false, true}) {
+      ASSERT_NO_FATAL_FAILURE(apply(release_and(copy, as_link)));
+      ASSERT_EQ(listing(tree()), listing_of(release_and(copy, as_link))) << as_link;
+    }
+  }
+}
+
+TEST_F(ApplyTest, FilesAndFoldersTradePlacesAtEveryDepth) {
+  // a, a/b, a/b/c, a/b/c/d: each a file, then a folder holding the next, then a symlink.
+  const std::vector<std::string> paths = {"a", "a/b", "a/b/c", "a/b/c/d", "a/b/c/d/e"};
+  for (std::size_t i = 0; i + 1 < paths.size(); ++i) {
+    SCOPED_TRACE(paths[i]);
+    const Model as_file = {{paths[i], Item{"file " + paths[i]}}, {"keep/x", Item{"x"}}};
+    const Model as_folder = {{paths[i + 1], Item{"below " + paths[i]}},
+                             {paths[i] + "-sibling", Item{"s"}},
+                             {"keep/x", Item{"x"}}};
+    const Model as_link = {{paths[i], link_to("keep")}, {"keep/x", Item{"x"}}};
+    for (const Model* m : {&as_file, &as_folder, &as_link, &as_folder, &as_file, &as_link}) {
+      ASSERT_NO_FATAL_FAILURE(apply(*m));
+      ASSERT_EQ(listing(tree()), listing_of(*m));
+    }
+  }
+}
+
+TEST_F(ApplyTest, ASymlinkPlantedInTheTreeIsNeverEntered) {
+  // An operator (or a bug) left a symlink where the applied snapshot has a folder: deleting the
+  // partition below it must not reach through it.
+  Model before = {{"v/main/x86_64/a.apk", Item{"a"}}, {"other/main/x86_64/a.apk", Item{"a"}}};
+  ASSERT_NO_FATAL_FAILURE(apply(before));
+  fs::remove_all(tree() / "v/main");
+  fs::create_directory_symlink("../other/main", tree() / "v/main");
+  Model after = {{"other/main/x86_64/a.apk", Item{"a"}}};
+  ASSERT_NO_FATAL_FAILURE(apply(after));
+  auto expected = listing_of(after);
+  expected["v"] = "d";
+  expected["v/main"] = "l../other/main";  // not the engine's to remove: no entry names it
+  EXPECT_EQ(listing(tree()), expected);
+}
+
+TEST(OpenDirBeneathTest, RefusesASymlinkAtAnyComponent) {
+  const fs::path dir = unit::make_temp_dir("open_dir_beneath");
+  ASSERT_FALSE(dir.empty());
+  fs::create_directories(dir / "a/b/c");
+  fs::create_directory_symlink("b", dir / "a/l");
+  unit::write_file(dir / "a/f", "x");
+  UniqueFd root(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  ASSERT_TRUE(root.valid());
+  for (bool openat2 : {true, false}) {
+    use_openat2(openat2);
+    SCOPED_TRACE(openat2);
+    EXPECT_TRUE(open_dir_beneath(root.get(), "").valid());
+    EXPECT_TRUE(open_dir_beneath(root.get(), "a/b/c").valid());
+    EXPECT_FALSE(open_dir_beneath(root.get(), "a/l").valid());
+    EXPECT_FALSE(open_dir_beneath(root.get(), "a/l/c").valid());
+    EXPECT_FALSE(open_dir_beneath(root.get(), "a/f").valid());
+    UniqueFd missing = open_dir_beneath(root.get(), "a/missing/c");
+    const int err = errno;
+    EXPECT_FALSE(missing.valid());
+    EXPECT_EQ(err, ENOENT);
+  }
+  use_openat2(true);
+  fs::remove_all(dir);
+}
+
+TEST(TreeFsTest, RemovesAFolderWithoutFollowingItsSymlinks) {
+  const fs::path dir = unit::make_temp_dir("treefs");
+  ASSERT_FALSE(dir.empty());
+  unit::write_file(dir / "keep/x", "x");
+  unit::write_file(dir / "gone/sub/y", "y");
+  fs::create_directory_symlink("../keep", dir / "gone/sub/to-keep");
+  fs::create_directory_symlink("../keep", dir / "via");
+  auto tree = TreeFs::open(dir);
+  ASSERT_TRUE(tree) << tree.message();
+  ASSERT_TRUE(tree->remove_tree("gone"));
+  EXPECT_FALSE(fs::exists(dir / "gone"));
+  // Through a symlink nothing is reached: "absent", and nothing removed behind it.
+  struct stat st;
+  auto seen = tree->lstat("via/x", st);
+  ASSERT_TRUE(seen);
+  EXPECT_FALSE(*seen);
+  auto unlinked = tree->unlink("via/x");
+  ASSERT_TRUE(unlinked);
+  EXPECT_FALSE(*unlinked);
+  EXPECT_TRUE(tree->remove_tree("via/x"));
+  EXPECT_FALSE(tree->rmdir_if_empty("via"));
+  EXPECT_EQ(unit::read_file(dir / "keep/x"), "x");
+  // A folder is made where a symlink stood only when blockers may go.
+  EXPECT_FALSE(tree->make_dirs("via/sub", false));
+  auto made = tree->make_dirs("via/sub", true);
+  ASSERT_TRUE(made) << made.message();
+  EXPECT_TRUE(fs::is_directory(fs::symlink_status(dir / "via")));
+  EXPECT_EQ(unit::read_file(dir / "keep/x"), "x");
+  fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace tiersync::sync
