@@ -66,6 +66,10 @@ int hex_value(char c) {
   return -1;
 }
 
+}  // namespace
+
+namespace detail {
+
 /// If-None-Match: "*" or a list of entity tags, compared weakly (RFC 9110 13.1.2: W/ ignored).
 /// Entity tags may contain commas, so the list is scanned quote by quote.
 bool etag_matches(std::string_view header, std::string_view etag) {
@@ -101,6 +105,13 @@ bool if_range_allows(std::string_view if_range, std::string_view etag) {
   if (if_range.empty()) return true;
   return !etag.empty() && if_range.front() == '"' && if_range == etag;
 }
+
+}  // namespace detail
+
+namespace {
+
+using detail::etag_matches;
+using detail::if_range_allows;
 
 std::string_view content_type_of(std::string_view path) {
   auto ends_with = [&](std::string_view suffix) { return path.ends_with(suffix); };

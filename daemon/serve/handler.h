@@ -130,4 +130,15 @@ struct ByteRange {
 /// kIgnore for an absent, malformed or multi-range header (answered 200 with the whole body).
 ByteRange parse_range(std::string_view header, std::uint64_t size);
 
+namespace detail {
+// Private to handle_request; declared here for the fuzz harness (tests/fuzz/fuzz_conditional).
+
+/// If-None-Match: true when `header` ("*" or a list of entity tags, compared weakly) names `etag`.
+bool etag_matches(std::string_view header, std::string_view etag);
+/// If-Range: true when the Range may apply (absent, the same strong `etag`, or `last_modified`).
+bool if_range_allows(std::string_view if_range, std::string_view etag,
+                     std::string_view last_modified);
+
+}  // namespace detail
+
 }  // namespace tiersync::serve
