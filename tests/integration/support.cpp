@@ -452,7 +452,9 @@ void remove_partition(TreeModel& model, std::string_view partition) {
 }
 
 void touch_last_updated(TreeModel& model, std::int64_t mtime) {
-  model["last-updated"] = FileSpec{std::to_string(mtime) + "\n", mtime, 0664, false};
+  // 0640: a mode other than the default, which must reach every tree as it is (0664 would be
+  // published as 0644: docs/security.md, "Modes").
+  model["last-updated"] = FileSpec{std::to_string(mtime) + "\n", mtime, 0640, false};
 }
 
 TreeModel make_sample(const SampleShape& shape) {
