@@ -343,6 +343,7 @@ TEST_F(CrowdTest, FiveThousandLongPollsOnASoftLimitOf1024) {
                        "&wait=300 HTTP/1.1\r\nHost: x\r\n\r\n"),
             0);
   ASSERT_TRUE(metric_reaches("tiersync_http_long_polls_waiting", kCrowd, 180s, &text)) << text;
+  const auto vanished = Clock::now();
   crowd.vanish();
   ASSERT_TRUE(metric_reaches("tiersync_http_long_polls_waiting", 0, 60s, &text)) << text;
   EXPECT_EQ(metric("\n" + text, "tiersync_http_long_polls_abandoned_total"), kCrowd) << text;
@@ -353,12 +354,16 @@ TEST_F(CrowdTest, FiveThousandLongPollsOnASoftLimitOf1024) {
     after_fds = descriptors_of(daemon.pid());
   }
   EXPECT_LE(after_fds, idle_fds);
+  const auto freed_ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - vanished).count();
 
   std::printf(
-      "crowd figures: %d long polls; descriptors idle %zu, under load %zu, after %zu; "
+      "crowd figures: %d long polls; descriptors idle %zu, under load %zu, after %zu (%lld ms "
+      "after the clients closed); "
       "RSS idle %llu KiB, under load %llu KiB; /metrics under load answered in %lld ms\n",
-      kCrowd, idle_fds, loaded_fds, after_fds, static_cast<unsigned long long>(idle_rss),
-      static_cast<unsigned long long>(loaded_rss), static_cast<long long>(metrics_ms));
+      kCrowd, idle_fds, loaded_fds, after_fds, static_cast<long long>(freed_ms),
+      static_cast<unsigned long long>(idle_rss), static_cast<unsigned long long>(loaded_rss),
+      static_cast<long long>(metrics_ms));
   daemon.stop();
 }
 
