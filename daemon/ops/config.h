@@ -37,6 +37,11 @@ struct UpstreamConfig {
   std::uint64_t max_bytes_per_second = 0;  ///< 0: unlimited
 };
 
+/// Background re-hashing of the tree against the applied manifests (docs/configuration.md).
+struct ScrubConfig {
+  unsigned mb_per_second = 20;  ///< bytes read per second, in MB (10^6); 0: scrub is off
+};
+
 struct LogConfig {
   std::string level = "info";
   std::string format = "text";  ///< text or json
@@ -65,6 +70,7 @@ struct Config {
   unsigned threshold = 1;
 
   sync::GuardPolicy guard;
+  ScrubConfig scrub;
   std::vector<ListenConfig> listen;
   fs::path control_socket;  ///< default: state_dir/control.sock
   LogConfig log;
