@@ -264,8 +264,9 @@ Status Applier::stage(const Plan& plan, ApplyStats& stats) {
       ::unlink(dest.c_str());
     }
     // Already in place (a killed run installed it, or the tree came from rsync): check by hash.
+    // Not for a repair: the scrubber found the path damaged, maybe behind a symlinked folder.
     struct stat st;
-    if (::lstat(final_path.c_str(), &st) == 0 && matches_entry(st, *e)) {
+    if (!repairing_ && ::lstat(final_path.c_str(), &st) == 0 && matches_entry(st, *e)) {
       auto d = hash_file(final_path);
       if (d && *d == e->sha256) {
         actions[e] = Action::kInPlace;
@@ -451,6 +452,25 @@ Result<ApplyStats> Applier::apply(const ApplyRequest& req, const Plan& plan) {
   if (auto st = commit(req); !st) return st.error();
   if (auto st = finish(req.candidate, plan, req.applied, stats); !st) return st.error();
   return stats;
+}
+
+Status Applier::repair(std::vector<const proto::Entry*> refetch,
+                       std::vector<const proto::Entry*> retouch) {
+  actions_.clear();
+  content_rejected_ = false;
+  Plan plan;  // one partition, not the root one: index files are still installed last
+  PartitionPlan& p = plan.partitions.emplace_back();
+  p.partition = "(repair)";
+  p.installs = std::move(refetch);
+  p.retouch = std::move(retouch);
+  ApplyStats stats;
+  repairing_ = true;
+  Status st = stage(plan, stats);
+  repairing_ = false;
+  if (st) st = install(plan);
+  if (st) st = sync_filesystem(state_.tree());
+  discard_staging();
+  return st;
 }
 
 Result<bool> Applier::recover() {
