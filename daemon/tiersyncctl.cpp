@@ -22,7 +22,7 @@ constexpr const char* kUsage =
     "usage: tiersyncctl keygen --out PREFIX [--force]\n"
     "       tiersyncctl [--config FILE] status [--json]\n"
     "       tiersyncctl [--config FILE] approve PARTITION... | --all\n"
-    "       tiersyncctl [--config FILE] verify [--full]\n"
+    "       tiersyncctl [--config FILE] verify [--full | --repair]\n"
     "       tiersyncctl [--config FILE] sync-now\n"
     "exit: 0 ok, 1 failure or differences, 2 usage or configuration error\n";
 
@@ -71,6 +71,29 @@ int keygen(const std::vector<std::string>& args) {
   }
   std::printf("%s\n", key->public_key().keyid().c_str());
   return node::kExitOk;
+}
+
+// verify --repair works on the tree while no daemon does: a running daemon's scrubber repairs in
+// the background, and the two would fight over the state_dir lock (a cycle refused meanwhile).
+int verify_repair(const ops::Config& config) {
+  if (ops::control_request(config.control_socket, "status")) {
+    std::fprintf(stderr,
+                 "tiersyncctl: verify --repair: a tiersyncd runs for this node (%s answers); its "
+                 "scrubber repairs in the background (scrub.mb_per_second, see status). Stop it "
+                 "to repair everything at once.\n",
+                 config.control_socket.c_str());
+    return node::kExitFailure;
+  }
+  auto report = node::verify_and_repair(config);
+  if (!report) {
+    std::fprintf(stderr, "tiersyncctl: verify --repair: %s\n", report.message().c_str());
+    return node::kExitFailure;
+  }
+  for (const auto& l : report->lines) std::printf("%s\n", l.c_str());
+  std::fprintf(stderr, "tiersyncctl: verify --repair: %s\n",
+               report->clean ? "tree matches the applied snapshot"
+                             : "differences are left (listed as \"left:\")");
+  return report->clean ? node::kExitOk : node::kExitFailure;
 }
 
 }  // namespace
@@ -135,11 +158,17 @@ int main(int argc, char** argv) {
     return node::kExitOk;
   }
   if (cmd == "verify") {
-    bool full = false;
+    bool full = false, repair = false;
     for (const auto& a : args) {
-      if (a != "--full") return usage_error("verify: unknown argument \"" + a + "\"");
-      full = true;
+      if (a == "--full") {
+        full = true;
+      } else if (a == "--repair") {
+        repair = true;
+      } else {
+        return usage_error("verify: unknown argument \"" + a + "\"");
+      }
     }
+    if (repair) return verify_repair(*config);
     auto diffs = node::verify(*config, full);
     if (!diffs) {
       std::fprintf(stderr, "tiersyncctl: verify: %s\n", diffs.message().c_str());

@@ -10,6 +10,11 @@
 
 namespace tiersync::node {
 
+std::mutex& tree_mutex() {
+  static std::mutex mu;
+  return mu;
+}
+
 Cycle::Cycle(const ops::Config& config)
     : config_(config),
       state_(config.state_dir, config.tree),

@@ -4,6 +4,8 @@
 
 #include <chrono>
 #include <cstdint>
+#include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -13,14 +15,31 @@
 #include "daemon/sync/state.h"
 #include "proto/keys.h"
 
+namespace tiersync::transport {
+class Transport;
+}
+
 namespace tiersync::node {
+
+/// Serialises the writers of the tree within one process: a cycle holds it from open() to its
+/// end, the scrubber while it repairs (the state_dir lock keeps other processes out).
+std::mutex& tree_mutex();
+
+/// A relay's fetcher over its parent's transport, the cycle's own (counting bytes and errors).
+std::unique_ptr<sync::Fetcher> parent_fetcher(transport::Transport& parent);
+/// tier0's fetcher for a repair: copies from `source_dir`; the applier's hash check refuses a
+/// source file that no longer holds the published content.
+std::unique_ptr<sync::Fetcher> source_fetcher(const std::filesystem::path& source_dir);
 
 class Cycle {
  public:
   explicit Cycle(const ops::Config& config);
 
-  /// Opens state_dir and takes the node's lock.
-  Status open() { return state_.open(); }
+  /// Takes tree_mutex(), opens state_dir and takes the node's lock.
+  Status open() {
+    tree_lock_ = std::unique_lock(tree_mutex());
+    return state_.open();
+  }
   sync::StateStore& state() { return state_; }
   void set_upstream_serial(std::uint64_t serial) { upstream_serial_ = serial; }
   /// The parent's chain of node names (from its status), recorded with the outcome.
@@ -45,6 +64,7 @@ class Cycle {
  private:
   CycleOutcome record(int exit_code, const std::string& result, const std::string& message);
 
+  std::unique_lock<std::mutex> tree_lock_;  // released after state_'s lock (declared first)
   const ops::Config& config_;
   sync::StateStore state_;
   std::uint64_t upstream_serial_ = 0;

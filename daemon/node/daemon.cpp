@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "daemon/node/node.h"
+#include "daemon/node/scrub.h"
 #include "daemon/node/watch.h"
 #include "daemon/ops/control.h"
 #include "daemon/ops/log.h"
@@ -255,6 +256,9 @@ int run_daemon(const std::string& config_path, ops::Config config) {
       spdlog::warn("{}; looking at the source by scanning it every second", watcher->why());
   };
   start_watcher();
+  // The scrubber's thread (docs/architecture.md): requested to stop and joined when run_daemon
+  // returns. It keeps the configuration it started with (a reload does not change its rate).
+  const std::jthread scrubber = start_scrubber(config);
   constexpr std::int64_t kSafetyScanSeconds = 60;
   std::string last_print;
   std::int64_t last_scan = 0;

@@ -51,4 +51,13 @@ Result<std::vector<std::string>> approve(const ops::Config& config,
 /// `tiersyncctl verify`: every difference between the tree and the applied manifests.
 Result<std::vector<std::string>> verify(const ops::Config& config, bool full);
 
+struct RepairReport {
+  std::vector<std::string> lines;  ///< verify --full's, then "repaired:", "not repaired:", "left:"
+  bool clean = false;              ///< the tree ends with no difference
+};
+/// `tiersyncctl verify --repair`: verify --full, then every damaged entry repaired at once (a
+/// relay from its parent, tier0 from its source where it still holds the published content),
+/// then verify --full again. Takes the state_dir lock: no cycle runs meanwhile.
+Result<RepairReport> verify_and_repair(const ops::Config& config);
+
 }  // namespace tiersync::node

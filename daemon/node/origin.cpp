@@ -158,6 +158,11 @@ Result<sync::ManifestSet> build_manifests(const ops::Config& config, std::size_t
 
 }  // namespace
 
+std::unique_ptr<sync::Fetcher> source_fetcher(const fs::path& source_dir) {
+  static const std::vector<sync::ScannedFile> kNothingScanned;  // copies, never links
+  return std::make_unique<SourceFetcher>(source_dir, kNothingScanned);
+}
+
 CycleOutcome publish_once(const ops::Config& config, const std::atomic<bool>* stop) {
   Cycle cycle(config);
   if (auto st = cycle.open(); !st) return cycle.fail(st.message());

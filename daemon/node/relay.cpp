@@ -210,6 +210,10 @@ bool applied_refs(const std::optional<sync::Applied>& applied, const proto::Dige
 
 }  // namespace
 
+std::unique_ptr<sync::Fetcher> parent_fetcher(transport::Transport& parent) {
+  return std::make_unique<TransportFetcher>(parent);
+}
+
 CycleOutcome sync_once(const ops::Config& config, const std::atomic<bool>* stop,
                        std::unique_ptr<transport::Transport>* keep) {
   Cycle cycle(config);

@@ -9,7 +9,9 @@
 #include <set>
 
 #include "daemon/node/node.h"
+#include "daemon/node/scrub.h"
 #include "daemon/ops/metrics.h"
+#include "daemon/sync/apply.h"
 #include "daemon/sync/fs.h"
 #include "daemon/sync/scan.h"
 #include "daemon/sync/state.h"
@@ -21,6 +23,31 @@ namespace tiersync::node {
 using nlohmann::json;
 
 namespace {
+
+// The scrubber's record (node/scrub.h), as it stood at its last save.
+json scrub_object(const ops::Config& config) {
+  const ScrubRecord r = load_scrub_record(config.state_dir);
+  json damaged = json::array();
+  for (const auto& d : r.damaged)
+    damaged.push_back({{"path", d.path},
+                       {"problem", d.problem},
+                       {"detail", d.detail},
+                       {"found", proto::format_time(d.found)},
+                       {"repair", d.repair}});
+  return {{"mb_per_second", config.scrub.mb_per_second},
+          {"passes", r.passes},
+          {"pass_files", r.pass_files},
+          {"pass_bytes", r.pass_bytes},
+          {"position", r.after_partition.empty() ? json(nullptr) : json(r.after_path)},
+          {"last_pass_end", r.last_pass_end ? json(proto::format_time(r.last_pass_end)) : json()},
+          {"last_pass_end_unix", r.last_pass_end},
+          {"last_pass_seconds", r.last_pass_seconds},
+          {"last_pass_files", r.last_pass_files},
+          {"last_pass_bytes", r.last_pass_bytes},
+          {"found", r.found},
+          {"repaired", r.repaired},
+          {"damaged", damaged}};
+}
 
 json status_object(const ops::Config& config) {
   sync::StateStore state(config.state_dir, config.tree);
@@ -81,6 +108,7 @@ json status_object(const ops::Config& config) {
                        {"time", proto::format_time(cycle.time)},
                        {"message", cycle.message}};
   }
+  j["scrub"] = scrub_object(config);
   return j;
 }
 
@@ -115,6 +143,13 @@ std::string metrics_text(const ops::Config& config) {
                        (j["last_cycle"]["result"] == "ok" || j["last_cycle"]["result"] == "noop");
   gauge("tiersync_last_cycle_success", "1 if the last cycle applied or found nothing to do.",
         success ? "1" : "0");
+  const json& scrub = j["scrub"];
+  gauge("tiersync_scrub_last_pass_end_timestamp_seconds",
+        "Unix time at which the last scrub pass over the whole tree ended (0: never).",
+        number(scrub["last_pass_end_unix"]));
+  gauge("tiersync_scrub_damaged_files",
+        "Damaged files the scrubber found and has not repaired yet (as listed in status).",
+        std::to_string(scrub["damaged"].size()));
   return out.take() + ops::process_metrics().text();
 }
 
@@ -149,6 +184,21 @@ std::string status_text(const ops::Config& config) {
     row("", val(j["last_cycle"]["message"]));
   }
   row("last success", val(j["last_success"]));
+  const json& scrub = j["scrub"];
+  if (scrub["mb_per_second"] == 0) {
+    row("scrub", "off");
+  } else {
+    row("scrub", val(scrub["mb_per_second"]) + " MB/s, " + val(scrub["passes"]) +
+                     " passes, last ended " + val(scrub["last_pass_end"]) + " (" +
+                     val(scrub["last_pass_files"]) + " files in " +
+                     val(scrub["last_pass_seconds"]) + " s)");
+    row("", "found " + val(scrub["found"]) + " damaged, repaired " + val(scrub["repaired"]));
+  }
+  for (const auto& d : scrub["damaged"]) {
+    std::snprintf(line, sizeof line, "  damaged: %s (%s: %s) %s\n", val(d["path"]).c_str(),
+                  val(d["problem"]).c_str(), val(d["detail"]).c_str(), val(d["repair"]).c_str());
+    out += line;
+  }
   if (j["held"].empty()) {
     row("held", "none");
   } else {
@@ -202,6 +252,39 @@ Result<std::vector<std::string>> approve(const ops::Config& config,
   return lines;
 }
 
+namespace {
+
+// One difference between the tree and the applied manifests: verify's line, and the entry it is
+// about (null for a file the snapshot does not name).
+struct Difference {
+  std::string line;
+  const proto::Entry* entry = nullptr;
+  Damage damage;
+};
+
+// The same checks as the scrubber's (TreeInspector: no symlink in the tree is followed), at full
+// speed; `full` hashes every file.
+Result<std::vector<Difference>> differences(const ops::Config& config,
+                                            const sync::ManifestSet& manifests, bool full) {
+  std::vector<Difference> diffs;
+  std::set<std::string_view> known;
+  TreeInspector inspector(config.tree);
+  for (const auto& [name, m] : manifests) {
+    for (const auto& e : m->entries) {
+      known.insert(e.path());
+      if (auto damage = inspector.inspect(e, full))
+        diffs.push_back({describe_damage(e.path(), *damage), &e, std::move(*damage)});
+    }
+  }
+  auto scan = sync::scan_tree(config.tree);
+  if (!scan) return scan.error();
+  for (const auto& f : scan->files)
+    if (!known.count(f.path)) diffs.push_back({"extra: " + f.path, nullptr, {}});
+  return diffs;
+}
+
+}  // namespace
+
 Result<std::vector<std::string>> verify(const ops::Config& config, bool full) {
   sync::StateStore state(config.state_dir, config.tree);
   auto applied = state.load_applied();
@@ -210,57 +293,48 @@ Result<std::vector<std::string>> verify(const ops::Config& config, bool full) {
     return make_error("nothing applied yet: no snapshot in " + config.state_dir.string());
   auto manifests = state.load_manifests((*applied)->snapshot);
   if (!manifests) return manifests.error();
-  std::vector<std::string> diffs;
-  std::set<std::string_view> known;
-  for (const auto& [name, m] : *manifests) {
-    for (const auto& e : m->entries) {
-      known.insert(e.path());
-      const auto file = config.tree / std::string(e.path());
-      struct stat st;
-      std::string path(e.path());
-      if (::lstat(file.c_str(), &st) != 0) {
-        diffs.push_back("missing: " + path);
-        continue;
-      }
-      if (e.link) {
-        std::string target(4096, '\0');
-        ssize_t n = ::readlink(file.c_str(), target.data(), target.size());
-        if (!S_ISLNK(st.st_mode) || n < 0 || std::string_view(target.data(), n) != e.target())
-          diffs.push_back("differs: " + path + " (not a symlink to " + std::string(e.target()) +
-                          ")");
-        continue;
-      }
-      if (!S_ISREG(st.st_mode)) {
-        diffs.push_back("differs: " + path + " (not a regular file)");
-        continue;
-      }
-      if (static_cast<std::uint64_t>(st.st_size) != e.size) {
-        diffs.push_back("differs: " + path + " (size " + std::to_string(st.st_size) +
-                        ", manifest " + std::to_string(e.size) + ")");
-        continue;
-      }
-      if (st.st_mtim.tv_sec != e.mtime) {
-        diffs.push_back("differs: " + path + " (mtime " + std::to_string(st.st_mtim.tv_sec) +
-                        ", manifest " + std::to_string(e.mtime) + ")");
-        continue;
-      }
-      if ((st.st_mode & 07777) != e.mode) {
-        char buf[64];
-        std::snprintf(buf, sizeof buf, " (mode %04o, manifest %04o)", st.st_mode & 07777, e.mode);
-        diffs.push_back("differs: " + path + buf);
-        continue;
-      }
-      if (full) {
-        auto d = sync::hash_file(file);
-        if (!d || *d != e.sha256) diffs.push_back("differs: " + path + " (SHA-256)");
-      }
-    }
+  auto diffs = differences(config, *manifests, full);
+  if (!diffs) return diffs.error();
+  std::vector<std::string> lines;
+  for (auto& d : *diffs) lines.push_back(std::move(d.line));
+  return lines;
+}
+
+Result<RepairReport> verify_and_repair(const ops::Config& config) {
+  sync::StateStore state(config.state_dir, config.tree);
+  if (auto st = state.open(); !st) return st.error();  // no cycle runs meanwhile
+  auto applied = state.load_applied();
+  if (!applied) return applied.error();
+  if (!*applied)
+    return make_error("nothing applied yet: no snapshot in " + config.state_dir.string());
+  auto journal = state.load_journal();
+  if (!journal) return journal.error();
+  if (*journal)
+    return make_error("an interrupted apply waits to be finished: run a cycle first " +
+                      std::string("(tiersyncd --once), then verify --repair"));
+  auto manifests = state.load_manifests((*applied)->snapshot);
+  if (!manifests) return manifests.error();
+  auto diffs = differences(config, *manifests, /*full=*/true);
+  if (!diffs) return diffs.error();
+
+  RepairReport report;
+  std::vector<std::pair<const proto::Entry*, Damage>> damaged;
+  for (const auto& d : *diffs) {
+    report.lines.push_back(d.line);
+    if (d.entry) damaged.emplace_back(d.entry, d.damage);
   }
-  auto scan = sync::scan_tree(config.tree);
-  if (!scan) return scan.error();
-  for (const auto& f : scan->files)
-    if (!known.count(f.path)) diffs.push_back("extra: " + f.path);
-  return diffs;
+  const auto why = repair_entries(config, state, damaged);
+  for (std::size_t i = 0; i < damaged.size(); ++i) {
+    const std::string path(damaged[i].first->path());
+    report.lines.push_back(why[i].empty() ? "repaired: " + path
+                                          : "not repaired: " + path + ": " + why[i]);
+  }
+  // The tree as it ends, checked again in full: what is left is listed once more.
+  auto left = differences(config, *manifests, /*full=*/true);
+  if (!left) return left.error();
+  for (const auto& d : *left) report.lines.push_back("left: " + d.line);
+  report.clean = left->empty();
+  return report;
 }
 
 }  // namespace tiersync::node

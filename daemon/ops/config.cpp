@@ -298,6 +298,16 @@ Result<Config> parse_config(std::string_view text, const fs::path& file) {
     }
   }
 
+  if (const json* sc = r.get("scrub")) {
+    if (!sc->is_object()) {
+      r.fail("scrub", "must be an object");
+    } else {
+      Reader sr(*sc, "scrub.", &err);
+      sr.integer("mb_per_second", c.scrub.mb_per_second, 0, 100000);
+      sr.finish();
+    }
+  }
+
   if (const json* ls = r.get("listen")) {
     if (!ls->is_array()) r.fail("listen", "must be an array");
     for (std::size_t i = 0; ls->is_array() && i < ls->size() && !r.failed(); ++i) {

@@ -47,6 +47,11 @@ struct ServeConfig {
   std::uint32_t max_long_polls_per_address = 32;  ///< of them from one client address; more: 503
 };
 
+/// Background re-hashing of the tree against the applied manifests (docs/configuration.md).
+struct ScrubConfig {
+  unsigned mb_per_second = 20;  ///< bytes read per second, in MB (10^6); 0: scrub is off
+};
+
 struct LogConfig {
   std::string level = "info";
   std::string format = "text";  ///< text or json
@@ -75,6 +80,7 @@ struct Config {
   unsigned threshold = 1;
 
   sync::GuardPolicy guard;
+  ScrubConfig scrub;
   std::vector<ListenConfig> listen;
   ServeConfig serve;
   fs::path control_socket;  ///< default: state_dir/control.sock

@@ -43,6 +43,19 @@ std::string ProcessMetrics::text() const {
   out.single("tiersync_upstream_errors_total", "counter",
              "Failed requests to the parent (after the transport's own retries).",
              upstream_errors.load());
+  out.single("tiersync_scrub_bytes_hashed_total", "counter",
+             "Bytes of the tree the scrubber read and hashed.", scrub_bytes_hashed.load());
+  out.single("tiersync_scrub_files_checked_total", "counter",
+             "Files and symlinks of the tree the scrubber checked against the applied manifests.",
+             scrub_files_checked.load());
+  out.single("tiersync_scrub_mismatches_total", "counter",
+             "Damaged files the scrubber found: missing, other content, other type or metadata.",
+             scrub_damaged_found.load());
+  out.single("tiersync_scrub_repaired_total", "counter",
+             "Damaged files the scrubber put back (from the parent, or tier0's source).",
+             scrub_repaired.load());
+  out.single("tiersync_scrub_passes_total", "counter",
+             "Scrub passes completed over the whole tree.", scrub_passes.load());
 
   out.family("tiersync_sync_duration_seconds", "histogram",
              "Duration of each cycle (a publish at tier0, a sync at a relay).");

@@ -44,6 +44,13 @@ class ProcessMetrics {
   std::atomic<std::uint64_t> verify_failures{0};   ///< signatures, manifest and file hashes
   std::atomic<std::uint64_t> upstream_errors{0};   ///< failed requests to the parent
 
+  // The scrubber's (node/scrub.h): what it read, and what it found and repaired.
+  std::atomic<std::uint64_t> scrub_bytes_hashed{0};
+  std::atomic<std::uint64_t> scrub_files_checked{0};
+  std::atomic<std::uint64_t> scrub_damaged_found{0};  ///< missing, differing or wrong type
+  std::atomic<std::uint64_t> scrub_repaired{0};
+  std::atomic<std::uint64_t> scrub_passes{0};  ///< passes completed
+
   /// One finished cycle (publish at tier0, sync at a relay), whatever its result.
   void observe_cycle(double seconds);
 

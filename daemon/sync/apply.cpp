@@ -294,8 +294,9 @@ Status Applier::stage(const Plan& plan, ApplyStats& stats) {
     }
     // Already in place (a killed run installed it, or the tree came from rsync): check by hash.
     // Never through a symlink: a folder that became one (or the reverse) holds other files.
+    // Not for a repair: the scrubber found the path damaged.
     struct stat st;
-    auto here = tree.lstat(e->path(), st);
+    auto here = repairing_ ? Result<bool>(false) : tree.lstat(e->path(), st);
     if (!here) return here.error();
     if (*here && matches_entry(st, *e)) {
       auto d = hash_tree_file(tree, e->path());
@@ -498,6 +499,25 @@ Result<ApplyStats> Applier::apply(const ApplyRequest& req, const Plan& plan) {
   if (auto st = commit(req); !st) return st.error();
   if (auto st = finish(req.candidate, plan, req.applied, stats); !st) return st.error();
   return stats;
+}
+
+Status Applier::repair(std::vector<const proto::Entry*> refetch,
+                       std::vector<const proto::Entry*> retouch) {
+  actions_.clear();
+  content_rejected_ = false;
+  Plan plan;  // one partition, not the root one: index files are still installed last
+  PartitionPlan& p = plan.partitions.emplace_back();
+  p.partition = "(repair)";
+  p.installs = std::move(refetch);
+  p.retouch = std::move(retouch);
+  ApplyStats stats;
+  repairing_ = true;
+  Status st = stage(plan, stats);
+  repairing_ = false;
+  if (st) st = install(plan);
+  if (st) st = sync_filesystem(state_.tree());
+  discard_staging();
+  return st;
 }
 
 Result<bool> Applier::recover() {

@@ -99,6 +99,13 @@ class Applier {
   /// Removes everything staged for a candidate that will not be applied.
   void discard_staging();
 
+  /// Puts back entries of the applied snapshot that the tree lost or damaged (the scrubber's and
+  /// `verify --repair`'s work): `refetch` through the same verified staging and renames as an
+  /// apply (an entry found intact in place is left alone), `retouch` (content intact) given its
+  /// mode and mtime again. No journal: each step replaces a damaged file with a verified one.
+  /// Discards what an interrupted apply staged. On error, what was installed stays installed.
+  Status repair(std::vector<const proto::Entry*> refetch, std::vector<const proto::Entry*> retouch);
+
   /// Finishes what a killed apply left: the journaled candidate is installed and committed, or,
   /// if it was committed, its deletions are done. Returns false when there was nothing to do.
   Result<bool> recover();
@@ -118,6 +125,7 @@ class Applier {
   Fetcher& fetcher_;
   std::unordered_map<const proto::Entry*, Action> actions_;
   bool content_rejected_ = false;
+  bool repairing_ = false;  ///< stage() refetches even what looks intact in place
   const std::atomic<bool>* stop_ = nullptr;
   bool stopping() const { return stop_ && stop_->load(); }
 };

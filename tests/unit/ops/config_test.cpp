@@ -200,6 +200,29 @@ TEST(ParseConfig, Tier0Defaults) {
   EXPECT_TRUE(c.listen.empty());
 }
 
+TEST(ParseConfig, ScrubForEveryRole) {
+  EXPECT_EQ(parse(mirror()).scrub.mb_per_second, 20u) << "on by default, gently";
+  EXPECT_EQ(parse(minimal_tier0()).scrub.mb_per_second, 20u);
+  for (json doc : {mirror(), minimal_tier0(), tier1()}) {
+    doc["scrub"] = {{"mb_per_second", 0}};
+    EXPECT_EQ(parse(doc).scrub.mb_per_second, 0u) << "0 turns it off";
+    doc["scrub"] = {{"mb_per_second", 250}};
+    EXPECT_EQ(parse(doc).scrub.mb_per_second, 250u);
+  }
+}
+
+TEST(ParseConfigError, BadScrub) {
+  json doc = mirror();
+  for (const json& bad : {json(-1), json(100001), json(1.5), json("20")}) {
+    doc["scrub"] = {{"mb_per_second", bad}};
+    expect_key_error(doc, "scrub.mb_per_second");
+  }
+  doc["scrub"] = {{"mb_per_secnd", 20}};
+  expect_key_error(doc, "scrub.mb_per_secnd");
+  doc["scrub"] = 20;
+  expect_key_error(doc, "scrub");
+}
+
 TEST(ParseConfig, MirrorMayListen) {
   json doc = mirror();
   doc["listen"] = json::parse(R"([{"address": "::", "port": 0, "tls": false}])");
