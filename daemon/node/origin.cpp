@@ -12,6 +12,7 @@
 
 #include "daemon/node/cycle.h"
 #include "daemon/node/node.h"
+#include "daemon/ops/notify.h"
 #include "daemon/sync/apply.h"
 #include "daemon/sync/fs.h"
 #include "daemon/sync/scan.h"
@@ -34,6 +35,7 @@ class SourceFetcher final : public sync::Fetcher {
 
   Result<bool> place(const proto::Entry& e, const fs::path& dest) override {
     // Finishing a killed publish, nothing was scanned: copy, and let the hash decide.
+    ops::note_progress();  // a file placed: feeds the watchdog
     if (scanned_.empty()) return false;
     const fs::path src = source_ / std::string(e.path());
     if (auto st = still_scanned(e, src); !st) return st.error();
@@ -43,7 +45,11 @@ class SourceFetcher final : public sync::Fetcher {
   }
 
   Status fetch(const proto::Entry& e, const sync::ByteSink& sink) override {
-    return sync::stream_file(source_ / std::string(e.path()), sink);
+    return sync::stream_file(source_ / std::string(e.path()),
+                             [&sink](const char* data, std::size_t size) {
+                               ops::note_progress();  // a chunk copied: feeds the watchdog
+                               return sink(data, size);
+                             });
   }
 
  private:
@@ -90,6 +96,7 @@ Result<sync::ManifestSet> build_manifests(const ops::Config& config, std::size_t
       m->entries.push_back(proto::Entry::symlink(f.path, f.target));
       continue;
     }
+    ops::note_progress();  // a file hashed (or found in the cache): feeds the watchdog
     auto digest = cache.digest_of(config.source_dir, f);
     if (!digest) return make_error("source changed during the scan: " + digest.message());
     m->entries.push_back(proto::Entry::file(f.path, f.size, *digest, seconds_of(f.mtime_ns), f.mode,

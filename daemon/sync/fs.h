@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <memory>
 #include <string>
 #include <string_view>
 
@@ -78,13 +79,20 @@ Status remove_tree(const fs::path& path);
 /// lstat that reports ENOENT as "absent" (returns false) and other errors as errors.
 Result<bool> lstat_path(const fs::path& path, struct stat& st);
 
-/// Exclusive advisory lock on a file, held while the object lives.
+/// Exclusive advisory lock (flock) on a file, held while the object (or a copy of it) lives.
+/// The holder writes its pid into the file, so that a refusal names it.
 class FileLock {
  public:
-  static Result<FileLock> acquire(const fs::path& path);
+  /// Whether later `acquire` calls for the same file in this process share the lock.
+  enum class Sharing { kNone, kProcess };
+  /// Takes the lock, or fails at once naming the holder's pid. With Sharing::kProcess (the
+  /// daemon, which holds its state_dir's lock for its whole life), a later `acquire` of the same
+  /// file in this process shares it instead of failing: the cycles the daemon runs take "their"
+  /// lock as before. Exclusion between threads of that process is the caller's job.
+  static Result<FileLock> acquire(const fs::path& path, Sharing sharing = Sharing::kNone);
 
  private:
-  UniqueFd fd_;
+  std::shared_ptr<const UniqueFd> fd_;
 };
 
 }  // namespace tiersync::sync
