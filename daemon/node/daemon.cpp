@@ -150,8 +150,9 @@ class Poller {
          std::stop_token daemon_stop)
       : keys_(std::move(keys)),
         threshold_(config.threshold),
-        wait_(std::min<std::chrono::seconds>(std::chrono::seconds(config.upstream.poll_seconds),
-                                             kPollSlice)),
+        period_(std::min<std::chrono::seconds>(std::chrono::seconds(config.upstream.poll_seconds),
+                                               300s)),
+        wait_(std::min<std::chrono::seconds>(period_, kPollSlice)),
         transport_(std::move(transport)),
         events_(events),
         applied_(applied),
@@ -217,7 +218,7 @@ class Poller {
         // half-way). Retried after 5, 10, 20... seconds, up to the poll period, not every time.
         repeats = serial == last_woken ? std::min(repeats + 1, 6u) : 0;
         last_woken = serial;
-        pause(stop, std::min<std::chrono::milliseconds>(5s * ((1u << repeats) - 1), max_wait()));
+        pause(stop, std::min<std::chrono::milliseconds>(5s * ((1u << repeats) - 1), period_));
         if (stop.stop_requested()) return;
         events_.push(EventKind::kNewSerial);
         // Give the cycle time to apply before asking again.
@@ -230,11 +231,11 @@ class Poller {
       }
     }
   }
-  std::chrono::milliseconds max_wait() const { return std::max<std::chrono::seconds>(wait_, 1s); }
 
   const std::vector<proto::PublicKey> keys_;
   const unsigned threshold_;
-  const std::chrono::seconds wait_;
+  const std::chrono::seconds period_;  ///< poll_seconds (at most 300): the longest backoff
+  const std::chrono::seconds wait_;    ///< one poll's wait: at most kPollSlice
   std::unique_ptr<transport::Transport> transport_;
   EventQueue& events_;
   std::mutex mu_;
