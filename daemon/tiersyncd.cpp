@@ -1,8 +1,5 @@
 // tiersyncd: one daemon for every role. Parses arguments and hands off to the node.
 
-#include <signal.h>
-#include <spdlog/spdlog.h>
-
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -62,14 +59,18 @@ int main(int argc, char** argv) {
   }
   ops::setup_logging(config->log);
   ops::raise_fd_limit();  // systemd's soft 1,024 is too few for a crowd of long polls
+  // One tiersyncd per state_dir, daemon or --once, for the whole life of the process: a second
+  // one leaves at once, before it touches any state or the control socket.
+  auto lock = node::lock_state_dir(*config);
+  if (!lock) {
+    std::fprintf(stderr, "tiersyncd: %s\n", lock.message().c_str());
+    return node::kExitFailure;
+  }
   if (once) {
     auto outcome =
         config->role == ops::Role::kTier0 ? node::publish_once(*config) : node::sync_once(*config);
     return outcome.exit_code;
   }
-  int code = node::run_daemon(config_path, std::move(*config));
-  // A long poll in flight cannot be interrupted and its thread is detached: end the process
-  // without running static destructors under it. State is durable; logs go to unbuffered stderr.
-  std::fflush(nullptr);
-  std::_Exit(code);
+  // Returns once every thread it started is joined: the process ends normally.
+  return node::run_daemon(config_path, std::move(*config));
 }

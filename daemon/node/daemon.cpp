@@ -1,19 +1,26 @@
 #include "daemon/node/daemon.h"
 
+#include <poll.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
-
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
 #include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
-#include <ctime>
+#include <cstring>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
+#include <stop_token>
 #include <thread>
 
+#include "daemon/node/loop.h"
 #include "daemon/node/node.h"
 #include "daemon/node/scrub.h"
 #include "daemon/node/watch.h"
@@ -31,8 +38,275 @@
 namespace tiersync::node {
 
 namespace fs = std::filesystem;
+using namespace std::chrono_literals;
 
 namespace {
+
+// ---------------------------------------------------------------------------------------------
+// The loop's inbox: every thread that wants a cycle (or a stop) pushes an event here; the main
+// thread waits on it. Never a signal to ourselves.
+
+class EventQueue {
+ public:
+  void push(EventKind kind) {
+    {
+      std::lock_guard lock(mu_);
+      pending_.push_back(kind);
+    }
+    cv_.notify_one();
+  }
+  /// The next event, or nullopt once `deadline` passed without one.
+  std::optional<EventKind> wait_until(LoopClock::time_point deadline) {
+    std::unique_lock lock(mu_);
+    if (!cv_.wait_until(lock, deadline, [&] { return !pending_.empty(); })) return std::nullopt;
+    const EventKind kind = pending_.front();
+    pending_.pop_front();
+    return kind;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<EventKind> pending_;  // guarded by mu_
+};
+
+// An eventfd a stop callback writes to, so that a thread blocked in poll() returns at once.
+class Wakeup {
+ public:
+  Wakeup() : fd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {}
+  ~Wakeup() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  Wakeup(const Wakeup&) = delete;
+  Wakeup& operator=(const Wakeup&) = delete;
+  int fd() const { return fd_; }
+  void wake() const {
+    const std::uint64_t one = 1;
+    (void)!::write(fd_, &one, sizeof one);
+  }
+
+ private:
+  int fd_;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Signals arrive through a signalfd read by a thread of their own (they are blocked in every
+// thread, the mask being set before any thread starts): SIGTERM and SIGINT request the daemon's
+// stop (which a running cycle sees between files and chunks), SIGHUP asks for a reload, SIGUSR1
+// for a cycle now.
+
+class SignalThread {
+ public:
+  using Handler = std::function<void(int signo)>;
+
+  /// `set` must already be blocked in the calling thread (and so in every thread it starts).
+  static Result<std::unique_ptr<SignalThread>> start(const sigset_t& set, Handler handler) {
+    const int fd = ::signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
+    if (fd < 0) return make_error(std::string("signalfd: ") + std::strerror(errno));
+    std::unique_ptr<SignalThread> self(new SignalThread(fd, std::move(handler)));
+    self->thread_ = std::jthread([raw = self.get()](std::stop_token stop) { raw->run(stop); });
+    return self;
+  }
+  ~SignalThread() {
+    thread_.request_stop();
+    if (thread_.joinable()) thread_.join();
+    ::close(fd_);
+  }
+  SignalThread(const SignalThread&) = delete;
+  SignalThread& operator=(const SignalThread&) = delete;
+
+ private:
+  SignalThread(int fd, Handler handler) : fd_(fd), handler_(std::move(handler)) {}
+
+  void run(std::stop_token stop) {
+    std::stop_callback on_stop(stop, [this] { wakeup_.wake(); });
+    while (!stop.stop_requested()) {
+      pollfd fds[2] = {{fd_, POLLIN, 0}, {wakeup_.fd(), POLLIN, 0}};
+      if (::poll(fds, 2, -1) < 0 && errno != EINTR) return;  // cannot happen with valid fds
+      signalfd_siginfo info;
+      while (::read(fd_, &info, sizeof info) == static_cast<ssize_t>(sizeof info))
+        handler_(static_cast<int>(info.ssi_signo));
+    }
+  }
+
+  int fd_;
+  Handler handler_;
+  Wakeup wakeup_;
+  std::jthread thread_;  // last: started once the members above exist
+};
+
+// ---------------------------------------------------------------------------------------------
+// The long poll on an HTTP(S) parent: one request open, asking for a serial above the applied
+// one. A newer serial, verified, becomes a kNewSerial event; the cycle does the rest.
+
+// Until the transport takes a stop token of its own, a request in flight cannot be cancelled:
+// the poll's wait (and its time-outs) are kept this short so that the thread sees a stop within
+// about that long. The parent answers "not modified" at the end of each slice and is asked again.
+constexpr std::chrono::seconds kPollSlice{2};
+
+class Poller {
+ public:
+  Poller(const ops::Config& config, std::vector<proto::PublicKey> keys,
+         std::unique_ptr<transport::Transport> transport, EventQueue& events, std::uint64_t applied,
+         std::stop_token daemon_stop)
+      : keys_(std::move(keys)),
+        threshold_(config.threshold),
+        period_(std::min<std::chrono::seconds>(std::chrono::seconds(config.upstream.poll_seconds),
+                                               300s)),
+        wait_(std::min<std::chrono::seconds>(period_, kPollSlice)),
+        transport_(std::move(transport)),
+        events_(events),
+        applied_(applied),
+        thread_([this](std::stop_token stop) { run(stop); }),
+        on_daemon_stop_(std::move(daemon_stop), [this] { thread_.request_stop(); }) {}
+  ~Poller() {
+    thread_.request_stop();
+    if (thread_.joinable()) thread_.join();
+  }
+  Poller(const Poller&) = delete;
+  Poller& operator=(const Poller&) = delete;
+
+  /// The serial the loop applied (or looked at and held): the poll asks for a higher one.
+  void set_applied(std::uint64_t serial) {
+    {
+      std::lock_guard lock(mu_);
+      applied_ = serial;
+    }
+    cv_.notify_all();
+  }
+
+ private:
+  std::uint64_t applied() {
+    std::lock_guard lock(mu_);
+    return applied_;
+  }
+  /// Sleeps `d` or until stop; with `known`, also until the applied serial moves from it.
+  void pause(std::stop_token& stop, std::chrono::milliseconds d,
+             std::optional<std::uint64_t> known = std::nullopt) {
+    std::unique_lock lock(mu_);
+    cv_.wait_for(lock, stop, d, [&] { return known && applied_ != *known; });
+  }
+  void run(std::stop_token stop) {
+    std::uint64_t last_woken = 0;  // the serial the last wake-up was for
+    unsigned repeats = 0;          // wake-ups in a row for it that did not get it applied
+    for (unsigned failures = 0; !stop.stop_requested();) {
+      const std::uint64_t known = applied();
+      const auto asked = std::chrono::steady_clock::now();
+      auto r = transport_->poll_snapshot(known, wait_);
+      if (stop.stop_requested()) return;
+      if (r && !*r) {  // not modified: ask again
+        failures = 0;
+        // A parent that does not hold the request answers at once: ask once per wait, not in
+        // a spin.
+        if (std::chrono::steady_clock::now() - asked < wait_ / 2) pause(stop, wait_);
+        continue;
+      }
+      std::uint64_t serial = 0;
+      if (r) {
+        auto verified = polled_serial(**r, keys_, threshold_);
+        if (verified) {
+          serial = *verified;
+        } else {
+          spdlog::warn("long poll: envelope refused: {}", verified.message());
+        }
+      } else {
+        ++ops::process_metrics().upstream_errors;
+        spdlog::warn("long poll: {}", r.message());
+      }
+      if (serial > known) {
+        failures = 0;
+        // The same serial again: the cycle could not apply it (refused, or the parent failed
+        // half-way). Retried after 5, 10, 20... seconds, up to the poll period, not every time.
+        repeats = serial == last_woken ? std::min(repeats + 1, 6u) : 0;
+        last_woken = serial;
+        pause(stop, std::min<std::chrono::milliseconds>(5s * ((1u << repeats) - 1), period_));
+        if (stop.stop_requested()) return;
+        events_.push(EventKind::kNewSerial);
+        // Give the cycle time to apply before asking again.
+        pause(stop, 5s, known);
+      } else {
+        // An error, a refused envelope, or a parent answering at once without anything newer:
+        // back off 1, 2, 4... 32 seconds.
+        failures = std::min(failures + 1, 6u);
+        pause(stop, 500ms * (1u << failures));
+      }
+    }
+  }
+
+  const std::vector<proto::PublicKey> keys_;
+  const unsigned threshold_;
+  const std::chrono::seconds period_;  ///< poll_seconds (at most 300): the longest backoff
+  const std::chrono::seconds wait_;    ///< one poll's wait: at most kPollSlice
+  std::unique_ptr<transport::Transport> transport_;
+  EventQueue& events_;
+  std::mutex mu_;
+  std::condition_variable_any cv_;
+  std::uint64_t applied_;  // guarded by mu_
+  std::jthread thread_;    // after everything run() uses
+  std::stop_callback<std::function<void()>> on_daemon_stop_;
+};
+
+// ---------------------------------------------------------------------------------------------
+// systemd's watchdog, fed by the cycle's progress: pinged while no cycle runs, or while the
+// running one moves (ops::note_progress). A cycle stuck on a silent parent or a hung disk stops
+// the pings, and systemd restarts the service after WatchdogSec.
+
+class Watchdog {
+ public:
+  Watchdog(std::chrono::microseconds interval, const std::atomic<bool>& cycle_running,
+           std::stop_token daemon_stop)
+      : interval_(interval),
+        cycle_running_(cycle_running),
+        thread_([this](std::stop_token stop) { run(stop); }),
+        on_daemon_stop_(std::move(daemon_stop), [this] { thread_.request_stop(); }) {}
+  ~Watchdog() {
+    thread_.request_stop();
+    if (thread_.joinable()) thread_.join();
+  }
+  Watchdog(const Watchdog&) = delete;
+  Watchdog& operator=(const Watchdog&) = delete;
+
+ private:
+  void run(std::stop_token stop) {
+    // Checked four times per interval: a cycle must stay silent for most of an interval before
+    // systemd, which waits one whole interval after the last ping, restarts it.
+    const auto check = std::max<std::chrono::microseconds>(interval_ / 4, 1ms);
+    std::uint64_t seen = ops::progress();
+    auto last_moved = std::chrono::steady_clock::now();
+    bool withheld = false;
+    std::mutex mu;
+    std::condition_variable_any cv;
+    while (!stop.stop_requested()) {
+      const std::uint64_t now = ops::progress();
+      if (!cycle_running_ || now != seen) {
+        ops::notify_systemd("WATCHDOG=1");
+        if (withheld) spdlog::info("watchdog: the cycle progresses again");
+        withheld = false;
+        last_moved = std::chrono::steady_clock::now();
+      } else {
+        // Said at every check, for systemctl status (and tests) to see; logged once.
+        const auto still = std::chrono::duration_cast<std::chrono::milliseconds>(
+                               std::chrono::steady_clock::now() - last_moved)
+                               .count();
+        if (!withheld)
+          spdlog::warn("watchdog: the cycle makes no progress; not feeding the watchdog");
+        withheld = true;
+        ops::notify_systemd("STATUS=cycle stalled: no progress for " + std::to_string(still) +
+                            " ms; watchdog not fed");
+      }
+      seen = now;
+      std::unique_lock lock(mu);
+      cv.wait_for(lock, stop, check, [] { return false; });
+    }
+  }
+
+  const std::chrono::microseconds interval_;
+  const std::atomic<bool>& cycle_running_;
+  std::jthread thread_;
+  std::stop_callback<std::function<void()>> on_daemon_stop_;
+};
+
+// ---------------------------------------------------------------------------------------------
 
 // The source's fingerprint: any upload, rename or removal changes it ("" if it cannot be read),
 // and so does `.tiersync-busy` appearing or going (the scan leaves the marker out): a builder's
@@ -43,317 +317,349 @@ std::string source_fingerprint(const ops::Config& config) {
   return scan ? sync::scan_fingerprint(*scan, busy ? "busy" : "") : std::string();
 }
 
-// Keeps one long poll open on an HTTP(S) parent and wakes the main loop (SIGUSR1) as soon as the
-// parent serves a newer serial. Shared with its thread, which is detached: a poll in flight
-// cannot be interrupted, and SIGTERM must not wait for it.
-struct Poller {
-  std::atomic<std::uint64_t> applied{0};
-  std::atomic<bool> stop{false};
-  /// Set once the daemon's own first cycle is done: polling before it would only wake a second
-  /// cycle for the serial the first one is applying.
-  std::atomic<bool> primed{false};
-
-  static void start(std::shared_ptr<Poller> self, const ops::Config& config) {
-    transport::TransportOptions options;
-    options.ca_file = config.upstream.ca_file;
-    options.connections = 1;
-    auto t = transport::make_transport(config.upstream.url, options);
-    if (!t) {
-      spdlog::error("long poll disabled: {}", t.message());
-      return;
-    }
-    const auto wait = std::chrono::seconds(std::min(config.upstream.poll_seconds, 300u));
-    std::thread([self, t = std::shared_ptr<transport::Transport>(std::move(*t)), wait] {
-      while (!self->primed && !self->stop)  // bounded by the first cycle, or SIGTERM
-        std::this_thread::sleep_for(std::chrono::milliseconds(50));
-      std::uint64_t last_woken = 0;  // the serial the last wake-up was for
-      unsigned repeats = 0;          // wake-ups in a row for it that did not get it applied
-      for (unsigned failures = 0; !self->stop;) {
-        const std::uint64_t known = self->applied;
-        auto r = t->poll_snapshot(known, wait);
-        if (self->stop) return;
-        std::uint64_t serial = 0;
-        if (r && *r) {
-          // Not verified here: the cycle verifies. The serial only decides whether to wake it.
-          auto env = proto::decode_envelope(**r);
-          auto snap =
-              env ? proto::decode_snapshot(env->payload) : Result<proto::Snapshot>(env.error());
-          if (snap) serial = snap->serial;
-        }
-        if (serial > known) {
-          failures = 0;
-          // The same serial again: the cycle could not apply it (refused, or the parent failed
-          // half-way). Retried after 5, 10, 20... seconds, up to the wait, not every 5 seconds.
-          repeats = serial == last_woken ? std::min(repeats + 1, 6u) : 0;
-          last_woken = serial;
-          const auto pause = std::min<std::chrono::milliseconds>(
-              std::chrono::seconds(5) * ((1u << repeats) - 1), wait);
-          for (auto waited = std::chrono::milliseconds(0); waited < pause && !self->stop;
-               waited += std::chrono::milliseconds(100))
-            std::this_thread::sleep_for(std::chrono::milliseconds(100));
-          if (self->stop) return;
-          ::kill(::getpid(), SIGUSR1);
-          // Give the cycle time to apply before asking again.
-          for (int i = 0; i < 50 && !self->stop && self->applied == known; ++i)
-            std::this_thread::sleep_for(std::chrono::milliseconds(100));
-        } else if (!r || (*r && serial <= known)) {
-          // An error, or a parent answering at once without anything newer: back off.
-          failures = std::min(failures + 1, 6u);
-          if (!r) {
-            ++ops::process_metrics().upstream_errors;
-            spdlog::warn("long poll: {}", r.message());
-          }
-          for (unsigned i = 0; i < (1u << failures) * 5 && !self->stop; ++i)
-            std::this_thread::sleep_for(std::chrono::milliseconds(100));
-        }
-      }
-    }).detach();
-  }
-};
-
-// One thread takes every signal with sigwait and queues it for the loop; SIGTERM and SIGINT
-// also raise `stop`, which a running cycle checks between files and chunks. Detached like the
-// poller: the process ends with _Exit.
-struct Signals {
-  std::atomic<bool> stop{false};
-  std::mutex mu;
-  std::condition_variable cv;
-  std::deque<int> pending;
-
-  static void start(std::shared_ptr<Signals> self, sigset_t set) {
-    std::thread([self, set] {
-      while (true) {
-        int sig = 0;
-        if (sigwait(&set, &sig) != 0) continue;
-        if (sig == SIGTERM || sig == SIGINT) self->stop = true;
-        std::lock_guard lock(self->mu);
-        self->pending.push_back(sig);
-        self->cv.notify_all();
-      }
-    }).detach();
-  }
-  /// The next signal, or -1 once `timeout` passed without one.
-  int wait(std::chrono::seconds timeout) {
-    std::unique_lock lock(mu);
-    if (!cv.wait_for(lock, timeout, [&] { return !pending.empty(); })) return -1;
-    int sig = pending.front();
-    pending.pop_front();
-    return sig;
-  }
-};
-
 std::uint64_t applied_serial(const ops::Config& config) {
   sync::StateStore state(config.state_dir, config.tree);
   auto applied = state.load_applied();
   return applied && *applied ? (*applied)->snapshot.serial : 0;
 }
 
+LoopPolicy policy_of(const ops::Config& config) {
+  LoopPolicy p;
+  p.tier0 = config.role == ops::Role::kTier0;
+  p.poll = std::chrono::seconds(config.upstream.poll_seconds);
+  p.settle = std::chrono::seconds(config.settle_seconds);
+  return p;
+}
+
+// The daemon: the main thread runs the loop (decide, then cycles, reloads and the served view);
+// the other threads only turn what they see into events. Members are destroyed in reverse order:
+// the threads that push events stop before what they push into.
+class Daemon {
+ public:
+  Daemon(std::string config_path, ops::Config config)
+      : config_path_(std::move(config_path)), config_(std::move(config)) {}
+
+  int run(const sigset_t& signals);
+
+ private:
+  Status start_server();
+  void publish_view();
+  void after_cycle();
+  void run_cycle(std::deque<Event>& follow_ups);
+  bool reload();
+  void start_watcher();
+  bool look_at_source(LoopClock::time_point now);
+  bool rescan(LoopClock::time_point now);
+  bool wants_long_poll() const {
+    return config_.is_relay() && !config_.upstream.url.starts_with("file:");
+  }
+  void start_poller(std::uint64_t applied);
+  void shutdown();
+
+  const std::string config_path_;
+  ops::Config config_;
+  LoopState loop_;
+  EventQueue events_;
+  std::stop_source stop_;                // SIGTERM / SIGINT
+  std::atomic<bool> cycle_stop_{false};  // the same, for the cycle's apply (checked per chunk)
+  std::atomic<bool> cycle_running_{false};
+  std::optional<std::stop_callback<std::function<void()>>> raise_cycle_stop_;
+
+  std::unique_ptr<transport::Transport> upstream_;  // a relay's, kept across cycles
+  std::unique_ptr<serve::Server> server_;
+  std::shared_ptr<const serve::ServedView> view_;
+  std::unique_ptr<SourceWatcher> watcher_;  // tier0
+  std::string last_print_;                  // tier0: the source's fingerprint at the last scan
+  LoopClock::time_point last_scan_{};
+  bool long_poll_ = false;
+
+  // The threads (see docs/architecture.md). Started in this order, stopped in the reverse one.
+  std::unique_ptr<SignalThread> signals_;
+  std::unique_ptr<ops::ControlSocket> control_;
+  std::unique_ptr<Watchdog> watchdog_;
+  std::unique_ptr<Poller> poller_;
+  std::jthread scrubber_;  // its own stop token; it keeps the configuration it started with
+};
+
+Status Daemon::start_server() {
+  if (config_.listen.empty()) return {};
+  server_ = std::make_unique<serve::Server>(config_.listen, config_.tree,
+                                            serve::server_limits(config_.serve));
+  if (auto st = server_->start(); !st) return make_error("cannot listen: " + st.message());
+  publish_view();
+  return {};
+}
+
+// The server's view: the applied snapshot, republished after every cycle.
+void Daemon::publish_view() {
+  if (!server_) return;
+  sync::StateStore state(config_.state_dir, config_.tree);
+  const ops::Config snapshot_of_config = config_;
+  auto v = serve::load_view(
+      state, status_json(config_),
+      [snapshot_of_config] { return metrics_text(snapshot_of_config); }, view_.get());
+  if (!v) {
+    spdlog::error("cannot serve the applied snapshot: {}", v.message());
+    return;
+  }
+  view_ = std::move(*v);
+  server_->publish(view_);
+}
+
+void Daemon::start_poller(std::uint64_t applied) {
+  poller_.reset();  // joins the old one (within about kPollSlice)
+  auto keys = ops::load_trusted_keys(config_);
+  transport::TransportOptions options;
+  options.ca_file = config_.upstream.ca_file;
+  options.connections = 1;
+  options.connect_timeout = kPollSlice;
+  options.read_timeout = kPollSlice;
+  options.max_attempts = 1;  // the poller backs off itself
+  auto t = keys ? transport::make_transport(config_.upstream.url, options)
+                : Result<std::unique_ptr<transport::Transport>>(keys.error());
+  if (!t) {
+    spdlog::error("long poll disabled: {}", t.message());
+    long_poll_ = false;  // until the next reload
+    return;
+  }
+  poller_ = std::make_unique<Poller>(config_, std::move(*keys), std::move(*t), events_, applied,
+                                     stop_.get_token());
+}
+
+void Daemon::after_cycle() {
+  sync::StateStore state(config_.state_dir, config_.tree);
+  const auto cycle = state.load_cycle();
+  const auto serial = applied_serial(config_);
+  // A held serial was looked at: the long poll waits for the next one (an approval wakes the
+  // loop through the control socket), not one cycle every few seconds for the same serial.
+  // Started after the first cycle: polling before it would only wake a second cycle for the
+  // serial the first one is applying.
+  if (long_poll_) {
+    const std::uint64_t known =
+        cycle.result == "held" ? std::max(serial, cycle.upstream_serial) : serial;
+    if (poller_) {
+      poller_->set_applied(known);
+    } else {
+      start_poller(known);
+    }
+  }
+  publish_view();
+  const auto held = state.load_held().partitions.size();
+  const auto upstream = std::max(cycle.upstream_serial, serial);
+  ops::notify_systemd("STATUS=serial " + std::to_string(serial) + ", upstream " +
+                      std::to_string(upstream) + ", lag " + std::to_string(upstream - serial) +
+                      ", held " + std::to_string(held) + ", last cycle " + cycle.result);
+}
+
+void Daemon::run_cycle(std::deque<Event>& follow_ups) {
+  cycle_running_ = true;
+  if (config_.role == ops::Role::kTier0) {
+    const bool watched = watcher_ && watcher_->available();
+    if (watched) rescan(LoopClock::now());  // the source as published, to compare afterwards
+    publish_once(config_, &cycle_stop_);
+    if (watched) {
+      // Events that arrived during the publish are dropped, and a scan tells whether a builder
+      // changed anything meanwhile.
+      watcher_->changed();
+      const auto now = LoopClock::now();
+      if (rescan(now)) follow_ups.push_back({EventKind::kSourceChanged, now});
+    }
+  } else {
+    sync_once(config_, &cycle_stop_, &upstream_);
+  }
+  cycle_running_ = false;
+  after_cycle();
+}
+
+// tier0 learns of uploads from inotify, with a full fingerprint scan once a minute as a safety
+// net (a lost event, a file system inotify does not see, such as NFS); without inotify it scans
+// every second.
+void Daemon::start_watcher() {
+  watcher_.reset();
+  if (config_.role != ops::Role::kTier0) return;
+  watcher_ = std::make_unique<SourceWatcher>(config_.source_dir);
+  if (!watcher_->available())
+    spdlog::warn("{}; looking at the source by scanning it every second", watcher_->why());
+}
+
+bool Daemon::rescan(LoopClock::time_point now) {
+  std::string print = source_fingerprint(config_);
+  last_scan_ = now;
+  if (print == last_print_) return false;
+  last_print_ = std::move(print);
+  return true;
+}
+
+bool Daemon::look_at_source(LoopClock::time_point now) {
+  constexpr auto kSafetyScan = 60s;
+  const bool watched = watcher_ && watcher_->available();
+  bool changed = watched && watcher_->changed();
+  if (!watched || now - last_scan_ >= kSafetyScan) changed = rescan(now) || changed;
+  return changed;
+}
+
+bool Daemon::reload() {
+  auto next = ops::load_config(config_path_);
+  if (next) {
+    if (auto st = ops::check_resources(*next); !st) next = st.error();
+  }
+  // What this process holds for its whole life cannot move under it.
+  if (next && next->state_dir != config_.state_dir)
+    next = make_error("state_dir changed: restart tiersyncd to move it (its lock is held)");
+  if (next && next->control_socket != config_.control_socket)
+    next = make_error("control_socket changed: restart tiersyncd to move it");
+  // The listeners' certificates are part of the configuration: reloaded with it, or the whole
+  // reload is refused (renewed certificates take effect without a restart).
+  if (next && server_) {
+    if (auto st = server_->reload_tls(next->listen); !st) next = st.error();
+  } else if (next && !next->listen.empty()) {
+    next = make_error("listen entries were added: restart tiersyncd to start serving");
+  }
+  if (!next) {
+    spdlog::error("reload refused, keeping the running configuration: {}", next.message());
+    return false;
+  }
+  config_ = std::move(*next);
+  upstream_.reset();  // the parent's URL or TLS settings may have changed
+  poller_.reset();    // started again after the next cycle, with the new parent and keys
+  long_poll_ = wants_long_poll();
+  start_watcher();  // source.dir may have moved
+  ops::setup_logging(config_.log);
+  spdlog::info("configuration reloaded from {}", config_.file.string());
+  ops::notify_systemd("READY=1");
+  return true;
+}
+
+// Every thread stops and is joined, those that push events first. The cycle has returned.
+void Daemon::shutdown() {
+  scrubber_ = {};                // stop requested and joined: within one file's chunk
+  poller_.reset();               // within about kPollSlice of the stop (its request in flight ends)
+  watchdog_.reset();             // at once
+  control_.reset();              // at once, or after the one client it is answering (1 s at most)
+  if (server_) server_->stop();  // responses in flight get a few seconds
+  signals_.reset();              // at once
+}
+
+int Daemon::run(const sigset_t& signal_set) {
+  raise_cycle_stop_.emplace(stop_.get_token(), [this] { cycle_stop_ = true; });
+  auto signals = SignalThread::start(signal_set, [this](int signo) {
+    if (signo == SIGTERM || signo == SIGINT) {
+      if (!stop_.stop_requested()) {
+        spdlog::info("tiersyncd stopping on signal {}", signo);
+        ops::notify_systemd("STOPPING=1");
+      }
+      stop_.request_stop();
+      events_.push(EventKind::kStop);
+    } else if (signo == SIGHUP) {
+      events_.push(EventKind::kReload);
+    } else if (signo == SIGUSR1) {
+      events_.push(EventKind::kSyncNow);
+    }
+  });
+  if (!signals) {
+    spdlog::error("{}", signals.message());
+    return kExitFailure;
+  }
+  signals_ = std::move(*signals);
+
+  // The control socket: tiersyncctl sync-now, and approve, start a cycle at once.
+  {
+    std::error_code ec;
+    fs::create_directories(config_.control_socket.parent_path(), ec);
+    auto control = ops::ControlSocket::start(
+        config_.control_socket,
+        [this](const std::string& command) {
+          if (command == "sync-now" || command == "approved") {
+            events_.push(EventKind::kSyncNow);
+            return std::string("ok: a cycle starts now");
+          }
+          return "error: unknown command \"" + command.substr(0, 64) + "\"";
+        },
+        stop_.get_token());
+    if (control) {
+      control_ = std::move(*control);
+    } else {
+      spdlog::error("{}; sync-now will not reach this daemon", control.message());
+    }
+  }
+  spdlog::info("tiersyncd started: role={} name={} tree={}", ops::role_name(config_.role),
+               config_.name, config_.tree.string());
+  if (auto st = start_server(); !st) {
+    spdlog::error("{}", st.message());
+    return kExitFailure;
+  }
+  long_poll_ = wants_long_poll();
+  start_watcher();
+  scrubber_ = start_scrubber(config_);  // docs/architecture.md: a reload does not change it
+
+  // Ready once state is loaded and listeners are open.
+  ops::notify_systemd("READY=1\nSTATUS=serial " + std::to_string(applied_serial(config_)));
+  if (const auto interval = ops::watchdog_interval(); interval.count() > 0)
+    watchdog_ = std::make_unique<Watchdog>(interval, cycle_running_, stop_.get_token());
+
+  loop_.policy = policy_of(config_);
+  std::deque<Event> follow_ups{{EventKind::kStarted, LoopClock::now()}};
+  auto deadline = LoopClock::now();
+  while (true) {  // ends at kStop; each turn waits for an event or the deadline decide() set
+    Event event;
+    if (stop_.stop_requested()) {
+      event = {EventKind::kStop, LoopClock::now()};
+    } else if (!follow_ups.empty()) {
+      event = follow_ups.front();
+      follow_ups.pop_front();
+    } else {
+      event.kind = events_.wait_until(deadline).value_or(EventKind::kTimer);
+      event.now = LoopClock::now();
+      if (event.kind == EventKind::kTimer && loop_.policy.tier0 && look_at_source(event.now))
+        follow_ups.push_back({EventKind::kSourceChanged, event.now});
+    }
+    const Step step = decide(loop_, event);
+    loop_ = step.state;
+    switch (step.action) {
+      case Action::kStop:
+        shutdown();
+        return kExitOk;
+      case Action::kReload:
+        if (reload())
+          follow_ups.push_back({EventKind::kReloaded, LoopClock::now(), policy_of(config_)});
+        break;
+      case Action::kCycle:
+        run_cycle(follow_ups);
+        follow_ups.push_back({EventKind::kCycleDone, LoopClock::now()});
+        break;
+      case Action::kWait:
+        deadline = event.now + step.wait;
+        break;
+    }
+  }
+}
+
 }  // namespace
+
+Result<std::uint64_t> polled_serial(std::string_view envelope,
+                                    const std::vector<proto::PublicKey>& trusted,
+                                    unsigned threshold) {
+  auto env = proto::decode_envelope(envelope);
+  if (!env) return env.error();
+  auto payload = proto::verify_envelope(*env, trusted, threshold, proto::kSnapshotPayloadType);
+  if (!payload) return payload.error();
+  auto snap = proto::decode_snapshot(*payload);
+  if (!snap) return snap.error();
+  return snap->serial;
+}
+
+Result<sync::FileLock> lock_state_dir(const ops::Config& config) {
+  if (auto st = sync::make_dirs(config.state_dir); !st) return st.error();
+  return sync::FileLock::acquire(config.state_dir / "lock", sync::FileLock::Sharing::kProcess);
+}
 
 int run_daemon(const std::string& config_path, ops::Config config) {
   sigset_t set;
   sigemptyset(&set);
   for (int s : {SIGTERM, SIGINT, SIGHUP, SIGUSR1}) sigaddset(&set, s);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);  // before any thread starts: all inherit it
-  auto signals = std::make_shared<Signals>();
-  Signals::start(signals, set);
-
-  // The control socket: tiersyncctl sync-now, and approve, start a cycle at once.
-  {
-    std::error_code ec;
-    fs::create_directories(config.control_socket.parent_path(), ec);
-    auto st = ops::serve_control_socket(config.control_socket, [](const std::string& command) {
-      if (command == "sync-now" || command == "approved") {
-        ::kill(::getpid(), SIGUSR1);
-        return std::string("ok: a cycle starts now");
-      }
-      return "error: unknown command \"" + command.substr(0, 64) + "\"";
-    });
-    if (!st) spdlog::error("{}; sync-now will not reach this daemon", st.message());
-  }
-  spdlog::info("tiersyncd started: role={} name={} tree={}", ops::role_name(config.role),
-               config.name, config.tree.string());
-
-  // The server: the applied snapshot, republished after every cycle.
-  std::unique_ptr<serve::Server> server;
-  std::shared_ptr<const serve::ServedView> view;
-  auto publish_view = [&] {
-    if (!server) return;
-    sync::StateStore state(config.state_dir, config.tree);
-    const ops::Config snapshot_of_config = config;
-    auto v = serve::load_view(
-        state, status_json(config),
-        [snapshot_of_config] { return metrics_text(snapshot_of_config); }, view.get());
-    if (!v) {
-      spdlog::error("cannot serve the applied snapshot: {}", v.message());
-      return;
-    }
-    view = std::move(*v);
-    server->publish(view);
-  };
-  if (!config.listen.empty()) {
-    server = std::make_unique<serve::Server>(config.listen, config.tree,
-                                             serve::server_limits(config.serve));
-    if (auto st = server->start(); !st) {
-      spdlog::error("cannot listen: {}", st.message());
-      return kExitFailure;
-    }
-    publish_view();
-  }
-  // The long poll on the parent; started again with a reloaded configuration (its URL or CA
-  // file may have changed). A stopped poller's thread ends after its request in flight.
-  std::shared_ptr<Poller> poller;
-  bool long_poll = false;
-  auto start_poller = [&] {
-    if (poller) poller->stop = true;
-    poller = std::make_shared<Poller>();
-    long_poll = config.is_relay() && !config.upstream.url.starts_with("file:");
-    if (long_poll) {
-      poller->applied = applied_serial(config);
-      Poller::start(poller, config);
-    }
-  };
-  start_poller();
-  auto after_cycle = [&] {
-    sync::StateStore state(config.state_dir, config.tree);
-    const auto cycle = state.load_cycle();
-    const auto serial = applied_serial(config);
-    // A held serial was looked at: the long poll waits for the next one (an approval wakes the
-    // loop through the control socket), not one cycle every few seconds for the same serial.
-    if (long_poll) {
-      poller->applied = cycle.result == "held" ? std::max(serial, cycle.upstream_serial) : serial;
-      poller->primed = true;
-    }
-    publish_view();
-    const auto held = state.load_held().partitions.size();
-    ops::notify_systemd("STATUS=serial " + std::to_string(serial) + ", upstream " +
-                        std::to_string(std::max(cycle.upstream_serial, serial)) + ", lag " +
-                        std::to_string(std::max(cycle.upstream_serial, serial) - serial) +
-                        ", held " + std::to_string(held) + ", last cycle " + cycle.result);
-  };
-
-  // Ready once state is loaded and listeners are open. The watchdog is fed from a thread of its
-  // own: a long initial sync must not look like a hang.
-  ops::notify_systemd("READY=1\nSTATUS=serial " + std::to_string(applied_serial(config)));
-  if (const auto interval = ops::watchdog_interval(); interval.count() > 0) {
-    std::thread([interval] {
-      while (true) {
-        ops::notify_systemd("WATCHDOG=1");
-        std::this_thread::sleep_for(interval / 2);
-      }
-    }).detach();
-  }
-
-  // tier0 learns of uploads from inotify, with a full fingerprint scan once a minute as a safety
-  // net (a lost event, a file system inotify does not see, such as NFS); without inotify it
-  // scans every second.
-  std::unique_ptr<SourceWatcher> watcher;
-  auto start_watcher = [&] {
-    watcher.reset();
-    if (config.role != ops::Role::kTier0) return;
-    watcher = std::make_unique<SourceWatcher>(config.source_dir);
-    if (!watcher->available())
-      spdlog::warn("{}; looking at the source by scanning it every second", watcher->why());
-  };
-  start_watcher();
-  // The scrubber's thread (docs/architecture.md): requested to stop and joined when run_daemon
-  // returns. It keeps the configuration it started with (a reload does not change its rate).
-  const std::jthread scrubber = start_scrubber(config);
-  constexpr std::int64_t kSafetyScanSeconds = 60;
-  std::string last_print;
-  std::int64_t last_scan = 0;
-  auto rescan = [&](std::int64_t now) {  // true when the source's fingerprint moved
-    std::string print = source_fingerprint(config);
-    last_scan = now;
-    if (print == last_print) return false;
-    last_print = std::move(print);
-    return true;
-  };
-  std::int64_t quiet_since = std::time(nullptr);
-  bool run_now = true;
-  bool forced = false;  // tier0: sync-now publishes without waiting for a quiet source
-  std::unique_ptr<transport::Transport> upstream;  // a relay's, kept across cycles
-  while (true) {
-    if (config.role == ops::Role::kTier0) {
-      std::int64_t now = std::time(nullptr);
-      const bool watched = watcher && watcher->available();
-      bool changed = watched && watcher->changed();
-      if (!watched || now - last_scan >= kSafetyScanSeconds) changed = rescan(now) || changed;
-      if (changed) {
-        quiet_since = now;
-        run_now = true;
-      }
-      if (run_now &&
-          (forced || now - quiet_since >= static_cast<std::int64_t>(config.settle_seconds))) {
-        if (watched) rescan(now);  // the source as published, to compare with afterwards
-        publish_once(config, &signals->stop);
-        after_cycle();
-        run_now = false;
-        forced = false;
-        if (watched) {
-          // The publish's own hard links touched the source's files (IN_ATTRIB): its events
-          // are dropped, and a scan tells whether a builder changed anything meanwhile.
-          watcher->changed();
-          now = std::time(nullptr);
-          if (rescan(now)) {
-            quiet_since = now;
-            run_now = true;
-          }
-        }
-      }
-    } else if (run_now) {
-      sync_once(config, &signals->stop, &upstream);
-      after_cycle();
-      run_now = false;
-    }
-    // tier0 looks at its source's events every second (and re-signs on time); relays poll.
-    int wait =
-        config.role == ops::Role::kTier0 ? 1 : static_cast<int>(config.upstream.poll_seconds);
-    int sig = signals->wait(std::chrono::seconds(wait));
-    if (sig == SIGTERM || sig == SIGINT) {
-      spdlog::info("tiersyncd stopping on signal {}", sig);
-      ops::notify_systemd("STOPPING=1");
-      poller->stop = true;
-      if (server) server->stop();
-      return kExitOk;
-    }
-    if (sig == SIGHUP) {
-      auto next = ops::load_config(config_path);
-      if (next) {
-        if (auto st = ops::check_resources(*next); !st) next = st.error();
-      }
-      // The listeners' certificates are part of the configuration: reloaded with it, or the
-      // whole reload is refused (renewed certificates take effect without a restart).
-      if (next && server) {
-        if (auto st = server->reload_tls(next->listen); !st) next = st.error();
-      } else if (next && !next->listen.empty()) {
-        next = make_error("listen entries were added: restart tiersyncd to start serving");
-      }
-      if (!next) {
-        spdlog::error("reload refused, keeping the running configuration: {}", next.message());
-      } else {
-        config = std::move(*next);
-        upstream.reset();  // the parent's URL or TLS settings may have changed
-        start_poller();
-        start_watcher();  // source.dir may have moved
-        ops::setup_logging(config.log);
-        spdlog::info("configuration reloaded from {}", config.file.string());
-        ops::notify_systemd("READY=1");
-        run_now = true;
-      }
-    }
-    if (sig == SIGUSR1) run_now = forced = true;  // sync now
-    if (sig < 0 && config.role != ops::Role::kTier0) run_now = true;
-    if (sig < 0 && config.role == ops::Role::kTier0) {
-      // Re-sign on time even when the source is quiet: publish_once decides whether it is due.
-      static std::int64_t last_check = 0;
-      std::int64_t now = std::time(nullptr);
-      if (now - last_check >= 60) {
-        last_check = now;
-        run_now = true;
-      }
-    }
-  }
+  // Before any thread starts: all inherit the mask, and the signals reach only the signalfd.
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  return Daemon(config_path, std::move(config)).run(set);
 }
 
 }  // namespace tiersync::node

@@ -12,6 +12,7 @@
 
 #include "daemon/node/cycle.h"
 #include "daemon/node/node.h"
+#include "daemon/ops/notify.h"
 #include "daemon/sync/apply.h"
 #include "daemon/sync/fs.h"
 #include "daemon/sync/scan.h"
@@ -37,6 +38,7 @@ class SourceFetcher final : public sync::Fetcher {
       : source_(std::move(source)), scanned_(scanned) {}
 
   Result<bool> place(const proto::Entry& e, const fs::path& dest) override {
+    ops::note_progress();  // a file placed: feeds the watchdog
     // Finishing a killed publish, nothing was scanned: fetch(), and the applier's hash decides.
     if (scanned_.empty()) return false;
     auto it =
@@ -82,7 +84,11 @@ class SourceFetcher final : public sync::Fetcher {
     if (!dir) return dir.error();
     auto in = sync::open_file_beneath(*dir, e.path(), source_);
     if (!in) return in.error();
-    return sync::stream_fd(in->get(), source_ / std::string(e.path()), sink);
+    return sync::stream_fd(in->get(), source_ / std::string(e.path()),
+                           [&sink](const char* data, std::size_t size) {
+                             ops::note_progress();  // a chunk copied: feeds the watchdog
+                             return sink(data, size);
+                           });
   }
 
  private:
@@ -134,6 +140,7 @@ Result<sync::ManifestSet> build_manifests(const ops::Config& config, std::size_t
       m->entries.push_back(proto::Entry::symlink(f.path, f.target));
       continue;
     }
+    ops::note_progress();  // a file hashed (or found in the cache): feeds the watchdog
     auto digest = cache.digest_of(config.source_dir, f);
     if (!digest) return make_error("source changed during the scan: " + digest.message());
     // Published masked (docs/security.md, "Modes"): a setuid or world-writable file at the

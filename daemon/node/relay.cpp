@@ -11,6 +11,7 @@
 #include "daemon/node/cycle.h"
 #include "daemon/node/node.h"
 #include "daemon/ops/metrics.h"
+#include "daemon/ops/notify.h"
 #include "daemon/sync/apply.h"
 #include "daemon/transport/transport.h"
 #include "proto/dsse.h"
@@ -57,6 +58,7 @@ class TransportFetcher final : public sync::Fetcher {
   static transport::Sink counted(const sync::ByteSink& sink, bool& receiver_failed) {
     return [&sink, &receiver_failed](const char* data, std::size_t size) -> Status {
       ops::process_metrics().bytes_downloaded += size;
+      ops::note_progress();  // feeds the watchdog (see daemon.cpp)
       Status st = sink(data, size);
       if (!st) receiver_failed = true;
       return st;

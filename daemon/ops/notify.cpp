@@ -4,6 +4,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -27,6 +28,18 @@ bool notify_systemd(std::string_view state) {
                addr_len) == static_cast<ssize_t>(state.size());
   ::close(fd);
   return sent;
+}
+
+namespace {
+std::atomic<std::uint64_t> g_progress{0};
+}  // namespace
+
+void note_progress() {
+  g_progress.fetch_add(1, std::memory_order_relaxed);
+}
+
+std::uint64_t progress() {
+  return g_progress.load(std::memory_order_relaxed);
 }
 
 std::chrono::microseconds watchdog_interval() {

@@ -11,7 +11,9 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <vector>
 
@@ -67,11 +69,12 @@ Status stream_fd(int fd, const fs::path& what,
                  const std::function<Status(const char* data, std::size_t size)>& sink) {
   ::posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
   static thread_local std::vector<char> buf(1 << 20);
-  while (true) {
-    ssize_t n = ::read(fd, buf.data(), buf.size());
+  for (off_t offset = 0;;) {  // ends where the file ends
+    ssize_t n = ::pread(fd, buf.data(), buf.size(), offset);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) return make_error(errno_message(what, errno));
     if (n == 0) return {};
+    offset += n;
     if (auto st = sink(buf.data(), static_cast<std::size_t>(n)); !st) return st;
   }
 }
@@ -160,6 +163,25 @@ std::optional<UniqueFd> openat2_dir(int dir_fd, const std::string& rel) {
   }
   if (errno == EAGAIN) return std::nullopt;  // a racing rename: this once, the walk below
   return UniqueFd();                         // errno says why
+}
+
+// The locks this process took with Sharing::kProcess, by file identity (device, inode).
+struct SharedLocks {
+  std::mutex mu;
+  std::map<std::pair<dev_t, ino_t>, std::weak_ptr<const UniqueFd>> held;  // guarded by mu
+};
+SharedLocks& shared_locks() {
+  static SharedLocks locks;
+  return locks;
+}
+
+// The pid a holder wrote into its lock file ("" when it has not, yet).
+std::string holder_pid(int fd) {
+  char buf[32] = {};
+  const ssize_t n = ::pread(fd, buf, sizeof buf - 1, 0);
+  std::string pid;
+  for (ssize_t i = 0; i < n && buf[i] >= '0' && buf[i] <= '9'; ++i) pid.push_back(buf[i]);
+  return pid;
 }
 
 }  // namespace
@@ -367,16 +389,39 @@ Status TreeFs::rename_into(const fs::path& from, std::string_view rel) const {
   return {};
 }
 
-Result<FileLock> FileLock::acquire(const fs::path& path) {
+Result<FileLock> FileLock::acquire(const fs::path& path, Sharing sharing) {
   UniqueFd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600));
   if (!fd.valid()) return make_error(errno_message(path, errno));
+  struct stat st;
+  if (::fstat(fd.get(), &st) != 0) return make_error(errno_message(path, errno));
+  auto& shared = shared_locks();
+  std::lock_guard guard(shared.mu);
+  const auto key = std::make_pair(st.st_dev, st.st_ino);
+  if (auto it = shared.held.find(key); it != shared.held.end()) {
+    if (auto held = it->second.lock()) {
+      FileLock lock;
+      lock.fd_ = std::move(held);
+      return lock;
+    }
+    shared.held.erase(it);
+  }
   if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
-    if (errno == EWOULDBLOCK)
-      return make_error(path.string() + ": held by another tiersyncd (one node per state_dir)");
+    if (errno == EWOULDBLOCK) {
+      const std::string pid = holder_pid(fd.get());
+      return make_error(path.string() + ": held by another tiersyncd" +
+                        (pid.empty() ? std::string() : " (pid " + pid + ")") +
+                        "; one daemon per state_dir");
+    }
     return make_error(errno_message(path, errno));
   }
+  // Ours now: the pid is for the message above, in another process.
+  const std::string pid = std::to_string(::getpid()) + "\n";
+  if (::ftruncate(fd.get(), 0) != 0 ||
+      ::pwrite(fd.get(), pid.data(), pid.size(), 0) != static_cast<ssize_t>(pid.size()))
+    return make_error(errno_message(path, errno));
   FileLock lock;
-  lock.fd_ = std::move(fd);
+  lock.fd_ = std::make_shared<const UniqueFd>(std::move(fd));
+  if (sharing == Sharing::kProcess) shared.held[key] = lock.fd_;
   return lock;
 }
 

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <memory>
 #include <string>
 #include <string_view>
 
@@ -53,7 +54,8 @@ Result<std::string> read_file(const fs::path& path, std::size_t max_bytes);
 /// first error, the sink's included.
 Status stream_file(const fs::path& path,
                    const std::function<Status(const char* data, std::size_t size)>& sink);
-/// stream_file() of an open file, from its current offset; `what` names it in errors.
+/// stream_file() of an open file, from its first byte whatever its offset (pread: a file just
+/// written is read back whole); `what` names it in errors.
 Status stream_fd(int fd, const fs::path& what,
                  const std::function<Status(const char* data, std::size_t size)>& sink);
 
@@ -132,13 +134,20 @@ class TreeFs {
   mutable UniqueFd cached_fd_;
 };
 
-/// Exclusive advisory lock on a file, held while the object lives.
+/// Exclusive advisory lock (flock) on a file, held while the object (or a copy of it) lives.
+/// The holder writes its pid into the file, so that a refusal names it.
 class FileLock {
  public:
-  static Result<FileLock> acquire(const fs::path& path);
+  /// Whether later `acquire` calls for the same file in this process share the lock.
+  enum class Sharing { kNone, kProcess };
+  /// Takes the lock, or fails at once naming the holder's pid. With Sharing::kProcess (the
+  /// daemon, which holds its state_dir's lock for its whole life), a later `acquire` of the same
+  /// file in this process shares it instead of failing: the cycles the daemon runs take "their"
+  /// lock as before. Exclusion between threads of that process is the caller's job.
+  static Result<FileLock> acquire(const fs::path& path, Sharing sharing = Sharing::kNone);
 
  private:
-  UniqueFd fd_;
+  std::shared_ptr<const UniqueFd> fd_;
 };
 
 }  // namespace tiersync::sync

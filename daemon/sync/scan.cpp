@@ -233,41 +233,18 @@ Result<proto::Digest> hash_file(const fs::path& path, std::uint64_t* size_out) {
 }
 
 Result<UniqueFd> open_file_beneath(int dir_fd, std::string_view rel, const fs::path& shown) {
-  UniqueFd dir;  // the folder reached so far; invalid: still `dir_fd`
-  std::size_t start = 0;
-  while (true) {  // bounded: start grows every turn
-    const std::size_t slash = rel.find('/', start);
-    const std::string name(
-        rel.substr(start, slash == std::string_view::npos ? rel.npos : slash - start));
-    const int at = dir.valid() ? dir.get() : dir_fd;
-    if (slash == std::string_view::npos) {
-      // O_NONBLOCK: a FIFO swapped in must not block the publish; it is refused as not regular.
-      UniqueFd fd(::openat(at, name.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK));
-      if (!fd.valid()) return make_error(errno_message(shown / rel, errno));
-      struct stat st;
-      if (::fstat(fd.get(), &st) != 0) return make_error(errno_message(shown / rel, errno));
-      if (!S_ISREG(st.st_mode)) return make_error((shown / rel).string() + ": not a regular file");
-      return fd;
-    }
-    UniqueFd next(::openat(at, name.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW));
-    if (!next.valid()) return make_error(errno_message(shown / rel.substr(0, slash), errno));
-    dir = std::move(next);
-    start = slash + 1;
-  }
-}
-
-Status stream_fd(int fd, const fs::path& shown,
-                 const std::function<Status(const char* data, std::size_t size)>& sink) {
-  ::posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
-  static thread_local std::vector<char> buf(1 << 20);
-  for (off_t offset = 0;;) {  // ends where the file ends
-    ssize_t n = ::pread(fd, buf.data(), buf.size(), offset);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return make_error(errno_message(shown, errno));
-    if (n == 0) return {};
-    offset += n;
-    if (auto st = sink(buf.data(), static_cast<std::size_t>(n)); !st) return st;
-  }
+  const std::size_t slash = rel.rfind('/');
+  const std::string_view folder = slash == std::string_view::npos ? "" : rel.substr(0, slash);
+  const std::string leaf(slash == std::string_view::npos ? rel : rel.substr(slash + 1));
+  UniqueFd dir = open_dir_beneath(dir_fd, folder);
+  if (!dir.valid()) return make_error(errno_message(shown / folder, errno));
+  // O_NONBLOCK: a FIFO swapped in must not block the publish; it is refused as not regular.
+  UniqueFd fd(::openat(dir.get(), leaf.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK));
+  if (!fd.valid()) return make_error(errno_message(shown / rel, errno));
+  struct stat st;
+  if (::fstat(fd.get(), &st) != 0) return make_error(errno_message(shown / rel, errno));
+  if (!S_ISREG(st.st_mode)) return make_error((shown / rel).string() + ": not a regular file");
+  return fd;
 }
 
 Result<CopiedFile> copy_and_hash(int in_fd, int out_fd, const fs::path& out_path,

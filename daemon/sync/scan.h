@@ -58,14 +58,10 @@ bool same_file(const struct stat& st, const ScannedFile& f);
 Result<proto::Digest> hash_file(const fs::path& path, std::uint64_t* size_out = nullptr);
 
 /// Opens the regular file `rel` (a validated relative path) below the folder `dir_fd`, following
-/// no symlink at any component (one O_NOFOLLOW openat per component): a folder or file swapped
-/// for a symlink meanwhile gives an error, never another file. `shown` names `dir_fd` in errors.
-/// (tier0's source walk; the tree's walks live in fs.h.)
+/// no symlink at any component (its folder through open_dir_beneath(), the file O_NOFOLLOW): a
+/// folder or file swapped for a symlink meanwhile gives an error, never another file. `shown`
+/// names `dir_fd` in errors. (tier0's source walk.)
 Result<UniqueFd> open_file_beneath(int dir_fd, std::string_view rel, const fs::path& shown);
-
-/// Streams the open file `fd` from its first byte into `sink` in 1 MiB reads.
-Status stream_fd(int fd, const fs::path& shown,
-                 const std::function<Status(const char* data, std::size_t size)>& sink);
 
 /// What copy_and_hash() wrote.
 struct CopiedFile {

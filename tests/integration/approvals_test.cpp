@@ -4,6 +4,9 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
+#include <thread>
+
 #include "tests/integration/fake_parent.h"
 #include "tests/integration/support.h"
 
@@ -312,6 +315,34 @@ TEST(UpstreamApprovalTest, CoversOnlyDeletionsApprovedAfterTheAppliedSerial) {
   offer(9, {{part, 7}});  // approved at 7, a serial this mirror never saw
   ASSERT_TRUE(Exited(trusting.once(), 0));
   EXPECT_TRUE(TreeMatches(trusting.tree(), purge));
+}
+
+// `approve` reaches a running daemon over its control socket (the daemon holding state_dir's
+// lock all the while): the held purge is applied at once, although poll_seconds is an hour.
+TEST_F(ApprovalsTest, ApproveWakesARunningDaemon) {
+  const Node tier0 = origin();
+  const Node cautious = mirror("cautious", {{"trust_upstream_approvals", false}});
+  amend_config(cautious, {{"upstream", {{"poll_seconds", 3600}}}});
+  publish_and_sync(tier0, v1_, {&cautious});
+  TreeModel purge = v1_;
+  remove_partition(purge, "edge/community/armv7");
+  materialize(purge, source_);
+  ASSERT_TRUE(Exited(tier0.once(), kHeld));
+  ASSERT_TRUE(Exited(tier0.ctl({"approve", "edge/community/armv7"}), 0));
+  ASSERT_TRUE(Exited(tier0.once(), 0));
+
+  Daemon daemon(cautious);
+  bool held = false;  // the daemon's first cycle holds the purge
+  for (int i = 0; i < 300 && !held; ++i) {
+    held = held_partitions(cautious.status()).count("edge/community/armv7") > 0;
+    if (!held) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_TRUE(held) << daemon.log();
+  const RunResult approve = cautious.ctl({"approve", "edge/community/armv7"});
+  EXPECT_TRUE(approve.exited(0)) << approve.describe();
+  EXPECT_TRUE(Mentions(approve, "the running daemon starts a cycle now"));
+  EXPECT_TRUE(converges(source_, cautious.tree(), std::chrono::seconds(30))) << daemon.log();
+  EXPECT_EQ(daemon.terminate(std::chrono::seconds(5)), 0) << daemon.log();
 }
 
 }  // namespace

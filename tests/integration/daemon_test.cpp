@@ -20,6 +20,7 @@
 
 #include <gtest/gtest.h>
 
+#include "tests/integration/fake_parent.h"
 #include "tests/integration/support.h"
 
 namespace tiersync::it {
@@ -289,6 +290,177 @@ TEST_F(DaemonTest, NotifiesAFakeSystemd) {
   EXPECT_EQ(daemon->terminate(5s), 0) << daemon->log();
   EXPECT_TRUE(receive_until("STOPPING=1", 5s)) << received;
   ::close(fd);
+}
+
+// A fake systemd: a datagram socket of the test's own, given to the daemon as NOTIFY_SOCKET
+// (with WATCHDOG_USEC) through the environment it inherits at fork.
+class FakeSystemd {
+ public:
+  explicit FakeSystemd(const fs::path& socket_path) {
+    fd_ = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::strncpy(addr.sun_path, socket_path.c_str(), sizeof addr.sun_path - 1);
+    bound_ = ::bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+    timeval tv{0, 200'000};
+    ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  }
+  ~FakeSystemd() { ::close(fd_); }
+  bool bound() const { return bound_; }
+
+  /// Starts a daemon whose environment names this socket, with a watchdog of `watchdog_usec`.
+  std::unique_ptr<Daemon> start(const Node& node, const fs::path& socket_path,
+                                const std::string& watchdog_usec) {
+    ::setenv("NOTIFY_SOCKET", socket_path.c_str(), 1);
+    ::setenv("WATCHDOG_USEC", watchdog_usec.c_str(), 1);
+    auto daemon = std::make_unique<Daemon>(node);
+    ::unsetenv("NOTIFY_SOCKET");
+    ::unsetenv("WATCHDOG_USEC");
+    return daemon;
+  }
+
+  /// The next message, or "" when none came within `limit`.
+  std::string next(std::chrono::seconds limit) {
+    const auto deadline = std::chrono::steady_clock::now() + limit;
+    while (std::chrono::steady_clock::now() < deadline) {
+      char buf[4096];
+      const ssize_t n = ::recv(fd_, buf, sizeof buf, 0);
+      if (n > 0) return std::string(buf, static_cast<std::size_t>(n));
+    }
+    return {};
+  }
+  /// Reads messages until one contains `what` (bounded by `limit`); all of them, in order.
+  std::vector<std::string> until(std::string_view what, std::chrono::seconds limit) {
+    std::vector<std::string> seen;
+    const auto deadline = std::chrono::steady_clock::now() + limit;
+    while (std::chrono::steady_clock::now() < deadline) {
+      std::string m = next(1s);
+      if (m.empty()) continue;
+      seen.push_back(m);
+      if (m.find(what) != std::string::npos) break;
+    }
+    return seen;
+  }
+
+ private:
+  int fd_ = -1;
+  bool bound_ = false;
+};
+
+bool any_contains(const std::vector<std::string>& messages, std::string_view what) {
+  for (const auto& m : messages)
+    if (m.find(what) != std::string::npos) return true;
+  return false;
+}
+
+std::string joined(const std::vector<std::string>& messages) {
+  std::string out;
+  for (const auto& m : messages) out += m + "\n";
+  return out;
+}
+
+// The watchdog is fed by the cycle's progress, not by a clock: while a fetch from the parent is
+// stalled, the daemon says so and stops pinging (systemd would restart it); once the parent goes
+// on, the pings come back. Every assertion is on the messages received, in their order.
+TEST_F(DaemonTest, TheWatchdogIsFedByTheCyclesProgress) {
+  ASSERT_TRUE(Exited(origin.once(), 0));
+  StallingParent parent(origin.tree());
+  const std::string victim = packages_in(model, "edge/main/x86_64")[0];
+  parent.stall(victim, 100);
+  Node mirror = make_mirror(root / "mirror", "mirror", parent.url(), {key.pub});
+  // One connection: once the stalled file holds it, nothing else moves.
+  amend_config(mirror, {{"upstream", {{"poll_seconds", 3600}, {"connections", 1}}}});
+
+  const fs::path socket_path = root / "notify.sock";
+  FakeSystemd systemd(socket_path);
+  ASSERT_TRUE(systemd.bound());
+  auto daemon = systemd.start(mirror, socket_path, "400000");
+  ASSERT_TRUE(parent.wait_stalled(60s)) << daemon->log();
+
+  // The stall is seen: the daemon says "watchdog not fed" at each check instead of pinging. A run
+  // of five such checks with no ping between them (earlier messages may come from before the
+  // stall, when a slow step under the sanitizers missed a check).
+  std::vector<std::string> seen;
+  int run_of_unfed = 0;
+  for (int i = 0; i < 2000 && run_of_unfed < 5; ++i) {
+    std::string m = systemd.next(30s);
+    ASSERT_FALSE(m.empty()) << "no message while stalled\n" << joined(seen) << daemon->log();
+    seen.push_back(m);
+    if (m.find("WATCHDOG=1") != std::string::npos) run_of_unfed = 0;
+    if (m.find("watchdog not fed") != std::string::npos) ++run_of_unfed;
+  }
+  ASSERT_EQ(run_of_unfed, 5) << joined(seen) << daemon->log();
+
+  // The parent goes on: the cycle ends, the pings come back.
+  parent.release();
+  std::vector<std::string> after = systemd.until("WATCHDOG=1", 60s);
+  EXPECT_TRUE(any_contains(after, "WATCHDOG=1")) << joined(after) << daemon->log();
+  EXPECT_TRUE(converges(source, mirror.tree(), 30s)) << daemon->log();
+  EXPECT_EQ(daemon->terminate(5s), 0) << daemon->log();
+}
+
+// SIGTERM while a fetch is stalled: the daemon ends with exit 0 and the tree as it was (nothing
+// of the candidate installed). The stalled request ends at the transport's read timeout (the
+// bound is generous until the transport takes the stop token); the stop is seen at the next byte.
+TEST_F(DaemonTest, SigtermDuringAStalledFetchExitsCleanly) {
+  ASSERT_TRUE(Exited(origin.once(), 0));
+  StallingParent parent(origin.tree());
+  const std::string victim = packages_in(model, "edge/main/x86_64")[0];
+  parent.stall(victim, 100);
+  Node mirror = make_mirror(root / "mirror", "mirror", parent.url(), {key.pub});
+  amend_config(mirror, {{"upstream", {{"poll_seconds", 3600}, {"connections", 1}}}});
+  Daemon daemon(mirror);
+  ASSERT_TRUE(parent.wait_stalled(60s)) << daemon.log();
+
+  daemon.signal(SIGTERM);
+  EXPECT_EQ(daemon.wait(150s), 0) << daemon.log();
+  EXPECT_TRUE(files_in(list_tree(mirror.tree())).empty()) << daemon.log();
+  EXPECT_TRUE(contains_nocase(daemon.log(), "stopping on signal")) << daemon.log();
+  // The next run converges from what was left.
+  parent.release();
+  EXPECT_TRUE(Exited(mirror.once(), 0));
+  EXPECT_TRUE(diff_listings(list_tree(source), list_tree(mirror.tree())).empty());
+}
+
+// One tiersyncd per state_dir, for the daemon's whole life: a second daemon, or a --once, on the
+// same state_dir leaves at once (exit 1) naming the holder's pid, and never takes over the first
+// one's control socket. tiersyncctl's readers work beside the daemon.
+TEST_F(DaemonTest, OneDaemonPerStateDir) {
+  ASSERT_TRUE(Exited(origin.once(), 0));
+  Node mirror = make_mirror(root / "mirror", "mirror", origin.url(), {key.pub});
+  amend_config(mirror, {{"upstream", {{"poll_seconds", 3600}}}});
+  Daemon first(mirror);
+  ASSERT_TRUE(converges(source, mirror.tree(), 30s)) << first.log();
+  RunResult woken;
+  for (int i = 0; i < 50 && !woken.exited(0); ++i) {  // the control socket opens at start
+    woken = mirror.ctl({"sync-now"});
+    if (!woken.exited(0)) std::this_thread::sleep_for(100ms);
+  }
+  ASSERT_TRUE(woken.exited(0)) << woken.describe() << first.log();
+  const fs::path socket = mirror.state() / "control.sock";
+  struct stat before {};
+  ASSERT_EQ(::stat(socket.c_str(), &before), 0);
+
+  const std::string holder = "pid " + std::to_string(first.pid());
+  const RunResult second = run({kTiersyncd, "--config", mirror.config().string()}, {}, 60s);
+  EXPECT_TRUE(second.exited(1)) << second.describe();
+  EXPECT_TRUE(contains_nocase(second.err, holder)) << second.describe();
+  EXPECT_TRUE(contains_nocase(second.err, "state_dir")) << second.describe();
+  const RunResult once = mirror.once();
+  EXPECT_TRUE(once.exited(1)) << once.describe();
+  EXPECT_TRUE(contains_nocase(once.err, holder)) << once.describe();
+
+  // The socket is still the first daemon's, and it answers there.
+  struct stat after {};
+  ASSERT_EQ(::stat(socket.c_str(), &after), 0);
+  EXPECT_EQ(after.st_ino, before.st_ino);
+  EXPECT_TRUE(Exited(mirror.ctl({"sync-now"}), 0));
+  EXPECT_TRUE(Exited(mirror.ctl({"status"}), 0));
+  EXPECT_TRUE(Exited(mirror.ctl({"verify"}), 0));
+
+  EXPECT_EQ(first.terminate(5s), 0) << first.log();
+  EXPECT_FALSE(fs::exists(socket)) << "the daemon removes its own socket";
+  EXPECT_TRUE(Exited(mirror.once(), 0)) << "the lock goes with the daemon";
 }
 
 }  // namespace

@@ -2,14 +2,19 @@
 /// A parent tree written by hand with proto/: it serves whatever a test puts there, including
 /// what no honest tier0 would ever publish (in the spirit of Envoy's fake upstreams).
 
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <mutex>
 #include <optional>
 #include <set>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 #include "proto/dsse.h"
@@ -70,6 +75,45 @@ class FakeParent {
 
  private:
   fs::path tree_;
+};
+
+/// An HTTP parent on 127.0.0.1 (its port is the kernel's pick, known before any daemon starts)
+/// serving the files below `tree` (a published tree), one response per connection. A GET of a
+/// path given to stall() gets its headers and its first bytes, then silence: the stalled fetch a
+/// hung or hostile parent makes, until release() or destruction. Every request the parent saw
+/// is counted; every thread is joined on destruction.
+class StallingParent {
+ public:
+  explicit StallingParent(fs::path tree);
+  ~StallingParent();
+  StallingParent(const StallingParent&) = delete;
+  StallingParent& operator=(const StallingParent&) = delete;
+
+  std::string url() const;
+  /// From now on a GET of `path` (a tree path, no leading '/') sends `first_bytes` bytes (more on
+  /// each repeated request, so a resumed request brings new bytes), then nothing.
+  void stall(std::string path, std::size_t first_bytes);
+  /// Lets every stalled response go on to its end; nothing stalls any more.
+  void release();
+  /// Waits at most `limit` until a response is stalled; true once one is.
+  bool wait_stalled(std::chrono::seconds limit);
+
+ private:
+  void accept_loop();
+  void answer(int fd);
+
+  fs::path tree_;
+  int listen_fd_ = -1;
+  std::uint16_t port_ = 0;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::map<std::string, std::size_t> stalled_;  ///< path -> first bytes (guarded by mu_)
+  std::map<std::string, int> requests_;         ///< path -> GETs seen (guarded by mu_)
+  int holding_ = 0;                             ///< responses stalled now (guarded by mu_)
+  bool released_ = false;                       ///< guarded by mu_
+  std::atomic<bool> stopping_{false};
+  std::vector<std::thread> connections_;  ///< guarded by mu_
+  std::thread acceptor_;
 };
 
 /// Writes `key`'s public half as an SPKI PEM file.

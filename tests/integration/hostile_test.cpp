@@ -29,8 +29,9 @@ constexpr std::uint64_t kHostileSerial = 6;
 const std::string kPart = "edge/main/x86_64";
 const std::string kNewPkg = kPart + "/newpkg-2.0-r0.apk";
 
-/// State files a failed cycle may rewrite: the record of the last cycle, shown by `status`.
-const char* const kVolatileStateFiles[] = {"cycle.json"};
+/// State files a failed cycle may rewrite: the record of the last cycle, shown by `status`, and
+/// the lock file (each run writes its pid there, for the message a second tiersyncd gets).
+const char* const kVolatileStateFiles[] = {"cycle.json", "lock"};
 
 /// What a case gets to work with.
 struct HostileContext {

@@ -260,6 +260,8 @@ class Process {
   /// SIGTERM, then wait(limit).
   int terminate(std::chrono::milliseconds limit);
   std::string log() const;
+  /// The process id while it runs (-1 once reaped).
+  int pid() const { return pid_; }
 
  private:
   fs::path log_;

@@ -1,0 +1,58 @@
+#include "daemon/node/loop.h"
+
+#include <algorithm>
+
+namespace tiersync::node {
+
+Step decide(LoopState s, const Event& e) {
+  const auto& p = s.policy;
+  switch (e.kind) {
+    case EventKind::kStop:
+      return {s, Action::kStop, {}};
+    case EventKind::kReload:
+      return {s, Action::kReload, {}};
+    case EventKind::kStarted:
+      s.due = true;
+      s.quiet_since = e.now;
+      s.next_check = e.now + (p.tier0 ? p.resign : p.poll);
+      break;
+    case EventKind::kReloaded:
+      if (e.policy) s.policy = *e.policy;
+      s.due = true;  // the parent, the source or the guard may have changed
+      s.next_check = e.now + (s.policy.tier0 ? s.policy.resign : s.policy.poll);
+      break;
+    case EventKind::kTimer:
+      // tier0 re-signs on time even when the source is quiet (publish_once decides whether it is
+      // due); a relay cycles every poll period whatever the long poll says.
+      if (e.now >= s.next_check) {
+        s.due = true;
+        s.next_check = e.now + (p.tier0 ? p.resign : p.poll);
+      }
+      break;
+    case EventKind::kSourceChanged:
+      s.quiet_since = e.now;
+      s.due = true;
+      break;
+    case EventKind::kSyncNow:
+      s.due = s.forced = true;
+      break;
+    case EventKind::kNewSerial:
+      s.due = true;
+      break;
+    case EventKind::kCycleDone:
+      s.due = s.forced = false;
+      if (!p.tier0) s.next_check = e.now + p.poll;
+      break;
+  }
+  const auto& q = s.policy;
+  if (s.due && (!q.tier0 || s.forced || e.now - s.quiet_since >= q.settle))
+    return {s, Action::kCycle, {}};
+  // tier0 looks at its source every `look` (and counts the settle time in those steps); a relay
+  // sleeps until its next scheduled cycle unless an event comes first.
+  const LoopClock::duration wait =
+      q.tier0 ? LoopClock::duration(q.look)
+              : std::max(LoopClock::duration::zero(), s.next_check - e.now);
+  return {s, Action::kWait, wait};
+}
+
+}  // namespace tiersync::node

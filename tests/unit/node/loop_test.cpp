@@ -1,0 +1,120 @@
+// The daemon loop's "what next" (daemon/node/loop.h), driven event by event without a daemon:
+// when a cycle runs, when it waits and how long, for a relay and for tier0.
+
+#include "daemon/node/loop.h"
+
+#include <gtest/gtest.h>
+
+namespace tiersync::node {
+namespace {
+
+using namespace std::chrono_literals;
+
+const LoopClock::time_point t0 = LoopClock::time_point{} + 1000s;
+
+LoopState relay_state(std::chrono::seconds poll = 60s) {
+  LoopState s;
+  s.policy.poll = poll;
+  return s;
+}
+
+LoopState tier0_state(std::chrono::seconds settle = 10s) {
+  LoopState s;
+  s.policy.tier0 = true;
+  s.policy.settle = settle;
+  return s;
+}
+
+Step feed(LoopState& s, EventKind kind, LoopClock::time_point now) {
+  Step step = decide(s, {kind, now, std::nullopt});
+  s = step.state;
+  return step;
+}
+
+TEST(LoopTest, ARelayCyclesAtStartThenWaitsItsPollPeriod) {
+  LoopState s = relay_state(60s);
+  EXPECT_EQ(feed(s, EventKind::kStarted, t0).action, Action::kCycle);
+  Step after = feed(s, EventKind::kCycleDone, t0 + 5s);
+  EXPECT_EQ(after.action, Action::kWait);
+  EXPECT_EQ(after.wait, LoopClock::duration(60s));
+  // A timer that fires early (a spurious wake-up) waits for the rest only.
+  Step early = feed(s, EventKind::kTimer, t0 + 25s);
+  EXPECT_EQ(early.action, Action::kWait);
+  EXPECT_EQ(early.wait, LoopClock::duration(40s));
+  EXPECT_EQ(feed(s, EventKind::kTimer, t0 + 65s).action, Action::kCycle);
+}
+
+TEST(LoopTest, ANewSerialOrSyncNowStartsARelayCycleAtOnce) {
+  LoopState s = relay_state(3600s);
+  feed(s, EventKind::kStarted, t0);
+  feed(s, EventKind::kCycleDone, t0 + 1s);
+  EXPECT_EQ(feed(s, EventKind::kNewSerial, t0 + 2s).action, Action::kCycle);
+  feed(s, EventKind::kCycleDone, t0 + 3s);
+  EXPECT_EQ(feed(s, EventKind::kSyncNow, t0 + 4s).action, Action::kCycle);
+  Step done = feed(s, EventKind::kCycleDone, t0 + 5s);
+  EXPECT_EQ(done.action, Action::kWait);
+  EXPECT_EQ(done.wait, LoopClock::duration(3600s)) << "the schedule restarts after each cycle";
+}
+
+TEST(LoopTest, StopAndReloadWinOverEverythingAndKeepTheState) {
+  LoopState s = relay_state();
+  feed(s, EventKind::kStarted, t0);
+  const LoopState before = s;
+  Step stop = feed(s, EventKind::kStop, t0 + 1s);
+  EXPECT_EQ(stop.action, Action::kStop);
+  EXPECT_TRUE(stop.state.due) << "the state is left as it was";
+  Step reload = decide(before, {EventKind::kReload, t0 + 1s, std::nullopt});
+  EXPECT_EQ(reload.action, Action::kReload);
+}
+
+TEST(LoopTest, AReloadTakesTheNewPolicyAndCyclesAtOnce) {
+  LoopState s = relay_state(60s);
+  feed(s, EventKind::kStarted, t0);
+  feed(s, EventKind::kCycleDone, t0 + 1s);
+  LoopPolicy slower;
+  slower.poll = 600s;
+  Step reloaded = decide(s, {EventKind::kReloaded, t0 + 2s, slower});
+  EXPECT_EQ(reloaded.action, Action::kCycle);
+  s = reloaded.state;
+  EXPECT_EQ(s.policy.poll, 600s);
+  EXPECT_EQ(feed(s, EventKind::kCycleDone, t0 + 3s).wait, LoopClock::duration(600s));
+}
+
+TEST(LoopTest, Tier0WaitsForTheSourceToSettle) {
+  LoopState s = tier0_state(10s);
+  // At start the source counts as just changed: the first publish waits to settle too.
+  Step start = feed(s, EventKind::kStarted, t0);
+  EXPECT_EQ(start.action, Action::kWait);
+  EXPECT_EQ(start.wait, LoopClock::duration(1s)) << "tier0 looks at its source every second";
+  EXPECT_EQ(feed(s, EventKind::kTimer, t0 + 5s).action, Action::kWait);
+  // An upload at +6 s restarts the quiet period.
+  EXPECT_EQ(feed(s, EventKind::kSourceChanged, t0 + 6s).action, Action::kWait);
+  EXPECT_EQ(feed(s, EventKind::kTimer, t0 + 12s).action, Action::kWait);
+  EXPECT_EQ(feed(s, EventKind::kTimer, t0 + 16s).action, Action::kCycle);
+  EXPECT_EQ(feed(s, EventKind::kCycleDone, t0 + 17s).action, Action::kWait);
+  EXPECT_EQ(feed(s, EventKind::kTimer, t0 + 18s).action, Action::kWait) << "nothing changed";
+}
+
+TEST(LoopTest, Tier0SyncNowPublishesWithoutWaitingToSettle) {
+  LoopState s = tier0_state(3600s);
+  feed(s, EventKind::kStarted, t0);
+  feed(s, EventKind::kSourceChanged, t0 + 1s);
+  EXPECT_EQ(feed(s, EventKind::kTimer, t0 + 2s).action, Action::kWait);
+  EXPECT_EQ(feed(s, EventKind::kSyncNow, t0 + 3s).action, Action::kCycle);
+  feed(s, EventKind::kCycleDone, t0 + 4s);
+  EXPECT_FALSE(s.forced) << "sync-now forces one publish, not every later one";
+  EXPECT_EQ(feed(s, EventKind::kSourceChanged, t0 + 5s).action, Action::kWait);
+}
+
+TEST(LoopTest, Tier0ChecksForReSigningEveryMinuteOfAQuietSource) {
+  LoopState s = tier0_state(0s);
+  EXPECT_EQ(feed(s, EventKind::kStarted, t0).action, Action::kCycle);
+  feed(s, EventKind::kCycleDone, t0 + 1s);
+  EXPECT_EQ(feed(s, EventKind::kTimer, t0 + 30s).action, Action::kWait);
+  EXPECT_EQ(feed(s, EventKind::kTimer, t0 + 61s).action, Action::kCycle);
+  feed(s, EventKind::kCycleDone, t0 + 62s);
+  EXPECT_EQ(feed(s, EventKind::kTimer, t0 + 63s).action, Action::kWait);
+}
+
+}  // namespace
+}  // namespace tiersync::node
