@@ -18,6 +18,7 @@ using Json = nlohmann::json;
 // hostile parent from turning 64 MiB of "[[[[" or "[0,0,0" into gigabytes of JSON nodes.
 constexpr int kMaxJsonDepth = 8;
 constexpr std::size_t kMaxJsonValues = 4096;
+constexpr std::size_t kEd25519Bytes = 64;
 
 /// Thrown from the parser callback; caught in decode_envelope.
 struct Refused : std::runtime_error {
@@ -181,6 +182,8 @@ Result<std::string> verify_envelope(const Envelope& envelope, const std::vector<
   // costs, however many signatures (and wrong keyids) it holds.
   std::size_t budget = kVerifyBudgetPerKey * keys.size();
   unsigned count = 0;
+  // Ed25519 signatures are 64 bytes: another size never verifies, and costs no check.
+  const auto checkable = [&](std::size_t s) { return sigs[s].sig.size() == kEd25519Bytes; };
   const auto check = [&](std::size_t s, std::size_t k) {
     --budget;
     if (!keys[k]->verify(message, sigs[s].sig)) return false;
@@ -190,6 +193,7 @@ Result<std::string> verify_envelope(const Envelope& envelope, const std::vector<
   };
   // First the key each keyid names, once per key: the one check a well-formed envelope needs.
   for (std::size_t s = 0; s < sigs.size() && budget > 0; ++s) {
+    if (!checkable(s)) continue;
     for (std::size_t k = 0; k < keys.size(); ++k) {
       if (counted[k] || hinted[k] || keys[k]->keyid() != sigs[s].keyid) continue;
       hinted[k] = true;
@@ -201,7 +205,7 @@ Result<std::string> verify_envelope(const Envelope& envelope, const std::vector<
   // The keyid is only a hint: then every other uncounted key, while the budget lasts.
   bool gave_up = false;
   for (std::size_t s = 0; s < sigs.size() && !gave_up; ++s) {
-    if (valid[s]) continue;
+    if (valid[s] || !checkable(s)) continue;
     for (std::size_t k = 0; k < keys.size(); ++k) {
       if (counted[k] || tried[s] == k) continue;
       if (budget == 0) {
