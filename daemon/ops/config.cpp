@@ -147,7 +147,7 @@ Result<Config> parse_config(std::string_view text, const fs::path& file) {
   json doc;
   try {
     doc = json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, or out_of_range for 1e999 (fuzz_config)
     return make_error(where + "not valid JSON (" + e.what() + ")");
   }
   if (!doc.is_object()) return make_error(where + "must be a JSON object");

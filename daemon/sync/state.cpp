@@ -6,6 +6,7 @@
 #include <atomic>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <stdexcept>
 
 #include "daemon/sync/fs.h"
 #include "proto/dsse.h"
@@ -39,6 +40,20 @@ Result<std::optional<json>> read_json(const fs::path& file) {
 Status write_json(const fs::path& file, const json& j, bool durable = true) {
   return write_file_atomic(file, j.dump(2, ' ', false, json::error_handler_t::replace) + "\n", 0644,
                            durable);
+}
+
+/// An integer member of a state file (0 when absent). Not value(): nlohmann converts a fraction
+/// to an integer with a cast, undefined beyond the type's range (1e300, -1.5): found by
+/// tests/fuzz/fuzz_state. Anything but an integer reads as damaged, as a string always did.
+struct NotInteger : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+template <class T>
+T integer(const json& object, const char* key) {
+  const auto it = object.find(key);
+  if (it == object.end()) return T{0};
+  if (!it->is_number_integer()) throw NotInteger(std::string(key) + " is not an integer");
+  return it->get<T>();
 }
 
 }  // namespace
@@ -205,14 +220,14 @@ HeldState StateStore::load_held() const try {
   auto j = read_json(dir_ / "held.json");
   if (!j || !*j) return held;
   const json& doc = **j;
-  held.candidate_serial = doc.value("candidate_serial", std::uint64_t{0});
-  held.since = doc.value("since", std::int64_t{0});
+  held.candidate_serial = integer<std::uint64_t>(doc, "candidate_serial");
+  held.since = integer<std::int64_t>(doc, "since");
   const json partitions = doc.value("partitions", json::array());
   for (const auto& p : partitions) {
     HeldPartition hp;
     hp.hold.partition = p.value("partition", "");
-    hp.hold.deleted = p.value("deleted", std::uint64_t{0});
-    hp.hold.files = p.value("files", std::uint64_t{0});
+    hp.hold.deleted = integer<std::uint64_t>(p, "deleted");
+    hp.hold.files = integer<std::uint64_t>(p, "files");
     hp.hold.ratio = p.value("ratio", 0.0);
     hp.hold.limit = p.value("limit", 0.0);
     hp.candidate = p.value("candidate", "");
@@ -220,6 +235,8 @@ HeldState StateStore::load_held() const try {
   }
   return held;
 } catch (const json::exception&) {
+  return {};
+} catch (const NotInteger&) {
   return {};
 }
 
@@ -265,17 +282,19 @@ CycleRecord StateStore::load_cycle() const try {
   auto j = read_json(dir_ / "cycle.json");
   if (!j || !*j) return r;
   r.result = (*j)->value("result", "");
-  r.time = (*j)->value("time", std::int64_t{0});
+  r.time = integer<std::int64_t>(**j, "time");
   // As written (escaped already, up to four bytes per byte), or an older file's, cut short.
   r.message = proto::printable((*j)->value("message", ""), 4 * kMaxCycleMessageBytes + 32);
-  r.upstream_serial = (*j)->value("upstream_serial", std::uint64_t{0});
-  r.last_success = (*j)->value("last_success", std::int64_t{0});
+  r.upstream_serial = integer<std::uint64_t>(**j, "upstream_serial");
+  r.last_success = integer<std::int64_t>(**j, "last_success");
   if (auto it = (*j)->find("parent_chain"); it != (*j)->end() && it->is_array())
     for (const auto& name : *it)
       if (name.is_string() && r.parent_chain.size() < kMaxChainNames)
         r.parent_chain.push_back(proto::printable(name.get<std::string>(), kMaxChainNameBytes));
   return r;
 } catch (const json::exception&) {
+  return {};
+} catch (const NotInteger&) {
   return {};
 }
 
@@ -302,7 +321,7 @@ Result<std::optional<Journal>> StateStore::load_journal() const try {
   if (!*j) return std::optional<Journal>();
   const json& doc = **j;
   Journal journal;
-  journal.serial = doc.value("serial", std::uint64_t{0});
+  journal.serial = integer<std::uint64_t>(doc, "serial");
   const json previous = doc.value("previous", json::object());  // items() must not outlive it
   for (const auto& [name, hex] : previous.items()) {
     auto d = hex.is_string() ? proto::digest_from_hex(hex.get<std::string>()) : std::nullopt;
@@ -312,6 +331,8 @@ Result<std::optional<Journal>> StateStore::load_journal() const try {
   if (journal.serial == 0) return make_error((dir_ / "journal.json").string() + ": no serial");
   return std::optional<Journal>(std::move(journal));
 } catch (const json::exception& e) {
+  return make_error((dir_ / "journal.json").string() + ": damaged (" + e.what() + ")");
+} catch (const NotInteger& e) {
   return make_error((dir_ / "journal.json").string() + ": damaged (" + e.what() + ")");
 }
 

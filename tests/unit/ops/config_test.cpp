@@ -296,6 +296,14 @@ TEST(ParseConfigError, InvalidJson) {
   EXPECT_TRUE(Contains(parse_text_error("[]"), kFile.string()));
 }
 
+// Found by tests/fuzz/fuzz_config: a number beyond a double's range is not a parse_error but an
+// out_of_range exception, which escaped parse_config and terminated the daemon.
+TEST(ParseConfigError, NumberOutOfRangeIsInvalidJson) {
+  EXPECT_TRUE(
+      Contains(parse_text_error(R"({"role": "tier1", "guard": {"max_delete_ratio": 1e999}})"),
+               "not valid JSON"));
+}
+
 TEST(ParseConfigError, BadRole) {
   json doc = mirror();
   doc["role"] = "tier2";

@@ -169,6 +169,23 @@ TEST_F(StateTest, WrongTypesInStateFilesDoNotThrow) {
   });
 }
 
+// Found by tests/fuzz/fuzz_state: nlohmann's value() casts a fraction to an integer, which is
+// undefined behaviour out of range (1e300, -1.5). A number that is not an integer is damage.
+TEST_F(StateTest, FractionsWhereIntegersBelongAreDamage) {
+  for (std::string_view bytes :
+       {R"({"serial": 1e300, "previous": {}})", R"({"serial": 43.5, "previous": {}})"}) {
+    write_file(dir_ / "state/journal.json", bytes);
+    const auto j = store_->load_journal();
+    ASSERT_FALSE(j) << bytes;
+    EXPECT_TRUE(Contains(j.message(), "serial is not an integer")) << j.message();
+  }
+  write_file(dir_ / "state/held.json",
+             R"({"candidate_serial": 43, "partitions": [{"partition": "a", "deleted": -1.5}]})");
+  EXPECT_TRUE(store_->load_held().partitions.empty());
+  write_file(dir_ / "state/cycle.json", R"({"result": "ok", "time": 1e300})");
+  EXPECT_EQ(store_->load_cycle().result, "");
+}
+
 TEST_F(StateTest, JournalRoundTrip) {
   auto none = store_->load_journal();
   ASSERT_TRUE(none) << none.message();
