@@ -139,11 +139,6 @@ class SignalThread {
 // The long poll on an HTTP(S) parent: one request open, asking for a serial above the applied
 // one. A newer serial, verified, becomes a kNewSerial event; the cycle does the rest.
 
-// Until the transport takes a stop token of its own, a request in flight cannot be cancelled:
-// the poll's wait (and its time-outs) are kept this short so that the thread sees a stop within
-// about that long. The parent answers "not modified" at the end of each slice and is asked again.
-constexpr std::chrono::seconds kPollSlice{2};
-
 class Poller {
  public:
   Poller(const ops::Config& config, std::vector<proto::PublicKey> keys,
@@ -153,12 +148,17 @@ class Poller {
         threshold_(config.threshold),
         period_(std::min<std::chrono::seconds>(std::chrono::seconds(config.upstream.poll_seconds),
                                                300s)),
-        wait_(std::min<std::chrono::seconds>(period_, kPollSlice)),
-        transport_(std::move(transport)),
+        wait_(period_),
+        transport_([&] {
+          // A stop ends the request in flight within about 100 ms (docs/architecture.md).
+          transport->set_stop_flag(&stop_flag_);
+          return std::move(transport);
+        }()),
         events_(events),
         applied_(applied),
         thread_([this](std::stop_token stop) { run(stop); }),
-        on_daemon_stop_(std::move(daemon_stop), [this] { thread_.request_stop(); }) {}
+        on_daemon_stop_(std::move(daemon_stop), [this] { thread_.request_stop(); }),
+        on_stop_(thread_.get_stop_token(), [this] { stop_flag_ = true; }) {}
   ~Poller() {
     thread_.request_stop();
     if (thread_.joinable()) thread_.join();
@@ -235,8 +235,9 @@ class Poller {
 
   const std::vector<proto::PublicKey> keys_;
   const unsigned threshold_;
-  const std::chrono::seconds period_;  ///< poll_seconds (at most 300): the longest backoff
-  const std::chrono::seconds wait_;    ///< one poll's wait: at most kPollSlice
+  const std::chrono::seconds period_;   ///< poll_seconds (at most 300): the longest backoff
+  const std::chrono::seconds wait_;     ///< one poll's wait: the period
+  std::atomic<bool> stop_flag_{false};  ///< the transport's view of the thread's stop token
   std::unique_ptr<transport::Transport> transport_;
   EventQueue& events_;
   std::mutex mu_;
@@ -244,6 +245,7 @@ class Poller {
   std::uint64_t applied_;  // guarded by mu_
   std::jthread thread_;    // after everything run() uses
   std::stop_callback<std::function<void()>> on_daemon_stop_;
+  std::stop_callback<std::function<void()>> on_stop_;  ///< raises stop_flag_
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -407,14 +409,13 @@ void Daemon::publish_view() {
 }
 
 void Daemon::start_poller(std::uint64_t applied) {
-  poller_.reset();  // joins the old one (within about kPollSlice)
+  poller_.reset();  // joins the old one (its request in flight stops within about 100 ms)
   auto keys = ops::load_trusted_keys(config_);
   transport::TransportOptions options;
   options.ca_file = config_.upstream.ca_file;
   options.connections = 1;
-  options.connect_timeout = kPollSlice;
-  options.read_timeout = kPollSlice;
   options.max_attempts = 1;  // the poller backs off itself
+  options.min_bytes_per_second = config_.upstream.min_bytes_per_second;
   auto t = keys ? transport::make_transport(config_.upstream.url, options)
                 : Result<std::unique_ptr<transport::Transport>>(keys.error());
   if (!t) {
@@ -533,7 +534,7 @@ bool Daemon::reload() {
 // Every thread stops and is joined, those that push events first. The cycle has returned.
 void Daemon::shutdown() {
   scrubber_ = {};                // stop requested and joined: within one file's chunk
-  poller_.reset();               // within about kPollSlice of the stop (its request in flight ends)
+  poller_.reset();               // within about 100 ms (the transport's stop flag)
   watchdog_.reset();             // at once
   control_.reset();              // at once, or after the one client it is answering (1 s at most)
   if (server_) server_->stop();  // responses in flight get a few seconds
@@ -639,11 +640,7 @@ int Daemon::run(const sigset_t& signal_set) {
 Result<std::uint64_t> polled_serial(std::string_view envelope,
                                     const std::vector<proto::PublicKey>& trusted,
                                     unsigned threshold) {
-  auto env = proto::decode_envelope(envelope);
-  if (!env) return env.error();
-  auto payload = proto::verify_envelope(*env, trusted, threshold, proto::kSnapshotPayloadType);
-  if (!payload) return payload.error();
-  auto snap = proto::decode_snapshot(*payload);
+  auto snap = proto::verify_snapshot(envelope, trusted, threshold);  // verified, then parsed
   if (!snap) return snap.error();
   return snap->serial;
 }

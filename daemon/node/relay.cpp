@@ -124,6 +124,7 @@ Result<sync::ManifestSet> candidate_manifests(const proto::Snapshot& cand,
           ref.manifest, [&](const transport::Sink& sink, const std::function<Status()>& restart) {
             const transport::Sink counted = [&](const char* data, std::size_t size) -> Status {
               ops::process_metrics().bytes_downloaded += size;
+              ops::note_progress();  // feeds the watchdog (see daemon.cpp)
               return sink(data, size);
             };
             auto st = t.fetch_manifest(ref.manifest, counted, restart);
