@@ -135,9 +135,8 @@ namespace detail {
 
 /// If-None-Match: true when `header` ("*" or a list of entity tags, compared weakly) names `etag`.
 bool etag_matches(std::string_view header, std::string_view etag);
-/// If-Range: true when the Range may apply (absent, the same strong `etag`, or `last_modified`).
-bool if_range_allows(std::string_view if_range, std::string_view etag,
-                     std::string_view last_modified);
+/// If-Range: true when the Range may apply (absent, or the same strong `etag`; never a date).
+bool if_range_allows(std::string_view if_range, std::string_view etag);
 
 }  // namespace detail
 
