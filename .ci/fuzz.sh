@@ -68,8 +68,11 @@ for h in "${harnesses[@]}"; do
   fi
   grep -E '^Done [0-9]+ runs' "$work/$h.log" | sed "s/^/   /" || true
 done
+passed=$((${#harnesses[@]} - ${#failed[@]}))
 if [ "${#failed[@]}" -gt 0 ]; then
   echo "== fuzz: FAILED: ${failed[*]}"
+  echo "fuzz: $passed passed, ${#failed[@]} failed"
   exit 1
 fi
 echo "== fuzz: ${#harnesses[@]} harnesses clean"
+echo "fuzz: $passed passed, 0 failed"
