@@ -350,7 +350,7 @@ class Source {
 
 TEST_F(TreeChangesTest, RandomChangesReachEveryTreeExactly) {
   const std::uint64_t seed = env_number("TIERSYNC_PROPERTY_SEED", 20261129);
-  const std::uint64_t steps = env_number("TIERSYNC_PROPERTY_STEPS", 100);
+  const std::uint64_t steps = env_number("TIERSYNC_PROPERTY_STEPS", 300);
   const bool verbose = env_number("TIERSYNC_IT_VERBOSE", 0) != 0;
   Source source(seed);
   for (std::uint64_t n = 1; n <= steps; ++n) {
