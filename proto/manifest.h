@@ -1,5 +1,6 @@
 #pragma once
-/// The manifest of one partition: its entries, held as compact records (SPEC section 3).
+/// The manifest of one partition: its entries, held as compact records (docs/protocol.md, "The
+/// manifest").
 
 #include <cstddef>
 #include <cstdint>
@@ -24,8 +25,9 @@ inline constexpr std::uint16_t kPublishableModeBits = 0755;
 enum class ModeRule { kPublishable, kAny };
 
 /// One file or symlink: 64 bytes plus the path, exactly. A relay holds every entry of a large
-/// tree in memory (SPEC's budget is 200 bytes an entry), so no JSON objects, no std::string
-/// (32 bytes, and a second allocation size class) and no second string for a symlink's target.
+/// tree in memory (the budget is 200 bytes an entry: docs/performance.md, "resident memory per
+/// entry"), so no JSON objects, no std::string (32 bytes, and a second allocation size class) and
+/// no second string for a symlink's target.
 class Entry {
  public:
   Digest sha256{};

@@ -1,5 +1,5 @@
 #pragma once
-/// Tree paths, symlink targets and layouts (SPEC section 2 and 3).
+/// Tree paths, symlink targets and layouts (docs/protocol.md, "Words" and "Path rules").
 
 #include <cstddef>
 #include <optional>

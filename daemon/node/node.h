@@ -17,7 +17,7 @@ class Transport;
 
 namespace tiersync::node {
 
-/// Process exit codes (SPEC section 8).
+/// Process exit codes (docs/operators/tier0.md, "Exit codes"; the same for every role).
 enum ExitCode : int { kExitOk = 0, kExitFailure = 1, kExitUsage = 2, kExitHeld = 3 };
 
 struct CycleOutcome {

@@ -1,4 +1,5 @@
-// A relay's sync cycle (SPEC section 6): fetch, verify, plan, guard, apply.
+// A relay's sync cycle (docs/protocol.md, "Verifying and applying a snapshot"): fetch, verify,
+// plan, guard, apply.
 
 #include <spdlog/spdlog.h>
 

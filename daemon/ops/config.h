@@ -1,6 +1,6 @@
 #pragma once
-/// The configuration (SPEC section 7), parsed into a typed, immutable object. Every error names
-/// the key; defaults live in one place (the member initialisers below).
+/// The configuration (docs/configuration.md), parsed into a typed, immutable object. Every error
+/// names the key; defaults live in one place (the member initialisers below).
 
 #include <cstdint>
 #include <filesystem>

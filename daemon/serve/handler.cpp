@@ -1,6 +1,6 @@
-// Request handling (SPEC section 5): a pure function of (request, view) naming the bytes to send.
-// Nothing outside the applied snapshot is ever named: a tree path is served only when the view's
-// manifests list it, and the file is opened without following a symlink on the way.
+// Request handling (docs/protocol.md, "HTTP endpoints"): a pure function of (request, view) naming
+// the bytes to send. Nothing outside the applied snapshot is ever named: a tree path is served only
+// when the view's manifests list it, and the file is opened without following a symlink on the way.
 
 #include "daemon/serve/handler.h"
 

@@ -1,6 +1,7 @@
 #pragma once
-/// The built-in HTTP(S) server (SPEC section 5): the applied snapshot with a long-poll, its
-/// manifests, the files of the applied tree, status and metrics. Asio and Beast stay in server.cpp.
+/// The built-in HTTP(S) server (docs/protocol.md, "HTTP endpoints"): the applied snapshot with a
+/// long-poll, its manifests, the files of the applied tree, status and metrics. Asio and Beast stay
+/// in server.cpp.
 
 #include <chrono>
 #include <cstddef>

@@ -1,5 +1,5 @@
 #pragma once
-/// The deletion-ratio guard (SPEC section 6): a partition that would lose too large a share of its
+/// The deletion-ratio guard (docs/guard.md): a partition that would lose too large a share of its
 /// files is held until an operator approves it.
 
 #include <cstdint>

@@ -39,8 +39,8 @@ struct ScanResult {
 };
 
 /// Walks `root` without following symlinks. Leaves out the top-level `.tiersync/` and
-/// `.tiersync-busy`, paths that break SPEC's path rules, symlinks that leave the tree and special
-/// files (each noted in `skipped`).
+/// `.tiersync-busy`, paths that break the path rules (docs/protocol.md), symlinks that leave the
+/// tree and special files (each noted in `skipped`).
 Result<ScanResult> scan_tree(const fs::path& root, bool sorted = true);
 
 /// Sorts a scan made with `sorted = false` (and its `skipped` lines).

@@ -89,7 +89,7 @@ class Transport {
   virtual void set_stop_flag(const std::atomic<bool>* /*stop*/) {}
 };
 
-/// How to reach an HTTP(S) parent (SPEC section 7, `upstream`); file:// ignores it.
+/// How to reach an HTTP(S) parent (`upstream`, docs/configuration.md); file:// ignores it.
 struct TransportOptions {
   std::filesystem::path ca_file;  ///< empty: the system's trust store
   unsigned connections = 8;       ///< the pool's size (fetch_files' concurrency)

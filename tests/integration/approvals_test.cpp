@@ -1,4 +1,4 @@
-// The deletion guard and its approvals (SPEC section 6): a purge approved at the origin reaches
+// The deletion guard and its approvals (docs/guard.md): a purge approved at the origin reaches
 // the mirrors that trust upstream approvals and waits for the local operator at the others;
 // small deletions, small partitions and partitions with a raised limit pass without approval.
 

@@ -1,6 +1,6 @@
-// Crash safety (SPEC section 6): killed at any step of an apply, a node restarts with no file under
-// its final name that has neither its old nor its new content, every partition whose index is in
-// place whole in that index's version, the root partition last; its next cycle completes the
+// Crash safety (docs/crash-safety.md): killed at any step of an apply, a node restarts with no file
+// under its final name that has neither its old nor its new content, every partition whose index is
+// in place whole in that index's version, the root partition last; its next cycle completes the
 // sync. TIERSYNC_CRASH_AT=N makes tiersyncd SIGKILL itself right before its N-th mutating step.
 
 #include <signal.h>

@@ -421,11 +421,11 @@ class HostileParentTest : public ::testing::Test {
     return w;
   }
 
-  /// `after` without what a failed cycle may keep to resume later (SPEC: "without re-downloading
-  /// what it already verified"): under the tree's .tiersync/staging/, folders and files whose bytes
-  /// are those of an honest entry of the signed offer; under state_dir's manifests/, honest
-  /// manifests of the offer stored under their own hash. Bad bytes and hostile documents are never
-  /// among them.
+  /// `after` without what a failed cycle may keep to resume later (docs/crash-safety.md: "without
+  /// fetching again what it already verified"): under the tree's .tiersync/staging/, folders and
+  /// files whose bytes are those of an honest entry of the signed offer; under state_dir's
+  /// manifests/, honest manifests of the offer stored under their own hash. Bad bytes and hostile
+  /// documents are never among them.
   Listing without_verified_leftovers(const Listing& before, Listing after, bool is_state) const {
     std::set<std::string> honest_files, honest_manifests;
     for (const auto& [path, spec] : next_)

@@ -1,6 +1,6 @@
 #pragma once
 /// Support for the integration tests: temp folders, child processes, tree listings, the sample
-/// tree, keys and node configurations. The tests drive the real binaries; SPEC.md is the contract.
+/// tree, keys and node configurations. The tests drive the real binaries; docs/ is the contract.
 
 #include <gtest/gtest.h>
 

@@ -360,9 +360,10 @@ TEST(ManifestDecode, SymlinkEscaping) {
 // BUG: link targets are resolved lexically, one link at a time (link_target_error), but the
 // kernel resolves a target through any symlink it passes. With "x/y" -> ".." (the tree's top: fine
 // on its own), "x/l" -> "y/../secret" is lexically "x/secret" yet really "<tree>/../secret":
-// outside the tree, against SPEC 3 ("Symlink targets are relative and resolve inside the tree").
-// Knowing the tree's folder name, a chain reaches any file: "y/../alpine/x/y/../../etc/passwd".
-// The manifest must be refused (whichever of the two links it names).
+// outside the tree, against the path rules of docs/protocol.md ("Symlink targets are relative and
+// resolve inside the tree"). Knowing the tree's folder name, a chain reaches any file:
+// "y/../alpine/x/y/../../etc/passwd". The manifest must be refused (whichever of the two links it
+// names).
 TEST(ManifestDecode, SymlinkEscapingThroughAnotherSymlink) {
   const json entries = json::array({link_json("x/l", "y/../secret"), link_json("x/y", "..")});
   const auto m = decode_manifest(doc_with(entries, "."), ".", kDepth);

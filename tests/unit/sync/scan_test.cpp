@@ -153,7 +153,7 @@ TEST_F(ScanTest, SkipsEscapingSymlinksAndSpecialFilesWithAReason) {
 // BUG: scan_tree checks each symlink with link_target_error, lexically and alone; the kernel
 // resolves through the other links. Here x/y -> ".." is the tree's top and x/l -> "y/../secret"
 // is lexically "x/secret", but really reads the file beside the tree. tier0 would publish it
-// (SPEC 3: symlink targets resolve inside the tree). Either link may be the one left out.
+// (docs/protocol.md: symlink targets resolve inside the tree). Either link may be the one left out.
 TEST_F(ScanTest, SkipsASymlinkThatEscapesThroughAnotherSymlink) {
   write_file(dir_ / "secret", "not for the mirror");
   fs::create_directories(root_ / "x");
