@@ -59,7 +59,11 @@ std::string encode_snapshot(const Snapshot& s) {
   for (const auto& [name, ref] : s.partitions)
     parts[name] = {{"manifest", to_hex(ref.manifest)}, {"files", ref.files}, {"bytes", ref.bytes}};
   json approved = json::object();
-  for (const auto& [name, serial] : s.approved_deletions) approved[name] = serial;
+  for (const auto& [name, a] : s.approved_deletions)
+    approved[name] = {{"from", a.from},
+                      {"to", a.to},
+                      {"serial", a.serial},
+                      {"expires", format_time(a.expires)}};
   json doc = {{"type", "tiersync.snapshot"},
               {"format", 1},
               {"origin", s.origin},
@@ -122,12 +126,36 @@ Result<Snapshot> decode_snapshot(std::string_view payload) {
   }
   if (auto ad = doc.find("approved_deletions"); ad != doc.end()) {
     if (!ad->is_object()) return fail("approved_deletions is not an object");
-    for (const auto& [name, serial_of] : ad->items()) {
+    for (const auto& [name, a] : ad->items()) {
       if (auto err = partition_name_error(name, s.depth))
         return fail("approved_deletions: " + *err);
-      if (!serial_of.is_number_unsigned())
-        return fail("approved_deletions[\"" + name + "\"] is not a serial");
-      s.approved_deletions[name] = serial_of.get<std::uint64_t>();
+      const std::string where = "approved_deletions[\"" + name + "\"]";
+      // The serial-only form of format 1's first release covered a range of serials, not a
+      // change: refused, never read as a wider approval.
+      if (!a.is_object())
+        return fail(where + " is not an object {from, to, serial, expires}");
+      ApprovedChange c;
+      auto end = [&](const char* key, std::string& out, std::string_view absent) {
+        auto it = a.find(key);
+        if (it == a.end() || !it->is_string()) return false;
+        out = it->get<std::string>();
+        return out == absent || digest_from_hex(out).has_value();
+      };
+      if (!end("from", c.from, "none"))
+        return fail(where + ".from is not a manifest's SHA-256 hex digest or \"none\"");
+      if (!end("to", c.to, "removed"))
+        return fail(where + ".to is not a manifest's SHA-256 hex digest or \"removed\"");
+      auto serial = a.find("serial");
+      if (serial == a.end() || !serial->is_number_unsigned())
+        return fail(where + ".serial is not a serial");
+      c.serial = serial->get<std::uint64_t>();
+      auto expires = a.find("expires");
+      std::optional<std::int64_t> when;
+      if (expires != a.end() && expires->is_string())
+        when = parse_time(expires->get_ref<const std::string&>());
+      if (!when) return fail(where + ".expires is not an RFC 3339 UTC time");
+      c.expires = *when;
+      s.approved_deletions[name] = std::move(c);
     }
   }
   return s;

@@ -21,6 +21,16 @@ struct PartitionRef {
   bool operator==(const PartitionRef&) const = default;
 };
 
+/// An over-threshold change of one partition that the origin's operator approved
+/// (docs/protocol.md, "approved_deletions"): from P's manifest `from` to `to`, nothing else.
+struct ApprovedChange {
+  std::string from;         ///< hex SHA-256 of the manifest the change starts from, or "none"
+  std::string to;           ///< hex SHA-256 of the approved manifest, or "removed"
+  std::uint64_t serial = 0;  ///< the serial that published it
+  std::int64_t expires = 0;  ///< Unix seconds: not honoured after
+  bool operator==(const ApprovedChange&) const = default;
+};
+
 struct Snapshot {
   std::string origin;
   std::uint64_t serial = 0;
@@ -29,9 +39,8 @@ struct Snapshot {
   std::string layout;
   std::size_t depth = 0;  ///< segments of `layout` (derived, not encoded)
   std::map<std::string, PartitionRef> partitions;
-  /// Partitions whose over-threshold deletion the origin's operator approved, with the serial of
-  /// the approval.
-  std::map<std::string, std::uint64_t> approved_deletions;
+  /// Partitions whose over-threshold change the origin's operator approved.
+  std::map<std::string, ApprovedChange> approved_deletions;
 };
 
 /// RFC 3339 UTC timestamps ("2026-11-26T01:00:00Z").

@@ -60,12 +60,42 @@ void Cycle::save_holds(const std::vector<sync::HeldPartition>& held,
     next.since = prev.since;
   for (const auto& h : held)
     spdlog::error(
-        "hold: partition={} deleted={} files={} ratio={:.3f} limit={:.3f} candidate={} "
-        "(approve with: tiersyncctl --config {} approve {})",
-        h.hold.partition, h.hold.deleted, h.hold.files, h.hold.ratio, h.hold.limit, h.candidate,
-        config_.file.string(), h.hold.partition);
+        "hold: partition={} rule={} deleted={} files={} ratio={:.3f} limit={:.3f} lost={} of={} "
+        "candidate={}{} (approve with: tiersyncctl --config {} approve {})",
+        h.hold.partition, sync::rule_name(h.hold.rule), h.hold.deleted, h.hold.files,
+        h.hold.ratio, h.hold.limit, h.hold.count, h.hold.of, h.candidate,
+        h.stale_since ? " stale" : "", config_.file.string(), h.hold.partition);
   if (auto st = state_.save_held(next); !st)
     spdlog::warn("cannot record the hold: {}", st.message());
+}
+
+std::vector<sync::Approval> Cycle::live_approvals(std::int64_t now) {
+  auto all = state_.load_approvals();
+  std::vector<sync::Approval> live;
+  for (auto& a : all) {
+    if (a.expires > now) {
+      live.push_back(std::move(a));
+      continue;
+    }
+    spdlog::warn("approval expired: partition={} from={} to={} expired={} (approve again if the "
+                 "change is still wanted)",
+                 a.partition, a.from.substr(0, 16), a.to.substr(0, 16),
+                 proto::format_time(a.expires));
+  }
+  if (live.size() != all.size())
+    if (auto st = state_.save_approvals(live); !st)
+      spdlog::warn("cannot drop the expired approvals: {}", st.message());
+  return live;
+}
+
+void Cycle::consume_approvals(const std::set<std::string>& partitions) {
+  if (partitions.empty()) return;
+  auto all = state_.load_approvals();
+  const auto before = all.size();
+  std::erase_if(all, [&](const sync::Approval& a) { return partitions.count(a.partition) > 0; });
+  if (all.size() != before)
+    if (auto st = state_.save_approvals(all); !st)
+      spdlog::warn("cannot clear the used approvals: {}", st.message());
 }
 
 CycleOutcome Cycle::held(const std::vector<sync::Hold>& holds, const std::string& candidate,

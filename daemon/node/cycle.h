@@ -7,6 +7,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -54,6 +55,11 @@ class Cycle {
   CycleOutcome held(const std::vector<sync::Hold>& holds, const std::string& candidate,
                     std::uint64_t candidate_serial);
   void save_holds(const std::vector<sync::HeldPartition>& held, std::uint64_t candidate_serial);
+  /// The operator's approvals still valid at `now`; expired ones are dropped with a log line
+  /// naming their partition (docs/guard.md, "Approvals").
+  std::vector<sync::Approval> live_approvals(std::int64_t now);
+  /// The approvals of these partitions were used: their changes are applied.
+  void consume_approvals(const std::set<std::string>& partitions);
   void clear_held();
   /// Records an applied (or published) serial; with kExitHeld, some partitions were held.
   CycleOutcome applied(std::uint64_t serial, const sync::ApplyStats& stats,

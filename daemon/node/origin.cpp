@@ -15,6 +15,7 @@
 #include "daemon/ops/notify.h"
 #include "daemon/sync/apply.h"
 #include "daemon/sync/fs.h"
+#include "daemon/sync/history.h"
 #include "daemon/sync/scan.h"
 #include "proto/dsse.h"
 #include "proto/manifest.h"
@@ -163,6 +164,45 @@ Result<sync::ManifestSet> build_manifests(const ops::Config& config, std::size_t
   return out;
 }
 
+// What the guard weighs for one partition: sizes, the window's baseline and the damage.
+sync::PartitionChange measure_change(const std::string& name, const proto::Manifest* before,
+                                     const proto::Manifest* after,
+                                     const sync::GuardHistory& history, std::int64_t now,
+                                     const ops::Config& config) {
+  sync::PartitionChange c;
+  c.partition = name;
+  c.before = sync::measure(before);
+  c.after = sync::measure(after);
+  c.baseline = history.baseline(name, c.before, now, config.guard.window_hours);
+  c.damage = sync::compare(before, after, config.guard.shrink_factor);
+  return c;
+}
+
+bool covered(const std::vector<sync::Approval>& approvals, const std::string& partition,
+             const std::string& from, const std::string& to, std::int64_t now) {
+  for (const auto& a : approvals)
+    if (a.covers(partition, from, to, now)) return true;
+  return false;
+}
+
+// A layout change's identity for approvals: the whole candidate, partition by partition.
+std::string layout_change_id(
+    const std::map<std::string, std::pair<proto::Digest, std::string>>& encoded) {
+  std::string lines;
+  for (const auto& [name, e] : encoded) lines += name + "=" + proto::to_hex(e.first) + "\n";
+  return "layout:" + proto::to_hex(proto::sha256(lines));
+}
+
+// The candidate's entry for a path, wherever the (new) layout puts it; null when it is gone.
+auto kept_in(const sync::ManifestSet& candidate, std::size_t depth) {
+  return [&candidate, depth](std::string_view path) -> const proto::Entry* {
+    auto it = candidate.find(std::string(proto::partition_of(path, depth)));
+    if (it == candidate.end()) it = candidate.find(std::string(proto::kRootPartition));
+    if (it == candidate.end()) return nullptr;
+    return it->second->find(path);
+  };
+}
+
 }  // namespace
 
 std::unique_ptr<sync::Fetcher> source_fetcher(const fs::path& source_dir) {
@@ -281,36 +321,76 @@ CycleOutcome publish_once(const ops::Config& config, const std::atomic<bool>* st
   next.expires = now + ttl;
 
   // The guard, per partition: a held partition keeps its published manifest.
-  auto approvals = state.load_approvals();
-  sync::Guard guard(config.guard);
+  const sync::Guard guard(config.guard);
+  auto approvals = cycle.live_approvals(now);
+  std::string history_warning;
+  auto history = sync::GuardHistory::load(state.guard_history_path(), &history_warning);
+  if (!history_warning.empty()) spdlog::warn("{}", history_warning);
   std::vector<sync::HeldPartition> held;
+  std::set<std::string> approved_now;  // partitions whose approved change this serial publishes
   std::set<std::string> names;
   for (const auto& [name, m] : applied_manifests) names.insert(name);
   for (const auto& [name, m] : *candidate) names.insert(name);
+
+  if (layout_changed) {
+    // A layout change is guarded like any other change: each old partition's entries are
+    // counted against the candidate, wherever the new layout puts them. Partitions cannot be
+    // held one by one across layouts, so any hold keeps the whole published snapshot.
+    const std::string to = layout_change_id(encoded);
+    for (const auto& [name, old] : applied_manifests) {
+      auto kept = kept_in(*candidate, *depth);
+      proto::Manifest after;
+      after.partition = name;
+      for (const auto& e : old->entries)
+        if (const proto::Entry* now_e = kept(e.path())) after.entries.push_back(*now_e);
+      const std::string from = sync::change_end(&(*applied)->snapshot.partitions.at(name).manifest,
+                                                sync::kNoManifest);
+      sync::PartitionChange change = measure_change(name, old.get(), &after, history, now, config);
+      change.approved = covered(approvals, name, from, to, now);
+      if (auto hold = guard.evaluate(change)) {
+        held.push_back({*hold, to, from, to, 0});
+        continue;
+      }
+      if (change.approved) approved_now.insert(name);
+    }
+    if (!held.empty()) {
+      cycle.save_holds(held, next.serial);
+      return cycle.held_only((*applied)->snapshot.serial);
+    }
+    next.approved_deletions.clear();  // its partitions are the old layout's
+  }
+
   for (const auto& name : names) {
     auto cand_it = candidate->find(name);
     auto old_it = applied_manifests.find(name);
-    const std::string cand_id =
-        cand_it == candidate->end() ? "removed" : proto::to_hex(encoded[name].first);
+    const proto::Digest* cand_digest =
+        cand_it == candidate->end() ? nullptr : &encoded.at(name).first;
+    const std::string to = sync::change_end(cand_digest, sync::kRemoved);
     if (old_it != applied_manifests.end() && !layout_changed) {
-      sync::ManifestSet before{{name, old_it->second}}, after;
-      if (cand_it != candidate->end()) after[name] = cand_it->second;
-      sync::Plan one = sync::make_plan(before, after);
-      sync::PartitionChange change{name, one.partitions[0].files_before,
-                                   one.partitions[0].deletes.size(), false};
-      for (const auto& a : approvals)
-        if (a.partition == name && a.candidate == cand_id) change.approved = true;
-      auto holds = guard.evaluate({change});
-      if (!holds.empty()) {
-        held.push_back({holds[0], cand_id});
+      const std::string from = sync::change_end(
+          &(*applied)->snapshot.partitions.at(name).manifest, sync::kNoManifest);
+      const proto::Manifest* after = cand_it == candidate->end() ? nullptr : cand_it->second.get();
+      sync::PartitionChange change =
+          measure_change(name, old_it->second.get(), after, history, now, config);
+      change.approved = covered(approvals, name, from, to, now);
+      if (auto hold = guard.evaluate(change)) {
+        held.push_back({*hold, to, from, to, 0});
         next.partitions[name] = (*applied)->snapshot.partitions.at(name);
         next_manifests[name] = old_it->second;
         continue;
       }
-      if (change.approved && guard.evaluate({{name, change.files, change.deleted, false}}).size()) {
-        next.approved_deletions[name] = next.serial;
-        spdlog::info("approved deletion: partition={} deleted={} files={} candidate={} serial={}",
-                     name, change.deleted, change.files, cand_id, next.serial);
+      if (change.approved && from != to) {
+        change.approved = false;
+        if (auto would = guard.evaluate(change)) {
+          approved_now.insert(name);
+          std::int64_t expires = now + static_cast<std::int64_t>(config.guard.approval_hours) * 3600;
+          for (const auto& a : approvals)
+            if (a.covers(name, from, to, now)) expires = a.expires;
+          next.approved_deletions[name] = {from, to, next.serial, expires};
+          spdlog::info(
+              "approved deletion: partition={} rule={} deleted={} files={} candidate={} serial={}",
+              name, sync::rule_name(would->rule), would->deleted, would->files, to, next.serial);
+        }
       }
     }
     if (cand_it == candidate->end()) continue;  // removed (and not held)
@@ -321,6 +401,15 @@ CycleOutcome publish_once(const ops::Config& config, const std::atomic<bool>* st
       if (auto st = state.store_manifest(encoded[name].first, encoded[name].second); !st)
         return cycle.fail(st.message());
   }
+  // An upstream approval is carried while its partition stays at the approved manifest (or
+  // stays removed), until it expires: a relay that was away applies the same change later.
+  std::erase_if(next.approved_deletions, [&](const auto& item) {
+    const auto& [name, a] = item;
+    auto it = next.partitions.find(name);
+    const std::string now_at = sync::change_end(
+        it == next.partitions.end() ? nullptr : &it->second.manifest, sync::kRemoved);
+    return now_at != a.to || a.expires <= now;
+  });
   // Unchanged partitions share the applied manifest object, so the plan skips them.
   for (auto& [name, m] : next_manifests) {
     auto old_it = applied_manifests.find(name);
@@ -348,6 +437,8 @@ CycleOutcome publish_once(const ops::Config& config, const std::atomic<bool>* st
   if (*applied) req.applied = (*applied)->snapshot;
   sync::Plan plan = sync::make_plan(applied_manifests, req.candidate_manifests);
   applied_manifests.clear();
+  if (layout_changed)
+    for (const auto& [name, ref] : (*applied)->snapshot.partitions) approved_now.insert(name);
   auto stats = applier.apply(req, plan);
   if (!fetcher.mismatched().empty()) {
     // Rewritten in place with size and mtime kept: the cache gave a digest the bytes no longer
@@ -360,11 +451,24 @@ CycleOutcome publish_once(const ops::Config& config, const std::atomic<bool>* st
     return cycle.fail("publishing serial " + std::to_string(next.serial) +
                       " failed: " + stats.message());
   cycle.set_upstream_serial(next.serial);
+  // The window's baseline learns what was published; an approved change is the new baseline.
+  for (const auto& [name, ref] : req.candidate.partitions) {
+    auto m = req.candidate_manifests.find(name);
+    const sync::PartitionSize size = sync::measure(
+        m == req.candidate_manifests.end() ? nullptr : m->second.get());
+    if (approved_now.count(name) || layout_changed)
+      history.reset(name, size, now);
+    else
+      history.record(name, size, now, config.guard.window_hours);
+  }
+  for (const auto& name : names)
+    if (!req.candidate.partitions.count(name)) history.forget(name);
+  if (auto st = history.save(state.guard_history_path()); !st)
+    spdlog::warn("cannot save the guard's history: {}", st.message());
+  cycle.consume_approvals(approved_now);
   if (held.empty()) {
     remember_source();
     cycle.clear_held();
-    if (auto st = state.save_approvals({}); !st)
-      spdlog::warn("cannot clear the approvals: {}", st.message());
     return cycle.applied(next.serial, *stats, "published");
   }
   cycle.save_holds(held, next.serial);

@@ -14,6 +14,7 @@
 #include "daemon/ops/metrics.h"
 #include "daemon/ops/notify.h"
 #include "daemon/sync/apply.h"
+#include "daemon/sync/history.h"
 #include "daemon/transport/transport.h"
 #include "proto/dsse.h"
 #include "proto/manifest.h"
@@ -163,9 +164,13 @@ Result<sync::ManifestSet> candidate_manifests(const proto::Snapshot& cand,
 // The plan, partition by partition: an applied manifest is loaded only when its partition
 // changed, and dropped as soon as that partition is planned, so a cycle holds one full set of
 // manifests, not two.
+// `weigh` sees each changed partition's two manifests while they are loaded (the guard's
+// measures).
+using Weigh = std::function<void(const std::string& name, const proto::Manifest* before,
+                                 const proto::Manifest* after)>;
 Result<sync::Plan> plan_cycle(const proto::Snapshot& cand, const sync::ManifestSet& cand_set,
                               const std::optional<sync::Applied>& applied,
-                              const sync::StateStore& state) {
+                              const sync::StateStore& state, const Weigh& weigh) {
   std::set<std::string> names;
   for (const auto& [name, ref] : cand.partitions) names.insert(name);
   if (applied)
@@ -193,6 +198,7 @@ Result<sync::Plan> plan_cycle(const proto::Snapshot& cand, const sync::ManifestS
       before = std::move(*m);
     }
     plan.partitions.push_back(sync::plan_partition(name, before.get(), after));
+    weigh(name, before.get(), after);
     return {};
   };
   const std::string root(proto::kRootPartition);
@@ -308,29 +314,72 @@ CycleOutcome sync_once(const ops::Config& config, const std::atomic<bool>* stop,
   if (!cand_manifests)
     return refuse("snapshot serial " + std::to_string(cand->serial) +
                   " refused: " + cand_manifests.message());
-  auto plan = plan_cycle(*cand, *cand_manifests, *applied, state);
+  // The guard's measures of each changed partition (docs/guard.md), and the change's ends.
+  struct Weighed {
+    sync::PartitionChange change;
+    std::string from, to;
+  };
+  std::vector<Weighed> weighed;
+  std::string history_warning;
+  auto history = sync::GuardHistory::load(state.guard_history_path(), &history_warning);
+  if (!history_warning.empty()) spdlog::warn("{}", history_warning);
+  std::map<std::string, sync::PartitionSize> sizes;  // of each changed partition's candidate
+  auto weigh = [&](const std::string& name, const proto::Manifest* before,
+                   const proto::Manifest* after) {
+    if (after) sizes[name] = sync::measure(after);
+    if (!before) return;  // new here: nothing to lose
+    Weighed w;
+    w.change.partition = name;
+    w.change.before = sync::measure(before);
+    w.change.after = sync::measure(after);
+    w.change.baseline =
+        history.baseline(name, w.change.before, now, config.guard.window_hours);
+    w.change.damage = sync::compare(before, after, config.guard.shrink_factor);
+    const auto& applied_refs = (*applied)->snapshot.partitions;
+    auto old_ref = applied_refs.find(name);
+    auto new_ref = cand->partitions.find(name);
+    w.from = sync::change_end(old_ref == applied_refs.end() ? nullptr : &old_ref->second.manifest,
+                              sync::kNoManifest);
+    w.to = sync::change_end(new_ref == cand->partitions.end() ? nullptr : &new_ref->second.manifest,
+                            sync::kRemoved);
+    weighed.push_back(std::move(w));
+  };
+  auto plan = plan_cycle(*cand, *cand_manifests, *applied, state, weigh);
   if (!plan) return refuse(plan.message());
 
-  // The guard, over the whole snapshot.
+  // The guard, over the whole snapshot (a layout change moves paths between partitions: those
+  // that stay in the tree are no loss).
   const std::string candidate_id = std::to_string(cand->serial);
-  auto approvals = state.load_approvals();
+  const bool layout_changed = *applied && (*applied)->snapshot.depth != cand->depth;
+  auto approvals = cycle.live_approvals(now);
+  const sync::Guard guard(config.guard);
   std::vector<sync::PartitionChange> changes;
-  for (const auto& p : plan->partitions) {
-    sync::PartitionChange c{p.partition, p.files_before, p.deletes.size(), false};
+  std::set<std::string> approved_now;
+  for (auto& w : weighed) {
+    auto& c = w.change;
+    if (layout_changed)
+      for (const auto& p : plan->partitions)
+        if (p.partition == c.partition)
+          c.damage.deleted = std::min<std::uint64_t>(c.damage.deleted, p.deletes.size());
     for (const auto& a : approvals)
-      if (a.partition == p.partition && a.candidate == candidate_id) c.approved = true;
-    if (config.guard.trust_upstream_approvals) {
-      auto it = cand->approved_deletions.find(p.partition);
-      if (it != cand->approved_deletions.end() && it->second > applied_serial &&
-          it->second <= cand->serial)
-        c.approved = true;
+      if (a.covers(c.partition, w.from, w.to, now)) c.approved = true;
+    if (!c.approved && config.guard.trust_upstream_approvals &&
+        guard.policy().limits_for(c.partition).trust_upstream_approvals &&
+        sync::upstream_covers(*cand, c.partition, w.from, w.to, now))
+      c.approved = true;
+    if (c.approved) {
+      auto unapproved = c;
+      unapproved.approved = false;
+      if (auto would = guard.evaluate(unapproved)) {
+        approved_now.insert(c.partition);
+        spdlog::info("approved deletion: partition={} rule={} deleted={} files={} candidate={}",
+                     c.partition, sync::rule_name(would->rule), would->deleted, would->files,
+                     candidate_id);
+      }
     }
-    if (c.approved && c.deleted > 0)
-      spdlog::info("approved deletion: partition={} deleted={} files={} candidate={}", c.partition,
-                   c.deleted, c.files, candidate_id);
-    changes.push_back(std::move(c));
+    changes.push_back(c);
   }
-  auto holds = sync::Guard(config.guard).evaluate(changes);
+  auto holds = guard.evaluate(changes);
   if (!holds.empty()) {
     for (const auto& d : fetched)
       if (!applied_refs(*applied, d)) state.forget_manifest(d);
@@ -356,8 +405,19 @@ CycleOutcome sync_once(const ops::Config& config, const std::atomic<bool>* stop,
     return cycle.fail("applying serial " + std::to_string(cand->serial) +
                       " failed: " + stats.message());
   }
-  if (auto st = state.save_approvals({}); !st)
-    spdlog::warn("cannot clear the approvals: {}", st.message());
+  // The window's baseline learns each changed partition's new size; an approved change (or a
+  // new layout) is the new baseline.
+  for (const auto& [name, size] : sizes) {
+    if (approved_now.count(name) || layout_changed)
+      history.reset(name, size, now);
+    else
+      history.record(name, size, now, config.guard.window_hours);
+  }
+  for (const auto& w : weighed)
+    if (!req.candidate.partitions.count(w.change.partition)) history.forget(w.change.partition);
+  if (auto st = history.save(state.guard_history_path()); !st)
+    spdlog::warn("cannot save the guard's history: {}", st.message());
+  cycle.consume_approvals(approved_now);
   return cycle.applied(cand->serial, *stats);
 }
 

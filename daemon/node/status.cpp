@@ -81,11 +81,17 @@ json status_object(const ops::Config& config) {
   json holds = json::array();
   for (const auto& h : held.partitions)
     holds.push_back({{"partition", h.hold.partition},
+                     {"rule", sync::rule_name(h.hold.rule)},
                      {"deleted", h.hold.deleted},
                      {"files", h.hold.files},
+                     {"lost", h.hold.count},
+                     {"of", h.hold.of},
                      {"ratio", h.hold.ratio},
                      {"limit", h.hold.limit},
                      {"candidate", h.candidate},
+                     {"from", h.from},
+                     {"to", h.to},
+                     {"stale", h.stale_since != 0},
                      {"since", proto::format_time(held.since)}});
   j["held"] = holds;
   // Like Debian's trace files: this node, then its parent's chain up to the origin. A parent
@@ -202,16 +208,21 @@ std::string status_text(const ops::Config& config) {
   if (j["held"].empty()) {
     row("held", "none");
   } else {
-    std::snprintf(line, sizeof line, "held:\n  %-28s %8s %8s %7s %7s  %s\n", "PARTITION", "DELETED",
-                  "FILES", "RATIO", "LIMIT", "CANDIDATE");
+    std::snprintf(line, sizeof line, "held:\n  %-28s %-7s %8s %8s %10s %10s %7s %7s  %s\n",
+                  "PARTITION", "RULE", "DELETED", "FILES", "LOST", "OF", "RATIO", "LIMIT",
+                  "CANDIDATE");
     out += line;
     for (const auto& h : j["held"]) {
-      std::snprintf(line, sizeof line, "  %-28s %8llu %8llu %7.3f %7.3f  %s\n",
+      std::snprintf(line, sizeof line, "  %-28s %-7s %8llu %8llu %10llu %10llu %7.3f %7.3f  %s%s\n",
                     h["partition"].get<std::string>().c_str(),
+                    h["rule"].get<std::string>().c_str(),
                     static_cast<unsigned long long>(h["deleted"].get<std::uint64_t>()),
                     static_cast<unsigned long long>(h["files"].get<std::uint64_t>()),
+                    static_cast<unsigned long long>(h["lost"].get<std::uint64_t>()),
+                    static_cast<unsigned long long>(h["of"].get<std::uint64_t>()),
                     h["ratio"].get<double>(), h["limit"].get<double>(),
-                    h["candidate"].get<std::string>().substr(0, 16).c_str());
+                    h["candidate"].get<std::string>().substr(0, 16).c_str(),
+                    h["stale"].get<bool>() ? " (stale)" : "");
       out += line;
     }
   }
@@ -238,15 +249,22 @@ Result<std::vector<std::string>> approve(const ops::Config& config,
     chosen.push_back(found);
   }
   auto approvals = state.load_approvals();
+  const std::int64_t now = std::time(nullptr);
+  const std::int64_t expires = now + static_cast<std::int64_t>(config.guard.approval_hours) * 3600;
   std::vector<std::string> lines;
   for (const auto* h : chosen) {
-    bool dup = false;
-    for (const auto& a : approvals)
-      dup = dup || (a.partition == h->hold.partition && a.candidate == h->candidate);
-    if (!dup) approvals.push_back({h->hold.partition, h->candidate});
-    lines.push_back("approved: partition " + h->hold.partition + " (deletes " +
+    // One approval per partition: the change it names replaces any earlier one's.
+    std::erase_if(approvals,
+                  [&](const sync::Approval& a) { return a.partition == h->hold.partition; });
+    approvals.push_back({h->hold.partition, h->from, h->to, h->hold.deleted, h->hold.files,
+                         std::string(sync::rule_name(h->hold.rule)), expires});
+    lines.push_back("approved: partition " + h->hold.partition + " (rule " +
+                    std::string(sync::rule_name(h->hold.rule)) + ": deletes " +
                     std::to_string(h->hold.deleted) + " of " + std::to_string(h->hold.files) +
-                    " files, candidate " + h->candidate + "); the next cycle applies it");
+                    " files, loses " + std::to_string(h->hold.count) + " of " +
+                    std::to_string(h->hold.of) + "; from " + h->from.substr(0, 16) + " to " +
+                    h->to.substr(0, 16) + ", valid until " + proto::format_time(expires) +
+                    "); the next cycle applies it");
   }
   if (auto st = state.save_approvals(approvals); !st) return st.error();
   return lines;

@@ -231,6 +231,12 @@ HeldState StateStore::load_held() const try {
     hp.hold.ratio = p.value("ratio", 0.0);
     hp.hold.limit = p.value("limit", 0.0);
     hp.candidate = p.value("candidate", "");
+    hp.from = p.value("from", "");
+    hp.to = p.value("to", "");
+    hp.stale_since = integer<std::int64_t>(p, "stale_since");
+    if (auto rule = rule_from_name(p.value("rule", "deleted"))) hp.hold.rule = *rule;
+    hp.hold.count = integer<std::uint64_t>(p, "count");
+    hp.hold.of = integer<std::uint64_t>(p, "of");
     held.partitions.push_back(std::move(hp));
   }
   return held;
@@ -253,7 +259,13 @@ Status StateStore::save_held(const HeldState& held) const {
                      {"files", p.hold.files},
                      {"ratio", p.hold.ratio},
                      {"limit", p.hold.limit},
-                     {"candidate", p.candidate}});
+                     {"rule", rule_name(p.hold.rule)},
+                     {"count", p.hold.count},
+                     {"of", p.hold.of},
+                     {"candidate", p.candidate},
+                     {"from", p.from},
+                     {"to", p.to},
+                     {"stale_since", p.stale_since}});
   return write_json(
       dir_ / "held.json",
       {{"candidate_serial", held.candidate_serial}, {"since", held.since}, {"partitions", parts}});
@@ -264,16 +276,27 @@ std::vector<Approval> StateStore::load_approvals() const try {
   auto j = read_json(dir_ / "approvals.json");
   if (!j || !*j) return out;
   const json list = (*j)->value("approvals", json::array());
-  for (const auto& a : list) out.push_back({a.value("partition", ""), a.value("candidate", "")});
+  for (const auto& a : list)
+    out.push_back({a.value("partition", ""), a.value("from", ""), a.value("to", ""),
+                   integer<std::uint64_t>(a, "deleted"), integer<std::uint64_t>(a, "files"),
+                   a.value("rule", ""), integer<std::int64_t>(a, "expires")});
   return out;
 } catch (const json::exception&) {
+  return {};
+} catch (const NotInteger&) {
   return {};
 }
 
 Status StateStore::save_approvals(const std::vector<Approval>& approvals) const {
   json list = json::array();
   for (const auto& a : approvals)
-    list.push_back({{"partition", a.partition}, {"candidate", a.candidate}});
+    list.push_back({{"partition", a.partition},
+                    {"from", a.from},
+                    {"to", a.to},
+                    {"deleted", a.deleted},
+                    {"files", a.files},
+                    {"rule", a.rule},
+                    {"expires", a.expires}});
   return write_json(dir_ / "approvals.json", {{"approvals", list}});
 }
 

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "daemon/sync/approvals.h"
 #include "daemon/sync/guard.h"
 #include "daemon/sync/plan.h"
 #include "proto/digest.h"
@@ -28,22 +29,20 @@ struct Applied {
   proto::Snapshot snapshot;
 };
 
-/// A held partition and the candidate it was held for (a serial at a relay, a manifest hash at
-/// tier0): an approval names the same candidate.
+/// A held partition and the change it was held for: an approval names the same `from` and `to`
+/// (docs/guard.md, "Approvals").
 struct HeldPartition {
   Hold hold;
-  std::string candidate;
+  std::string candidate;  ///< for the log and status: `to`, or a relay's candidate serial
+  std::string from;       ///< the applied manifest (hex) or "none"
+  std::string to;         ///< the candidate manifest (hex), "removed" or "layout:<hex>"
+  std::int64_t stale_since = 0;  ///< a relay's pin whose signed snapshot expired (0: fresh)
 };
 
 struct HeldState {
   std::uint64_t candidate_serial = 0;  ///< relay: the held snapshot's serial
   std::int64_t since = 0;
   std::vector<HeldPartition> partitions;
-};
-
-struct Approval {
-  std::string partition;
-  std::string candidate;
 };
 
 /// A cycle's message as recorded and shown (it may quote a parent's bytes): cut to this many
@@ -85,6 +84,7 @@ class StateStore {
   fs::path published_manifest_path(const proto::Digest& d) const;
   fs::path manifest_path(const proto::Digest& d) const;
   fs::path hash_cache_path() const { return dir_ / "hashcache"; }
+  fs::path guard_history_path() const { return dir_ / "guard-history.json"; }
 
   /// The applied snapshot (envelope decoded without re-verifying: it was verified on apply).
   Result<std::optional<Applied>> load_applied() const;

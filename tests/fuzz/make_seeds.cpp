@@ -83,7 +83,8 @@ int main(int argc, char** argv) {
   snap.depth = 3;
   snap.partitions["v3.20/main/x86_64"] = {proto::sha256(main_bytes), 5, 1234};
   snap.partitions["."] = {proto::sha256(root_bytes), 3, 7};
-  snap.approved_deletions["v3.19/main/x86_64"] = 40;
+  snap.approved_deletions["v3.19/main/x86_64"] = {
+      tiersync::proto::to_hex(tiersync::proto::sha256("old")), "removed", 40, snap.expires};
   const std::string payload = proto::encode_snapshot(snap);
   seed("snapshot", "snapshot", payload);
   proto::Snapshot flat = snap;

@@ -2,6 +2,7 @@
 // the mirrors that trust upstream approvals and waits for the local operator at the others;
 // small deletions, small partitions and partitions with a raised limit pass without approval.
 
+#include <ctime>
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -113,8 +114,11 @@ TEST_F(ApprovalsTest, PurgeApprovedAtOriginReachesTrustingMirrorsAndWaitsAtOther
   EXPECT_FALSE(s2.partitions.count(purged)) << "the purged partition is out of the snapshot";
   ASSERT_TRUE(s2.approved_deletions.count(purged))
       << "the snapshot must carry the origin's approval in approved_deletions";
-  EXPECT_GT(s2.approved_deletions.at(purged), s1);
-  EXPECT_LE(s2.approved_deletions.at(purged), s2.serial);
+  const proto::ApprovedChange& approved = s2.approved_deletions.at(purged);
+  EXPECT_EQ(approved.serial, s2.serial);
+  EXPECT_EQ(approved.to, "removed");
+  EXPECT_EQ(approved.from.size(), 64u) << "the published manifest the approval starts from";
+  EXPECT_GT(approved.expires, s2.created);
 
   // A mirror trusting upstream approvals follows.
   ASSERT_TRUE(Exited(trusting.once(), 0));
@@ -279,9 +283,9 @@ TEST_F(ApprovalsTest, PartitionGlobOverrideRaisesTheLimit) {
   EXPECT_TRUE(TreeMatches(plain.tree(), v1_));
 }
 
-TEST(UpstreamApprovalTest, CoversOnlyDeletionsApprovedAfterTheAppliedSerial) {
-  // A hand-made parent, to offer approvals a real tier0 would not: the rule is
-  // applied serial < approved_deletions[P] <= candidate serial.
+TEST(UpstreamApprovalTest, CoversExactlyTheApprovedChange) {
+  // A hand-made parent, to offer approvals a real tier0 would not: an upstream approval covers
+  // a partition's change only from the relay's applied manifest to the candidate's, unexpired.
   TempDir root("tiersync-upstream-approval");
   auto key = proto::PrivateKey::generate();
   ASSERT_TRUE(key.ok());
@@ -295,24 +299,30 @@ TEST(UpstreamApprovalTest, CoversOnlyDeletionsApprovedAfterTheAppliedSerial) {
   ASSERT_TRUE(Exited(trusting.once(), 0));
 
   const std::string part = "edge/community/armv7";
+  const std::string applied =
+      proto::to_hex(read_published_snapshot(trusting.tree()).partitions.at(part).manifest);
   TreeModel purge = good;
   remove_partition(purge, part);
-  auto offer = [&](std::uint64_t serial, std::map<std::string, std::uint64_t> approved) {
+  const std::int64_t later = std::time(nullptr) + 3600;
+  auto offer = [&](std::uint64_t serial, std::map<std::string, proto::ApprovedChange> approved) {
     Offer o = Offer::of(purge, serial, *key);
     o.patch_snapshot = [approved](proto::Snapshot& s) { s.approved_deletions = approved; };
     parent.publish(o);
   };
+  const std::string other(64, 'a');
 
-  offer(6, {{part, 5}});
-  EXPECT_TRUE(Exited(trusting.once(), kHeld)) << "an approval of serial 5 is stale at 5";
-  offer(7, {{part, 8}});
-  EXPECT_TRUE(Exited(trusting.once(), kHeld)) << "an approval beyond the candidate serial";
-  offer(8, {{"edge/main/x86_64", 8}});
+  offer(6, {{part, {other, "removed", 6, later}}});
+  EXPECT_TRUE(Exited(trusting.once(), kHeld)) << "from another manifest than the applied one";
+  offer(7, {{part, {applied, other, 7, later}}});
+  EXPECT_TRUE(Exited(trusting.once(), kHeld)) << "to another manifest than the candidate's";
+  offer(8, {{part, {applied, "removed", 8, std::time(nullptr) - 1}}});
+  EXPECT_TRUE(Exited(trusting.once(), kHeld)) << "an expired approval";
+  offer(9, {{"edge/main/x86_64", {applied, "removed", 9, later}}});
   EXPECT_TRUE(Exited(trusting.once(), kHeld)) << "an approval of another partition";
   EXPECT_TRUE(TreeMatches(trusting.tree(), good));
-  EXPECT_EQ(trusting.status().value("serial", json()), 5u);
+  EXPECT_EQ(held_partitions(trusting.status()), std::set<std::string>{part});
 
-  offer(9, {{part, 7}});  // approved at 7, a serial this mirror never saw
+  offer(10, {{part, {applied, "removed", 7, later}}});  // approved at 7, a serial never seen here
   ASSERT_TRUE(Exited(trusting.once(), 0));
   EXPECT_TRUE(TreeMatches(trusting.tree(), purge));
 }

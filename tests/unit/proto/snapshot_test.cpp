@@ -33,7 +33,8 @@ Snapshot sample() {
   s.partitions["edge/main/x86_64"] = {sha256("x86_64 manifest"), 3268, 365000000};
   s.partitions["edge/main/aarch64"] = {sha256("aarch64 manifest"), 3000, 300000000};
   s.partitions["."] = {sha256("root manifest"), 2, 120};
-  s.approved_deletions["edge/main/aarch64"] = 41;
+  s.approved_deletions["edge/main/aarch64"] = {to_hex(sha256("old aarch64")), "removed", 41,
+                                               kExpires};
   return s;
 }
 
@@ -171,7 +172,10 @@ TEST(Snapshot, EncodingHasTheSpecFields) {
   EXPECT_EQ(doc["partitions"]["edge/main/x86_64"]["files"], 3268);
   EXPECT_EQ(doc["partitions"]["edge/main/x86_64"]["bytes"], 365000000);
   EXPECT_TRUE(doc["partitions"].contains("."));
-  EXPECT_EQ(doc["approved_deletions"]["edge/main/aarch64"], 41);
+  EXPECT_EQ(doc["approved_deletions"]["edge/main/aarch64"]["serial"], 41);
+  EXPECT_EQ(doc["approved_deletions"]["edge/main/aarch64"]["from"], to_hex(sha256("old aarch64")));
+  EXPECT_EQ(doc["approved_deletions"]["edge/main/aarch64"]["to"], "removed");
+  EXPECT_EQ(doc["approved_deletions"]["edge/main/aarch64"]["expires"], "2026-12-03T01:00:00Z");
   EXPECT_EQ(encode_snapshot(sample()), encode_snapshot(sample()));
 }
 
@@ -184,7 +188,9 @@ TEST(Snapshot, DecodesTheSpecExample) {
                               hex + R"(", "files": 3268, "bytes": 365000000},
                    ".": {"manifest": ")" +
                               hex + R"(", "files": 1, "bytes": 10}},
-    "approved_deletions": {"edge/main/aarch64": 42}})";
+    "approved_deletions": {"edge/main/aarch64": {"from": ")" +
+                              hex + R"(", "to": "removed", "serial": 42,
+                              "expires": "2026-12-03T01:00:00Z"}}})";
   const auto s = decode_snapshot(payload);
   ASSERT_TRUE(s) << s.message();
   EXPECT_EQ(s->origin, "dl-master");
@@ -195,7 +201,11 @@ TEST(Snapshot, DecodesTheSpecExample) {
   ASSERT_EQ(s->partitions.size(), 2u);
   EXPECT_EQ(s->partitions.at("edge/main/x86_64").files, 3268u);
   EXPECT_EQ(s->partitions.at(".").manifest, sha256("m"));
-  EXPECT_EQ(s->approved_deletions.at("edge/main/aarch64"), 42u);
+  const ApprovedChange& a = s->approved_deletions.at("edge/main/aarch64");
+  EXPECT_EQ(a.serial, 42u);
+  EXPECT_EQ(a.from, hex);
+  EXPECT_EQ(a.to, "removed");
+  EXPECT_EQ(a.expires, kExpires);
 }
 
 TEST(Snapshot, ApprovedDeletionsIsOptional) {
@@ -326,22 +336,42 @@ TEST(SnapshotDecode, BadApprovedDeletions) {
   json doc = sample_doc();
   doc["approved_deletions"] = json::array({"edge/main/aarch64"});
   EXPECT_TRUE(Contains(decode_error(doc), "approved_deletions"));
+  const json good = sample_doc()["approved_deletions"]["edge/main/aarch64"];
 
   for (const char* name : {"edge/main", "edge/main/x86_64/x", "../x/y", ""}) {
     doc = sample_doc();
-    doc["approved_deletions"][name] = 42;
+    doc["approved_deletions"][name] = good;
     EXPECT_TRUE(Contains(decode_error(doc), "approved_deletions")) << name;
   }
-  for (const json& serial : {json(-1), json("42"), json(true), json(1.5), json(nullptr)}) {
+  // The serial-only form of the first release covered a range of serials: refused, never
+  // read as an approval of anything.
+  for (const json& serial : {json(42), json(-1), json("42"), json(true), json(1.5), json(nullptr)}) {
     doc = sample_doc();
     doc["approved_deletions"]["edge/main/aarch64"] = serial;
     const std::string msg = decode_error(doc);
     EXPECT_TRUE(Contains(msg, "approved_deletions")) << serial;
     EXPECT_TRUE(Contains(msg, "edge/main/aarch64")) << serial;
   }
-  // The root partition can be approved too.
+  const std::pair<const char*, json> broken[] = {
+      {"from", json("deadbeef")}, {"from", json(7)},         {"to", json("gone")},
+      {"to", json(nullptr)},      {"serial", json(-3)},      {"serial", json("9")},
+      {"expires", json("soon")},  {"expires", json(1234)},
+  };
+  for (const auto& [key, value] : broken) {
+    doc = sample_doc();
+    doc["approved_deletions"]["edge/main/aarch64"][key] = value;
+    const std::string msg = decode_error(doc);
+    EXPECT_TRUE(Contains(msg, std::string("edge/main/aarch64\"].") + key)) << key << " " << msg;
+  }
+  for (const char* key : {"from", "to", "serial", "expires"}) {
+    doc = sample_doc();
+    doc["approved_deletions"]["edge/main/aarch64"].erase(key);
+    EXPECT_TRUE(Contains(decode_error(doc), key)) << key;
+  }
+  // The root partition can be approved too; "none" is a change from nothing.
   doc = sample_doc();
-  doc["approved_deletions"]["."] = 42;
+  doc["approved_deletions"]["."] = good;
+  doc["approved_deletions"]["."]["from"] = "none";
   EXPECT_TRUE(decode_snapshot(doc.dump()));
 }
 

@@ -74,8 +74,11 @@ TEST_F(StateTest, HeldRoundTrip) {
   HeldState held;
   held.candidate_serial = 43;
   held.since = 1795654800;
-  held.partitions.push_back({Hold{"edge/main/aarch64", 3000, 3268, 3000.0 / 3268.0, 0.2}, "43"});
-  held.partitions.push_back({Hold{".", 15, 20, 0.75, 0.5}, std::string(64, 'a')});
+  held.partitions.push_back(
+      {Hold{"edge/main/aarch64", Rule::kDeleted, 3000, 3268, 3000.0 / 3268.0, 0.2, 3000, 3268},
+       "43", std::string(64, 'b'), "removed", 0});
+  held.partitions.push_back({Hold{".", Rule::kRoot, 15, 20, 0.75, 0, 15, 20},
+                             std::string(64, 'a'), "none", std::string(64, 'a'), 1795654000});
   ASSERT_TRUE(store_->save_held(held));
 
   const HeldState back = store_->load_held();
@@ -91,13 +94,19 @@ TEST_F(StateTest, HeldRoundTrip) {
     EXPECT_DOUBLE_EQ(b.hold.ratio, a.hold.ratio);
     EXPECT_DOUBLE_EQ(b.hold.limit, a.hold.limit);
     EXPECT_EQ(b.candidate, a.candidate);
+    EXPECT_EQ(b.hold.rule, a.hold.rule);
+    EXPECT_EQ(b.hold.count, a.hold.count);
+    EXPECT_EQ(b.hold.of, a.hold.of);
+    EXPECT_EQ(b.from, a.from);
+    EXPECT_EQ(b.to, a.to);
+    EXPECT_EQ(b.stale_since, a.stale_since);
   }
 }
 
 TEST_F(StateTest, SaveHeldEmptyRemovesIt) {
   HeldState held;
   held.candidate_serial = 7;
-  held.partitions.push_back({Hold{"p/q/r", 10, 10, 1.0, 0.2}, "7"});
+  held.partitions.push_back({Hold{"p/q/r", Rule::kDeleted, 10, 10, 1.0, 0.2, 10, 10}, "7"});
   ASSERT_TRUE(store_->save_held(held));
   EXPECT_TRUE(fs::exists(dir_ / "state/held.json"));
 
@@ -112,15 +121,21 @@ TEST_F(StateTest, SaveHeldEmptyRemovesIt) {
 
 TEST_F(StateTest, ApprovalsRoundTrip) {
   EXPECT_TRUE(store_->load_approvals().empty());
-  const std::vector<Approval> approvals = {{"edge/main/aarch64", "43"},
-                                           {".", std::string(64, 'f')},
-                                           {"edge/main/x86_64", "caf\xc3\xa9"}};
+  const std::vector<Approval> approvals = {
+      {"edge/main/aarch64", std::string(64, 'e'), "removed", 13, 13, "deleted", 1795654800},
+      {".", "none", std::string(64, 'f'), 1, 2, "root", 1795654801},
+      {"edge/main/x86_64", std::string(64, '0'), "caf\xc3\xa9", 0, 45, "index", 7}};
   ASSERT_TRUE(store_->save_approvals(approvals));
   const auto back = store_->load_approvals();
   ASSERT_EQ(back.size(), 3u);
   for (std::size_t i = 0; i < 3; ++i) {
     EXPECT_EQ(back[i].partition, approvals[i].partition);
-    EXPECT_EQ(back[i].candidate, approvals[i].candidate);
+    EXPECT_EQ(back[i].from, approvals[i].from);
+    EXPECT_EQ(back[i].to, approvals[i].to);
+    EXPECT_EQ(back[i].deleted, approvals[i].deleted);
+    EXPECT_EQ(back[i].files, approvals[i].files);
+    EXPECT_EQ(back[i].rule, approvals[i].rule);
+    EXPECT_EQ(back[i].expires, approvals[i].expires);
   }
   ASSERT_TRUE(store_->save_approvals({}));
   EXPECT_TRUE(store_->load_approvals().empty());
