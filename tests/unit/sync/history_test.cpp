@@ -100,6 +100,17 @@ TEST_F(GuardHistoryTest, RecordDropsDominatedRecords) {
   EXPECT_EQ(list[1][0], kNow + 3);
 }
 
+TEST_F(GuardHistoryTest, RecordsFromTheFutureLeaveOneWindowLater) {
+  // Recorded while the clock said a year later; the clock is right again.
+  GuardHistory h;
+  h.record(kPart, {100, 1000, 1}, kNow + 365 * 24 * kHour, 24);
+  EXPECT_EQ(h.baseline(kPart, {}, kNow, 24).files, 100u) << "still counts: it may be right";
+  h.record(kPart, {50, 500, 1}, kNow, 24);
+  EXPECT_EQ(h.baseline(kPart, {}, kNow + 24 * kHour, 24).files, 100u);
+  h.record(kPart, {50, 500, 1}, kNow + 25 * kHour, 24);
+  EXPECT_EQ(h.baseline(kPart, {}, kNow + 25 * kHour, 24).files, 50u) << "one window later";
+}
+
 TEST_F(GuardHistoryTest, NoWindowKeepsNoRecords) {
   GuardHistory h;
   h.record(kPart, {10, 100, 1}, kNow, 24);
