@@ -826,7 +826,7 @@ TEST(ParseConfig, GuardDefaults) {
   for (const json& doc : {mirror(), minimal_tier0()}) {
     const sync::GuardPolicy g = parse(doc).guard;
     EXPECT_DOUBLE_EQ(g.max_delete_ratio, 0.2);
-    EXPECT_DOUBLE_EQ(g.max_bytes_loss_ratio, 0.2);
+    EXPECT_DOUBLE_EQ(g.max_bytes_loss_ratio, 0.5);
     EXPECT_EQ(g.min_files, 10u);
     EXPECT_EQ(g.small_max_deletes, 2u);
     EXPECT_EQ(g.root_max_changes, 0u);

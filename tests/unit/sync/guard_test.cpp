@@ -151,7 +151,7 @@ namespace {
 TEST(GuardPolicy, Defaults) {
   const GuardPolicy policy;
   EXPECT_DOUBLE_EQ(policy.max_delete_ratio, 0.20);
-  EXPECT_DOUBLE_EQ(policy.max_bytes_loss_ratio, 0.20);
+  EXPECT_DOUBLE_EQ(policy.max_bytes_loss_ratio, 0.50);
   EXPECT_EQ(policy.min_files, 10u);
   EXPECT_EQ(policy.small_max_deletes, 2u);
   EXPECT_EQ(policy.root_max_changes, 0u);
