@@ -364,7 +364,7 @@ class PowerLossFs {
     return &kEmpty;  // kNamespace: a name made durable, never its data
   }
   Stored attributes_of(const Inode& n, Survivor s) const {
-    if (s == Survivor::kDurable && n.disk)
+    if ((s == Survivor::kDurable || s == Survivor::kData) && n.disk)
       return Stored{n.disk->mode, n.disk->uid, n.disk->gid, n.disk->mtime, {}, {}};
     return Stored{n.mode, n.uid, n.gid, n.mtime, {}, {}};
   }
