@@ -488,7 +488,6 @@ TreeModel next_version(const TreeModel& v1) {
     rebuild_index(v2, part, kBaseMtime + 10002);
   }
   touch_last_updated(v2, kBaseMtime + 10003);
-  v2["latest"].bytes = "edge/main";
   return v2;
 }
 

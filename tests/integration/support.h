@@ -175,7 +175,8 @@ std::vector<std::string> packages_in(const TreeModel& model, std::string_view pa
 
 /// V2 of a sample (at least 5 packages in edge/main/x86_64): per partition two new packages and
 /// one removed, one package of edge/main/x86_64 rebuilt with other bytes, every index changed,
-/// last-updated changed, the `latest` symlink moved.
+/// last-updated changed. The root symlink `latest` stays: the guard's `root` rule holds any
+/// retarget in the root partition.
 TreeModel next_version(const TreeModel& v1);
 /// Makes `dir` hold exactly `model` (outside a top-level `.tiersync/`): writes what differs (by
 /// rename, so unchanged files keep their inode), removes the rest, prunes empty folders.
