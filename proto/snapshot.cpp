@@ -129,7 +129,9 @@ Result<Snapshot> decode_snapshot(std::string_view payload) {
         return fail("approved_deletions: " + *err);
       const std::string where = "approved_deletions[\"" + name + "\"]";
       // The serial-only form of format 1's first release covered a range of serials, not a
-      // change: refused, never read as a wider approval.
+      // change: read (an older origin, or a node's own applied snapshot from before the
+      // upgrade, still carries it) but never honoured (docs/protocol.md, "Upgrading").
+      if (a.is_number_unsigned()) continue;
       if (!a.is_object()) return fail(where + " is not an object {from, to, serial, expires}");
       ApprovedChange c;
       auto end = [&](const char* key, std::string& out, std::string_view absent) {

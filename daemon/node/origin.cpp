@@ -193,16 +193,6 @@ std::string layout_change_id(
   return "layout:" + proto::to_hex(proto::sha256(lines));
 }
 
-// The candidate's entry for a path, wherever the (new) layout puts it; null when it is gone.
-auto kept_in(const sync::ManifestSet& candidate, std::size_t depth) {
-  return [&candidate, depth](std::string_view path) -> const proto::Entry* {
-    auto it = candidate.find(std::string(proto::partition_of(path, depth)));
-    if (it == candidate.end()) it = candidate.find(std::string(proto::kRootPartition));
-    if (it == candidate.end()) return nullptr;
-    return it->second->find(path);
-  };
-}
-
 }  // namespace
 
 std::unique_ptr<sync::Fetcher> source_fetcher(const fs::path& source_dir) {
@@ -338,11 +328,7 @@ CycleOutcome publish_once(const ops::Config& config, const std::atomic<bool>* st
     // held one by one across layouts, so any hold keeps the whole published snapshot.
     const std::string to = layout_change_id(encoded);
     for (const auto& [name, old] : applied_manifests) {
-      auto kept = kept_in(*candidate, *depth);
-      proto::Manifest after;
-      after.partition = name;
-      for (const auto& e : old->entries)
-        if (const proto::Entry* now_e = kept(e.path())) after.entries.push_back(*now_e);
+      const proto::Manifest after = sync::entries_kept(*old, *candidate, *depth);
       const std::string from =
           sync::change_end(&(*applied)->snapshot.partitions.at(name).manifest, sync::kNoManifest);
       sync::PartitionChange change = measure_change(name, old.get(), &after, history, now, config);

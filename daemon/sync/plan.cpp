@@ -91,4 +91,18 @@ void drop_moved_paths(Plan& plan, const ManifestSet& candidate) {
   }
 }
 
+proto::Manifest entries_kept(const proto::Manifest& before, const ManifestSet& candidate,
+                             std::size_t depth) {
+  proto::Manifest kept;
+  kept.partition = before.partition;
+  const std::string root(proto::kRootPartition);
+  for (const auto& e : before.entries) {
+    auto it = candidate.find(std::string(proto::partition_of(e.path(), depth)));
+    if (it == candidate.end()) it = candidate.find(root);
+    if (it == candidate.end()) continue;
+    if (const proto::Entry* now = it->second->find(e.path())) kept.entries.push_back(*now);
+  }
+  return kept;
+}
+
 }  // namespace tiersync::sync

@@ -44,6 +44,12 @@ Plan make_plan(const ManifestSet& applied, const ManifestSet& candidate);
 PartitionPlan plan_partition(const std::string& name, const proto::Manifest* before,
                              const proto::Manifest* after);
 
+/// After a layout change: the candidate's entries for the paths of `before`, wherever the new
+/// layout (of `depth` segments) puts them, in before's order. What the guard weighs for an old
+/// partition (docs/guard.md, "A layout change").
+proto::Manifest entries_kept(const proto::Manifest& before, const ManifestSet& candidate,
+                             std::size_t depth);
+
 /// Removes from the deletions the paths that the candidate keeps in another partition (after a
 /// layout change a path may move): they are no deletion. Call once every partition is planned.
 void drop_moved_paths(Plan& plan, const ManifestSet& candidate);

@@ -343,9 +343,17 @@ TEST(SnapshotDecode, BadApprovedDeletions) {
     doc["approved_deletions"][name] = good;
     EXPECT_TRUE(Contains(decode_error(doc), "approved_deletions")) << name;
   }
-  // The serial-only form of the first release covered a range of serials: refused, never
-  // read as an approval of anything.
-  for (const json& serial : {json(42), json(-1), json("42"), json(true), json(1.5), json(nullptr)}) {
+  // The serial-only form of the first release covered a range of serials: read, so that an
+  // older origin's snapshots (and a node's own from before the upgrade) still load, but never
+  // taken as an approval of anything.
+  doc = sample_doc();
+  doc["approved_deletions"]["edge/main/aarch64"] = 42;
+  doc["approved_deletions"]["edge/main/x86_64"] = good;
+  auto old_form = decode_snapshot(doc.dump());
+  ASSERT_TRUE(old_form) << old_form.message();
+  EXPECT_FALSE(old_form->approved_deletions.count("edge/main/aarch64"));
+  EXPECT_TRUE(old_form->approved_deletions.count("edge/main/x86_64"));
+  for (const json& serial : {json(-1), json("42"), json(true), json(1.5), json(nullptr)}) {
     doc = sample_doc();
     doc["approved_deletions"]["edge/main/aarch64"] = serial;
     const std::string msg = decode_error(doc);
