@@ -214,8 +214,7 @@ std::string status_text(const ops::Config& config) {
     out += line;
     for (const auto& h : j["held"]) {
       std::snprintf(line, sizeof line, "  %-28s %-7s %8llu %8llu %10llu %10llu %7.3f %7.3f  %s%s\n",
-                    h["partition"].get<std::string>().c_str(),
-                    h["rule"].get<std::string>().c_str(),
+                    h["partition"].get<std::string>().c_str(), h["rule"].get<std::string>().c_str(),
                     static_cast<unsigned long long>(h["deleted"].get<std::uint64_t>()),
                     static_cast<unsigned long long>(h["files"].get<std::uint64_t>()),
                     static_cast<unsigned long long>(h["lost"].get<std::uint64_t>()),
@@ -233,7 +232,12 @@ Result<std::vector<std::string>> approve(const ops::Config& config,
                                          const std::vector<std::string>& partitions, bool all) {
   sync::StateStore state(config.state_dir, config.tree);
   auto held = state.load_held();
-  if (held.partitions.empty()) return make_error("nothing is held: there is nothing to approve");
+  // An approval of what is not held is refused naming it (docs/guard.md, "Approvals").
+  if (held.partitions.empty())
+    return make_error(partitions.empty()
+                          ? std::string("nothing is held: there is nothing to approve")
+                          : "partition \"" + partitions.front() +
+                                "\" is not held (nothing is held)");
   std::vector<const sync::HeldPartition*> chosen;
   for (const auto& h : held.partitions)
     if (all) chosen.push_back(&h);
