@@ -174,17 +174,16 @@ TEST_F(AccidentTest, GuttedUploadIsHeldAtOriginWhileHealthyPartitionsReachEveryM
     for (const char* part : {"edge/main/aarch64", "edge/main/armv7"}) {
       json h = held_entry(st, part);
       ASSERT_TRUE(h.is_object()) << part << " not held: " << st.dump(2);
-      // The whole partition goes, its index with it: the index rule names the hold (it comes
-      // first, with a limit of 0: docs/guard.md, "The rules"); deleted and files are this
-      // change's counts, lost and of the rule's.
+      // Every file goes: the deleted rule names the hold (docs/guard.md, "The rules"), with
+      // the change's counts and the published manifest the change starts from.
       const auto files = paths_in(v1, part).size();
-      EXPECT_EQ(h.value("rule", ""), "index") << h.dump();
+      EXPECT_EQ(h.value("rule", ""), "deleted") << h.dump();
       EXPECT_EQ(h.value("deleted", json()), files) << h.dump();
       EXPECT_EQ(h.value("files", json()), files) << h.dump();
-      EXPECT_EQ(h.value("lost", json()), 1) << h.dump();
-      EXPECT_EQ(h.value("of", json()), 1) << h.dump();
+      EXPECT_EQ(h.value("lost", json()), files) << h.dump();
+      EXPECT_EQ(h.value("of", json()), files) << h.dump();
       EXPECT_DOUBLE_EQ(h.value("ratio", -1.0), 1.0) << h.dump();
-      EXPECT_DOUBLE_EQ(h.value("limit", -1.0), 0.0) << h.dump();
+      EXPECT_DOUBLE_EQ(h.value("limit", -1.0), 0.2) << h.dump();
       EXPECT_EQ(h.value("candidate", json()), "removed") << h.dump();
       EXPECT_EQ(h.value("to", json()), "removed") << h.dump();
       EXPECT_EQ(h.value("from", json()), proto::to_hex(s1.partitions.at(part).manifest))

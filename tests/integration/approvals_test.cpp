@@ -120,8 +120,8 @@ TEST_F(ApprovalsTest, PurgeApprovedAtOriginReachesTrustingMirrorsAndWaitsAtOther
   EXPECT_TRUE(StderrNames(held, {{purged}}));
   json st = tier0.status();
   EXPECT_EQ(held_partitions(st), std::set<std::string>{purged}) << st.dump(2);
-  EXPECT_EQ(held_entry(st, purged).value("rule", ""), "index")
-      << "a partition removed loses its index: the first rule (docs/guard.md, \"The rules\")";
+  EXPECT_EQ(held_entry(st, purged).value("rule", ""), "deleted")
+      << "a partition removed loses every file (docs/guard.md, \"The rules\")";
   EXPECT_TRUE(TreeMatches(tier0.tree(), v1_)) << "the held partition keeps its files";
 
   // Approving a partition that is not held is an error.
@@ -318,12 +318,14 @@ TEST_F(ApprovalsTest, SmallDeletionsAndSmallPartitionsPassWithoutApproval) {
   EXPECT_EQ(h.value("of", json()), 6) << h.dump();
   EXPECT_TRUE(TreeMatches(tier0.tree(), two_less));
 
-  // The whole small partition: held too (its index goes with it).
+  // The whole small partition: held too, 6 lost of the 6 it had today.
   TreeModel no_small = two_less;
   remove_partition(no_small, small);
   materialize(no_small, source_);
   ASSERT_TRUE(Exited(tier0.once(), kHeld));
-  EXPECT_EQ(held_entry(tier0.status(), small).value("rule", ""), "index");
+  h = held_entry(tier0.status(), small);
+  EXPECT_EQ(h.value("rule", ""), "small") << h.dump();
+  EXPECT_EQ(h.value("lost", json()), 6) << h.dump();
   EXPECT_TRUE(TreeMatches(tier0.tree(), two_less));
 
   // A partition of exactly min_files files is under the ratio rules: 3 of 10 is over 0.2.

@@ -21,6 +21,7 @@
 #include <cstring>
 #include <ctime>
 #include <random>
+#include <sstream>
 
 #include "proto/digest.h"
 #include "proto/dsse.h"
@@ -272,8 +273,8 @@ TEST_F(GuardTest, ApprovedRemovalDoesNotCoverThePartitionRemovedAgainLater) {
   remove_partition(gutted, armv7);
   remove_partition(gutted, aarch64);
   json st = tier0_holds(gutted);
-  EXPECT_TRUE(HeldBy(st, armv7, "index"));
-  EXPECT_TRUE(HeldBy(st, aarch64, "index"));
+  EXPECT_TRUE(HeldBy(st, armv7, "deleted"));
+  EXPECT_TRUE(HeldBy(st, aarch64, "deleted"));
   EXPECT_EQ(held_entry(st, armv7).value("from", ""), armv7_v1) << st.dump(2);
   EXPECT_EQ(held_entry(st, armv7).value("to", ""), "removed") << st.dump(2);
 
@@ -292,7 +293,7 @@ TEST_F(GuardTest, ApprovedRemovalDoesNotCoverThePartitionRemovedAgainLater) {
   ASSERT_TRUE(Exited(trusting_.once(), 0));
   EXPECT_TRUE(TreeMatches(trusting_.tree(), published));
   ASSERT_TRUE(Exited(cautious_.once(), kHeld));
-  EXPECT_TRUE(HeldBy(cautious_.status(), armv7, "index"));
+  EXPECT_TRUE(HeldBy(cautious_.status(), armv7, "deleted"));
   EXPECT_TRUE(TreeMatches(cautious_.tree(), v1));
 
   // armv7 comes back with 30 new files: new at tier0, nothing to hold.
@@ -312,7 +313,7 @@ TEST_F(GuardTest, ApprovedRemovalDoesNotCoverThePartitionRemovedAgainLater) {
   // ... and is removed again: a new change, held, whatever was approved before.
   st = tier0_holds(gutted);
   EXPECT_EQ(last_run_.err.find("approved deletion"), std::string::npos) << last_run_.describe();
-  EXPECT_TRUE(HeldBy(st, armv7, "index"));
+  EXPECT_TRUE(HeldBy(st, armv7, "deleted"));
   const json h = held_entry(st, armv7);
   EXPECT_EQ(h.value("deleted", json()), 30) << h.dump();
   EXPECT_EQ(h.value("files", json()), 30) << h.dump();
@@ -406,7 +407,7 @@ TEST_F(GuardTest, UpstreamApprovalDoesNotOverrideARelaysStricterPartitionLimit) 
   EXPECT_TRUE(TreeMatches(trusting_.tree(), purge));
   for (const Node* n : std::vector<const Node*>{&cautious_, &strict}) {
     ASSERT_TRUE(Exited(n->once(), kHeld)) << n->name;
-    EXPECT_TRUE(HeldBy(n->status(), part, "index")) << n->name;
+    EXPECT_TRUE(HeldBy(n->status(), part, "deleted")) << n->name;
     EXPECT_TRUE(TreeMatches(n->tree(), v1)) << n->name;
   }
 }
@@ -447,7 +448,7 @@ TEST_F(GuardTest, DamageThatIsNotADeletionIsHeldByTheRuleThatSeesIt) {
             packages_in(v1, "edge/main/x86_64").size())
       << "emptied files count as damaged";
   EXPECT_EQ(held_entry(st, "edge/main/x86_64").value("deleted", json()), 0);
-  EXPECT_TRUE(HeldBy(st, "edge/community/x86_64", "index"));
+  EXPECT_TRUE(HeldBy(st, "edge/community/x86_64", "deleted"));
   EXPECT_TRUE(HeldBy(st, "edge/main/aarch64", "deleted"));
   EXPECT_EQ(held_entry(st, "edge/main/aarch64").value("lost", json()), aarch64.size() - 1);
   EXPECT_TRUE(HeldBy(st, "edge/community/aarch64", "index"));
@@ -456,6 +457,26 @@ TEST_F(GuardTest, DamageThatIsNotADeletionIsHeldByTheRuleThatSeesIt) {
   EXPECT_TRUE(HeldBy(st, "edge/community/armv7", "deleted"));
   EXPECT_TRUE(HeldBy(st, ".", "root"));
   EXPECT_EQ(held_partitions(st).size(), 7u) << st.dump(2);
+  {
+    // `tiersyncctl status` shows the rule of each hold on the partition's line.
+    const RunResult text = tier0_.ctl({"status"});
+    EXPECT_TRUE(Exited(text, 0));
+    EXPECT_TRUE(Mentions(text, "RULE"));
+    std::istringstream lines(text.out);
+    std::string line;
+    int rows = 0;
+    while (std::getline(lines, line)) {
+      if (line.find("edge/community/aarch64 ") != std::string::npos) {
+        EXPECT_NE(line.find(" index "), std::string::npos) << line;
+        ++rows;
+      }
+      if (line.find("edge/main/aarch64 ") != std::string::npos) {
+        EXPECT_NE(line.find(" deleted "), std::string::npos) << line;
+        ++rows;
+      }
+    }
+    EXPECT_EQ(rows, 2) << text.out;
+  }
   EXPECT_EQ(read_published_snapshot(tier0_.tree()).serial, s1) << "nothing to publish";
   EXPECT_TRUE(TreeMatches(tier0_.tree(), v1));
   relays_keep(v1);
@@ -534,7 +555,7 @@ TEST_F(GuardTest, APartitionThatShrankBelowMinFilesIsStillGuarded) {
   // All 8 go: held (the old guard never held a partition under min_files).
   TreeModel gone = eight;
   remove_partition(gone, part);
-  EXPECT_TRUE(HeldBy(tier0_holds(gone), part, "index"));
+  EXPECT_TRUE(HeldBy(tier0_holds(gone), part, "deleted"));
   EXPECT_TRUE(TreeMatches(tier0_.tree(), eight));
 
   // Its 7 packages without the index: the window remembers 10 files, so the ratio rules apply.
@@ -644,7 +665,7 @@ TEST_F(GuardTest, ARelayApprovalSurvivesANewSerialOfTheOrigin) {
   ASSERT_TRUE(Exited(trusting_.once(), 0));
   EXPECT_TRUE(TreeMatches(trusting_.tree(), purge));
   ASSERT_TRUE(Exited(cautious_.once(), kHeld));
-  EXPECT_TRUE(HeldBy(cautious_.status(), part, "index"));
+  EXPECT_TRUE(HeldBy(cautious_.status(), part, "deleted"));
   ASSERT_TRUE(Exited(cautious_.ctl({"approve", part}), 0));
 
   // The origin publishes a security fix before the cautious relay runs again.
@@ -694,7 +715,7 @@ TEST_F(GuardTest, PerPartitionRelayHoldsOnlyTheRefusedPartitionAndAppliesTheRest
   ASSERT_TRUE(Exited(cautious_.once(), kHeld));
   EXPECT_TRUE(TreeMatches(cautious_.tree(), kept)) << "the fix arrives, armv7 stays";
   json st = cautious_.status();
-  EXPECT_TRUE(HeldBy(st, part, "index"));
+  EXPECT_TRUE(HeldBy(st, part, "deleted"));
   EXPECT_EQ(held_partitions(st), std::set<std::string>{part}) << st.dump(2);
   EXPECT_EQ(st.value("serial", json()), newest) << "the new serial is committed, with a pin";
   EXPECT_EQ(held_entry(st, part).value("stale", true), false) << st.dump(2);
@@ -750,7 +771,7 @@ TEST_F(GuardTest, ALayoutChangeWithARemovalIsHeldAtTier0) {
   TreeModel gone = v1;
   remove_partition(gone, "edge/main/armv7");
   json st = tier0_holds(gone);
-  EXPECT_TRUE(HeldBy(st, "edge/main/armv7", "index"));
+  EXPECT_TRUE(HeldBy(st, "edge/main/armv7", "deleted"));
   EXPECT_EQ(held_partitions(st), std::set<std::string>{"edge/main/armv7"}) << st.dump(2);
   EXPECT_EQ(held_entry(st, "edge/main/armv7").value("to", "").rfind("layout:", 0), 0u)
       << "the approval would name the whole new layout: " << st.dump(2);
@@ -869,7 +890,7 @@ TEST_F(GuardTest, AnExpiredApprovalIsDroppedNamingItsPartitionAndTheHoldStays) {
   RunResult r = tier0_.once();
   EXPECT_TRUE(Exited(r, kHeld));
   EXPECT_TRUE(Mentions(r, "approval expired: partition=" + part));
-  EXPECT_TRUE(HeldBy(tier0_.status(), part, "index"));
+  EXPECT_TRUE(HeldBy(tier0_.status(), part, "deleted"));
   EXPECT_TRUE(TreeMatches(tier0_.tree(), v1));
   EXPECT_TRUE(json::parse(read_file(tier0_.state() / "approvals.json"))["approvals"].empty())
       << "an expired approval is dropped";
@@ -884,7 +905,7 @@ TEST_F(GuardTest, AnExpiredApprovalIsDroppedNamingItsPartitionAndTheHoldStays) {
   r = cautious_.once();
   EXPECT_TRUE(Exited(r, kHeld));
   EXPECT_TRUE(Mentions(r, "approval expired: partition=" + part));
-  EXPECT_TRUE(HeldBy(cautious_.status(), part, "index"));
+  EXPECT_TRUE(HeldBy(cautious_.status(), part, "deleted"));
   EXPECT_TRUE(TreeMatches(cautious_.tree(), v1));
 }
 
@@ -915,7 +936,7 @@ TEST(GuardUpstreamTest, AnUpstreamApprovalOfAnotherChangeIsIgnoredNamingTheParti
   RunResult r = trusting.once();
   EXPECT_TRUE(Exited(r, kHeld)) << "from another manifest than the applied one";
   EXPECT_TRUE(Mentions(r, "partition=" + part));
-  EXPECT_TRUE(HeldBy(trusting.status(), part, "index"));
+  EXPECT_TRUE(HeldBy(trusting.status(), part, "deleted"));
   EXPECT_TRUE(TreeMatches(trusting.tree(), good));
 
   // The serial-only form of the first release: the whole snapshot is refused, naming the entry.
