@@ -232,7 +232,12 @@ Result<std::vector<std::string>> approve(const ops::Config& config,
                                          const std::vector<std::string>& partitions, bool all) {
   sync::StateStore state(config.state_dir, config.tree);
   auto held = state.load_held();
-  if (held.partitions.empty()) return make_error("nothing is held: there is nothing to approve");
+  // An approval of what is not held is refused naming it (docs/guard.md, "Approvals").
+  if (held.partitions.empty())
+    return make_error(partitions.empty()
+                          ? std::string("nothing is held: there is nothing to approve")
+                          : "partition \"" + partitions.front() +
+                                "\" is not held (nothing is held)");
   std::vector<const sync::HeldPartition*> chosen;
   for (const auto& h : held.partitions)
     if (all) chosen.push_back(&h);

@@ -9,6 +9,7 @@
 
 #include <gtest/gtest.h>
 
+#include "proto/digest.h"
 #include "proto/dsse.h"
 #include "proto/keys.h"
 #include "tests/integration/support.h"
@@ -173,12 +174,20 @@ TEST_F(AccidentTest, GuttedUploadIsHeldAtOriginWhileHealthyPartitionsReachEveryM
     for (const char* part : {"edge/main/aarch64", "edge/main/armv7"}) {
       json h = held_entry(st, part);
       ASSERT_TRUE(h.is_object()) << part << " not held: " << st.dump(2);
+      // Every file goes: the deleted rule names the hold (docs/guard.md, "The rules"), with
+      // the change's counts and the published manifest the change starts from.
       const auto files = paths_in(v1, part).size();
+      EXPECT_EQ(h.value("rule", ""), "deleted") << h.dump();
       EXPECT_EQ(h.value("deleted", json()), files) << h.dump();
       EXPECT_EQ(h.value("files", json()), files) << h.dump();
+      EXPECT_EQ(h.value("lost", json()), files) << h.dump();
+      EXPECT_EQ(h.value("of", json()), files) << h.dump();
       EXPECT_DOUBLE_EQ(h.value("ratio", -1.0), 1.0) << h.dump();
       EXPECT_DOUBLE_EQ(h.value("limit", -1.0), 0.2) << h.dump();
-      EXPECT_FALSE(h.value("candidate", json()).is_null()) << h.dump();
+      EXPECT_EQ(h.value("candidate", json()), "removed") << h.dump();
+      EXPECT_EQ(h.value("to", json()), "removed") << h.dump();
+      EXPECT_EQ(h.value("from", json()), proto::to_hex(s1.partitions.at(part).manifest))
+          << "the hold names the published manifest it starts from: " << h.dump();
     }
   }
   // The healthy partitions are published; the held ones keep their manifests and files.

@@ -1,13 +1,16 @@
 // The deletion guard and its approvals (docs/guard.md): a purge approved at the origin reaches
 // the mirrors that trust upstream approvals and waits for the local operator at the others;
-// small deletions, small partitions and partitions with a raised limit pass without approval.
+// small deletions, a small partition's one or two files and partitions with a raised limit pass
+// without approval. Every scenario of issue 13 is in guard_test.cpp.
 
-#include <ctime>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
+#include <ctime>
 #include <thread>
 
+#include "proto/digest.h"
 #include "tests/integration/fake_parent.h"
 #include "tests/integration/support.h"
 
@@ -29,6 +32,25 @@ void remove_packages(TreeModel& model, std::string_view partition, std::size_t c
   auto packages = packages_in(model, partition);
   for (std::size_t i = 0; i < count && i < packages.size(); ++i) model.erase(packages[i]);
   rebuild_index(model, partition, index_mtime);
+}
+
+/// Removes the `count` smallest packages of `partition` and rebuilds its index; returns the share
+/// of the partition's bytes they held (so that a test can show the bytes rule stays out of it).
+double remove_smallest_packages(TreeModel& model, std::string_view partition, std::size_t count,
+                                std::int64_t index_mtime) {
+  std::uint64_t total = 0;
+  for (const auto& path : paths_in(model, partition)) total += model.at(path).bytes.size();
+  auto packages = packages_in(model, partition);
+  std::stable_sort(packages.begin(), packages.end(), [&](const auto& a, const auto& b) {
+    return model.at(a).bytes.size() < model.at(b).bytes.size();
+  });
+  std::uint64_t removed = 0;
+  for (std::size_t i = 0; i < count && i < packages.size(); ++i) {
+    removed += model.at(packages[i]).bytes.size();
+    model.erase(packages[i]);
+  }
+  rebuild_index(model, partition, index_mtime);
+  return total == 0 ? 0.0 : static_cast<double>(removed) / static_cast<double>(total);
 }
 
 class ApprovalsTest : public ::testing::Test {
@@ -98,6 +120,8 @@ TEST_F(ApprovalsTest, PurgeApprovedAtOriginReachesTrustingMirrorsAndWaitsAtOther
   EXPECT_TRUE(StderrNames(held, {{purged}}));
   json st = tier0.status();
   EXPECT_EQ(held_partitions(st), std::set<std::string>{purged}) << st.dump(2);
+  EXPECT_EQ(held_entry(st, purged).value("rule", ""), "deleted")
+      << "a partition removed loses every file (docs/guard.md, \"The rules\")";
   EXPECT_TRUE(TreeMatches(tier0.tree(), v1_)) << "the held partition keeps its files";
 
   // Approving a partition that is not held is an error.
@@ -183,7 +207,10 @@ TEST_F(ApprovalsTest, ApprovalAtOriginCoversOnlyTheCandidateHeldWhenGiven) {
   EXPECT_TRUE(TreeMatches(tier0.tree(), most));
 }
 
-TEST_F(ApprovalsTest, RelayApprovalCoversOnlyTheSerialHeldWhenGiven) {
+// A relay's approval names the change its operator saw, from the applied manifest to the
+// candidate's (docs/guard.md, "Approvals"), not the held serial: a newer serial that leaves the
+// partition's change as it was does not undo it.
+TEST_F(ApprovalsTest, RelayApprovalSurvivesANewerSerialThatLeavesTheChangeAsItWas) {
   const Node tier0 = origin();
   const Node cautious = mirror("cautious", {{"trust_upstream_approvals", false}});
   ASSERT_NO_FATAL_FAILURE(publish_and_sync(tier0, v1_, {&cautious}));
@@ -192,19 +219,55 @@ TEST_F(ApprovalsTest, RelayApprovalCoversOnlyTheSerialHeldWhenGiven) {
   ASSERT_FALSE(HasFailure());
   ASSERT_TRUE(Exited(cautious.ctl({"approve", "edge/community/armv7"}), 0));
 
-  // tier0 publishes a newer serial before the mirror runs again.
+  // tier0 publishes a newer serial before the mirror runs again: armv7 is still removed.
   touch_last_updated(purge, kBaseMtime + 6000);
+  add_package(purge, "edge/main/x86_64", "fix-1.0-r1.apk", 60, kBaseMtime + 6001);
+  rebuild_index(purge, "edge/main/x86_64", kBaseMtime + 6002);
   materialize(purge, source_);
   ASSERT_TRUE(Exited(tier0.once(), 0));
   const std::uint64_t newer = read_published_snapshot(tier0.tree()).serial;
-  ASSERT_TRUE(Exited(cautious.once(), kHeld)) << "the approval named the older serial";
-  json h = held_entry(cautious.status(), "edge/community/armv7");
-  EXPECT_TRUE(names_serial(h.value("candidate", json()), newer)) << h.dump();
+  ASSERT_TRUE(Exited(cautious.once(), 0)) << "the approval names the change, not the serial";
+  EXPECT_TRUE(TreeMatches(cautious.tree(), purge));
+  json st = cautious.status();
+  EXPECT_EQ(st.value("serial", json()), newer) << st.dump(2);
+  EXPECT_TRUE(held_partitions(st).empty()) << st.dump(2);
+  EXPECT_TRUE(Exited(cautious.ctl({"approve", "edge/community/armv7"}), 1))
+      << "the approval was used: nothing is held any more";
+}
+
+// ... and covers that change only: the partition changing to another candidate is held again.
+TEST_F(ApprovalsTest, RelayApprovalCoversOnlyTheChangeHeldWhenGiven) {
+  const Node tier0 = origin();
+  const Node cautious = mirror("cautious", {{"trust_upstream_approvals", false}});
+  ASSERT_NO_FATAL_FAILURE(publish_and_sync(tier0, v1_, {&cautious}));
+  const std::string part = "edge/community/armv7";
+
+  purge_held_at(tier0, cautious);
+  ASSERT_FALSE(HasFailure());
+  const std::string held_to = held_entry(cautious.status(), part).value("to", "");
+  EXPECT_EQ(held_to, "removed");
+  ASSERT_TRUE(Exited(cautious.ctl({"approve", part}), 0));
+
+  // Before the mirror runs again the partition comes back at tier0 with 5 of its packages: new
+  // there (nothing to hold), at the mirror another change than the approved removal.
+  TreeModel back = v1_;
+  remove_partition(back, part);
+  const auto old_packages = packages_in(v1_, part);
+  for (std::size_t i = 0; i < 5; ++i) back[old_packages[i]] = v1_.at(old_packages[i]);
+  rebuild_index(back, part, kBaseMtime + 6100);
+  materialize(back, source_);
+  ASSERT_TRUE(Exited(tier0.once(), 0));
+  const proto::Snapshot s = read_published_snapshot(tier0.tree());
+  ASSERT_TRUE(s.partitions.count(part));
+  ASSERT_TRUE(Exited(cautious.once(), kHeld)) << "the approval was for the removal";
+  json h = held_entry(cautious.status(), part);
+  EXPECT_EQ(h.value("to", ""), proto::to_hex(s.partitions.at(part).manifest)) << h.dump();
+  EXPECT_TRUE(names_serial(h.value("candidate", json()), s.serial)) << h.dump();
   EXPECT_TRUE(TreeMatches(cautious.tree(), v1_));
 
   ASSERT_TRUE(Exited(cautious.ctl({"approve", "--all"}), 0));
   ASSERT_TRUE(Exited(cautious.once(), 0));
-  EXPECT_TRUE(TreeMatches(cautious.tree(), purge));
+  EXPECT_TRUE(TreeMatches(cautious.tree(), back));
 }
 
 TEST_F(ApprovalsTest, NewerSnapshotThatNoLongerTripsTheGuardAppliesByItself) {
@@ -225,6 +288,8 @@ TEST_F(ApprovalsTest, NewerSnapshotThatNoLongerTripsTheGuardAppliesByItself) {
   EXPECT_TRUE(held_partitions(cautious.status()).empty()) << cautious.status().dump(2);
 }
 
+// Below min_files a partition may lose small_max_deletes (2) files, counted against its
+// largest recent size; at min_files and above the ratio rules apply (docs/guard.md, "small").
 TEST_F(ApprovalsTest, SmallDeletionsAndSmallPartitionsPassWithoutApproval) {
   const Node tier0 = origin();
   const Node cautious = mirror("cautious", {{"trust_upstream_approvals", false}});
@@ -235,19 +300,44 @@ TEST_F(ApprovalsTest, SmallDeletionsAndSmallPartitionsPassWithoutApproval) {
   remove_packages(trimmed, "edge/main/x86_64", 2, kBaseMtime + 8000);
   ASSERT_NO_FATAL_FAILURE(publish_and_sync(tier0, trimmed, {&cautious}));
 
-  // A partition of 6 files (below min_files 10) goes away entirely.
-  TreeModel no_small = trimmed;
-  remove_partition(no_small, "edge/small/x86_64");
-  ASSERT_NO_FATAL_FAILURE(publish_and_sync(tier0, no_small, {&cautious}));
-  EXPECT_FALSE(fs::exists(cautious.tree() / "edge/small")) << "empty folders are pruned";
+  // A partition of 6 files (below min_files 10) loses 2 packages: within small_max_deletes.
+  const std::string small = "edge/small/x86_64";
+  TreeModel two_less = trimmed;
+  remove_packages(two_less, small, 2, kBaseMtime + 8100);
+  ASSERT_NO_FATAL_FAILURE(publish_and_sync(tier0, two_less, {&cautious}));
 
-  // A partition of exactly min_files files is guarded.
-  TreeModel no_ten = no_small;
-  remove_partition(no_ten, "edge/ten/x86_64");
+  // One more: 3 lost against the 6 it had today. Held, where the old guard let every partition
+  // under min_files go.
+  TreeModel three_less = two_less;
+  remove_packages(three_less, small, 1, kBaseMtime + 8200);
+  materialize(three_less, source_);
+  ASSERT_TRUE(Exited(tier0.once(), kHeld)) << "3 files of a 6-file partition";
+  json h = held_entry(tier0.status(), small);
+  EXPECT_EQ(h.value("rule", ""), "small") << tier0.status().dump(2);
+  EXPECT_EQ(h.value("lost", json()), 3) << h.dump();
+  EXPECT_EQ(h.value("of", json()), 6) << h.dump();
+  EXPECT_TRUE(TreeMatches(tier0.tree(), two_less));
+
+  // The whole small partition: held too, 6 lost of the 6 it had today.
+  TreeModel no_small = two_less;
+  remove_partition(no_small, small);
+  materialize(no_small, source_);
+  ASSERT_TRUE(Exited(tier0.once(), kHeld));
+  h = held_entry(tier0.status(), small);
+  EXPECT_EQ(h.value("rule", ""), "small") << h.dump();
+  EXPECT_EQ(h.value("lost", json()), 6) << h.dump();
+  EXPECT_TRUE(TreeMatches(tier0.tree(), two_less));
+
+  // A partition of exactly min_files files is under the ratio rules: 3 of 10 is over 0.2.
+  TreeModel no_ten = two_less;
+  remove_packages(no_ten, "edge/ten/x86_64", 3, kBaseMtime + 8300);
   materialize(no_ten, source_);
-  RunResult r = tier0.once();
-  ASSERT_TRUE(Exited(r, kHeld)) << "files(P) >= min_files: a partition of 10 files is guarded";
-  EXPECT_EQ(held_partitions(tier0.status()), std::set<std::string>{"edge/ten/x86_64"});
+  ASSERT_TRUE(Exited(tier0.once(), kHeld)) << "files(P) >= min_files: a partition of 10 files";
+  json st = tier0.status();
+  EXPECT_EQ(held_partitions(st), std::set<std::string>{"edge/ten/x86_64"}) << st.dump(2);
+  EXPECT_EQ(held_entry(st, "edge/ten/x86_64").value("rule", ""), "deleted") << st.dump(2);
+  ASSERT_TRUE(Exited(cautious.once(), 0));
+  EXPECT_TRUE(TreeMatches(cautious.tree(), two_less)) << "the mirror lost nothing";
 }
 
 TEST_F(ApprovalsTest, PartitionGlobOverrideRaisesTheLimit) {
@@ -260,10 +350,14 @@ TEST_F(ApprovalsTest, PartitionGlobOverrideRaisesTheLimit) {
   ASSERT_NO_FATAL_FAILURE(publish_and_sync(tier0, v1_, {&overridden, &plain}));
   const std::uint64_t s1 = read_published_snapshot(tier0.tree()).serial;
 
-  // Half of edge/testing/aarch64 (10 of 20 files: 0.5 <= 0.6) and, as a control, half of
-  // edge/main/aarch64 (default limit 0.2) go.
+  // A quarter of edge/testing/aarch64 (5 of 20 files: 0.25 <= 0.6) and, as a control, half of
+  // edge/main/aarch64 (default limit 0.2) go. The smallest packages of testing go: their bytes
+  // stay under max_bytes_loss_ratio (0.2), which the override leaves as it is, and the index
+  // keeps more than half its size (an index shrunk under shrink_factor is an index lost).
   TreeModel cut = v1_;
-  remove_packages(cut, "edge/testing/aarch64", 10, kBaseMtime + 9000);
+  const double bytes_share =
+      remove_smallest_packages(cut, "edge/testing/aarch64", 5, kBaseMtime + 9000);
+  ASSERT_LT(bytes_share, 0.2) << "the bytes rule must stay out of this test";
   remove_packages(cut, "edge/main/aarch64", packages_in(v1_, "edge/main/aarch64").size() / 2,
                   kBaseMtime + 9001);
   materialize(cut, source_);
@@ -278,8 +372,9 @@ TEST_F(ApprovalsTest, PartitionGlobOverrideRaisesTheLimit) {
 
   ASSERT_TRUE(Exited(overridden.once(), 0)) << "the override lets the deletion through";
   EXPECT_TRUE(TreeMatches(overridden.tree(), published));
-  ASSERT_TRUE(Exited(plain.once(), kHeld)) << "without the override 0.5 > 0.2 is held";
+  ASSERT_TRUE(Exited(plain.once(), kHeld)) << "without the override 0.25 > 0.2 is held";
   EXPECT_EQ(held_partitions(plain.status()), std::set<std::string>{"edge/testing/aarch64"});
+  EXPECT_EQ(held_entry(plain.status(), "edge/testing/aarch64").value("rule", ""), "deleted");
   EXPECT_TRUE(TreeMatches(plain.tree(), v1_));
 }
 

@@ -20,6 +20,11 @@ namespace {
 constexpr int kMaxSteps = 5000;
 constexpr int kMinCrashPoints = 20;
 
+/// A symlink of edge/main/x86_64 to one of its packages: V1 adds it to the sample, V2 moves it
+/// (not the root partition's `latest`: the guard holds any change of the root partition but its
+/// files' content, docs/guard.md, "The rules", and this test is about crashes, not holds).
+constexpr std::string_view kCurrentLink = "edge/main/x86_64/current.apk";
+
 /// V3: upstream moves on while a mirror lies crashed between V1 and V2.
 TreeModel third_version(const TreeModel& v2) {
   TreeModel v3 = v2;
@@ -99,7 +104,9 @@ class CrashTest : public ::testing::Test {
     shape.min_packages = 12;
     shape.max_packages = 16;
     v1_ = make_sample(shape);
+    v1_[std::string(kCurrentLink)] = FileSpec{"pkg05-1.5-r0.apk", 0, 0777, /*link=*/true};
     v2_ = next_version(v1_);
+    v2_[std::string(kCurrentLink)].bytes = "zz-new-a-2.0-r0.apk";
   }
 
   fs::path pristine(const Node& node, std::string_view what) const {
