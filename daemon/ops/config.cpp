@@ -279,7 +279,7 @@ Result<Config> parse_config(std::string_view text, const fs::path& file) {
             break;
           }
           Reader pr(limits, "guard.partitions." + pattern + ".", &err);
-          sync::PartitionPolicy p{pattern, std::nullopt, std::nullopt};
+          sync::PartitionPolicy p{.pattern = pattern};  // every limit unset: the global one applies
           double ratio = 0;
           std::uint64_t min = 0;
           if (pr.has("max_delete_ratio")) {
