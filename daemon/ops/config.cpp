@@ -279,7 +279,10 @@ Result<Config> parse_config(std::string_view text, const fs::path& file) {
             break;
           }
           Reader pr(limits, "guard.partitions." + pattern + ".", &err);
-          sync::PartitionPolicy p{.pattern = pattern};  // every limit unset: the global one applies
+          // Every limit unset: the global one applies. (Not `{.pattern = pattern}`: GCC 12 warns
+          // -Wmissing-field-initializers on designated initializers, a false positive.)
+          sync::PartitionPolicy p;
+          p.pattern = pattern;
           double ratio = 0;
           std::uint64_t min = 0;
           if (pr.has("max_delete_ratio")) {
