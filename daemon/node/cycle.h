@@ -52,8 +52,7 @@ class Cycle {
   /// Nothing to do; `clear_holds` unless the cycle did not look (tier0's busy source).
   CycleOutcome noop(std::uint64_t serial, bool clear_holds = true);
   /// Records the holds (logged at error level, one line each) and returns exit code 3.
-  CycleOutcome held(const std::vector<sync::Hold>& holds, const std::string& candidate,
-                    std::uint64_t candidate_serial);
+  CycleOutcome held(const std::vector<sync::HeldPartition>& held, std::uint64_t candidate_serial);
   void save_holds(const std::vector<sync::HeldPartition>& held, std::uint64_t candidate_serial);
   /// The operator's approvals still valid at `now`; expired ones are dropped with a log line
   /// naming their partition (docs/guard.md, "Approvals").

@@ -333,8 +333,7 @@ CycleOutcome sync_once(const ops::Config& config, const std::atomic<bool>* stop,
     w.change.partition = name;
     w.change.before = sync::measure(before);
     w.change.after = sync::measure(after);
-    w.change.baseline =
-        history.baseline(name, w.change.before, now, config.guard.window_hours);
+    w.change.baseline = history.baseline(name, w.change.before, now, config.guard.window_hours);
     w.change.damage = sync::compare(before, after, config.guard.shrink_factor);
     const auto& applied_refs = (*applied)->snapshot.partitions;
     auto old_ref = applied_refs.find(name);
@@ -384,7 +383,11 @@ CycleOutcome sync_once(const ops::Config& config, const std::atomic<bool>* stop,
   if (!holds.empty()) {
     for (const auto& d : fetched)
       if (!applied_refs(*applied, d)) state.forget_manifest(d);
-    return cycle.held(holds, candidate_id, cand->serial);
+    std::vector<sync::HeldPartition> held;
+    for (auto& h : holds)
+      for (const auto& w : weighed)
+        if (w.change.partition == h.partition) held.push_back({h, candidate_id, w.from, w.to, 0});
+    return cycle.held(held, cand->serial);
   }
   cycle.clear_held();
 

@@ -214,8 +214,7 @@ std::string status_text(const ops::Config& config) {
     out += line;
     for (const auto& h : j["held"]) {
       std::snprintf(line, sizeof line, "  %-28s %-7s %8llu %8llu %10llu %10llu %7.3f %7.3f  %s%s\n",
-                    h["partition"].get<std::string>().c_str(),
-                    h["rule"].get<std::string>().c_str(),
+                    h["partition"].get<std::string>().c_str(), h["rule"].get<std::string>().c_str(),
                     static_cast<unsigned long long>(h["deleted"].get<std::uint64_t>()),
                     static_cast<unsigned long long>(h["files"].get<std::uint64_t>()),
                     static_cast<unsigned long long>(h["lost"].get<std::uint64_t>()),
