@@ -132,8 +132,9 @@ Result<Envelope> decode_envelope(std::string_view json) {
     // Drop nlohmann's "[json.exception.parse_error.101] " tag; keep the position and reason.
     const std::string_view what = e.what();
     const auto tag_end = what.find("] ");
-    return make_error("envelope: not valid JSON: " +
-                      std::string(tag_end == what.npos ? what : what.substr(tag_end + 2)));
+    const std::string_view detail =
+        tag_end == std::string_view::npos ? what : what.substr(tag_end + 2);
+    return make_error("envelope: not valid JSON: " + std::string(detail));
   }
 }
 

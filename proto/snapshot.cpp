@@ -134,9 +134,10 @@ Result<Snapshot> decode_snapshot(std::string_view payload) {
       if (a.is_number_unsigned()) continue;
       if (!a.is_object()) return fail(where + " is not an object {from, to, serial, expires}");
       ApprovedChange c;
-      auto end = [&](const char* key, std::string& out, std::string_view absent) {
-        auto it = a.find(key);
-        if (it == a.end() || !it->is_string()) return false;
+      // `a` named in the capture: clang 14 (clang-tidy) cannot capture a structured binding.
+      auto end = [&entry = a](const char* key, std::string& out, std::string_view absent) {
+        auto it = entry.find(key);
+        if (it == entry.end() || !it->is_string()) return false;
         out = it->get<std::string>();
         return out == absent || digest_from_hex(out).has_value();
       };

@@ -122,14 +122,15 @@ Result<sync::ManifestSet> candidate_manifests(const proto::Snapshot& cand,
     if (!m) {
       // Streamed into the store and hashed as it arrives; parsed from there once it matched.
       bool parent_failed = false;
+      const auto& digest = ref.manifest;  // clang-tidy 14: no binding in a lambda
       auto received = state.receive_manifest(
-          ref.manifest, [&](const transport::Sink& sink, const std::function<Status()>& restart) {
+          digest, [&](const transport::Sink& sink, const std::function<Status()>& restart) {
             const transport::Sink counted = [&](const char* data, std::size_t size) -> Status {
               ops::process_metrics().bytes_downloaded += size;
               ops::note_progress();  // feeds the watchdog (see daemon.cpp)
               return sink(data, size);
             };
-            auto st = t.fetch_manifest(ref.manifest, counted, restart);
+            auto st = t.fetch_manifest(digest, counted, restart);
             parent_failed = !st;
             return st;
           });

@@ -106,7 +106,10 @@ TEST_F(StateTest, HeldRoundTrip) {
 TEST_F(StateTest, SaveHeldEmptyRemovesIt) {
   HeldState held;
   held.candidate_serial = 7;
-  held.partitions.push_back({Hold{"p/q/r", Rule::kDeleted, 10, 10, 1.0, 0.2, 10, 10}, "7"});
+  HeldPartition p;  // from, to left empty (GCC 12 warns on a brace-init that omits them)
+  p.hold = Hold{"p/q/r", Rule::kDeleted, 10, 10, 1.0, 0.2, 10, 10};
+  p.candidate = "7";
+  held.partitions.push_back(p);
   ASSERT_TRUE(store_->save_held(held));
   EXPECT_TRUE(fs::exists(dir_ / "state/held.json"));
 
