@@ -52,8 +52,7 @@ class Cycle {
   /// Nothing to do; `clear_holds` unless the cycle did not look (tier0's busy source).
   CycleOutcome noop(std::uint64_t serial, bool clear_holds = true);
   /// Records the holds (logged at error level, one line each) and returns exit code 3.
-  CycleOutcome held(const std::vector<sync::Hold>& holds, const std::string& candidate,
-                    std::uint64_t candidate_serial);
+  CycleOutcome held(const std::vector<sync::HeldPartition>& held, std::uint64_t candidate_serial);
   void save_holds(const std::vector<sync::HeldPartition>& held, std::uint64_t candidate_serial);
   /// The operator's approvals still valid at `now`; expired ones are dropped with a log line
   /// naming their partition (docs/guard.md, "Approvals").
@@ -62,8 +61,10 @@ class Cycle {
   void consume_approvals(const std::set<std::string>& partitions);
   void clear_held();
   /// Records an applied (or published) serial; with kExitHeld, some partitions were held.
+  /// `note` ends the message (a relay's held and stale pins).
   CycleOutcome applied(std::uint64_t serial, const sync::ApplyStats& stats,
-                       const std::string& verb = "applied", int exit_code = kExitOk);
+                       const std::string& verb = "applied", int exit_code = kExitOk,
+                       const std::string& note = {});
   /// tier0: nothing published because every changed partition is held.
   CycleOutcome held_only(std::uint64_t serial);
 
