@@ -60,10 +60,8 @@ std::string encode_snapshot(const Snapshot& s) {
     parts[name] = {{"manifest", to_hex(ref.manifest)}, {"files", ref.files}, {"bytes", ref.bytes}};
   json approved = json::object();
   for (const auto& [name, a] : s.approved_deletions)
-    approved[name] = {{"from", a.from},
-                      {"to", a.to},
-                      {"serial", a.serial},
-                      {"expires", format_time(a.expires)}};
+    approved[name] = {
+        {"from", a.from}, {"to", a.to}, {"serial", a.serial}, {"expires", format_time(a.expires)}};
   json doc = {{"type", "tiersync.snapshot"},
               {"format", 1},
               {"origin", s.origin},
@@ -132,8 +130,7 @@ Result<Snapshot> decode_snapshot(std::string_view payload) {
       const std::string where = "approved_deletions[\"" + name + "\"]";
       // The serial-only form of format 1's first release covered a range of serials, not a
       // change: refused, never read as a wider approval.
-      if (!a.is_object())
-        return fail(where + " is not an object {from, to, serial, expires}");
+      if (!a.is_object()) return fail(where + " is not an object {from, to, serial, expires}");
       ApprovedChange c;
       auto end = [&](const char* key, std::string& out, std::string_view absent) {
         auto it = a.find(key);

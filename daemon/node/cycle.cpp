@@ -62,9 +62,9 @@ void Cycle::save_holds(const std::vector<sync::HeldPartition>& held,
     spdlog::error(
         "hold: partition={} rule={} deleted={} files={} ratio={:.3f} limit={:.3f} lost={} of={} "
         "candidate={}{} (approve with: tiersyncctl --config {} approve {})",
-        h.hold.partition, sync::rule_name(h.hold.rule), h.hold.deleted, h.hold.files,
-        h.hold.ratio, h.hold.limit, h.hold.count, h.hold.of, h.candidate,
-        h.stale_since ? " stale" : "", config_.file.string(), h.hold.partition);
+        h.hold.partition, sync::rule_name(h.hold.rule), h.hold.deleted, h.hold.files, h.hold.ratio,
+        h.hold.limit, h.hold.count, h.hold.of, h.candidate, h.stale_since ? " stale" : "",
+        config_.file.string(), h.hold.partition);
   if (auto st = state_.save_held(next); !st)
     spdlog::warn("cannot record the hold: {}", st.message());
 }
@@ -77,10 +77,10 @@ std::vector<sync::Approval> Cycle::live_approvals(std::int64_t now) {
       live.push_back(std::move(a));
       continue;
     }
-    spdlog::warn("approval expired: partition={} from={} to={} expired={} (approve again if the "
-                 "change is still wanted)",
-                 a.partition, a.from.substr(0, 16), a.to.substr(0, 16),
-                 proto::format_time(a.expires));
+    spdlog::warn(
+        "approval expired: partition={} from={} to={} expired={} (approve again if the "
+        "change is still wanted)",
+        a.partition, a.from.substr(0, 16), a.to.substr(0, 16), proto::format_time(a.expires));
   }
   if (live.size() != all.size())
     if (auto st = state_.save_approvals(live); !st)

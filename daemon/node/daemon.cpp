@@ -611,8 +611,11 @@ int Daemon::run(const sigset_t& signal_set) {
     } else {
       event.kind = events_.wait_until(deadline).value_or(EventKind::kTimer);
       event.now = LoopClock::now();
-      if (event.kind == EventKind::kTimer && loop_.policy.tier0 && look_at_source(event.now))
+      if (event.kind == EventKind::kTimer && loop_.policy.tier0 && look_at_source(event.now)) {
+        spdlog::info("source changed: publishing once it has been quiet for {} s",
+                     config_.settle_seconds);
         follow_ups.push_back({EventKind::kSourceChanged, event.now});
+      }
     }
     const Step step = decide(loop_, event);
     loop_ = step.state;

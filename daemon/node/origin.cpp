@@ -343,8 +343,8 @@ CycleOutcome publish_once(const ops::Config& config, const std::atomic<bool>* st
       after.partition = name;
       for (const auto& e : old->entries)
         if (const proto::Entry* now_e = kept(e.path())) after.entries.push_back(*now_e);
-      const std::string from = sync::change_end(&(*applied)->snapshot.partitions.at(name).manifest,
-                                                sync::kNoManifest);
+      const std::string from =
+          sync::change_end(&(*applied)->snapshot.partitions.at(name).manifest, sync::kNoManifest);
       sync::PartitionChange change = measure_change(name, old.get(), &after, history, now, config);
       change.approved = covered(approvals, name, from, to, now);
       if (auto hold = guard.evaluate(change)) {
@@ -366,9 +366,14 @@ CycleOutcome publish_once(const ops::Config& config, const std::atomic<bool>* st
     const proto::Digest* cand_digest =
         cand_it == candidate->end() ? nullptr : &encoded.at(name).first;
     const std::string to = sync::change_end(cand_digest, sync::kRemoved);
-    if (old_it != applied_manifests.end() && !layout_changed) {
-      const std::string from = sync::change_end(
-          &(*applied)->snapshot.partitions.at(name).manifest, sync::kNoManifest);
+    const std::string from =
+        old_it == applied_manifests.end()
+            ? std::string(sync::kNoManifest)
+            : sync::change_end(&(*applied)->snapshot.partitions.at(name).manifest,
+                               sync::kNoManifest);
+    // An unchanged partition is no change to weigh (its window may show an older loss that was
+    // already let through: that is not this publish's doing).
+    if (old_it != applied_manifests.end() && !layout_changed && from != to) {
       const proto::Manifest* after = cand_it == candidate->end() ? nullptr : cand_it->second.get();
       sync::PartitionChange change =
           measure_change(name, old_it->second.get(), after, history, now, config);
@@ -383,7 +388,8 @@ CycleOutcome publish_once(const ops::Config& config, const std::atomic<bool>* st
         change.approved = false;
         if (auto would = guard.evaluate(change)) {
           approved_now.insert(name);
-          std::int64_t expires = now + static_cast<std::int64_t>(config.guard.approval_hours) * 3600;
+          std::int64_t expires =
+              now + static_cast<std::int64_t>(config.guard.approval_hours) * 3600;
           for (const auto& a : approvals)
             if (a.covers(name, from, to, now)) expires = a.expires;
           next.approved_deletions[name] = {from, to, next.serial, expires};
@@ -454,8 +460,8 @@ CycleOutcome publish_once(const ops::Config& config, const std::atomic<bool>* st
   // The window's baseline learns what was published; an approved change is the new baseline.
   for (const auto& [name, ref] : req.candidate.partitions) {
     auto m = req.candidate_manifests.find(name);
-    const sync::PartitionSize size = sync::measure(
-        m == req.candidate_manifests.end() ? nullptr : m->second.get());
+    const sync::PartitionSize size =
+        sync::measure(m == req.candidate_manifests.end() ? nullptr : m->second.get());
     if (approved_now.count(name) || layout_changed)
       history.reset(name, size, now);
     else

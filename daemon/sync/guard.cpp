@@ -23,8 +23,8 @@ Limits GuardPolicy::limits_for(const std::string& partition) const {
   // given upstream, under the origin's looser limits, does not override it unless they say so.
   const bool stricter = l.max_delete_ratio < max_delete_ratio ||
                         l.max_bytes_loss_ratio < max_bytes_loss_ratio || l.min_files > min_files;
-  l.trust_upstream_approvals = best->trust_upstream_approvals.value_or(
-      stricter ? false : trust_upstream_approvals);
+  l.trust_upstream_approvals =
+      best->trust_upstream_approvals.value_or(stricter ? false : trust_upstream_approvals);
   return l;
 }
 
@@ -92,8 +92,8 @@ std::string_view rule_name(Rule rule) {
 }
 
 std::optional<Rule> rule_from_name(std::string_view name) {
-  for (Rule r : {Rule::kIndex, Rule::kRoot, Rule::kSmall, Rule::kDeleted, Rule::kWindow,
-                 Rule::kBytes})
+  for (Rule r :
+       {Rule::kIndex, Rule::kRoot, Rule::kSmall, Rule::kDeleted, Rule::kWindow, Rule::kBytes})
     if (rule_name(r) == name) return r;
   return std::nullopt;
 }
@@ -104,7 +104,9 @@ double share(std::uint64_t count, std::uint64_t of) {
   return of == 0 ? 0.0 : static_cast<double>(count) / static_cast<double>(of);
 }
 
-std::uint64_t loss(std::uint64_t from, std::uint64_t to) { return from > to ? from - to : 0; }
+std::uint64_t loss(std::uint64_t from, std::uint64_t to) {
+  return from > to ? from - to : 0;
+}
 
 }  // namespace
 
@@ -119,16 +121,16 @@ std::optional<Hold> Guard::evaluate(const PartitionChange& c) const {
     return std::optional<Hold>(h);
   };
 
-  // A repository without its index is broken whatever its size.
-  const std::uint64_t index_gone = std::max(d.index_lost, loss(c.baseline.index_files,
-                                                               c.after.index_files));
-  if (index_gone > 0) return hold(Rule::kIndex, index_gone, c.baseline.index_files, 0);
-
+  // The rules in the order that names a hold best: a partition that loses everything is held
+  // as "deleted", one that loses only its index as "index" (docs/guard.md, "The rules").
+  const std::uint64_t index_gone =
+      std::max(d.index_lost, loss(c.baseline.index_files, c.after.index_files));
   if (c.partition == proto::kRootPartition) {
     const std::uint64_t changes = d.damaged() + d.retargeted;
     if (changes > policy_.root_max_changes)
       return hold(Rule::kRoot, changes, c.before.files,
                   static_cast<double>(policy_.root_max_changes));
+    if (index_gone > 0) return hold(Rule::kIndex, index_gone, c.baseline.index_files, 0);
     return std::nullopt;
   }
 
@@ -138,16 +140,20 @@ std::optional<Hold> Guard::evaluate(const PartitionChange& c) const {
     const std::uint64_t worst = std::max(d.damaged(), files_lost);
     if (worst > policy_.small_max_deletes)
       return hold(Rule::kSmall, worst, base_files, static_cast<double>(policy_.small_max_deletes));
-    return std::nullopt;
+  } else {
+    if (share(d.damaged(), c.before.files) > limits.max_delete_ratio)
+      return hold(Rule::kDeleted, d.damaged(), c.before.files, limits.max_delete_ratio);
+    if (share(files_lost, base_files) > limits.max_delete_ratio)
+      return hold(Rule::kWindow, files_lost, base_files, limits.max_delete_ratio);
   }
-  if (share(d.damaged(), c.before.files) > limits.max_delete_ratio)
-    return hold(Rule::kDeleted, d.damaged(), c.before.files, limits.max_delete_ratio);
-  if (share(files_lost, base_files) > limits.max_delete_ratio)
-    return hold(Rule::kWindow, files_lost, base_files, limits.max_delete_ratio);
-  const std::uint64_t base_bytes = std::max(c.baseline.bytes, c.before.bytes);
-  const std::uint64_t bytes_lost = loss(base_bytes, c.after.bytes);
-  if (share(bytes_lost, base_bytes) > limits.max_bytes_loss_ratio)
-    return hold(Rule::kBytes, bytes_lost, base_bytes, limits.max_bytes_loss_ratio);
+  // A repository without its index is broken whatever its size.
+  if (index_gone > 0) return hold(Rule::kIndex, index_gone, c.baseline.index_files, 0);
+  if (base_files >= limits.min_files) {
+    const std::uint64_t base_bytes = std::max(c.baseline.bytes, c.before.bytes);
+    const std::uint64_t bytes_lost = loss(base_bytes, c.after.bytes);
+    if (share(bytes_lost, base_bytes) > limits.max_bytes_loss_ratio)
+      return hold(Rule::kBytes, bytes_lost, base_bytes, limits.max_bytes_loss_ratio);
+  }
   return std::nullopt;
 }
 

@@ -46,11 +46,12 @@ GuardHistory GuardHistory::load(const std::filesystem::path& file, std::string* 
     for (const auto& r : list) {
       if (!r.is_array() || r.size() != 4 || !r[0].is_number_integer() ||
           !r[1].is_number_unsigned() || !r[2].is_number_unsigned() || !r[3].is_number_unsigned())
-        return damaged("partition \"" + name + "\" has a record that is not [time, files, bytes, "
+        return damaged("partition \"" + name +
+                       "\" has a record that is not [time, files, bytes, "
                        "index_files]");
-      records.push_back({r[0].get<std::int64_t>(),
-                         {r[1].get<std::uint64_t>(), r[2].get<std::uint64_t>(),
-                          r[3].get<std::uint64_t>()}});
+      records.push_back(
+          {r[0].get<std::int64_t>(),
+           {r[1].get<std::uint64_t>(), r[2].get<std::uint64_t>(), r[3].get<std::uint64_t>()}});
     }
   }
   return h;
@@ -84,8 +85,8 @@ PartitionSize GuardHistory::baseline(const std::string& partition, const Partiti
   return high;
 }
 
-void GuardHistory::record(const std::string& partition, const PartitionSize& size,
-                          std::int64_t now, unsigned window_hours) {
+void GuardHistory::record(const std::string& partition, const PartitionSize& size, std::int64_t now,
+                          unsigned window_hours) {
   auto& records = records_[partition];
   const std::int64_t since = now - static_cast<std::int64_t>(window_hours) * 3600;
   // A record older than the window, or one the new record covers in every field, can never be

@@ -167,6 +167,63 @@ TEST_F(DaemonTest, SyncNowStartsACycleThroughTheControlSocket) {
   EXPECT_EQ(d_mirror.terminate(5s), 0) << d_mirror.log();
 }
 
+// SIGHUP reloads the configuration, or refuses the whole reload and keeps the running one: a
+// file that is not JSON, a resource that fails (a signing key that does not load), and what the
+// process holds for its life (state_dir, control_socket) each get a refusal naming the cause.
+TEST_F(DaemonTest, ReloadRefusalsKeepTheRunningConfiguration) {
+  ASSERT_TRUE(Exited(origin.once(), 0));
+  const std::string good = read_file(origin.config());
+  amend_config(origin, {{"source", {{"dir", source.string()}, {"settle_seconds", 0}}}});
+  const std::string running = read_file(origin.config());
+  Daemon d_origin(origin);
+  ASSERT_TRUE(d_origin.wait_for_log("tiersyncd started", 20s)) << d_origin.log();
+
+  auto count = [&](std::string_view needle) {
+    const std::string log = d_origin.log();
+    std::size_t n = 0;
+    for (auto at = log.find(needle); at != std::string::npos; at = log.find(needle, at + 1)) ++n;
+    return n;
+  };
+  // Each refusal is one more "reload refused" line, naming what is wrong.
+  auto refused = [&](const std::string& config, std::string_view why) {
+    const std::size_t before = count("reload refused");
+    write_file(origin.config(), config);
+    d_origin.signal(SIGHUP);
+    for (int i = 0; i < 400 && count("reload refused") == before; ++i)
+      std::this_thread::sleep_for(50ms);  // bounded: 20 s
+    const std::string log = d_origin.log();
+    const auto at = log.rfind("reload refused");
+    return at != std::string::npos && count("reload refused") == before + 1 &&
+           log.find(why, at) != std::string::npos;
+  };
+  json doc = json::parse(running);
+  EXPECT_TRUE(refused("{\"role\": ", "JSON")) << d_origin.log();
+  json bad_key = doc;
+  bad_key["signing_key"] = (root / "missing.key").string();
+  EXPECT_TRUE(refused(bad_key.dump(), "missing.key")) << d_origin.log();
+  json moved_state = doc;
+  moved_state["state_dir"] = (root / "elsewhere").string();
+  EXPECT_TRUE(refused(moved_state.dump(), "state_dir changed")) << d_origin.log();
+  json moved_socket = doc;
+  moved_socket["control_socket"] = (root / "other.sock").string();
+  EXPECT_TRUE(refused(moved_socket.dump(), "control_socket changed")) << d_origin.log();
+  EXPECT_FALSE(fs::exists(root / "other.sock")) << "the socket moved although refused";
+  EXPECT_EQ(count("configuration reloaded"), 0u) << d_origin.log();
+
+  // The running configuration still works: an upload is published, and the control socket
+  // where it was answers.
+  write_file(origin.config(), running);
+  d_origin.signal(SIGHUP);
+  ASSERT_TRUE(d_origin.wait_for_log("configuration reloaded", 20s)) << d_origin.log();
+  add_package(model, "edge/main/x86_64", "newpkg-2.0-r0.apk", 4242);
+  rebuild_index(model, "edge/main/x86_64", 1'800'000'000);
+  materialize(model, source);
+  EXPECT_TRUE(converges(source, origin.tree(), 30s)) << d_origin.log();
+  EXPECT_TRUE(origin.ctl({"sync-now"}).exited(0));
+  EXPECT_EQ(d_origin.terminate(10s), 0) << d_origin.log();
+  write_file(origin.config(), good);
+}
+
 // At tier0, sync-now publishes at once, without waiting settle_seconds for a quiet source.
 TEST_F(DaemonTest, SyncNowPublishesAtTier0WithoutWaitingToSettle) {
   amend_config(origin, {{"source", {{"dir", source.string()}, {"settle_seconds", 3600}}}});
@@ -176,8 +233,11 @@ TEST_F(DaemonTest, SyncNowPublishesAtTier0WithoutWaitingToSettle) {
   add_package(model, "edge/main/x86_64", "newpkg-2.0-r0.apk", 4242);
   rebuild_index(model, "edge/main/x86_64", 1'800'000'000);
   materialize(model, source);
-  // Give the daemon time to see the change (it looks every second); it must not publish.
-  std::this_thread::sleep_for(1500ms);
+  // Once the daemon has seen the change (it says so), it waits for the source to settle: an
+  // hour here, so nothing is published until sync-now.
+  ASSERT_TRUE(
+      d_origin.wait_for_log("source changed: publishing once it has been quiet for 3600 s", 20s))
+      << d_origin.log();
   EXPECT_FALSE(fs::exists(origin.tree() / "edge/main/x86_64/newpkg-2.0-r0.apk"));
   // The control socket needs a moment after start; retry a few times, bounded.
   RunResult now;
@@ -203,7 +263,8 @@ TEST_F(DaemonTest, Tier0PublishesOnceTheBusyMarkerGoes) {
   rebuild_index(model, "edge/main/x86_64", 1'800'000'000);
   for (const std::string& path : {added, std::string("edge/main/x86_64/APKINDEX.tar.gz")})
     write_file(source / path, model.at(path).bytes, model.at(path).mtime, model.at(path).mode);
-  std::this_thread::sleep_for(2500ms);  // the daemon looks every second: it saw the upload
+  // The daemon saw the upload and tried: the marker kept it from publishing.
+  ASSERT_TRUE(d_origin.wait_for_log("source busy:", 20s)) << d_origin.log();
   EXPECT_FALSE(fs::exists(origin.tree() / "edge/main/x86_64/newpkg-2.0-r0.apk")) << d_origin.log();
   fs::remove(source / ".tiersync-busy");
   EXPECT_TRUE(converges(source, origin.tree(), 10s)) << d_origin.log();

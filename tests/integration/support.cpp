@@ -764,6 +764,27 @@ void Process::kill() {
   }
 }
 
+bool Process::wait_for_log(std::string_view needle, std::chrono::milliseconds limit) const {
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  for (;;) {
+    if (log().find(needle) != std::string::npos) return true;
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+}
+
+Daemon::~Daemon() {
+  if (pid() <= 0) return;
+  const int code = terminate(std::chrono::seconds(60));
+  if (code != 0) {
+    std::string text = log();
+    if (text.size() > 8000) text = "..." + text.substr(text.size() - 8000);
+    ADD_FAILURE() << "tiersyncd, still running at the end of the test, exited " << code
+                  << " on SIGTERM (0 expected); its log:\n"
+                  << text;
+  }
+}
+
 void Process::signal(int sig) {
   if (pid_ > 0) ::kill(pid_, sig);
 }

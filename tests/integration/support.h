@@ -260,6 +260,8 @@ class Process {
   /// SIGTERM, then wait(limit).
   int terminate(std::chrono::milliseconds limit);
   std::string log() const;
+  /// Waits (bounded, looking every 50 ms) until the log holds `needle`; false if it never does.
+  bool wait_for_log(std::string_view needle, std::chrono::milliseconds limit) const;
   /// The process id while it runs (-1 once reaped).
   int pid() const { return pid_; }
 
@@ -269,10 +271,15 @@ class Process {
   int code_ = -1;
 };
 
-/// `tiersyncd --config F` in the background, its output in the node's home.
+/// `tiersyncd --config F` in the background, its output in the node's home. One still running
+/// when the test ends is stopped as an operator would (SIGTERM) and must exit 0: a daemon that
+/// aborts on its way out (a sanitizer's report, a leak, a hung thread) fails the test.
 struct Daemon : Process {
   explicit Daemon(const Node& node, std::string_view log_name = "daemon.log")
       : Process({TIERSYNCD, "--config", node.config().string()}, node.home / log_name) {}
+  ~Daemon();
+  Daemon(const Daemon&) = delete;
+  Daemon& operator=(const Daemon&) = delete;
 };
 
 /// Waits (bounded, polling every 100 ms) until `tree` holds exactly the files of `source`.
