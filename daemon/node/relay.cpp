@@ -356,9 +356,11 @@ CycleOutcome sync_once(const ops::Config& config, const std::atomic<bool>* stop,
   // This node's own holds of the applied serial: each is a pin of its own (a partition of the
   // applied snapshot at an older signed manifest), until approved or offered something else.
   std::vector<sync::HeldPartition> own_holds;
-  if (*applied)
-    for (auto& h : state.load_held().partitions)
+  if (*applied) {
+    sync::HeldState recorded = state.load_held();
+    for (auto& h : recorded.partitions)
       if ((*applied)->pins.pins.count(h.hold.partition)) own_holds.push_back(std::move(h));
+  }
   auto in_sync = [&]() {
     if (auto failed = stale()) return *failed;
     if (own_holds.empty()) return cycle.noop(applied_serial);
@@ -645,9 +647,10 @@ CycleOutcome sync_once(const ops::Config& config, const std::atomic<bool>* stop,
   // The applied serial evaluated again to the same result: nothing to do.
   if (cand->serial == applied_serial && next_pins_doc == (*applied)->pins_document) {
     forget_fetched(held_candidates);
-    remember_parent_pins();
     own_holds = held;
-    return in_sync();
+    auto outcome = in_sync();
+    remember_parent_pins();
+    return outcome;
   }
 
   // Every changed partition held or not, the serial is committed: its expiry advances and
@@ -670,7 +673,6 @@ CycleOutcome sync_once(const ops::Config& config, const std::atomic<bool>* stop,
     }
     return cycle.fail("applying " + serial_text + " failed: " + stats.message());
   }
-  remember_parent_pins();
   // The window's baseline learns each applied partition's new size; an approved change (or a
   // new layout) is the new baseline.
   for (const auto& [name, size] : sizes) {
@@ -687,11 +689,14 @@ CycleOutcome sync_once(const ops::Config& config, const std::atomic<bool>* stop,
   remember_used_approvals(state, used, now);
   cycle.consume_approvals(approved_now);
   offer_approvals(state, now);
+  // Recorded last: a cycle cut short before its holds are saved evaluates the serial again.
   if (held.empty()) {
     cycle.clear_held();
+    remember_parent_pins();
     return cycle.applied(cand->serial, *stats, "applied", kExitOk, note);
   }
   cycle.save_holds(held, cand->serial);
+  remember_parent_pins();
   return cycle.applied(cand->serial, *stats, "applied", kExitHeld, note);
 }
 
