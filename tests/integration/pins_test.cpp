@@ -276,6 +276,7 @@ class PinsCrashTest : public PinsTest {
  protected:
   fs::path saved(std::string_view what) const { return root_ / "saved" / what; }
   void save() {
+    fs::create_directories(root_ / "saved");
     replace_with_copy(tier1_.tree(), saved("tree"));
     replace_with_copy(tier1_.state(), saved("state"));
   }
