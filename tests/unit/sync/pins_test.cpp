@@ -116,7 +116,9 @@ TEST_F(PinsTest, VerifyRefusesWhatTheProofDoesNotProve) {
   auto refused = [&](const Pins& p, std::string_view why) {
     auto r = verify_pins(p, now, trusted_, 1);
     EXPECT_FALSE(r) << why;
-    if (!r) EXPECT_TRUE(Contains(r.message(), "edge/main/armv7")) << why;
+    if (!r) {
+      EXPECT_TRUE(Contains(r.message(), "edge/main/armv7")) << why;
+    }
   };
   Pins untrusted = pinned(old);
   untrusted.proofs[55] = sign(old, other_.get());
