@@ -1,8 +1,9 @@
 # Sourced by .ci/run and .ci/demo: installs what is missing (Debian 12, as root) and builds.
 set -euo pipefail
 
+# fuse3 and libfuse3-dev: the power-loss test's file system (tests/powerloss).
 TIERSYNC_PACKAGES=(g++ cmake ninja-build ccache pkg-config libboost1.81-dev libssl-dev openssl
-  nlohmann-json3-dev libspdlog-dev libgtest-dev rsync python3 curl)
+  nlohmann-json3-dev libspdlog-dev libgtest-dev rsync python3 curl fuse3 libfuse3-dev)
 
 tiersync_install() {
   local missing=()

@@ -136,6 +136,69 @@ bool inside(const fs::path& a, const fs::path& b) {
   return !rel.empty() && *rel.begin() != "..";
 }
 
+// The `guard` section (docs/configuration.md, docs/guard.md): the node's limits, then one entry
+// per partition glob. Keys that only a relay can use are refused at tier0, which has no parent.
+void parse_guard(const json& g, Role role, sync::GuardPolicy& out, std::string& err) {
+  constexpr std::int64_t kMaxCount = std::numeric_limits<std::int64_t>::max();
+  constexpr std::int64_t kYearHours = 24 * 365;
+  Reader gr(g, "guard.", &err);
+  gr.ratio("max_delete_ratio", out.max_delete_ratio);
+  gr.ratio("max_bytes_loss_ratio", out.max_bytes_loss_ratio);
+  gr.integer("min_files", out.min_files, 0, kMaxCount);
+  gr.integer("small_max_deletes", out.small_max_deletes, 0, kMaxCount);
+  gr.integer("root_max_changes", out.root_max_changes, 0, kMaxCount);
+  gr.integer("window_hours", out.window_hours, 0, kYearHours);
+  gr.integer("approval_hours", out.approval_hours, 1, kYearHours);
+  if (role == Role::kTier0) {
+    for (const char* k : {"trust_upstream_approvals", "trust_parent_approvals"})
+      if (gr.has(k)) gr.fail(k, "does not fit role tier0 (it has no upstream)");
+  } else {
+    gr.boolean("trust_upstream_approvals", out.trust_upstream_approvals);
+    gr.boolean("trust_parent_approvals", out.trust_parent_approvals);
+  }
+  const json* parts = gr.get("partitions");
+  if (parts && !parts->is_object()) gr.fail("partitions", "must be an object of glob -> limits");
+  if (parts && parts->is_object()) {
+    for (const auto& [pattern, limits] : parts->items()) {
+      if (gr.failed()) break;
+      if (!limits.is_object()) {
+        gr.fail("partitions", "\"" + pattern + "\" must map to an object");
+        break;
+      }
+      Reader pr(limits, "guard.partitions." + pattern + ".", &err);
+      sync::PartitionPolicy p;
+      p.pattern = pattern;
+      if (pr.has("max_delete_ratio")) {
+        double ratio = 0;
+        pr.ratio("max_delete_ratio", ratio);
+        p.max_delete_ratio = ratio;
+      }
+      if (pr.has("max_bytes_loss_ratio")) {
+        double ratio = 0;
+        pr.ratio("max_bytes_loss_ratio", ratio);
+        p.max_bytes_loss_ratio = ratio;
+      }
+      if (pr.has("min_files")) {
+        std::uint64_t min = 0;
+        pr.integer("min_files", min, 0, kMaxCount);
+        p.min_files = min;
+      }
+      if (pr.has("trust_upstream_approvals")) {
+        if (role == Role::kTier0) {
+          pr.fail("trust_upstream_approvals", "does not fit role tier0 (it has no upstream)");
+        } else {
+          bool trust = false;
+          pr.boolean("trust_upstream_approvals", trust);
+          p.trust_upstream_approvals = trust;
+        }
+      }
+      pr.finish();
+      out.partitions.push_back(std::move(p));
+    }
+  }
+  gr.finish();
+}
+
 }  // namespace
 
 Result<Config> parse_config(std::string_view text, const fs::path& file) {
@@ -260,41 +323,7 @@ Result<Config> parse_config(std::string_view text, const fs::path& file) {
     if (!g->is_object()) {
       r.fail("guard", "must be an object");
     } else {
-      Reader gr(*g, "guard.", &err);
-      gr.ratio("max_delete_ratio", c.guard.max_delete_ratio);
-      gr.integer("min_files", c.guard.min_files, 0, std::numeric_limits<std::int64_t>::max());
-      if (c.role == Role::kTier0) {
-        if (gr.has("trust_upstream_approvals"))
-          gr.fail("trust_upstream_approvals", "does not fit role tier0 (it has no upstream)");
-      } else {
-        gr.boolean("trust_upstream_approvals", c.guard.trust_upstream_approvals);
-      }
-      const json* parts = gr.get("partitions");
-      if (parts && !parts->is_object())
-        gr.fail("partitions", "must be an object of glob -> limits");
-      if (parts && parts->is_object()) {
-        for (const auto& [pattern, limits] : parts->items()) {
-          if (!limits.is_object()) {
-            gr.fail("partitions", "\"" + pattern + "\" must map to an object");
-            break;
-          }
-          Reader pr(limits, "guard.partitions." + pattern + ".", &err);
-          sync::PartitionPolicy p{pattern, std::nullopt, std::nullopt};
-          double ratio = 0;
-          std::uint64_t min = 0;
-          if (pr.has("max_delete_ratio")) {
-            pr.ratio("max_delete_ratio", ratio);
-            p.max_delete_ratio = ratio;
-          }
-          if (pr.has("min_files")) {
-            pr.integer("min_files", min, 0, std::numeric_limits<std::int64_t>::max());
-            p.min_files = min;
-          }
-          pr.finish();
-          c.guard.partitions.push_back(std::move(p));
-        }
-      }
-      gr.finish();
+      parse_guard(*g, c.role, c.guard, err);
     }
   }
 

@@ -503,17 +503,20 @@ Result<ApplyStats> Applier::apply(const ApplyRequest& req, const Plan& plan) {
   crash_point();
   if (auto st = write_file_atomic(state_.pending_snapshot_path(), req.envelope, 0644, false); !st)
     return st.error();
-  // The candidate's pins, stored before the journal that needs them (made durable with it).
+  // The candidate's pins, stored before the journal that needs them.
   if (!req.pins.empty()) {
     crash_point();
     if (auto st = write_file_atomic(state_.pending_pins_path(), req.pins, 0644, false); !st)
       return st.error();
   }
-  crash_point();
-  if (auto st = state_.save_journal(journal); !st) return st.error();
-  // One barrier makes the staged files and the journal durable before the first rename.
+  // One barrier makes the staged files, the candidate (and its pins) and its stored manifests
+  // durable; then the journal that names them, fsynced on its own: after a power cut a journal is
+  // whole and all it names is there, or there is none and nothing was installed
+  // (docs/crash-safety.md).
   crash_point();
   if (auto st = sync_state_and_tree(); !st) return st.error();
+  crash_point();
+  if (auto st = state_.save_journal(journal); !st) return st.error();
   if (auto st = install(plan); !st) return st.error();
   if (auto st = commit(req); !st) return st.error();
   if (auto st = finish(req.candidate, plan, req.applied, stats, req.keep_manifests); !st)

@@ -47,6 +47,9 @@ std::vector<Approval> decode_parent_approvals(std::string_view bytes) {
   std::vector<Approval> out;
   json j = json::parse(bytes, nullptr, false);
   if (!j.is_object()) return out;
+  // Another document (a pin document, an error page in JSON) or a later format is not read as
+  // approvals: nothing it says can be relied on.
+  if (j.value("type", json()) != "tiersync.approvals" || j.value("format", json()) != 1) return out;
   auto list = j.find("approvals");
   if (list == j.end() || !list->is_array()) return out;
   for (const auto& e : *list) {

@@ -123,14 +123,16 @@ std::optional<Hold> Guard::evaluate(const PartitionChange& c) const {
 
   // The rules in the order that names a hold best: a partition that loses everything is held
   // as "deleted", one that loses only its index as "index" (docs/guard.md, "The rules").
-  const std::uint64_t index_gone =
-      std::max(d.index_lost, loss(c.baseline.index_files, c.after.index_files));
+  // Index entries lost by this change (deleted, emptied, shrunk, made symlinks). Not the
+  // window's count of index files: an edit of index_files that drops a name would hold every
+  // partition at once.
+  const std::uint64_t index_gone = d.index_lost;
   if (c.partition == proto::kRootPartition) {
     const std::uint64_t changes = d.damaged() + d.retargeted;
     if (changes > policy_.root_max_changes)
       return hold(Rule::kRoot, changes, c.before.files,
                   static_cast<double>(policy_.root_max_changes));
-    if (index_gone > 0) return hold(Rule::kIndex, index_gone, c.baseline.index_files, 0);
+    if (index_gone > 0) return hold(Rule::kIndex, index_gone, c.before.index_files, 0);
     return std::nullopt;
   }
 
@@ -147,7 +149,7 @@ std::optional<Hold> Guard::evaluate(const PartitionChange& c) const {
       return hold(Rule::kWindow, files_lost, base_files, limits.max_delete_ratio);
   }
   // A repository without its index is broken whatever its size.
-  if (index_gone > 0) return hold(Rule::kIndex, index_gone, c.baseline.index_files, 0);
+  if (index_gone > 0) return hold(Rule::kIndex, index_gone, c.before.index_files, 0);
   if (base_files >= limits.min_files) {
     const std::uint64_t base_bytes = std::max(c.baseline.bytes, c.before.bytes);
     const std::uint64_t bytes_lost = loss(base_bytes, c.after.bytes);

@@ -27,7 +27,7 @@ struct PartitionPolicy {
 /// The limits that apply to one partition.
 struct Limits {
   double max_delete_ratio = 0.20;
-  double max_bytes_loss_ratio = 0.20;
+  double max_bytes_loss_ratio = 0.50;
   std::uint64_t min_files = 10;
   /// Upstream approvals count for this partition: the node's setting, except that a partition
   /// whose own entry is stricter than the node's defaults (a lower ratio, a higher min_files)
@@ -37,7 +37,7 @@ struct Limits {
 
 struct GuardPolicy {
   double max_delete_ratio = 0.20;
-  double max_bytes_loss_ratio = 0.20;
+  double max_bytes_loss_ratio = 0.50;
   std::uint64_t min_files = 10;
   std::uint64_t small_max_deletes = 2;  ///< below min_files: files a change may lose
   std::uint64_t root_max_changes = 0;   ///< the root partition's deletions, damage and retargets

@@ -89,6 +89,10 @@ void GuardHistory::record(const std::string& partition, const PartitionSize& siz
                           unsigned window_hours) {
   auto& records = records_[partition];
   const std::int64_t since = now - static_cast<std::int64_t>(window_hours) * 3600;
+  // A record from the future was made while the clock was wrong (a clock set back since): it
+  // counts as made now, so that it leaves the window one window from now instead of ruling
+  // the baseline until the clock catches up with it.
+  for (auto& r : records) r.time = std::min(r.time, now);
   // A record older than the window, or one the new record covers in every field, can never be
   // the high-water mark again: the new one outlives it.
   std::erase_if(records, [&](const Record& r) { return r.time < since || covers(size, r.size); });

@@ -158,7 +158,10 @@ Status StateStore::save_applied(std::string_view envelope) const {
 }
 
 bool StateStore::has_manifest(const proto::Digest& d) const {
-  return ::access(manifest_path(d).c_str(), F_OK) == 0;
+  // Stored without an fsync: after a power cut the name may be there without the bytes (an
+  // empty file). Only bytes that match the name count; others are written again.
+  auto bytes = read_file(manifest_path(d), proto::kMaxManifestBytes);
+  return bytes && proto::sha256(*bytes) == d;
 }
 
 Status StateStore::store_manifest(const proto::Digest& d, std::string_view bytes) const {
@@ -482,10 +485,10 @@ Result<std::optional<Journal>> StateStore::load_journal() const try {
 Status StateStore::save_journal(const Journal& journal) const {
   json prev = json::object();
   for (const auto& [name, d] : journal.previous) prev[name] = proto::to_hex(d);
-  // Made durable by the apply's barrier (syncfs) before the first rename.
+  // Written after the apply's barrier and fsynced: a power cut leaves it whole or absent, never
+  // the empty file that would stop every later cycle (tests/integration/powerloss_test.cpp).
   return write_json(dir_ / "journal.json",
-                    {{"serial", journal.serial}, {"pins", journal.pins}, {"previous", prev}},
-                    /*durable=*/false);
+                    {{"serial", journal.serial}, {"pins", journal.pins}, {"previous", prev}});
 }
 
 Status StateStore::clear_journal() const {

@@ -133,6 +133,7 @@ class StateStore {
   Result<std::shared_ptr<const proto::Manifest>> load_manifest(
       const proto::Digest& d, const std::string& partition, std::size_t depth,
       proto::ModeRule modes = proto::ModeRule::kAny) const;
+  /// Whether the store holds the manifest `d` with bytes that match it.
   bool has_manifest(const proto::Digest& d) const;
   Status store_manifest(const proto::Digest& d, std::string_view bytes) const;
   /// Where receive_manifest's caller sends the bytes, and what it calls when the parent sends

@@ -20,28 +20,6 @@ namespace {
 constexpr int kMaxSteps = 5000;
 constexpr int kMinCrashPoints = 20;
 
-/// V2 of a sample: per partition two new packages and one removed, one package rebuilt with
-/// other bytes, every index changed, last-updated changed, the `latest` symlink moved.
-TreeModel next_version(const TreeModel& v1) {
-  TreeModel v2 = v1;
-  std::uint64_t seed = 100;
-  for (const auto& part : partitions_of(v1)) {
-    if (part == kRoot) continue;
-    v2.erase(packages_in(v2, part).at(1));
-    add_package(v2, part, "zz-new-a-2.0-r0.apk", ++seed, kBaseMtime + 10000);
-    add_package(v2, part, "aa-new-b-2.0-r0.apk", ++seed, kBaseMtime + 10000);
-    if (part == "edge/main/x86_64") {
-      const std::string rebuilt = packages_in(v2, part).at(4);
-      std::string name = fs::path(rebuilt).filename().string();
-      add_package(v2, part, name, ++seed, kBaseMtime + 10001);
-    }
-    rebuild_index(v2, part, kBaseMtime + 10002);
-  }
-  touch_last_updated(v2, kBaseMtime + 10003);
-  v2["latest"].bytes = "edge/main";
-  return v2;
-}
-
 /// V3: upstream moves on while a mirror lies crashed between V1 and V2.
 TreeModel third_version(const TreeModel& v2) {
   TreeModel v3 = v2;
@@ -52,83 +30,6 @@ TreeModel third_version(const TreeModel& v2) {
   }
   touch_last_updated(v3, kBaseMtime + 20002);
   return v3;
-}
-
-bool same_content(const FileSpec& a, const FileSpec& b) {
-  return a.link == b.link && a.bytes == b.bytes;
-}
-
-/// Same paths with the same content (mtime and mode aside).
-bool same_files(const TreeModel& a, const TreeModel& b) {
-  return std::equal(a.begin(), a.end(), b.begin(), b.end(), [](const auto& x, const auto& y) {
-    return x.first == y.first && same_content(x.second, y.second);
-  });
-}
-
-const FileSpec* find(const TreeModel& m, const std::string& path) {
-  auto it = m.find(path);
-  return it == m.end() ? nullptr : &it->second;
-}
-
-/// Violations of the crash-safety rule by `tree`, caught between `before` and `after`.
-std::vector<std::string> crash_violations(const fs::path& tree, const TreeModel& before,
-                                          const TreeModel& after) {
-  std::vector<std::string> out;
-  const TreeModel now = model_of(tree);
-  // (a) Every file under its final name has its old or its new content.
-  for (const auto& [path, spec] : now) {
-    const FileSpec* old_spec = find(before, path);
-    const FileSpec* new_spec = find(after, path);
-    if (!old_spec && !new_spec) {
-      out.push_back(path + ": in neither version");
-    } else if (!(old_spec && same_content(spec, *old_spec)) &&
-               !(new_spec && same_content(spec, *new_spec))) {
-      out.push_back(path + ": neither its old nor its new content");
-    }
-  }
-  auto complete = [&](const TreeModel& version, std::string_view part, bool exact,
-                      const std::string& why) {
-    for (const auto& path : paths_in(version, part)) {
-      const FileSpec* have = find(now, path);
-      if (!have)
-        out.push_back(why + ": " + path + " is missing");
-      else if (exact && !same_content(*have, version.at(path)))
-        out.push_back(why + ": " + path + " has its old content");
-    }
-  };
-  // (b) A partition whose index is in place is whole in that index's version.
-  std::set<std::string> parts = partitions_of(before);
-  for (const auto& p : partitions_of(after)) parts.insert(p);
-  for (const auto& part : parts) {
-    if (part == kRoot) continue;
-    const std::string index = part + "/" + std::string(kIndexName);
-    const FileSpec* have = find(now, index);
-    if (!have) continue;
-    const FileSpec* new_index = find(after, index);
-    const FileSpec* old_index = find(before, index);
-    if (new_index && same_content(*have, *new_index)) {
-      complete(after, part, true, "new index of " + part + " in place");
-    } else if (old_index && same_content(*have, *old_index)) {
-      complete(before, part, false, "old index of " + part + " in place");
-    }
-  }
-  // (c) The root partition goes last: new last-updated means every partition is new.
-  const FileSpec* stamp = find(now, "last-updated");
-  const FileSpec* new_stamp = find(after, "last-updated");
-  const FileSpec* old_stamp = find(before, "last-updated");
-  if (stamp && new_stamp && same_content(*stamp, *new_stamp) &&
-      !(old_stamp && same_content(*old_stamp, *new_stamp))) {
-    for (const auto& part : partitions_of(after))
-      if (part != kRoot) complete(after, part, true, "new last-updated in place");
-  }
-  return out;
-}
-
-std::string join(const std::vector<std::string>& lines, std::size_t limit = 20) {
-  std::string out;
-  for (std::size_t i = 0; i < lines.size() && i < limit; ++i) out += "  " + lines[i] + "\n";
-  if (lines.size() > limit) out += "  ... " + std::to_string(lines.size() - limit) + " more\n";
-  return out;
 }
 
 /// Crash points out of 1..steps: all of them within `budget`, else the first and last quarter
@@ -288,7 +189,7 @@ class CrashTest : public ::testing::Test {
       const TreeModel caught = model_of(node.tree());
       if (!same_files(caught, before) && !same_files(caught, after)) ++torn;
       auto violations = crash_violations(node.tree(), before, after);
-      EXPECT_TRUE(violations.empty()) << "after the crash:\n" << join(violations);
+      EXPECT_TRUE(violations.empty()) << "after the crash:\n" << join_lines(violations);
       EXPECT_EQ(diff_listings(rest, list_tree(root_.path(), rest_options)), "")
           << "the crash left something outside the node's tree and state_dir";
       RunResult again = node.once();

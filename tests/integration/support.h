@@ -173,6 +173,11 @@ void touch_last_updated(TreeModel& model, std::int64_t mtime);
 /// Package paths (everything but the index) of a partition.
 std::vector<std::string> packages_in(const TreeModel& model, std::string_view partition);
 
+/// V2 of a sample (at least 5 packages in edge/main/x86_64): per partition two new packages and
+/// one removed, one package of edge/main/x86_64 rebuilt with other bytes, every index changed,
+/// last-updated changed. The root symlink `latest` stays: the guard's `root` rule holds any
+/// retarget in the root partition.
+TreeModel next_version(const TreeModel& v1);
 /// Makes `dir` hold exactly `model` (outside a top-level `.tiersync/`): writes what differs (by
 /// rename, so unchanged files keep their inode), removes the rest, prunes empty folders.
 void materialize(const TreeModel& model, const fs::path& dir);
@@ -180,6 +185,20 @@ void materialize(const TreeModel& model, const fs::path& dir);
 Listing listing_of(const TreeModel& model);
 /// The model of what a folder holds (files and symlinks; folders left out).
 TreeModel model_of(const fs::path& dir);
+
+// ---------------------------------------------------------------------------------------------
+// Crash safety (docs/crash-safety.md)
+
+/// Same paths with the same content (mtime and mode aside).
+bool same_files(const TreeModel& a, const TreeModel& b);
+/// What breaks docs/crash-safety.md in `tree`, caught between `before` and `after`: a file with
+/// neither its old nor its new content (or in neither version), a partition whose index is in
+/// place without every entry of that index's version, a new `last-updated` before every other
+/// partition is new. One line each; empty when the tree is sound.
+std::vector<std::string> crash_violations(const fs::path& tree, const TreeModel& before,
+                                          const TreeModel& after);
+/// The first `limit` lines, indented, one per line, and how many more there are.
+std::string join_lines(const std::vector<std::string>& lines, std::size_t limit = 20);
 
 // ---------------------------------------------------------------------------------------------
 // Keys, snapshots, status

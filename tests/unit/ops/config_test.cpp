@@ -11,6 +11,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -817,6 +818,169 @@ TEST_F(CheckResourcesTest, LoadConfigReadsTheFile) {
   const auto missing = load_config(dir_ / "nope.json");
   ASSERT_FALSE(missing);
   EXPECT_TRUE(Contains(missing.message(), (dir_ / "nope.json").string()));
+}
+
+// --- the guard's keys (docs/configuration.md, docs/guard.md) -----------------------------------
+
+TEST(ParseConfig, GuardDefaults) {
+  for (const json& doc : {mirror(), minimal_tier0()}) {
+    const sync::GuardPolicy g = parse(doc).guard;
+    EXPECT_DOUBLE_EQ(g.max_delete_ratio, 0.2);
+    EXPECT_DOUBLE_EQ(g.max_bytes_loss_ratio, 0.5);
+    EXPECT_EQ(g.min_files, 10u);
+    EXPECT_EQ(g.small_max_deletes, 2u);
+    EXPECT_EQ(g.root_max_changes, 0u);
+    EXPECT_EQ(g.window_hours, 24u);
+    EXPECT_EQ(g.approval_hours, 24u);
+    EXPECT_FALSE(g.trust_parent_approvals);
+    EXPECT_TRUE(g.partitions.empty());
+  }
+  EXPECT_TRUE(parse(mirror()).guard.trust_upstream_approvals);
+}
+
+TEST(ParseConfig, GuardKeys) {
+  json doc = tier1();
+  doc["guard"] = json::parse(R"({
+    "max_delete_ratio": 0.3, "max_bytes_loss_ratio": 0.4, "min_files": 7,
+    "small_max_deletes": 5, "root_max_changes": 3, "window_hours": 48, "approval_hours": 2,
+    "trust_upstream_approvals": false, "trust_parent_approvals": true,
+    "partitions": {
+      "edge/testing/*": {"max_bytes_loss_ratio": 0.9, "trust_upstream_approvals": true},
+      "edge/main/*": {"max_delete_ratio": 0.1, "min_files": 100}
+    }})");
+  const sync::GuardPolicy g = parse(doc).guard;
+  EXPECT_DOUBLE_EQ(g.max_delete_ratio, 0.3);
+  EXPECT_DOUBLE_EQ(g.max_bytes_loss_ratio, 0.4);
+  EXPECT_EQ(g.min_files, 7u);
+  EXPECT_EQ(g.small_max_deletes, 5u);
+  EXPECT_EQ(g.root_max_changes, 3u);
+  EXPECT_EQ(g.window_hours, 48u);
+  EXPECT_EQ(g.approval_hours, 2u);
+  EXPECT_FALSE(g.trust_upstream_approvals);
+  EXPECT_TRUE(g.trust_parent_approvals);
+  ASSERT_EQ(g.partitions.size(), 2u);
+  // nlohmann's objects iterate in key order.
+  EXPECT_EQ(g.partitions[0].pattern, "edge/main/*");
+  EXPECT_EQ(g.partitions[0].max_delete_ratio, 0.1);
+  EXPECT_EQ(g.partitions[0].min_files, 100u);
+  EXPECT_EQ(g.partitions[0].max_bytes_loss_ratio, std::nullopt);
+  EXPECT_EQ(g.partitions[0].trust_upstream_approvals, std::nullopt);
+  EXPECT_EQ(g.partitions[1].pattern, "edge/testing/*");
+  EXPECT_EQ(g.partitions[1].max_delete_ratio, std::nullopt);
+  EXPECT_EQ(g.partitions[1].min_files, std::nullopt);
+  EXPECT_EQ(g.partitions[1].max_bytes_loss_ratio, 0.9);
+  EXPECT_EQ(g.partitions[1].trust_upstream_approvals, true);
+}
+
+TEST(ParseConfig, GuardBoundsAreInclusive) {
+  json doc = mirror();
+  const std::vector<std::tuple<std::string, std::int64_t>> bounds = {
+      {"window_hours", 0},
+      {"window_hours", 8760},
+      {"approval_hours", 1},
+      {"approval_hours", 8760},
+      {"small_max_deletes", 0},
+      {"root_max_changes", 0},
+      {"small_max_deletes", 1000000},
+      {"root_max_changes", 1000000},
+  };
+  for (const auto& [key, value] : bounds) {
+    doc["guard"] = {{key, value}};
+    const sync::GuardPolicy g = parse(doc).guard;
+    const std::uint64_t got = key == "window_hours"        ? g.window_hours
+                              : key == "approval_hours"    ? g.approval_hours
+                              : key == "small_max_deletes" ? g.small_max_deletes
+                                                           : g.root_max_changes;
+    EXPECT_EQ(got, static_cast<std::uint64_t>(value)) << key;
+  }
+  for (double ratio : {0.0, 1.0}) {
+    doc["guard"] = {{"max_bytes_loss_ratio", ratio},
+                    {"partitions", {{"edge/*/*", {{"max_bytes_loss_ratio", ratio}}}}}};
+    const sync::GuardPolicy g = parse(doc).guard;
+    EXPECT_DOUBLE_EQ(g.max_bytes_loss_ratio, ratio);
+    EXPECT_EQ(g.partitions.at(0).max_bytes_loss_ratio, ratio);
+  }
+}
+
+TEST(ParseConfigError, BadGuardValues) {
+  const std::vector<std::pair<std::string, json>> cases = {
+      {"window_hours", -1},
+      {"window_hours", 8761},
+      {"window_hours", 1.5},
+      {"window_hours", "24"},
+      {"window_hours", nullptr},
+      {"approval_hours", 0},
+      {"approval_hours", 8761},
+      {"approval_hours", -24},
+      {"approval_hours", 0.5},
+      {"approval_hours", true},
+      {"max_bytes_loss_ratio", -0.1},
+      {"max_bytes_loss_ratio", 1.5},
+      {"max_bytes_loss_ratio", 2},
+      {"max_bytes_loss_ratio", "0.2"},
+      {"max_bytes_loss_ratio", json::array()},
+      {"small_max_deletes", -1},
+      {"small_max_deletes", 2.5},
+      {"small_max_deletes", "2"},
+      {"root_max_changes", -1},
+      {"root_max_changes", 0.5},
+      {"root_max_changes", false},
+      {"trust_parent_approvals", 1},
+      {"trust_parent_approvals", "yes"},
+      {"trust_parent_approvals", nullptr},
+      {"trust_upstream_approvals", "true"},
+  };
+  for (const auto& [key, value] : cases) {
+    json doc = mirror();
+    doc["guard"] = {{key, value}};
+    expect_key_error(doc, "guard." + key);
+  }
+  // Integers too large for any count: refused, not wrapped.
+  json doc = mirror();
+  doc["guard"] = json::parse(R"({"small_max_deletes": 18446744073709551615})");
+  expect_key_error(doc, "guard.small_max_deletes");
+}
+
+TEST(ParseConfigError, BadPerPartitionGuardValues) {
+  const std::vector<std::pair<std::string, json>> cases = {
+      {"max_bytes_loss_ratio", -0.5},
+      {"max_bytes_loss_ratio", 1.01},
+      {"max_bytes_loss_ratio", "half"},
+      {"trust_upstream_approvals", 1},
+      {"trust_upstream_approvals", "no"},
+      {"min_files", -3},
+      {"window_hours", 1},               // node-wide only
+      {"trust_parent_approvals", true},  // node-wide only
+  };
+  for (const auto& [key, value] : cases) {
+    json doc = tier1();
+    doc["guard"] = {{"partitions", {{"edge/*/armv7", {{key, value}}}}}};
+    expect_key_error(doc, "guard.partitions.edge/*/armv7." + key);
+  }
+}
+
+TEST(ParseConfigError, RelayGuardKeysAtTier0) {
+  for (const char* key : {"trust_parent_approvals", "trust_upstream_approvals"}) {
+    for (bool value : {true, false}) {
+      json doc = tier0();
+      doc["guard"][key] = value;
+      expect_key_error(doc, std::string("guard.") + key);
+      EXPECT_TRUE(Contains(parse_error(doc), "tier0"));
+    }
+  }
+  json doc = tier0();
+  doc["guard"]["partitions"]["edge/main/*"] = {{"trust_upstream_approvals", true}};
+  expect_key_error(doc, "guard.partitions.edge/main/*.trust_upstream_approvals");
+  EXPECT_TRUE(Contains(parse_error(doc), "tier0"));
+  // Every other guard key fits tier0.
+  doc = tier0();
+  doc["guard"] = json::parse(R"({"window_hours": 12, "approval_hours": 6,
+      "max_bytes_loss_ratio": 0.3, "small_max_deletes": 1, "root_max_changes": 2,
+      "partitions": {"edge/main/*": {"max_bytes_loss_ratio": 0.1}}})");
+  const sync::GuardPolicy g = parse(doc).guard;
+  EXPECT_EQ(g.window_hours, 12u);
+  EXPECT_EQ(g.approval_hours, 6u);
+  EXPECT_EQ(g.root_max_changes, 2u);
 }
 
 }  // namespace
