@@ -118,14 +118,15 @@ CycleOutcome Cycle::held_only(std::uint64_t serial) {
 }
 
 CycleOutcome Cycle::applied(std::uint64_t serial, const sync::ApplyStats& s,
-                            const std::string& verb, int exit_code) {
+                            const std::string& verb, int exit_code, const std::string& note) {
   std::string msg = verb + " serial " + std::to_string(serial) +
                     ": added=" + std::to_string(s.added) + " changed=" + std::to_string(s.changed) +
                     " deleted=" + std::to_string(s.deleted) +
                     " fetched=" + std::to_string(s.fetched_files) +
                     " fetched_bytes=" + std::to_string(s.fetched_bytes) +
                     " reused=" + std::to_string(s.reused_files) +
-                    (s.resumed_files ? " resumed=" + std::to_string(s.resumed_files) : "");
+                    (s.resumed_files ? " resumed=" + std::to_string(s.resumed_files) : "") +
+                    note;
   if (upstream_serial_ == 0) upstream_serial_ = serial;
   auto& metrics = ops::process_metrics();
   metrics.files_added += s.added;

@@ -61,8 +61,10 @@ class Cycle {
   void consume_approvals(const std::set<std::string>& partitions);
   void clear_held();
   /// Records an applied (or published) serial; with kExitHeld, some partitions were held.
+  /// `note` ends the message (a relay's held and stale pins).
   CycleOutcome applied(std::uint64_t serial, const sync::ApplyStats& stats,
-                       const std::string& verb = "applied", int exit_code = kExitOk);
+                       const std::string& verb = "applied", int exit_code = kExitOk,
+                       const std::string& note = {});
   /// tier0: nothing published because every changed partition is held.
   CycleOutcome held_only(std::uint64_t serial);
 

@@ -3,6 +3,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <ctime>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -14,7 +15,9 @@
 #include "daemon/ops/metrics.h"
 #include "daemon/ops/notify.h"
 #include "daemon/sync/apply.h"
+#include "daemon/sync/fs.h"
 #include "daemon/sync/history.h"
+#include "daemon/sync/pins.h"
 #include "daemon/transport/transport.h"
 #include "proto/dsse.h"
 #include "proto/manifest.h"
@@ -219,6 +222,81 @@ bool applied_refs(const std::optional<sync::Applied>& applied, const proto::Dige
   return false;
 }
 
+constexpr std::string_view kPinsPath = ".tiersync/v1/pins/";
+constexpr std::string_view kApprovalsPath = ".tiersync/v1/approvals";
+/// A parent's approvals document: a few entries per held partition.
+constexpr std::size_t kMaxParentApprovalsBytes = 1u << 20;
+
+/// The parent's pins of one serial (docs/protocol.md, "Pins"), fetched once per cycle.
+struct ParentPins {
+  std::string id;  ///< sync::pins_id of the document ("": the parent serves none)
+  sync::Pins pins;
+  sync::PinProofs proofs;  ///< verified (only once verify_pins ran)
+};
+
+/// Fetches the parent's pins of `serial` (a 404 is none), not yet verified.
+Result<ParentPins> fetch_parent_pins(transport::Transport& parent, std::uint64_t serial) {
+  auto doc =
+      parent.fetch_document(std::string(kPinsPath) + std::to_string(serial), sync::kMaxPinsBytes);
+  if (!doc) return doc.error();
+  ParentPins out;
+  if (!*doc) return out;
+  out.id = sync::pins_id(**doc);
+  auto pins = sync::decode_pins(**doc);
+  if (!pins) return pins.error();
+  out.pins = std::move(*pins);
+  return out;
+}
+
+/// The parent's approvals (unsigned: used only with guard.trust_parent_approvals); none when it
+/// serves none or an unreadable document.
+std::vector<sync::Approval> fetch_parent_approvals(transport::Transport& parent) {
+  auto doc = parent.fetch_document(kApprovalsPath, kMaxParentApprovalsBytes);
+  if (!doc) {
+    spdlog::warn("cannot fetch the parent's approvals: {}", doc.message());
+    return {};
+  }
+  return *doc ? sync::decode_parent_approvals(**doc) : std::vector<sync::Approval>();
+}
+
+/// Writes (or removes) the approvals document this node offers its children, in its tree: the
+/// built-in server and any static server serve it from there.
+void offer_approvals(const sync::StateStore& state, std::int64_t now) {
+  const std::string doc = state.parent_approvals_document(now);
+  const auto path = state.published_approvals_path();
+  auto current = sync::read_file(path, kMaxParentApprovalsBytes);
+  if (current && *current == doc) return;
+  if (doc.empty()) {
+    std::error_code ec;
+    std::filesystem::remove(path, ec);
+    return;
+  }
+  if (auto st = sync::write_file_atomic(path, doc, 0644, false); !st)
+    spdlog::warn("cannot offer approvals to children: {}", st.message());
+}
+
+/// Records the approvals that let a change through, until they expire: children trusting this
+/// node's approvals see them after the local ones are consumed.
+void remember_used_approvals(const sync::StateStore& state, const std::vector<sync::Approval>& used,
+                             std::int64_t now) {
+  if (used.empty()) return;
+  auto all = state.load_used_approvals();
+  std::erase_if(all, [&](const sync::Approval& a) {
+    if (a.expires <= now) return true;
+    return std::any_of(used.begin(), used.end(),
+                       [&](const sync::Approval& u) { return u.partition == a.partition; });
+  });
+  all.insert(all.end(), used.begin(), used.end());
+  if (auto st = state.save_used_approvals(all); !st)
+    spdlog::warn("cannot record the approvals used: {}", st.message());
+}
+
+/// When the envelope of `serial` expired: the proving envelope of a pin (0 if unreadable).
+std::int64_t proof_expires(const std::string& envelope) {
+  auto s = sync::decode_proof(envelope);
+  return s ? s->expires : 0;
+}
+
 }  // namespace
 
 std::unique_ptr<sync::Fetcher> parent_fetcher(transport::Transport& parent) {
@@ -255,6 +333,8 @@ CycleOutcome sync_once(const ops::Config& config, const std::atomic<bool>* stop,
   auto applied = state.load_applied();
   if (!applied) return cycle.fail(applied.message());
   const std::uint64_t applied_serial = *applied ? (*applied)->snapshot.serial : 0;
+  const std::int64_t now = std::time(nullptr);
+  offer_approvals(state, now);
 
   auto& metrics = ops::process_metrics();
   auto bytes = parent->fetch_snapshot();
@@ -265,22 +345,69 @@ CycleOutcome sync_once(const ops::Config& config, const std::atomic<bool>* stop,
   // Nothing newer, but the snapshot we serve has expired: the origin stopped re-signing, or a
   // parent is withholding updates (a freeze). Still served, and reported as a failure so that
   // last_success and the alerts on it show it.
-  const std::int64_t now = std::time(nullptr);
-  auto in_sync = [&]() {
-    if (!*applied) return cycle.noop(applied_serial);
+  auto stale = [&]() -> std::optional<CycleOutcome> {
+    if (!*applied) return std::nullopt;
     const auto& s = (*applied)->snapshot;
-    if (s.expires <= now)
-      return cycle.fail("stale: the parent " + parent->describe() + " still serves serial " +
-                        std::to_string(s.serial) + ", which expired at " +
-                        proto::format_time(s.expires) +
-                        " (the origin has not re-signed, or a parent withholds updates)");
-    return cycle.noop(applied_serial);
+    if (s.expires > now) return std::nullopt;
+    return cycle.fail("stale: the parent " + parent->describe() + " still serves serial " +
+                      std::to_string(s.serial) + ", which expired at " +
+                      proto::format_time(s.expires) +
+                      " (the origin has not re-signed, or a parent withholds updates)");
   };
-  // A no-op reads one file and compares: no verification, no tree walk.
+  // This node's own holds of the applied serial: each is a pin of its own (a partition of the
+  // applied snapshot at an older signed manifest), until approved or offered something else.
+  std::vector<sync::HeldPartition> own_holds;
+  if (*applied) {
+    sync::HeldState recorded = state.load_held();
+    for (auto& h : recorded.partitions)
+      if ((*applied)->pins.pins.count(h.hold.partition)) own_holds.push_back(std::move(h));
+  }
+  auto in_sync = [&]() {
+    if (auto failed = stale()) return *failed;
+    if (own_holds.empty()) return cycle.noop(applied_serial);
+    for (auto& h : own_holds) {
+      const auto expires = proof_expires((*applied)->proof_of(h.hold.partition));
+      h.stale_since = expires <= now ? expires : 0;
+    }
+    return cycle.held(own_holds, applied_serial);
+  };
+
+  std::optional<Result<ParentPins>> parent_pins;  // fetched at most once per cycle
+  auto read_parent_pins = [&](std::uint64_t serial) -> Result<ParentPins>& {
+    if (!parent_pins) parent_pins = fetch_parent_pins(*parent, serial);
+    return *parent_pins;
+  };
+  std::optional<std::vector<sync::Approval>> parent_approvals;  // likewise, when about to hold
+  auto read_parent_approvals = [&]() -> const std::vector<sync::Approval>& {
+    if (!parent_approvals) parent_approvals = fetch_parent_approvals(*parent);
+    return *parent_approvals;
+  };
+
+  // The parent serves the applied envelope. A no-op reads one file and compares, unless the
+  // applied serial may have to be evaluated again (docs/protocol.md, "Pins"): an approval now
+  // covers one of this node's holds, or the parent's pins of this serial changed (its own
+  // approval was applied).
   if (*applied && *bytes == (*applied)->envelope) {
     if (cycle.previous_parent_chain().empty())
       if (auto chain = fetch_parent_chain(*parent)) cycle.set_parent_chain(std::move(*chain));
-    return in_sync();
+    if (auto failed = stale()) return *failed;
+    bool again = false;
+    const auto [known_serial, known_pins] = state.load_parent_pins();
+    if (known_serial != applied_serial || !known_pins.empty()) {
+      auto& pins = read_parent_pins(applied_serial);
+      again = pins && (known_serial != applied_serial || pins->id != known_pins);
+    }
+    if (!again && !own_holds.empty()) {
+      const auto approvals = cycle.live_approvals(now);
+      for (const auto& h : own_holds)
+        for (const auto& a : approvals)
+          if (a.covers(h.hold.partition, h.from, h.to, now)) again = true;
+      if (!again && config.guard.trust_parent_approvals)
+        for (const auto& h : own_holds)
+          for (const auto& a : read_parent_approvals())
+            if (a.covers(h.hold.partition, h.from, h.to, now)) again = true;
+    }
+    if (!again) return in_sync();
   }
 
   const std::string from = " from " + parent->describe();
@@ -294,27 +421,82 @@ CycleOutcome sync_once(const ops::Config& config, const std::atomic<bool>* stop,
   cycle.set_upstream_serial(cand->serial);
   // A new serial: the parent's chain may have changed too (the parent's status is a snapshot of
   // its own; an unreadable one keeps what the last cycle recorded).
-  if (auto chain = fetch_parent_chain(*parent)) cycle.set_parent_chain(std::move(*chain));
+  if (cand->serial != applied_serial)
+    if (auto chain = fetch_parent_chain(*parent)) cycle.set_parent_chain(std::move(*chain));
 
   if (cand->serial < applied_serial)
     return cycle.fail("rollback refused: the parent offers serial " + std::to_string(cand->serial) +
                       ", lower than the applied serial " + std::to_string(applied_serial));
-  if (cand->serial == applied_serial) return in_sync();
-  if (cand->expires <= now)
+  if (cand->serial == applied_serial && *bytes != (*applied)->envelope) return in_sync();
+  if (cand->serial > applied_serial && cand->expires <= now)
     return cycle.fail("snapshot serial " + std::to_string(cand->serial) + " refused: expired at " +
                       proto::format_time(cand->expires) + "; still serving serial " +
                       std::to_string(applied_serial));
 
+  // The parent's pins of this serial, each proved by a signed envelope; a document that does
+  // not verify refuses the snapshot (nothing of it is applied, nothing is widened).
+  const std::string serial_text = "serial " + std::to_string(cand->serial);
+  auto& fetched_pins = read_parent_pins(cand->serial);
+  if (!fetched_pins) {
+    ++metrics.upstream_errors;
+    return cycle.fail("cannot fetch the pins of " + serial_text + from + ": " +
+                      fetched_pins.message());
+  }
+  ParentPins& offered = *fetched_pins;
+  if (!offered.id.empty()) {
+    auto proofs = sync::verify_pins(offered.pins, *cand, *keys, config.threshold);
+    if (!proofs) return refuse_snapshot(serial_text + ": " + proofs.message());
+    offered.proofs = std::move(*proofs);
+  }
+
+  // The parent's offer: its signed snapshot with its pins. A layout change cannot mix layouts:
+  // this node's own references are of the old one.
+  const bool layout_changed = *applied && (*applied)->snapshot.layout != cand->layout;
+  proto::Snapshot offer = sync::effective_snapshot(*cand, offered.pins);
+  std::map<std::string, sync::PinSource> proof_of;  // of every reference not the envelope's
+  for (const auto& [name, pin] : offered.pins.pins)
+    proof_of[name] = {pin.serial, &offered.pins.proofs.at(pin.serial)};
+  std::string note;  // the end of the cycle's message
+  if (*applied && !layout_changed) {
+    // A partition never moves backwards: a pin older than this node's own serial for that
+    // partition, naming another manifest, is a rollback; this node keeps its own.
+    for (const auto& [name, pin] : offered.pins.pins) {
+      auto own_ref = (*applied)->snapshot.partitions.find(name);
+      if (own_ref == (*applied)->snapshot.partitions.end()) continue;
+      const std::uint64_t own_serial = (*applied)->serial_of(name);
+      if (pin.serial >= own_serial) continue;
+      if (!(own_ref->second == pin.ref)) {
+        ++metrics.verify_failures;
+        spdlog::warn(
+            "pin refused: partition={} serial={} is older than serial {} applied here "
+            "for it (a rollback){}; keeping this node's",
+            name, pin.serial, own_serial, from);
+        note += "; pin refused: " + name + " at serial " + std::to_string(pin.serial) +
+                " is older than serial " + std::to_string(own_serial) + " applied here";
+      }
+      offer.partitions[name] = own_ref->second;
+      proof_of[name] = {own_serial, &(*applied)->proof_of(name)};
+    }
+  }
+  for (const auto& [name, pin] : offered.pins.pins) {
+    const auto expires = offered.proofs.at(pin.serial).expires;
+    if (expires <= now && proof_of.at(name).serial == pin.serial)
+      note += "; stale pin: " + name + " at serial " + std::to_string(pin.serial) +
+              " (expired at " + proto::format_time(expires) + ")";
+  }
+
   std::vector<proto::Digest> fetched;  // stored this cycle: forgotten again on a refusal
-  auto refuse = [&](const std::string& message) {
+  auto forget_fetched = [&](const std::set<proto::Digest>& keep = {}) {
     for (const auto& d : fetched)
-      if (!applied_refs(*applied, d)) state.forget_manifest(d);
+      if (!applied_refs(*applied, d) && !keep.count(d)) state.forget_manifest(d);
+  };
+  auto refuse = [&](const std::string& message) {
+    forget_fetched();
     return cycle.fail(message);
   };
-  auto cand_manifests = candidate_manifests(*cand, *applied, state, *parent, fetched);
+  auto cand_manifests = candidate_manifests(offer, *applied, state, *parent, fetched);
   if (!cand_manifests)
-    return refuse("snapshot serial " + std::to_string(cand->serial) +
-                  " refused: " + cand_manifests.message());
+    return refuse("snapshot " + serial_text + " refused: " + cand_manifests.message());
   // The guard's measures of each changed partition (docs/guard.md), and the change's ends.
   struct Weighed {
     sync::PartitionChange change;
@@ -335,26 +517,35 @@ CycleOutcome sync_once(const ops::Config& config, const std::atomic<bool>* stop,
     w.change.after = sync::measure(after);
     w.change.baseline = history.baseline(name, w.change.before, now, config.guard.window_hours);
     w.change.damage = sync::compare(before, after, config.guard.shrink_factor);
-    const auto& applied_refs = (*applied)->snapshot.partitions;
-    auto old_ref = applied_refs.find(name);
-    auto new_ref = cand->partitions.find(name);
-    w.from = sync::change_end(old_ref == applied_refs.end() ? nullptr : &old_ref->second.manifest,
+    const auto& applied_parts = (*applied)->snapshot.partitions;
+    auto old_ref = applied_parts.find(name);
+    auto new_ref = offer.partitions.find(name);
+    w.from = sync::change_end(old_ref == applied_parts.end() ? nullptr : &old_ref->second.manifest,
                               sync::kNoManifest);
-    w.to = sync::change_end(new_ref == cand->partitions.end() ? nullptr : &new_ref->second.manifest,
+    w.to = sync::change_end(new_ref == offer.partitions.end() ? nullptr : &new_ref->second.manifest,
                             sync::kRemoved);
     weighed.push_back(std::move(w));
   };
-  auto plan = plan_cycle(*cand, *cand_manifests, *applied, state, weigh);
+  auto plan = plan_cycle(offer, *cand_manifests, *applied, state, weigh);
   if (!plan) return refuse(plan.message());
 
-  // The guard, over the whole snapshot (a layout change moves paths between partitions: those
-  // that stay in the tree are no loss).
+  // The guard, per partition (a layout change moves paths between partitions: those that stay
+  // in the tree are no loss).
   const std::string candidate_id = std::to_string(cand->serial);
-  const bool layout_changed = *applied && (*applied)->snapshot.depth != cand->depth;
   auto approvals = cycle.live_approvals(now);
   const sync::Guard guard(config.guard);
-  std::vector<sync::PartitionChange> changes;
   std::set<std::string> approved_now;
+  std::vector<sync::Approval> used;  // local and parent approvals that let a change through
+  auto note_approved = [&](const Weighed& w, std::string_view by) {
+    auto unapproved = w.change;
+    unapproved.approved = false;
+    if (auto would = guard.evaluate(unapproved)) {
+      approved_now.insert(w.change.partition);
+      spdlog::info("approved deletion: partition={} rule={} deleted={} files={} candidate={}{}",
+                   w.change.partition, sync::rule_name(would->rule), would->deleted, would->files,
+                   candidate_id, by);
+    }
+  };
   for (auto& w : weighed) {
     auto& c = w.change;
     if (layout_changed)
@@ -362,40 +553,116 @@ CycleOutcome sync_once(const ops::Config& config, const std::atomic<bool>* stop,
         if (p.partition == c.partition)
           c.damage.deleted = std::min<std::uint64_t>(c.damage.deleted, p.deletes.size());
     for (const auto& a : approvals)
-      if (a.covers(c.partition, w.from, w.to, now)) c.approved = true;
+      if (!c.approved && a.covers(c.partition, w.from, w.to, now)) {
+        c.approved = true;
+        used.push_back(a);
+      }
     if (!c.approved && config.guard.trust_upstream_approvals &&
         guard.policy().limits_for(c.partition).trust_upstream_approvals &&
         sync::upstream_covers(*cand, c.partition, w.from, w.to, now))
       c.approved = true;
-    if (c.approved) {
-      auto unapproved = c;
-      unapproved.approved = false;
-      if (auto would = guard.evaluate(unapproved)) {
-        approved_now.insert(c.partition);
-        spdlog::info("approved deletion: partition={} rule={} deleted={} files={} candidate={}",
-                     c.partition, sync::rule_name(would->rule), would->deleted, would->files,
-                     candidate_id);
-      }
-    }
-    changes.push_back(c);
+    if (c.approved) note_approved(w, "");
   }
-  auto holds = guard.evaluate(changes);
-  if (!holds.empty()) {
-    for (const auto& d : fetched)
-      if (!applied_refs(*applied, d)) state.forget_manifest(d);
-    std::vector<sync::HeldPartition> held;
-    for (auto& h : holds)
-      for (const auto& w : weighed)
-        if (w.change.partition == h.partition) held.push_back({h, candidate_id, w.from, w.to, 0});
+  auto evaluate = [&] {
+    std::vector<sync::PartitionChange> changes;
+    for (const auto& w : weighed) changes.push_back(w.change);
+    return guard.evaluate(changes);
+  };
+  auto holds = evaluate();
+  // About to hold: the parent's approvals count where this node is configured to trust them.
+  if (!holds.empty() && config.guard.trust_parent_approvals) {
+    for (auto& w : weighed) {
+      if (w.change.approved) continue;
+      for (const auto& a : read_parent_approvals())
+        if (a.covers(w.change.partition, w.from, w.to, now)) {
+          w.change.approved = true;
+          used.push_back(a);
+          note_approved(w, " (approved by the parent)");
+          break;
+        }
+    }
+    holds = evaluate();
+  }
+  std::vector<sync::HeldPartition> held;
+  for (const auto& h : holds)
+    for (const auto& w : weighed)
+      if (w.change.partition == h.partition) held.push_back({h, candidate_id, w.from, w.to, 0});
+
+  // Held partitions keep their applied reference, proved by this node's own envelopes; the rest
+  // of the snapshot is applied.
+  proto::Snapshot next = offer;
+  std::set<std::string> held_names;
+  std::set<proto::Digest> held_candidates;  // kept in the store for the next evaluation
+  for (auto& h : held) {
+    const std::string& name = h.hold.partition;
+    held_names.insert(name);
+    if (auto d = proto::digest_from_hex(h.to)) held_candidates.insert(*d);
+    next.partitions[name] = (*applied)->snapshot.partitions.at(name);  // new ones are never held
+    proof_of[name] = {(*applied)->serial_of(name), &(*applied)->proof_of(name)};
+    const auto expires = proof_expires((*applied)->proof_of(name));
+    if (expires <= now) {
+      h.stale_since = expires;
+      note += "; stale pin: " + name + " held at serial " +
+              std::to_string((*applied)->serial_of(name)) + " (expired at " +
+              proto::format_time(expires) + ")";
+    }
+  }
+  // A mix needs one layout, and no partition below an entry of the root partition it is mixed
+  // with (the held one's, or the new one's with a held partition).
+  bool whole = layout_changed && !held.empty();
+  if (!whole && !held.empty()) {
+    const std::string root(proto::kRootPartition);
+    sync::ManifestSet root_set;
+    if (auto it = cand_manifests->find(root);
+        it != cand_manifests->end() && !held_names.count(root))
+      root_set[root] = it->second;
+    else if (auto ref = next.partitions.find(root); ref != next.partitions.end())
+      if (auto m = state.load_manifest(ref->second.manifest, root, next.depth)) root_set[root] = *m;
+    whole = !check_partitions_disjoint(next, root_set);
+  }
+  if (whole) {
+    forget_fetched(held_candidates);
     return cycle.held(held, cand->serial);
   }
-  cycle.clear_held();
+  if (!held.empty()) {
+    for (auto& p : plan->partitions)
+      if (held_names.count(p.partition)) {
+        sync::PartitionPlan kept;  // nothing changes in a held partition
+        kept.partition = p.partition;
+        kept.files_before = next.partitions.at(p.partition).files;
+        p = std::move(kept);
+      }
+    for (const auto& name : held_names) cand_manifests->erase(name);
+    std::string names;
+    for (const auto& name : held_names) names += (names.empty() ? "" : ", ") + name;
+    note = "; held: " + names + note;
+  }
+  const sync::Pins next_pins = sync::pins_between(*cand, next, proof_of);
+  const std::string next_pins_doc =
+      next_pins.empty() ? std::string() : sync::encode_pins(next_pins);
+  auto remember_parent_pins = [&] {
+    if (auto st = state.save_parent_pins(cand->serial, offered.id); !st)
+      spdlog::warn("cannot record the parent's pins: {}", st.message());
+  };
 
+  // The applied serial evaluated again to the same result: nothing to do.
+  if (cand->serial == applied_serial && next_pins_doc == (*applied)->pins_document) {
+    forget_fetched(held_candidates);
+    own_holds = held;
+    auto outcome = in_sync();
+    remember_parent_pins();
+    return outcome;
+  }
+
+  // Every changed partition held or not, the serial is committed: its expiry advances and
+  // children get the healthy partitions (docs/protocol.md, "Pins").
   sync::ApplyRequest req;
   req.envelope = std::move(*bytes);
-  req.candidate = *cand;
+  req.pins = next_pins_doc;
+  req.candidate = next;
   req.candidate_manifests = std::move(*cand_manifests);
   if (*applied) req.applied = (*applied)->snapshot;
+  req.keep_manifests = held_candidates;
   auto stats = applier.apply(req, *plan);
   if (!stats) {
     // Bytes that contradict the signed manifest: keep nothing of this candidate. Other failures
@@ -403,15 +670,14 @@ CycleOutcome sync_once(const ops::Config& config, const std::atomic<bool>* stop,
     if (applier.content_rejected()) {
       ++metrics.verify_failures;
       applier.discard_staging();
-      return refuse("applying serial " + std::to_string(cand->serial) +
-                    " failed: " + stats.message());
+      return refuse("applying " + serial_text + " failed: " + stats.message());
     }
-    return cycle.fail("applying serial " + std::to_string(cand->serial) +
-                      " failed: " + stats.message());
+    return cycle.fail("applying " + serial_text + " failed: " + stats.message());
   }
-  // The window's baseline learns each changed partition's new size; an approved change (or a
+  // The window's baseline learns each applied partition's new size; an approved change (or a
   // new layout) is the new baseline.
   for (const auto& [name, size] : sizes) {
+    if (held_names.count(name)) continue;
     if (approved_now.count(name) || layout_changed)
       history.reset(name, size, now);
     else
@@ -421,8 +687,18 @@ CycleOutcome sync_once(const ops::Config& config, const std::atomic<bool>* stop,
     if (!req.candidate.partitions.count(w.change.partition)) history.forget(w.change.partition);
   if (auto st = history.save(state.guard_history_path()); !st)
     spdlog::warn("cannot save the guard's history: {}", st.message());
+  remember_used_approvals(state, used, now);
   cycle.consume_approvals(approved_now);
-  return cycle.applied(cand->serial, *stats);
+  offer_approvals(state, now);
+  // Recorded last: a cycle cut short before its holds are saved evaluates the serial again.
+  if (held.empty()) {
+    cycle.clear_held();
+    remember_parent_pins();
+    return cycle.applied(cand->serial, *stats, "applied", kExitOk, note);
+  }
+  cycle.save_holds(held, cand->serial);
+  remember_parent_pins();
+  return cycle.applied(cand->serial, *stats, "applied", kExitHeld, note);
 }
 
 }  // namespace tiersync::node

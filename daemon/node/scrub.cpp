@@ -382,6 +382,16 @@ std::vector<std::string> repair_entries(
 // ---------------------------------------------------------------------------------------------
 // Scrubber
 
+namespace {
+
+// What a pass compares with: the applied envelope and its pins (docs/protocol.md, "Pins"), whose
+// effective snapshot names the manifests. The same serial can get other pins (an approval).
+std::string applied_identity(const sync::Applied& applied) {
+  return applied.envelope + '\0' + applied.pins_document;
+}
+
+}  // namespace
+
 Scrubber::Scrubber(ops::Config config, ScrubOptions options)
     : config_(std::move(config)),
       options_(std::move(options)),
@@ -416,7 +426,7 @@ bool Scrubber::refresh_manifests() {
     return false;
   }
   manifests_ = std::move(*manifests);
-  envelope_ = std::move((*applied)->envelope);
+  envelope_ = applied_identity(**applied);
   snapshot_identity_ = std::move(identity);
   inspector_.forget_folders();
   return true;
@@ -447,7 +457,7 @@ Scrubber::Verdict Scrubber::confirm_and_repair(const proto::Entry& entry, const 
   // What the pass compared with must still be the applied snapshot, with no apply half done
   // (the next cycle finishes it): otherwise the difference may be the apply's, not damage.
   auto applied = state.load_applied();
-  if (!applied || !*applied || (*applied)->envelope != envelope_) return Verdict::kRecheck;
+  if (!applied || !*applied || applied_identity(**applied) != envelope_) return Verdict::kRecheck;
   auto journal = state.load_journal();
   if (!journal || *journal) return Verdict::kRecheck;
   TreeInspector fresh(config_.tree);

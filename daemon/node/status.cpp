@@ -94,6 +94,26 @@ json status_object(const ops::Config& config) {
                      {"stale", h.stale_since != 0},
                      {"since", proto::format_time(held.since)}});
   j["held"] = holds;
+  // Partitions served at an older signed manifest than the envelope's (docs/protocol.md,
+  // "Pins"): this node's holds and its parent's. Stale once the proving snapshot expired.
+  json pins = json::array();
+  if (applied && *applied) {
+    const std::int64_t now = std::time(nullptr);
+    std::set<std::string> held_here;
+    for (const auto& h : held.partitions) held_here.insert(h.hold.partition);
+    for (const auto& [name, pin] : (*applied)->pins.pins) {
+      auto proof = sync::decode_proof((*applied)->pins.proofs.at(pin.serial));
+      const std::int64_t expires = proof ? proof->expires : 0;
+      pins.push_back({{"partition", name},
+                      {"serial", pin.serial},
+                      {"manifest", proto::to_hex(pin.ref.manifest)},
+                      {"files", pin.ref.files},
+                      {"expires", proto::format_time(expires)},
+                      {"stale", expires <= now},
+                      {"held_here", held_here.count(name) > 0}});
+    }
+  }
+  j["pins"] = pins;
   // Like Debian's trace files: this node, then its parent's chain up to the origin. A parent
   // that serves no status (file://, a static server) stands in by its URL.
   json chain = json::array({config.name});
@@ -137,6 +157,13 @@ std::string metrics_text(const ops::Config& config) {
         number(j["upstream_serial"]));
   gauge("tiersync_held_partitions", "Partitions held by the deletion guard.",
         std::to_string(j["held"].size()));
+  std::size_t stale_pins = 0;
+  for (const auto& p : j["pins"]) stale_pins += p.value("stale", false) ? 1 : 0;
+  gauge("tiersync_pinned_partitions",
+        "Partitions served at an older signed manifest than the snapshot's (held here or above).",
+        std::to_string(j["pins"].size()));
+  gauge("tiersync_stale_pins", "Pinned partitions whose proving snapshot has expired.",
+        std::to_string(stale_pins));
   gauge("tiersync_lag", "Serials between the applied snapshot and the parent's latest.",
         number(j["lag"]));
   gauge("tiersync_snapshot_expires_timestamp_seconds",
@@ -203,6 +230,16 @@ std::string status_text(const ops::Config& config) {
   for (const auto& d : scrub["damaged"]) {
     std::snprintf(line, sizeof line, "  damaged: %s (%s: %s) %s\n", val(d["path"]).c_str(),
                   val(d["problem"]).c_str(), val(d["detail"]).c_str(), val(d["repair"]).c_str());
+    out += line;
+  }
+  for (const auto& p : j["pins"]) {
+    std::snprintf(line, sizeof line, "  pinned: %s at serial %llu (%llu files, %s)%s%s\n",
+                  val(p["partition"]).c_str(),
+                  static_cast<unsigned long long>(p["serial"].get<std::uint64_t>()),
+                  static_cast<unsigned long long>(p["files"].get<std::uint64_t>()),
+                  p["held_here"].get<bool>() ? "held here" : "held upstream",
+                  p["stale"].get<bool>() ? ", stale: expired at " : "",
+                  p["stale"].get<bool>() ? val(p["expires"]).c_str() : "");
     out += line;
   }
   if (j["held"].empty()) {

@@ -24,6 +24,8 @@ namespace {
 constexpr std::string_view kSnapshotPath = ".tiersync/v1/snapshot";
 constexpr std::string_view kManifestsPrefix = ".tiersync/v1/manifests/";
 constexpr std::string_view kStatusPath = ".tiersync/v1/status";
+constexpr std::string_view kPinsPrefix = ".tiersync/v1/pins/";
+constexpr std::string_view kApprovalsPath = ".tiersync/v1/approvals";
 constexpr std::string_view kMetricsPath = "metrics";
 constexpr int kMaxLinkHops = 16;
 /// Manifests are content-addressed: a URL's bytes never change.
@@ -285,6 +287,19 @@ Response manifest_response(const Request& req, std::string_view hex, const Serve
   auto fd = open_served(ctx, rel);
   if (!fd) return not_found();
   return file_response(req, std::move(*fd), "application/json", std::move(etag), kImmutable);
+}
+
+/// The pins of the served serial or of the one before (docs/protocol.md, "Pins"); 404 for any
+/// other serial and for a serial without pins. They change when an approval is applied at the
+/// same serial: never cached without asking.
+Response pins_response(std::string_view serial_text, const ServedView& view) {
+  auto serial = parse_uint(serial_text);
+  if (!serial || std::to_string(*serial) != serial_text || *serial == 0) return not_found();
+  const std::string* doc = *serial == view.serial            ? &view.pins
+                           : *serial == view.previous_serial ? &view.previous_pins
+                                                             : nullptr;
+  if (!doc || doc->empty()) return not_found();
+  return body_response(*doc, "application/json", "no-cache");
 }
 
 /// Joins a symlink's folder and its relative target lexically; nullopt when it climbs above the
@@ -634,6 +649,10 @@ Response handle_request(const Request& req, const ServedView& view, const Handle
   if (rel.starts_with(kManifestsPrefix))
     return manifest_response(req, rel.substr(kManifestsPrefix.size()), view, ctx);
   if (rel == kStatusPath) return body_response(view.status_json, "application/json", "no-store");
+  if (rel.starts_with(kPinsPrefix)) return pins_response(rel.substr(kPinsPrefix.size()), view);
+  if (rel == kApprovalsPath)
+    return view.approvals.empty() ? not_found()
+                                  : body_response(view.approvals, "application/json", "no-store");
   if (rel == kMetricsPath) {
     std::string text = view.metrics ? view.metrics() : std::string();
     if (!text.empty() && text.back() != '\n') text += '\n';

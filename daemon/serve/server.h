@@ -37,8 +37,12 @@ struct ServedView {
   sync::ManifestSet manifests;  ///< its manifests: the only paths served (files and symlinks)
   std::set<proto::Digest> manifest_hashes;           ///< this snapshot's manifests
   std::set<proto::Digest> previous_manifest_hashes;  ///< the previous snapshot's, still fetched
-  std::string status_json;                           ///< body of /.tiersync/v1/status
-  MetricsProvider metrics;                           ///< first part of /metrics (may be empty)
+  std::string pins;                                  ///< the pins document of `serial` ("": none)
+  std::uint64_t previous_serial = 0;  ///< the serial served before, and its pins ("": none)
+  std::string previous_pins;
+  std::string approvals;  ///< the approvals offered to children (.tiersync/v1/approvals; "": none)
+  std::string status_json;  ///< body of /.tiersync/v1/status
+  MetricsProvider metrics;  ///< first part of /metrics (may be empty)
 
   /// The entry of the applied snapshot at `path`, or nullptr.
   const proto::Entry* find(std::string_view path) const;

@@ -427,15 +427,25 @@ Status Applier::commit(const ApplyRequest& req) {
   if (auto st = state_.publish_manifests(req.candidate); !st) return st;
   crash_point();
   if (auto st = sync_state_and_tree(); !st) return st;
+  // The pins of the candidate's serial, then its envelope: one of the two is the commit point
+  // (docs/crash-safety.md). A new serial commits with the envelope's rename: its pins file is
+  // named for it and read only once the envelope says so. The applied serial again (only its
+  // pins change) commits with the pins' rename (or unlink); the envelope is the same bytes.
   crash_point();
-  if (auto st = state_.save_applied(req.envelope); !st) return st;  // the commit point (fsynced)
-  // The served copy need not be durable: recover() rewrites it from the committed one.
+  if (auto st = state_.commit_pins(req.candidate.serial, req.pins); !st) return st;
+  crash_point();
+  if (auto st = state_.save_applied(req.envelope); !st) return st;  // fsynced
+  // The served copies need not be durable: recover() rewrites them from the committed ones. The
+  // pins first: a child that reads the new envelope finds them.
+  crash_point();
+  if (auto st = state_.publish_pins(req.candidate.serial, req.pins); !st) return st;
   crash_point();
   return write_file_atomic(state_.published_snapshot_path(), req.envelope, 0644, false);
 }
 
 Status Applier::finish(const proto::Snapshot& candidate, const Plan& plan,
-                       const std::optional<proto::Snapshot>& previous, ApplyStats& stats) {
+                       const std::optional<proto::Snapshot>& previous, ApplyStats& stats,
+                       const std::set<proto::Digest>& keep_manifests) {
   auto opened = TreeFs::open(state_.tree());
   if (!opened) return opened.error();
   const TreeFs& tree = *opened;
@@ -465,7 +475,10 @@ Status Applier::finish(const proto::Snapshot& candidate, const Plan& plan,
   crash_point();
   if (auto st = state_.clear_journal(); !st) return st;
   discard_staging();
-  state_.collect_manifests(candidate, previous ? &*previous : nullptr);
+  state_.collect_manifests(candidate, previous ? &*previous : nullptr, keep_manifests);
+  // The previous serial's pins stay served beside the new ones, for a child that read the
+  // previous envelope a moment ago (as its manifests do).
+  state_.collect_pins(candidate.serial, previous ? previous->serial : candidate.serial);
   return {};
 }
 
@@ -484,22 +497,30 @@ Result<ApplyStats> Applier::apply(const ApplyRequest& req, const Plan& plan) {
     stats.added += p.installs.size() - p.replaced;
   }
   if (auto st = stage(plan, stats); !st) return st.error();
-  Journal journal{req.candidate.serial, {}};
+  Journal journal{req.candidate.serial, pins_id(req.pins), {}};
   if (req.applied)
     for (const auto& [name, ref] : req.applied->partitions) journal.previous[name] = ref.manifest;
   crash_point();
   if (auto st = write_file_atomic(state_.pending_snapshot_path(), req.envelope, 0644, false); !st)
     return st.error();
-  // One barrier makes the staged files, the candidate and its stored manifests durable; then the
-  // journal that names them, fsynced on its own: after a power cut a journal is whole and all it
-  // names is there, or there is none and nothing was installed (docs/crash-safety.md).
+  // The candidate's pins, stored before the journal that needs them.
+  if (!req.pins.empty()) {
+    crash_point();
+    if (auto st = write_file_atomic(state_.pending_pins_path(), req.pins, 0644, false); !st)
+      return st.error();
+  }
+  // One barrier makes the staged files, the candidate (and its pins) and its stored manifests
+  // durable; then the journal that names them, fsynced on its own: after a power cut a journal is
+  // whole and all it names is there, or there is none and nothing was installed
+  // (docs/crash-safety.md).
   crash_point();
   if (auto st = sync_state_and_tree(); !st) return st.error();
   crash_point();
   if (auto st = state_.save_journal(journal); !st) return st.error();
   if (auto st = install(plan); !st) return st.error();
   if (auto st = commit(req); !st) return st.error();
-  if (auto st = finish(req.candidate, plan, req.applied, stats); !st) return st.error();
+  if (auto st = finish(req.candidate, plan, req.applied, stats, req.keep_manifests); !st)
+    return st.error();
   return stats;
 }
 
@@ -527,18 +548,23 @@ Result<bool> Applier::recover() {
   if (!journal) return journal.error();
   auto applied = state_.load_applied();
   if (!applied) return applied.error();
+  // The served copies of the committed snapshot and its pins, rewritten (pins first).
+  auto republish = [&](const Applied& a) -> Status {
+    if (auto st = state_.publish_manifests(a.snapshot); !st) return st;
+    if (auto st = state_.publish_pins(a.snapshot.serial, a.pins_document); !st) return st;
+    return write_file_atomic(state_.published_snapshot_path(), a.envelope, 0644, false);
+  };
   if (!*journal) {
     // A power cut may have lost the served copy of a committed snapshot: put it back.
     if (*applied) {
+      const Applied& a = **applied;
       auto served = read_file(state_.published_snapshot_path(), proto::kMaxEnvelopeBytes);
-      if (!served || *served != (*applied)->envelope) {
-        spdlog::warn("recovering: rewriting the served snapshot (serial {})",
-                     (*applied)->snapshot.serial);
-        if (auto st = state_.publish_manifests((*applied)->snapshot); !st) return st.error();
-        if (auto st = write_file_atomic(state_.published_snapshot_path(), (*applied)->envelope,
-                                        0644, false);
-            !st)
-          return st.error();
+      auto served_pins = read_file(state_.published_pins_path(a.snapshot.serial), kMaxPinsBytes);
+      const bool pins_ok =
+          a.pins_document.empty() ? !served_pins : served_pins && *served_pins == a.pins_document;
+      if (!served || *served != a.envelope || !pins_ok) {
+        spdlog::warn("recovering: rewriting the served snapshot (serial {})", a.snapshot.serial);
+        if (auto st = republish(a); !st) return st.error();
       }
     }
     return false;
@@ -561,18 +587,17 @@ Result<bool> Applier::recover() {
     return {};
   };
 
-  if (*applied && (*applied)->snapshot.serial == j.serial) {
-    // Committed: only the deletions (and the served copy of the snapshot) may be missing.
+  // The journal names the candidate by its serial and its pins: with the same serial applied
+  // and other pins, the candidate (a re-evaluation of the applied serial) is not committed.
+  if (*applied && (*applied)->snapshot.serial == j.serial &&
+      pins_id((*applied)->pins_document) == j.pins) {
+    // Committed: only the deletions (and the served copies) may be missing.
     const auto& cand = (*applied)->snapshot;
     spdlog::warn("recovering: serial {} was committed; finishing its deletions", j.serial);
     if (auto st = load_previous(cand.depth); !st) return st.error();
     auto cand_manifests = state_.load_manifests(cand);
     if (!cand_manifests) return cand_manifests.error();
-    if (auto st = state_.publish_manifests(cand); !st) return st.error();
-    if (auto st =
-            write_file_atomic(state_.published_snapshot_path(), (*applied)->envelope, 0644, false);
-        !st)
-      return st.error();
+    if (auto st = republish(**applied); !st) return st.error();
     Plan plan = make_plan(previous_manifests, *cand_manifests);
     ApplyStats stats;
     if (auto st = finish(cand, plan, previous, stats); !st) return st.error();
@@ -589,8 +614,20 @@ Result<bool> Applier::recover() {
   if (cand->serial != j.serial)
     return make_error("recovering the journal: pending snapshot has serial " +
                       std::to_string(cand->serial) + ", journal says " + std::to_string(j.serial));
-  spdlog::warn("recovering: resuming the interrupted apply of serial {}", j.serial);
   ApplyRequest req;
+  if (!j.pins.empty()) {
+    // The candidate's pins, stored before the journal (verified when they were accepted).
+    auto pins_doc = read_file(state_.pending_pins_path(), kMaxPinsBytes);
+    if (!pins_doc) return make_error("recovering the journal: " + pins_doc.message());
+    if (pins_id(*pins_doc) != j.pins)
+      return make_error("recovering the journal: " + state_.pending_pins_path().string() +
+                        " is not the journal's pins " + j.pins);
+    auto pins = decode_pins(*pins_doc);
+    if (!pins) return make_error("recovering the journal: " + pins.message());
+    cand = effective_snapshot(std::move(*cand), *pins);
+    req.pins = std::move(*pins_doc);
+  }
+  spdlog::warn("recovering: resuming the interrupted apply of serial {}", j.serial);
   req.envelope = std::move(*bytes);
   auto cand_manifests = state_.load_manifests(*cand);
   if (!cand_manifests) return make_error("recovering the journal: " + cand_manifests.message());

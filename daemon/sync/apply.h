@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <set>
 #include <span>
 #include <string>
 #include <string_view>
@@ -70,13 +71,17 @@ struct ApplyStats {
   std::uint64_t resumed_files = 0;  ///< fetched from where an earlier run's download stopped
 };
 
-/// One candidate to apply: its verified envelope, snapshot and manifests. The applied
-/// manifests are not needed: the plan says what goes and what content it leaves behind.
+/// One candidate to apply: its verified envelope and pins, its effective snapshot and manifests.
+/// The applied manifests are not needed: the plan says what goes and what content it leaves
+/// behind. The candidate's serial may be the applied one when only its pins change.
 struct ApplyRequest {
   std::string envelope;
-  proto::Snapshot candidate;
+  std::string pins;           ///< the candidate's pins document ("": none; docs/protocol.md)
+  proto::Snapshot candidate;  ///< effective: the envelope's payload with `pins` substituted
   ManifestSet candidate_manifests;
   std::optional<proto::Snapshot> applied;  ///< nullopt on an initial sync
+  /// Manifests kept in the store although the candidate does not name them (a held change's).
+  std::set<proto::Digest> keep_manifests;
 };
 
 class Applier {
@@ -119,7 +124,8 @@ class Applier {
   Status commit(const ApplyRequest& req);
   Status sync_state_and_tree();
   Status finish(const proto::Snapshot& candidate, const Plan& plan,
-                const std::optional<proto::Snapshot>& previous, ApplyStats& stats);
+                const std::optional<proto::Snapshot>& previous, ApplyStats& stats,
+                const std::set<proto::Digest>& keep_manifests = {});
 
   StateStore& state_;
   Fetcher& fetcher_;

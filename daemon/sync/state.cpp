@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -61,8 +62,13 @@ T integer(const json& object, const char* key) {
 StateStore::StateStore(fs::path state_dir, fs::path tree)
     : dir_(std::move(state_dir)), tree_(std::move(tree)) {}
 
+std::string pins_id(std::string_view pins_document) {
+  return pins_document.empty() ? std::string() : proto::to_hex(proto::sha256(pins_document));
+}
+
 Status StateStore::open() {
-  for (const auto& d : {dir_, dir_ / "manifests", tree_, tree_ / ".tiersync/v1/manifests"})
+  for (const auto& d : {dir_, dir_ / "manifests", dir_ / "pins", tree_,
+                        tree_ / ".tiersync/v1/manifests", tree_ / ".tiersync/v1/pins"})
     if (auto st = make_dirs(d); !st) return st;
   auto lock = FileLock::acquire(dir_ / "lock");
   if (!lock) return lock.error();
@@ -90,7 +96,61 @@ Result<std::optional<Applied>> StateStore::load_applied() const {
   if (!env) return make_error(file.string() + ": " + env.message());
   auto snap = proto::decode_snapshot(env->payload);
   if (!snap) return make_error(file.string() + ": " + snap.message());
-  return std::optional<Applied>(Applied{std::move(*bytes), std::move(*snap)});
+  Applied applied{std::move(*bytes), std::move(*snap), {}, {}};
+  // The pins committed with this serial, verified when they were applied.
+  const fs::path pins_file = pins_path(applied.snapshot.serial);
+  auto has_pins = lstat_path(pins_file, st);
+  if (!has_pins) return has_pins.error();
+  if (*has_pins) {
+    auto doc = read_file(pins_file, kMaxPinsBytes);
+    if (!doc) return doc.error();
+    auto pins = decode_pins(*doc);
+    if (!pins) return make_error(pins_file.string() + ": " + pins.message());
+    if (pins->serial != applied.snapshot.serial)
+      return make_error(pins_file.string() + ": pins of serial " + std::to_string(pins->serial));
+    if (!pins->empty()) {
+      applied.snapshot = effective_snapshot(std::move(applied.snapshot), *pins);
+      applied.pins = std::move(*pins);
+      applied.pins_document = std::move(*doc);
+    }
+  }
+  return std::optional<Applied>(std::move(applied));
+}
+
+fs::path StateStore::pins_path(std::uint64_t serial) const {
+  return dir_ / "pins" / std::to_string(serial);
+}
+
+fs::path StateStore::published_pins_path(std::uint64_t serial) const {
+  return tree_ / ".tiersync/v1/pins" / std::to_string(serial);
+}
+
+Status StateStore::commit_pins(std::uint64_t serial, std::string_view document) const {
+  if (auto st = make_dirs(dir_ / "pins"); !st) return st;
+  if (!document.empty()) return write_file_atomic(pins_path(serial), document, 0644, true);
+  if (::unlink(pins_path(serial).c_str()) != 0) {
+    if (errno == ENOENT) return {};
+    return make_error(errno_message(pins_path(serial), errno));
+  }
+  return fsync_dir(dir_ / "pins");
+}
+
+Status StateStore::publish_pins(std::uint64_t serial, std::string_view document) const {
+  if (auto st = make_dirs(tree_ / ".tiersync/v1/pins"); !st) return st;
+  if (!document.empty())
+    return write_file_atomic(published_pins_path(serial), document, 0644, false);
+  if (::unlink(published_pins_path(serial).c_str()) != 0 && errno != ENOENT)
+    return make_error(errno_message(published_pins_path(serial), errno));
+  return {};
+}
+
+void StateStore::collect_pins(std::uint64_t keep_a, std::uint64_t keep_b) const {
+  const std::set<std::string> keep{std::to_string(keep_a), std::to_string(keep_b)};
+  for (const auto& d : {dir_ / "pins", tree_ / ".tiersync/v1/pins"}) {
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(d, ec))
+      if (!keep.count(e.path().filename().string())) fs::remove(e.path(), ec);
+  }
 }
 
 Status StateStore::save_applied(std::string_view envelope) const {
@@ -202,8 +262,8 @@ Status StateStore::publish_manifests(const proto::Snapshot& s) const {
   return {};  // made durable by the apply's barrier before the commit
 }
 
-void StateStore::collect_manifests(const proto::Snapshot& keep_a,
-                                   const proto::Snapshot* keep_b) const {
+void StateStore::collect_manifests(const proto::Snapshot& keep_a, const proto::Snapshot* keep_b,
+                                   const std::set<proto::Digest>& keep_stored) const {
   std::set<std::string> keep;
   for (const auto* s : {&keep_a, keep_b})
     if (s)
@@ -211,7 +271,13 @@ void StateStore::collect_manifests(const proto::Snapshot& keep_a,
   for (const auto& d : {dir_ / "manifests", tree_ / ".tiersync/v1/manifests"}) {
     std::error_code ec;
     for (const auto& e : fs::directory_iterator(d, ec)) {
-      if (!keep.count(e.path().filename().string())) fs::remove(e.path(), ec);
+      const std::string name = e.path().filename().string();
+      if (keep.count(name)) continue;
+      if (d == dir_ / "manifests") {
+        auto digest = proto::digest_from_hex(name);
+        if (digest && keep_stored.count(*digest)) continue;
+      }
+      fs::remove(e.path(), ec);
     }
   }
 }
@@ -303,6 +369,57 @@ Status StateStore::save_approvals(const std::vector<Approval>& approvals) const 
   return write_json(dir_ / "approvals.json", {{"approvals", list}});
 }
 
+std::vector<Approval> StateStore::load_used_approvals() const try {
+  std::vector<Approval> out;
+  auto j = read_json(dir_ / "used-approvals.json");
+  if (!j || !*j) return out;
+  const json list = (*j)->value("approvals", json::array());
+  for (const auto& a : list)
+    out.push_back({a.value("partition", ""), a.value("from", ""), a.value("to", ""), 0, 0, "",
+                   integer<std::int64_t>(a, "expires")});
+  return out;
+} catch (const json::exception&) {
+  return {};
+} catch (const NotInteger&) {
+  return {};
+}
+
+Status StateStore::save_used_approvals(const std::vector<Approval>& approvals) const {
+  json list = json::array();
+  for (const auto& a : approvals)
+    list.push_back(
+        {{"partition", a.partition}, {"from", a.from}, {"to", a.to}, {"expires", a.expires}});
+  return write_json(dir_ / "used-approvals.json", {{"approvals", list}}, /*durable=*/false);
+}
+
+std::string StateStore::parent_approvals_document(std::int64_t now) const {
+  std::vector<Approval> offered;
+  for (auto& list : {load_approvals(), load_used_approvals()})
+    for (const auto& a : list) {
+      if (a.expires <= now) continue;
+      const bool seen = std::any_of(offered.begin(), offered.end(), [&](const Approval& o) {
+        return o.partition == a.partition && o.from == a.from && o.to == a.to;
+      });
+      if (!seen) offered.push_back(a);
+    }
+  return offered.empty() ? std::string() : encode_parent_approvals(offered);
+}
+
+std::pair<std::uint64_t, std::string> StateStore::load_parent_pins() const try {
+  auto j = read_json(dir_ / "parent-pins.json");
+  if (!j || !*j) return {0, ""};
+  return {integer<std::uint64_t>(**j, "serial"), (*j)->value("pins", "")};
+} catch (const json::exception&) {
+  return {0, ""};
+} catch (const NotInteger&) {
+  return {0, ""};
+}
+
+Status StateStore::save_parent_pins(std::uint64_t serial, const std::string& id) const {
+  return write_json(dir_ / "parent-pins.json", {{"serial", serial}, {"pins", id}},
+                    /*durable=*/false);
+}
+
 CycleRecord StateStore::load_cycle() const try {
   CycleRecord r;
   auto j = read_json(dir_ / "cycle.json");
@@ -348,6 +465,9 @@ Result<std::optional<Journal>> StateStore::load_journal() const try {
   const json& doc = **j;
   Journal journal;
   journal.serial = integer<std::uint64_t>(doc, "serial");
+  journal.pins = doc.value("pins", "");
+  if (!journal.pins.empty() && !proto::digest_from_hex(journal.pins))
+    return make_error((dir_ / "journal.json").string() + ": damaged pins");
   const json previous = doc.value("previous", json::object());  // items() must not outlive it
   for (const auto& [name, hex] : previous.items()) {
     auto d = hex.is_string() ? proto::digest_from_hex(hex.get<std::string>()) : std::nullopt;
@@ -367,13 +487,15 @@ Status StateStore::save_journal(const Journal& journal) const {
   for (const auto& [name, d] : journal.previous) prev[name] = proto::to_hex(d);
   // Written after the apply's barrier and fsynced: a power cut leaves it whole or absent, never
   // the empty file that would stop every later cycle (tests/integration/powerloss_test.cpp).
-  return write_json(dir_ / "journal.json", {{"serial", journal.serial}, {"previous", prev}});
+  return write_json(dir_ / "journal.json",
+                    {{"serial", journal.serial}, {"pins", journal.pins}, {"previous", prev}});
 }
 
 Status StateStore::clear_journal() const {
   if (::unlink((dir_ / "journal.json").c_str()) != 0 && errno != ENOENT)
     return make_error(errno_message(dir_ / "journal.json", errno));
   ::unlink(pending_snapshot_path().c_str());
+  ::unlink(pending_pins_path().c_str());
   // Not made durable: a journal that reappears after a power cut only repeats the deletions.
   return {};
 }

@@ -8,11 +8,13 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "daemon/sync/approvals.h"
 #include "daemon/sync/guard.h"
+#include "daemon/sync/pins.h"
 #include "daemon/sync/plan.h"
 #include "proto/digest.h"
 #include "proto/manifest.h"
@@ -23,19 +25,33 @@ namespace tiersync::sync {
 
 namespace fs = std::filesystem;
 
-/// The snapshot a node serves: its envelope bytes and their decoded payload.
+/// The snapshot a node serves: its envelope bytes, its pins, and its effective snapshot (the
+/// envelope's payload with the pinned partitions substituted: what the tree holds).
 struct Applied {
   std::string envelope;
-  proto::Snapshot snapshot;
+  proto::Snapshot snapshot;   ///< effective (docs/protocol.md, "Pins")
+  std::string pins_document;  ///< as stored and served ("": no pins)
+  Pins pins;
+
+  /// The serial of the signed snapshot that names `partition`'s applied reference.
+  std::uint64_t serial_of(const std::string& partition) const {
+    auto it = pins.pins.find(partition);
+    return it == pins.pins.end() ? snapshot.serial : it->second.serial;
+  }
+  /// The envelope bytes that prove `partition`'s applied reference.
+  const std::string& proof_of(const std::string& partition) const {
+    auto it = pins.pins.find(partition);
+    return it == pins.pins.end() ? envelope : pins.proofs.at(it->second.serial);
+  }
 };
 
 /// A held partition and the change it was held for: an approval names the same `from` and `to`
 /// (docs/guard.md, "Approvals").
 struct HeldPartition {
   Hold hold;
-  std::string candidate;  ///< for the log and status: `to`, or a relay's candidate serial
-  std::string from;       ///< the applied manifest (hex) or "none"
-  std::string to;         ///< the candidate manifest (hex), "removed" or "layout:<hex>"
+  std::string candidate;         ///< for the log and status: `to`, or a relay's candidate serial
+  std::string from;              ///< the applied manifest (hex) or "none"
+  std::string to;                ///< the candidate manifest (hex), "removed" or "layout:<hex>"
   std::int64_t stale_since = 0;  ///< a relay's pin whose signed snapshot expired (0: fresh)
 };
 
@@ -62,11 +78,17 @@ struct CycleRecord {
 };
 
 /// Written before the first file of a candidate is installed; removed once its deletions are
-/// done. `previous` is the applied snapshot's partitions, whose entries the candidate removes.
+/// done. `previous` is the applied (effective) snapshot's partitions, whose entries the candidate
+/// removes. `pins` names the candidate's pins document (hex SHA-256, "" for none): with the
+/// serial it identifies the candidate, whose serial may be the applied one (docs/crash-safety.md).
 struct Journal {
   std::uint64_t serial = 0;
+  std::string pins;
   std::map<std::string, proto::Digest> previous;
 };
+
+/// The identity of a pins document in the journal: its hex SHA-256, "" for none.
+std::string pins_id(std::string_view pins_document);
 
 /// Where everything lives. state_dir holds what is private; the tree's `.tiersync/` what is served.
 class StateStore {
@@ -86,10 +108,24 @@ class StateStore {
   fs::path hash_cache_path() const { return dir_ / "hashcache"; }
   fs::path guard_history_path() const { return dir_ / "guard-history.json"; }
 
-  /// The applied snapshot (envelope decoded without re-verifying: it was verified on apply).
+  /// The applied snapshot with its pins (envelope decoded without re-verifying: it was verified
+  /// on apply).
   Result<std::optional<Applied>> load_applied() const;
-  /// Commit point: the candidate becomes the applied snapshot.
+  /// Commit point of a new serial: the candidate becomes the applied snapshot.
   Status save_applied(std::string_view envelope) const;
+
+  /// Pins: state_dir/pins/<serial> holds the committed pins of a serial (absent: none), the
+  /// tree's .tiersync/v1/pins/<serial> the served copy; pending.pins a candidate's.
+  fs::path pins_path(std::uint64_t serial) const;
+  fs::path published_pins_path(std::uint64_t serial) const;
+  fs::path pending_pins_path() const { return dir_ / "pending.pins"; }
+  /// Commits `document` (or, empty, no pins) as the pins of `serial`: one atomic rename (or
+  /// unlink), made durable. With the serial already applied, this is the commit point.
+  Status commit_pins(std::uint64_t serial, std::string_view document) const;
+  /// The served copy of the pins of `serial` (removed when `document` is empty); not durable.
+  Status publish_pins(std::uint64_t serial, std::string_view document) const;
+  /// Removes pins of serials other than those given, from state_dir and the tree.
+  void collect_pins(std::uint64_t keep_a, std::uint64_t keep_b) const;
 
   /// A manifest from the store, its bytes checked against `d`. Modes are not checked by default
   /// (what this node applied before the mode rule existed must still load, to be replaced); a
@@ -117,13 +153,27 @@ class StateStore {
   Result<ManifestSet> load_manifests(const proto::Snapshot& s) const;
   /// Makes the manifests of `s` available in the tree (served with the snapshot).
   Status publish_manifests(const proto::Snapshot& s) const;
-  /// Removes manifests that neither `keep_a` nor `keep_b` names, from the store and the tree.
-  void collect_manifests(const proto::Snapshot& keep_a, const proto::Snapshot* keep_b) const;
+  /// Removes manifests that neither `keep_a` nor `keep_b` names, from the store and the tree;
+  /// `keep_stored` stay in the store (a held candidate's, for the next evaluation).
+  void collect_manifests(const proto::Snapshot& keep_a, const proto::Snapshot* keep_b,
+                         const std::set<proto::Digest>& keep_stored = {}) const;
 
   HeldState load_held() const;
   Status save_held(const HeldState& held) const;
   std::vector<Approval> load_approvals() const;
   Status save_approvals(const std::vector<Approval>& approvals) const;
+  /// Approvals this node used to apply a change, kept until they expire: offered to children
+  /// with its live local approvals (docs/protocol.md, "Parent approvals").
+  std::vector<Approval> load_used_approvals() const;
+  Status save_used_approvals(const std::vector<Approval>& approvals) const;
+  /// The approvals document a relay serves at .tiersync/v1/approvals, of the approvals unexpired
+  /// at `now` ("" when there is none).
+  std::string parent_approvals_document(std::int64_t now) const;
+  fs::path published_approvals_path() const { return tree_ / ".tiersync/v1/approvals"; }
+  /// The parent's pins of the serial last evaluated: its serial and pins_id.
+  std::pair<std::uint64_t, std::string> load_parent_pins() const;
+  Status save_parent_pins(std::uint64_t serial, const std::string& id) const;
+
   CycleRecord load_cycle() const;
   Status save_cycle(const CycleRecord& record) const;
 

@@ -70,6 +70,16 @@ Result<std::string> FileTransport::fetch_snapshot() {
   return read_small(root_ / ".tiersync/v1/snapshot", proto::kMaxEnvelopeBytes);
 }
 
+Result<std::optional<std::string>> FileTransport::fetch_document(std::string_view path,
+                                                                 std::size_t max_bytes) {
+  const std::filesystem::path file = root_ / std::string(path);
+  struct stat st;
+  if (::stat(file.c_str(), &st) != 0 && errno == ENOENT) return std::optional<std::string>();
+  auto bytes = read_small(file, max_bytes);
+  if (!bytes) return bytes.error();
+  return std::optional<std::string>(std::move(*bytes));
+}
+
 Status FileTransport::fetch_manifest(const proto::Digest& digest, const Sink& sink,
                                      const std::function<Status()>& /*restart*/) {
   // Read once from the first byte: there is nothing to restart.

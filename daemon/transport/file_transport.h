@@ -16,6 +16,8 @@ class FileTransport final : public Transport {
   Status fetch_manifest(const proto::Digest& digest, const Sink& sink,
                         const std::function<Status()>& restart) override;
   Status fetch_file(std::string_view path, std::uint64_t max_bytes, const Sink& sink) override;
+  Result<std::optional<std::string>> fetch_document(std::string_view path,
+                                                    std::size_t max_bytes) override;
   std::string describe() const override { return "file://" + root_.string(); }
   void set_stop_flag(const std::atomic<bool>* stop) override { stop_ = stop; }
 

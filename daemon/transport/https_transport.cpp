@@ -816,6 +816,18 @@ Result<std::string> HttpsTransport::fetch_status() {
   return std::move(body.bytes);
 }
 
+Result<std::optional<std::string>> HttpsTransport::fetch_document(std::string_view path,
+                                                                  std::size_t max_bytes) {
+  BodyCollector body;
+  Download d = impl_->download(path, max_bytes, body.sink);
+  d.restart = &body.restart;
+  if (auto st = impl_->fetch_one(d); !st) {
+    if (d.status == 404) return std::optional<std::string>();
+    return st.error();
+  }
+  return std::optional<std::string>(std::move(body.bytes));
+}
+
 Status HttpsTransport::fetch_file(std::string_view path, std::uint64_t max_bytes,
                                   const Sink& sink) {
   Download d = impl_->download(path, max_bytes, sink);

@@ -48,6 +48,9 @@ class HttpsTransport final : public Transport {
   Status fetch_file(std::string_view path, std::uint64_t max_bytes, const Sink& sink) override;
   /// GET .tiersync/v1/status (at most 64 KiB).
   Result<std::string> fetch_status() override;
+  /// GET of a small document; a 404 is nullopt.
+  Result<std::optional<std::string>> fetch_document(std::string_view path,
+                                                    std::size_t max_bytes) override;
   /// Up to `connections` files at once, one per pooled connection.
   Status fetch_files(std::span<FileRequest> requests) override;
   std::string describe() const override;

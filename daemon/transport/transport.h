@@ -81,6 +81,10 @@ class Transport {
   virtual Result<std::string> fetch_status() {
     return make_error(describe() + " serves no status");
   }
+  /// A small document below the parent's tree (`path`, e.g. ".tiersync/v1/pins/58"), whole in
+  /// memory, at most `max_bytes`; nullopt when the parent has none (404, no such file).
+  virtual Result<std::optional<std::string>> fetch_document(std::string_view path,
+                                                            std::size_t max_bytes) = 0;
   /// The parent, for messages.
   virtual std::string describe() const = 0;
   /// A flag that, once raised, ends whatever fetch is running within a fraction of a second
