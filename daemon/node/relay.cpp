@@ -511,6 +511,13 @@ CycleOutcome sync_once(const ops::Config& config, const std::atomic<bool>* stop,
                    const proto::Manifest* after) {
     if (after) sizes[name] = sync::measure(after);
     if (!before) return;  // new here: nothing to lose
+    // A layout of another depth names other partitions: an old partition is weighed against its
+    // entries wherever the new layout puts them (docs/guard.md, "A layout change").
+    std::optional<proto::Manifest> kept;
+    if ((*applied)->snapshot.depth != offer.depth) {
+      kept = sync::entries_kept(*before, *cand_manifests, offer.depth);
+      after = &*kept;
+    }
     Weighed w;
     w.change.partition = name;
     w.change.before = sync::measure(before);
@@ -548,17 +555,13 @@ CycleOutcome sync_once(const ops::Config& config, const std::atomic<bool>* stop,
   };
   for (auto& w : weighed) {
     auto& c = w.change;
-    if (layout_changed)
-      for (const auto& p : plan->partitions)
-        if (p.partition == c.partition)
-          c.damage.deleted = std::min<std::uint64_t>(c.damage.deleted, p.deletes.size());
     for (const auto& a : approvals)
       if (!c.approved && a.covers(c.partition, w.from, w.to, now)) {
         c.approved = true;
         used.push_back(a);
       }
-    if (!c.approved && config.guard.trust_upstream_approvals &&
-        guard.policy().limits_for(c.partition).trust_upstream_approvals &&
+    // The partition's own entry decides, else the node's setting (GuardPolicy::limits_for).
+    if (!c.approved && guard.policy().limits_for(c.partition).trust_upstream_approvals &&
         sync::upstream_covers(*cand, c.partition, w.from, w.to, now))
       c.approved = true;
     if (c.approved) note_approved(w, "");
