@@ -84,9 +84,12 @@ def setup(args, w, run, daemons):
     wait_port(ports["rsyncd"], daemons, "rsyncd", 30)
 
 
-def node_config(w, name, upstream_port, listen_port=None):
+def node_config(w, name, upstream_port, listen_port=None, pipeline_depth=None):
+    upstream = {"url": f"http://127.0.0.1:{upstream_port}/", "poll_seconds": 300}
+    if pipeline_depth:
+        upstream["pipeline_depth"] = pipeline_depth
     conf = {"role": "mirror", "name": name, "tree": f"{name}/tree", "state_dir": f"{name}/state",
-            "upstream": {"url": f"http://127.0.0.1:{upstream_port}/", "poll_seconds": 300},
+            "upstream": upstream,
             "trusted_keys": ["origin.pub"], "guard": {"max_delete_ratio": 0.5}}
     if listen_port:
         conf["listen"] = [{"address": "127.0.0.1", "port": listen_port, "tls": False}]
@@ -108,7 +111,7 @@ def one_rtt(args, w, run, daemons, rtt, rows):
     t0_link = start_link(daemons, w, f"link-t0-{rtt}", w["ports"]["t0_http"], delay, args.rate_mbit)
     rs_link = start_link(daemons, w, f"link-rsync-{rtt}", w["ports"]["rsyncd"], delay, args.rate_mbit)
     name = f"m{rtt}"
-    conf = node_config(w, name, t0_link)
+    conf = node_config(w, name, t0_link, pipeline_depth=args.pipeline_depth)
     tiersync = lambda label: run.run([w["d"], "--config", conf, "--once"], f"{name}-{label}")  # noqa: E731
     rsync = lambda label: run.run(  # noqa: E731
         RSYNC + [f"rsync://127.0.0.1:{rs_link}/src/", f"{w['copy']}/"], f"rsync{rtt}-{label}")
@@ -147,9 +150,9 @@ def one_rtt(args, w, run, daemons, rtt, rows):
     t1_port, mirror_port = free_port(), free_port()
     t1_name, mirror_name = f"t1-{rtt}", f"pm-{rtt}"
     wipe(w, [t1_name, mirror_name])
-    t1_conf = node_config(w, t1_name, t0_link, t1_port)
+    t1_conf = node_config(w, t1_name, t0_link, t1_port, args.pipeline_depth)
     t1_link = start_link(daemons, w, f"link-t1-{rtt}", t1_port, delay, args.rate_mbit)
-    mirror_conf = node_config(w, mirror_name, t1_link, mirror_port)
+    mirror_conf = node_config(w, mirror_name, t1_link, mirror_port, args.pipeline_depth)
     daemons.start(t1_name, [w["d"], "--config", t1_conf])
     daemons.start(mirror_name, [w["d"], "--config", mirror_conf])
     serial = t0_status(w)["serial"]
@@ -229,6 +232,7 @@ def main():
     p.add_argument("--rate-mbit", type=float, default=100, help="per connection and direction")
     p.add_argument("--repeat", type=int, default=3, help="timed no-op, busy and propagation runs")
     p.add_argument("--initial-repeat", type=int, default=3)
+    p.add_argument("--pipeline-depth", type=int, help="upstream.pipeline_depth of the relays (default: theirs)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--bin-dir", default=str(HERE.parents[1] / "build-bench" / "daemon"))
     p.add_argument("--timeout", type=float, default=900)
@@ -249,7 +253,7 @@ def main():
     info = machine_info()
     info["load_start_all"] = os.getloadavg()
     results = {"machine": info, "rows": {}, "notes": [], "errors": [],
-               "params": {k: getattr(args, k) for k in ("packages", "size_scale", "rtts", "rate_mbit",
+               "params": {k: getattr(args, k) for k in ("packages", "size_scale", "rtts", "rate_mbit", "pipeline_depth",
                                                         "repeat", "initial_repeat", "seed")}}
     run = Runner(w["logs"], args.timeout)
     daemons = None
