@@ -25,10 +25,10 @@ class LinkSim {
  public:
   LinkSim(const fs::path& dir, std::uint16_t target_port, int delay_ms)
       : stats_(dir / "linksim.json"),
-        process_(
-            {"python3", TIERSYNC_LINKSIM, "--target", "127.0.0.1:" + std::to_string(target_port),
-             "--delay-ms", std::to_string(delay_ms), "--stats", stats_.string()},
-            dir / "linksim.log") {
+        process_({"/usr/bin/env", "python3", TIERSYNC_LINKSIM, "--target",
+                  "127.0.0.1:" + std::to_string(target_port), "--delay-ms",
+                  std::to_string(delay_ms), "--stats", stats_.string()},
+                 dir / "linksim.log") {
     // "listening PORT" once it accepts (bounded: 300 x 100 ms; Python starts slowly on a busy
     // machine).
     for (int i = 0; i < 300 && port_ == 0; ++i) {
