@@ -556,6 +556,7 @@ struct HttpsTransport::Impl {
         }
         // Not `c.tls ? co_await ... : co_await ...`: GCC 12 miscompiles co_await in a conditional
         // expression (the temporaries are destroyed twice).
+        j->d.status = 0;
         Outcome o;
         if (c.tls)
           o = co_await send_request(*c.tls, c, j->d);
@@ -601,6 +602,14 @@ struct HttpsTransport::Impl {
     assert(!sent.empty());
     if (o.kind == Outcome::kStale) return unanswered(b, sent);
     Job* front = sent.front();
+    if (o.kind == Outcome::kRetry && front->in_pipeline && front->d.status == 0 &&
+        !pipelining_off) {
+      // Nothing of the oldest answer came. A server that closes a connection with requests
+      // unread (without a lingering close) resets it, which can destroy what it sent: pipelining
+      // made this happen, so one request at a time from now on, and nobody is charged for it.
+      pipelining_off = true;
+      return unanswered(b, sent);
+    }
     sent.pop_front();
     unanswered(b, sent);
     failed(b, *front, o);

@@ -45,13 +45,17 @@ class LinkSim {
   std::uint16_t port() const { return port_; }
   std::string log() const { return process_.log(); }
 
-  /// The proxy's counts once every connection through it has closed (bounded wait).
-  nlohmann::json settled_stats() const {
+  /// The proxy's counts once a run's connections (at least one more than before) have all
+  /// closed (bounded wait).
+  nlohmann::json settled_stats() {
     nlohmann::json j;
-    for (int i = 0; i < 100; ++i) {
+    for (int i = 0; i < 300; ++i) {
       std::ifstream in(stats_);
       j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
-      if (j.is_object() && j.value("open", 1) == 0) return j;
+      if (j.is_object() && j.value("open", 1) == 0 && j.value("connections", 0) > connections_) {
+        connections_ = j.value("connections", 0);
+        return j;
+      }
       std::this_thread::sleep_for(100ms);
     }
     return j;
@@ -61,6 +65,7 @@ class LinkSim {
   fs::path stats_;
   Process process_;
   std::uint16_t port_ = 0;
+  int connections_ = 0;  ///< as of the last settled_stats()
 };
 
 class LatencyTest : public OriginTest {};
