@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <ctime>
+#include <functional>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -27,6 +29,15 @@ namespace tiersync::node {
 
 namespace {
 
+// Answers the parent got wrong since `before` (out of order, more or fewer than asked for): the
+// transport asked again, and the parent counts as unhealthy for each.
+void count_faults(const transport::Transport& t, std::uint64_t before) {
+  if (t.faults() == before) return;
+  ops::process_metrics().upstream_errors += t.faults() - before;
+  spdlog::warn("parent {}: {} answers did not match their requests (asked again, one at a time)",
+               t.describe(), t.faults() - before);
+}
+
 // The engine's Fetcher over a transport. Counts the bytes received, and the requests that
 // failed on the parent's side (not those the receiver stopped: a full disk, SIGTERM).
 class TransportFetcher final : public sync::Fetcher {
@@ -48,6 +59,7 @@ class TransportFetcher final : public sync::Fetcher {
                           {},
                           {},
                           jobs[i].offset});
+    const std::uint64_t faults = t_.faults();
     Status first = t_.fetch_files(requests);
     bool receiver = false;
     for (std::size_t i = 0; i < jobs.size(); ++i) {
@@ -56,6 +68,7 @@ class TransportFetcher final : public sync::Fetcher {
     }
     // A batch stops at its first failure: one error, unless the receiver caused it.
     if (!first && !receiver) ++ops::process_metrics().upstream_errors;
+    count_faults(t_, faults);
     return first;
   }
 
@@ -72,6 +85,39 @@ class TransportFetcher final : public sync::Fetcher {
 
   transport::Transport& t_;
 };
+
+// Receives `wanted` into the store through one batch of the transport (several connections,
+// pipelined), so that they cost one round trip, not one each: each receive_manifest hands its
+// sink to the next, the innermost fetches them all. Each result is receive_manifest's; `batch`
+// is the transport's (its first failure).
+std::vector<Result<bool>> receive_manifests(const sync::StateStore& state, transport::Transport& t,
+                                            const std::vector<proto::Digest>& wanted,
+                                            Status& batch) {
+  std::vector<transport::ManifestRequest> requests(wanted.size());
+  std::vector<Result<bool>> results(wanted.size(), Result<bool>(false));
+  const std::uint64_t faults = t.faults();
+  std::function<void(std::size_t)> nest = [&](std::size_t i) {
+    if (i == wanted.size()) {
+      batch = t.fetch_manifests(requests);
+      return;
+    }
+    results[i] = state.receive_manifest(
+        wanted[i], [&](const transport::Sink& sink, const std::function<Status()>& restart) {
+          requests[i].digest = wanted[i];
+          requests[i].sink = [&sink](const char* data, std::size_t size) -> Status {
+            ops::process_metrics().bytes_downloaded += size;
+            ops::note_progress();  // feeds the watchdog (see daemon.cpp)
+            return sink(data, size);
+          };
+          requests[i].restart = restart;
+          nest(i + 1);
+          return requests[i].result;
+        });
+  };
+  nest(0);
+  count_faults(t, faults);
+  return results;
+}
 
 // The parent's chain of node names up to the origin, from its status endpoint; nullopt when it
 // serves none or an unusable one. Informational (it is not signed), so only checked for shape.
@@ -111,42 +157,64 @@ Result<sync::ManifestSet> candidate_manifests(const proto::Snapshot& cand,
                                               sync::StateStore& state, transport::Transport& t,
                                               std::vector<proto::Digest>& fetched) {
   sync::ManifestSet out;
+  // Those in the store first; the others are fetched together (at most kBatch at once: each
+  // holds a file open while the batch runs).
+  constexpr std::size_t kBatch = 64;
+  std::map<std::string, std::shared_ptr<const proto::Manifest>> stored;
+  std::vector<proto::Digest> wanted;
+  for (const auto& [name, ref] : cand.partitions) {
+    if (applied && name != proto::kRootPartition && applied->snapshot.depth == cand.depth) {
+      auto it = applied->snapshot.partitions.find(name);
+      if (it != applied->snapshot.partitions.end() && it->second.manifest == ref.manifest) continue;
+    }
+    if (state.has_manifest(ref.manifest)) {
+      auto loaded =
+          state.load_manifest(ref.manifest, name, cand.depth, proto::ModeRule::kPublishable);
+      if (loaded) {
+        stored[name] = *loaded;
+        continue;
+      }
+    }
+    if (std::find(wanted.begin(), wanted.end(), ref.manifest) == wanted.end())
+      wanted.push_back(ref.manifest);
+  }
+  std::map<proto::Digest, Result<bool>> received_of;
+  Status batch;
+  for (std::size_t i = 0; i < wanted.size() && batch; i += kBatch) {
+    const std::vector<proto::Digest> group(wanted.begin() + i,
+                                           wanted.begin() + std::min(wanted.size(), i + kBatch));
+    auto results = receive_manifests(state, t, group, batch);
+    for (std::size_t k = 0; k < group.size(); ++k) {
+      // Stored: forgotten again if the candidate is refused, whatever refuses it.
+      if (results[k] && *results[k]) fetched.push_back(group[k]);
+      received_of.emplace(group[k], std::move(results[k]));
+    }
+  }
+
   for (const auto& [name, ref] : cand.partitions) {
     if (applied && name != proto::kRootPartition && applied->snapshot.depth == cand.depth) {
       auto it = applied->snapshot.partitions.find(name);
       if (it != applied->snapshot.partitions.end() && it->second.manifest == ref.manifest) continue;
     }
     std::shared_ptr<const proto::Manifest> m;
-    if (state.has_manifest(ref.manifest)) {
-      auto loaded =
-          state.load_manifest(ref.manifest, name, cand.depth, proto::ModeRule::kPublishable);
-      if (loaded) m = *loaded;
-    }
+    if (auto it = stored.find(name); it != stored.end()) m = it->second;
     if (!m) {
-      // Streamed into the store and hashed as it arrives; parsed from there once it matched.
-      bool parent_failed = false;
-      const auto& digest = ref.manifest;  // clang-tidy 14: no binding in a lambda
-      auto received = state.receive_manifest(
-          digest, [&](const transport::Sink& sink, const std::function<Status()>& restart) {
-            const transport::Sink counted = [&](const char* data, std::size_t size) -> Status {
-              ops::process_metrics().bytes_downloaded += size;
-              ops::note_progress();  // feeds the watchdog (see daemon.cpp)
-              return sink(data, size);
-            };
-            auto st = t.fetch_manifest(digest, counted, restart);
-            parent_failed = !st;
-            return st;
-          });
-      if (!received) {
-        if (parent_failed) ++ops::process_metrics().upstream_errors;
-        return received.error();
+      // Streamed into the store and hashed as it arrived; parsed from there once it matched.
+      auto it = received_of.find(ref.manifest);
+      if (!batch && (it == received_of.end() || !it->second)) {
+        // The batch's first failure names the cause (the others were not fetched after it).
+        ++ops::process_metrics().upstream_errors;
+        return batch.error();
       }
+      if (it == received_of.end())
+        return make_error("manifest of partition \"" + name + "\": not fetched");
+      if (!it->second) return it->second.error();
+      const auto& received = it->second;
       if (!*received) {
         ++ops::process_metrics().verify_failures;
         return make_error("manifest of partition \"" + name + "\": its bytes do not match its " +
                           "SHA-256 " + proto::to_hex(ref.manifest));
       }
-      fetched.push_back(ref.manifest);
       auto loaded = state.load_manifest(ref.manifest, name, cand.depth);
       if (!loaded) {
         ++ops::process_metrics().verify_failures;
@@ -317,6 +385,7 @@ CycleOutcome sync_once(const ops::Config& config, const std::atomic<bool>* stop,
     auto made = transport::make_transport(
         config.upstream.url, {.ca_file = config.upstream.ca_file,
                               .connections = config.upstream.connections,
+                              .pipeline_depth = config.upstream.pipeline_depth,
                               .max_bytes_per_second = config.upstream.max_bytes_per_second,
                               .min_bytes_per_second = config.upstream.min_bytes_per_second});
     if (!made) return cycle.fail(made.message());
@@ -420,14 +489,19 @@ CycleOutcome sync_once(const ops::Config& config, const std::atomic<bool>* stop,
   if (!cand) return refuse_snapshot(cand.message());
   cycle.set_upstream_serial(cand->serial);
   // A new serial: the parent's chain may have changed too (the parent's status is a snapshot of
-  // its own; an unreadable one keeps what the last cycle recorded).
-  if (cand->serial != applied_serial)
+  // its own; an unreadable one keeps what the last cycle recorded). Informational: read once the
+  // candidate is applied or held, never on the way to applying it (one round trip less).
+  auto refresh_chain = [&] {
     if (auto chain = fetch_parent_chain(*parent)) cycle.set_parent_chain(std::move(*chain));
+  };
 
   if (cand->serial < applied_serial)
     return cycle.fail("rollback refused: the parent offers serial " + std::to_string(cand->serial) +
                       ", lower than the applied serial " + std::to_string(applied_serial));
-  if (cand->serial == applied_serial && *bytes != (*applied)->envelope) return in_sync();
+  if (cand->serial == applied_serial && *bytes != (*applied)->envelope) {
+    refresh_chain();
+    return in_sync();
+  }
   if (cand->serial > applied_serial && cand->expires <= now)
     return cycle.fail("snapshot serial " + std::to_string(cand->serial) + " refused: expired at " +
                       proto::format_time(cand->expires) + "; still serving serial " +
@@ -693,6 +767,7 @@ CycleOutcome sync_once(const ops::Config& config, const std::atomic<bool>* stop,
   remember_used_approvals(state, used, now);
   cycle.consume_approvals(approved_now);
   offer_approvals(state, now);
+  refresh_chain();
   // Recorded last: a cycle cut short before its holds are saved evaluates the serial again.
   if (held.empty()) {
     cycle.clear_held();

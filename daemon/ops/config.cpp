@@ -298,6 +298,7 @@ Result<Config> parse_config(std::string_view text, const fs::path& file) {
           u.fail("url", "must start with https://, http:// or file:///");
         u.path("ca_file", c.upstream.ca_file, base);
         u.integer("connections", c.upstream.connections, 1, 64);
+        u.integer("pipeline_depth", c.upstream.pipeline_depth, 1, 256);
         u.integer("poll_seconds", c.upstream.poll_seconds, 1, 86400);
         u.integer("max_bytes_per_second", c.upstream.max_bytes_per_second, 0,
                   std::numeric_limits<std::int64_t>::max());

@@ -33,6 +33,7 @@ struct UpstreamConfig {
   std::string url;
   fs::path ca_file;
   unsigned connections = 8;
+  unsigned pipeline_depth = 32;  ///< requests in flight per connection (HTTP/1.1 pipelining)
   unsigned poll_seconds = 300;
   std::uint64_t max_bytes_per_second = 0;  ///< 0: unlimited
   /// Every fetch's body must keep this average rate after a 30 s grace; 0: no minimum.

@@ -194,40 +194,52 @@ Status Applier::stage(const Plan& plan, ApplyStats& stats) {
 
   const Error stopped = make_error("stopped before installing anything (staged files are kept)");
 
-  // Files to fetch go in batches: the parent may serve them over several connections at once.
-  // Each streams through SHA-256 into its staged file and is checked before it counts.
+  // Files to fetch go in batches: the parent may serve them over several connections at once,
+  // many requests in flight on each (docs/performance.md, "Across a long link"), so a batch is
+  // large. Each streams through SHA-256 into its staged file and is checked before it counts. A
+  // staged file is open only while its bytes arrive (a batch would otherwise hold thousands of
+  // descriptors): opened at its first byte, closed at its last.
   struct Download {
     const Entry* entry;
     fs::path dest;
-    UniqueFd fd;
+    UniqueFd fd;  ///< open while bytes arrive
     proto::Sha256 hasher;
     std::uint64_t got;
     std::uint64_t offset = 0;  ///< staged by an earlier run (already in `hasher` and `got`)
   };
-  constexpr std::size_t kBatch = 64;
+  constexpr std::size_t kBatch = 2048;
   std::vector<std::unique_ptr<Download>> batch;
   auto flush = [&]() -> Status {
     std::vector<FetchJob> jobs;
     jobs.reserve(batch.size());
     for (auto& d : batch) {
       Download* dl = d.get();
-      jobs.push_back(FetchJob{dl->entry,
-                              [&, dl](const char* data, std::size_t size) -> Status {
-                                if (stopping()) return stopped;
-                                if (dl->got + size > dl->entry->size) {
-                                  content_rejected_ = true;
-                                  return make_error(std::string(dl->entry->path()) +
-                                                    ": more bytes than the manifest's " +
-                                                    std::to_string(dl->entry->size));
-                                }
-                                dl->hasher.update(data, size);
-                                dl->got += size;
-                                return write_all(dl->fd.get(), data, size, dl->dest);
-                              },
-                              {},
-                              dl->offset});
+      jobs.push_back(FetchJob{
+          dl->entry,
+          [&, dl](const char* data, std::size_t size) -> Status {
+            if (stopping()) return stopped;
+            if (dl->got + size > dl->entry->size) {
+              content_rejected_ = true;
+              return make_error(std::string(dl->entry->path()) +
+                                ": more bytes than the manifest's " +
+                                std::to_string(dl->entry->size));
+            }
+            if (!dl->fd.valid()) {
+              dl->fd =
+                  UniqueFd(::open(dl->dest.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC | O_NOFOLLOW));
+              if (!dl->fd.valid()) return make_error(errno_message(dl->dest, errno));
+            }
+            dl->hasher.update(data, size);
+            dl->got += size;
+            auto st = write_all(dl->fd.get(), data, size, dl->dest);
+            if (dl->got == dl->entry->size) dl->fd.reset();
+            return st;
+          },
+          {},
+          dl->offset});
     }
     Status result = jobs.empty() ? Status() : fetcher_.fetch_many(jobs);
+    for (auto& dl : batch) dl->fd.reset();
     for (std::size_t i = 0; i < batch.size() && result; ++i) {
       Download& dl = *batch[i];
       const proto::Digest digest = dl.hasher.finish();
@@ -235,7 +247,9 @@ Status Applier::stage(const Plan& plan, ApplyStats& stats) {
         content_rejected_ = true;
         result = make_error(mismatch(*dl.entry, dl.got, digest));
       } else {
-        result = set_metadata(dl.fd.get(), *dl.entry, dl.dest);
+        UniqueFd fd(::open(dl.dest.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+        result = fd.valid() ? set_metadata(fd.get(), *dl.entry, dl.dest)
+                            : Status(make_error(errno_message(dl.dest, errno)));
       }
       if (result) {
         ++stats.fetched_files;
@@ -270,8 +284,7 @@ Status Applier::stage(const Plan& plan, ApplyStats& stats) {
           resumed->got += size;
           return {};
         });
-        resumed->fd = UniqueFd(::open(dest.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC | O_NOFOLLOW));
-        if (read && resumed->fd.valid() && resumed->got < e->size) {
+        if (read && resumed->got < e->size) {
           resumed->offset = resumed->got;
           batch.push_back(std::move(resumed));
           if (batch.size() >= kBatch)
@@ -312,8 +325,10 @@ Status Applier::stage(const Plan& plan, ApplyStats& stats) {
     auto placed = fetcher_.place(*e, dest);
     if (!placed) return placed.error();
     if (!*placed) {
+      // Owner read-write until set_metadata gives the entry's mode: the file is opened again when
+      // its bytes arrive and when it is verified.
       UniqueFd fd(
-          ::open(dest.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, e->mode));
+          ::open(dest.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600));
       if (!fd.valid()) return make_error(errno_message(dest, errno));
       bool copied = false;
       if (auto it = local.find(e->sha256); it != local.end()) {
@@ -326,7 +341,8 @@ Status Applier::stage(const Plan& plan, ApplyStats& stats) {
       if (copied) {
         ++stats.reused_files;
       } else {
-        batch.push_back(std::make_unique<Download>(Download{e, dest, std::move(fd), {}, 0}));
+        fd.reset();  // opened again when its bytes arrive
+        batch.push_back(std::make_unique<Download>(Download{e, dest, {}, {}, 0}));
         if (batch.size() >= kBatch)
           if (auto st = flush(); !st) return st;
         continue;

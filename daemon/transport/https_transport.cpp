@@ -21,8 +21,10 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <boost/beast/ssl.hpp>
+#include <cassert>
 #include <cctype>
 #include <charconv>
+#include <deque>
 #include <exception>
 #include <optional>
 #include <random>
@@ -87,6 +89,17 @@ std::optional<std::uint64_t> content_range_start(std::string_view v) {
   return start;
 }
 
+/// The TOTAL of `bytes START-END/TOTAL`: nullopt when it is `*` or malformed.
+std::optional<std::uint64_t> content_range_total(std::string_view v) {
+  const auto slash = v.rfind('/');
+  if (slash == std::string_view::npos) return std::nullopt;
+  v.remove_prefix(slash + 1);
+  std::uint64_t total = 0;
+  auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), total);
+  if (ec != std::errc() || p != v.data() + v.size()) return std::nullopt;
+  return total;
+}
+
 /// How one attempt at a request ended.
 struct Outcome {
   enum Kind {
@@ -95,6 +108,10 @@ struct Outcome {
     kStale,    ///< a kept-alive connection the parent had closed: the request never reached it
     kFatal,    ///< retrying cannot help (4xx, certificate, oversized body)
     kRefused,  ///< the receiver stopped the transfer: its message is returned as it is
+    /// The answer is not this request's (its size contradicts the request's): a parent that
+    /// answered pipelined requests out of order, or sent more or fewer answers than asked for.
+    /// Asked again one at a time; without pipelining, retrying cannot help.
+    kMismatch,
   };
   Kind kind = kDone;
   std::string reason;  ///< what went wrong, without the URL (but kRefused's)
@@ -115,12 +132,16 @@ Outcome fatal(std::string reason) {
 Outcome refused(std::string message) {
   return {Outcome::kRefused, std::move(message)};
 }
+Outcome mismatch(std::string reason) {
+  return {Outcome::kMismatch, std::move(reason)};
+}
 
 /// One GET and where its body goes, kept across attempts so that a retry resumes.
 struct Download {
   std::string target;  ///< the request-target, percent-encoded
   std::string url;     ///< for messages
   std::uint64_t max_bytes = 0;
+  bool exact_size = false;  ///< max_bytes is the size: an answer of another size is not ours
   const Sink* sink = nullptr;
   const std::function<Status()>* restart = nullptr;  ///< may be null or empty
   std::string if_none_match;
@@ -380,21 +401,227 @@ struct HttpsTransport::Impl {
     result = co_await fetch(c, d);
   }
 
-  /// Fetches `requests`, one worker per pooled connection pulling the next request.
-  net::awaitable<void> worker(Connection& c, std::span<FileRequest> requests, std::size_t& next,
-                              Status& first) {
-    while (next < requests.size()) {
-      FileRequest& r = requests[next++];
-      if (!first) {
-        r.result = make_error(url.base() + r.path + ": not fetched after an earlier failure");
+  // --- Batches: pipelined over the pool ------------------------------------------------------
+
+  /// One request of a batch (fetch_files, fetch_manifests) and what its retries need.
+  struct Job {
+    Download d;
+    Status* result = nullptr;
+    bool finished = false;
+    unsigned attempts = 0;     ///< failed attempts (kRetry) so far: the retry budget
+    bool in_pipeline = false;  ///< its last attempt shared its connection with other requests
+    bool optional = false;     ///< its failure is not the batch's (the status beside manifests)
+  };
+
+  /// A batch in progress: jobs not yet sent (those to ask again first), and how many are not
+  /// finished. Workers with nothing to send wait for a job to come back (`idle`).
+  struct Batch {
+    std::vector<Job> jobs;
+    std::deque<Job*> ready;
+    std::size_t unfinished = 0;
+    Status first;
+    std::vector<net::steady_timer*> idle;
+  };
+
+  /// Requests in flight per connection: 1 once the parent answered a pipeline wrongly.
+  std::size_t depth() const { return pipelining_off ? 1 : std::max(1u, options.pipeline_depth); }
+
+  /// Runs `b` to its end: one pipelining worker per pooled connection (no more than the jobs).
+  Status run_batch(Batch& b) {
+    b.unfinished = b.jobs.size();
+    for (auto& j : b.jobs) b.ready.push_back(&j);
+    const std::size_t workers = std::min(pool.size(), b.jobs.size());
+    for (std::size_t i = 0; i < workers; ++i) spawn(pipeline(pool[i], b));
+    run();
+    return b.first;
+  }
+
+  void wake(Batch& b) {
+    for (auto* t : b.idle) t->cancel();
+  }
+
+  void finish(Batch& b, Job& j, Status st) {
+    assert(!j.finished);
+    j.finished = true;
+    *j.result = std::move(st);
+    --b.unfinished;
+    if (!*j.result && b.first && !j.optional) {
+      b.first = *j.result;
+      // After the first failure no further request starts.
+      for (Job* k : std::exchange(b.ready, {}))
+        finish(b, *k, make_error(k->d.url + ": not fetched after an earlier failure"));
+    }
+    wake(b);
+  }
+
+  /// `j` goes out again, on whichever connection has room first.
+  void ask_again(Batch& b, Job& j) {
+    if (!b.first) {
+      finish(b, j, make_error(j.d.url + ": not fetched after an earlier failure"));
+      return;
+    }
+    b.ready.push_front(&j);
+    wake(b);
+  }
+
+  net::awaitable<void> ask_again_after(Batch& b, Job& j, milliseconds pause) {
+    co_await pause_until(Clock::now() + pause);
+    if (stop_requested())
+      finish(b, j, make_error(j.d.url + ": stopped"));
+    else
+      ask_again(b, j);
+  }
+
+  /// What becomes of `j` after an attempt that ended with `o` (as fetch() does for one request;
+  /// kStale never comes here: see pipeline()).
+  void failed(Batch& b, Job& j, const Outcome& o) {
+    if (stop_requested()) return finish(b, j, make_error(j.d.url + ": stopped"));
+    switch (o.kind) {
+      case Outcome::kDone:
+        return finish(b, j, {});
+      case Outcome::kRefused:
+        return finish(b, j, make_error(o.reason));
+      case Outcome::kFatal:
+        return finish(b, j, make_error(j.d.url + ": " + o.reason));
+      case Outcome::kMismatch:
+        ++faults;
+        if (j.in_pipeline) {
+          // The parent cannot be trusted to keep a pipeline in order: one request at a time from
+          // now on (every byte is verified either way; this keeps the sync going).
+          pipelining_off = true;
+          return ask_again(b, j);
+        }
+        return finish(b, j, make_error(j.d.url + ": " + o.reason));
+      case Outcome::kStale:
+      case Outcome::kRetry:
+        break;
+    }
+    if (++j.attempts >= std::max(1u, options.max_attempts)) {
+      std::string msg = j.d.url + ": " + o.reason;
+      if (j.attempts > 1) msg += " (" + std::to_string(j.attempts) + " attempts)";
+      return finish(b, j, make_error(std::move(msg)));
+    }
+    spawn(ask_again_after(b, j, backoff(j.attempts)));
+  }
+
+  /// The connection ended with `sent` unanswered (a parent may close a kept-alive connection
+  /// after any response): they were never answered, so they go out again elsewhere, at no cost
+  /// to their retry budget. Each connection answers or charges its oldest request, so this ends.
+  void unanswered(Batch& b, std::deque<Job*>& sent) {
+    while (!sent.empty()) {
+      Job* j = sent.back();
+      sent.pop_back();
+      if (stop_requested())
+        finish(b, *j, make_error(j->d.url + ": stopped"));
+      else
+        ask_again(b, *j);
+    }
+  }
+
+  /// Bytes on an idle connection, where no request is waiting for them: the parent sent more
+  /// answers than it was asked for. The connection cannot be trusted to stay in step.
+  void drop_unsolicited(Connection& c) {
+    if (!c.is_open() || c.buffer.size() == 0) return;
+    ++faults;
+    c.close();
+  }
+
+  /// One pooled connection's share of a batch: up to depth() requests written back to back,
+  /// their answers read in order, a new request sent as each answer completes.
+  net::awaitable<void> pipeline(Connection& c, Batch& b) {
+    std::deque<Job*> sent;  // written, not yet answered: oldest first
+    while (b.unfinished > 0) {
+      if (stop_requested()) {
+        c.close();
+        unanswered(b, sent);
+        for (Job* k : std::exchange(b.ready, {})) finish(b, *k, make_error(k->d.url + ": stopped"));
+        if (b.unfinished > 0) co_await wait_for_work(b);  // others finish theirs
         continue;
       }
-      Download d = download(r.path, r.max_bytes, r.sink);
-      d.restart = &r.restart;
-      d.delivered = r.offset;  // resumed with a Range (or the repeated bytes are dropped)
-      r.result = co_await fetch(c, d);
-      if (!r.result && first) first = r.result;
+      while (sent.size() < depth() && !b.ready.empty()) {
+        Job* j = b.ready.front();
+        b.ready.pop_front();
+        if (sent.empty()) {
+          drop_unsolicited(c);
+          if (!c.is_open()) {
+            const Outcome o = co_await connect(c);
+            if (o.kind != Outcome::kDone) {
+              // This connection waits like its request does, rather than try the next at once.
+              const unsigned charged = j->attempts + 1;
+              failed(b, *j, o);
+              if (b.first) co_await pause_until(Clock::now() + backoff(charged));
+              break;
+            }
+          }
+        }
+        // Not `c.tls ? co_await ... : co_await ...`: GCC 12 miscompiles co_await in a conditional
+        // expression (the temporaries are destroyed twice).
+        j->d.status = 0;
+        Outcome o;
+        if (c.tls)
+          o = co_await send_request(*c.tls, c, j->d);
+        else
+          o = co_await send_request(*c.tcp, c, j->d);
+        j->in_pipeline = !sent.empty();
+        if (!sent.empty()) sent.front()->in_pipeline = true;  // (the others already are)
+        sent.push_back(j);
+        if (o.kind != Outcome::kDone) {
+          lost(b, sent, o);
+          break;
+        }
+      }
+      if (sent.empty()) {
+        if (b.unfinished > 0 && b.ready.empty()) co_await wait_for_work(b);
+        continue;
+      }
+      Job* j = sent.front();
+      j->d.status = 0;
+      j->d.etag.clear();
+      const bool reused = c.served > 0;
+      Outcome o;
+      if (c.tls)
+        o = co_await read_response(*c.tls, c, j->d, reused);
+      else
+        o = co_await read_response(*c.tcp, c, j->d, reused);
+      if (o.kind != Outcome::kDone) {
+        lost(b, sent, o);
+        continue;
+      }
+      sent.pop_front();
+      finish(b, *j, {});
+      if (!c.is_open()) unanswered(b, sent);  // answered, then closed (Connection: close)
+      if (sent.empty()) drop_unsolicited(c);
     }
+  }
+
+  /// The connection failed with `sent` unanswered. kStale (closed without a word after answering
+  /// others: servers close kept-alive connections at will) leaves them all to be asked again;
+  /// otherwise the oldest takes the failure. The connection answered or charged one, so the
+  /// batch moves on.
+  void lost(Batch& b, std::deque<Job*>& sent, const Outcome& o) {
+    assert(!sent.empty());
+    if (o.kind == Outcome::kStale) return unanswered(b, sent);
+    Job* front = sent.front();
+    if (o.kind == Outcome::kRetry && front->in_pipeline && front->d.status == 0 &&
+        !pipelining_off) {
+      // Nothing of the oldest answer came. A server that closes a connection with requests
+      // unread (without a lingering close) resets it, which can destroy what it sent: pipelining
+      // made this happen, so one request at a time from now on, and nobody is charged for it.
+      pipelining_off = true;
+      return unanswered(b, sent);
+    }
+    sent.pop_front();
+    unanswered(b, sent);
+    failed(b, *front, o);
+  }
+
+  /// Waits until a job comes back to be asked again, or a job finishes (or kStopCheck passes).
+  net::awaitable<void> wait_for_work(Batch& b) {
+    net::steady_timer timer(io);
+    timer.expires_after(kStopCheck);
+    b.idle.push_back(&timer);
+    co_await timer.async_wait(kAsTuple);
+    std::erase(b.idle, &timer);
   }
 
   /// A request with its retries: transient failures are tried again, up to
@@ -419,6 +646,10 @@ struct HttpsTransport::Impl {
         case Outcome::kRefused:
           co_return make_error(o.reason);
         case Outcome::kFatal:
+          co_return make_error(d.url + ": " + o.reason);
+        case Outcome::kMismatch:
+          ++faults;
+          c.close();
           co_return make_error(d.url + ": " + o.reason);
         case Outcome::kStale:
           // Servers close idle keep-alive connections at will; once, that is not a failure.
@@ -460,6 +691,7 @@ struct HttpsTransport::Impl {
   }
 
   net::awaitable<Outcome> attempt_once(Connection& c, Download& d) {
+    drop_unsolicited(c);
     if (!c.is_open()) {
       Outcome o = co_await connect(c);
       if (o.kind != Outcome::kDone) co_return o;
@@ -524,17 +756,25 @@ struct HttpsTransport::Impl {
     co_return done();
   }
 
-  /// One request and its response on an open connection. The body goes to the sink; bytes the
-  /// sink already has (a parent that ignored our Range) are read and dropped.
+  /// One request and its response on an open connection.
   template <class Stream>
   net::awaitable<Outcome> exchange(Stream& stream, Connection& c, Download& d) {
     const bool reused = c.served > 0;
-    const bool ranged = d.delivered > 0 && d.may_resume;
+    Outcome sent = co_await send_request(stream, c, d);
+    if (sent.kind != Outcome::kDone) co_return sent;
+    co_return co_await read_response(stream, c, d, reused);
+  }
 
+  /// Writes the GET of `d` (with a Range from what the sink already has). On an error the
+  /// connection is closed.
+  template <class Stream>
+  net::awaitable<Outcome> send_request(Stream& stream, Connection& c, Download& d) {
+    const bool reused = c.served > 0;
     http::request<http::empty_body> req{http::verb::get, d.target, 11};
     req.set(http::field::host, url.authority());
     req.set(http::field::user_agent, kUserAgent);
-    if (ranged) req.set(http::field::range, "bytes=" + std::to_string(d.delivered) + "-");
+    if (d.delivered > 0 && d.may_resume)
+      req.set(http::field::range, "bytes=" + std::to_string(d.delivered) + "-");
     if (!d.if_none_match.empty()) req.set(http::field::if_none_match, d.if_none_match);
 
     c.lowest().expires_after(options.read_timeout);
@@ -544,7 +784,16 @@ struct HttpsTransport::Impl {
       const std::string why = describe_error(wec, options.read_timeout);
       co_return reused ? stale(why) : retry(why);
     }
+    co_return done();
+  }
 
+  /// Reads the response to `d`, the oldest request unanswered on the connection (`reused`: it
+  /// was sent after the connection had answered another). The body goes to the sink; bytes the
+  /// sink already has (a parent that ignored our Range) are read and dropped. Every outcome but
+  /// kDone closes the connection; so does a kDone whose response did not keep it alive.
+  template <class Stream>
+  net::awaitable<Outcome> read_response(Stream& stream, Connection& c, Download& d, bool reused) {
+    const bool ranged = d.delivered > 0 && d.may_resume;
     http::response_parser<http::buffer_body> parser;
     parser.body_limit(boost::none);  // checked below, once the status says whose body it is
     const milliseconds header_wait =
@@ -572,6 +821,12 @@ struct HttpsTransport::Impl {
     }
     if (d.status == 206 && ranged) {
       const std::string range = str(res[http::field::content_range]);
+      if (const auto total = content_range_total(range);
+          d.exact_size && total && *total != d.max_bytes) {
+        c.close();
+        co_return mismatch("answered with Content-Range \"" + proto::printable(range) +
+                           "\", for a file of " + std::to_string(d.max_bytes) + " bytes");
+      }
       const auto start = content_range_start(range);
       if (start != d.delivered) {
         c.close();
@@ -606,6 +861,12 @@ struct HttpsTransport::Impl {
     // bodies are counted below (Beast's body_limit over-counts a close-delimited body read
     // through a buffer_body). A read asks for at most one byte more than may come, so that an
     // oversized body shows without taking more of it.
+    if (const auto length = parser.content_length();
+        d.exact_size && length && offset + *length != d.max_bytes) {
+      c.close();
+      co_return mismatch("answered with " + std::to_string(offset + *length) +
+                         " bytes, for a file of " + std::to_string(d.max_bytes));
+    }
     if (const auto length = parser.content_length(); length && offset + *length > d.max_bytes) {
       c.close();
       co_return fatal("the body of " + std::to_string(offset + *length) +
@@ -686,6 +947,11 @@ struct HttpsTransport::Impl {
                       std::to_string(position) + " bytes");
     }
 
+    if (d.exact_size && position != d.max_bytes) {
+      c.close();
+      co_return mismatch("answered with " + std::to_string(position) + " bytes, for a file of " +
+                         std::to_string(d.max_bytes));
+    }
     d.etag = str(res[http::field::etag]);
     ++c.served;
     if (!parser.keep_alive()) c.close();
@@ -705,6 +971,10 @@ struct HttpsTransport::Impl {
   bool stopped = false;           ///< the stop flag was seen raised during this run()
   std::string snapshot_etag;      ///< of `snapshot_bytes`, for If-None-Match
   std::string snapshot_bytes;     ///< the last snapshot fetched
+  std::uint64_t faults = 0;       ///< HttpsTransport::faults
+  bool pipelining_off = false;    ///< the parent answered a pipeline wrongly: depth() is 1
+  /// The status asked for beside the last batch of manifests, for the next fetch_status().
+  std::optional<Result<std::string>> status_fetched;
 };
 
 // --- The public face --------------------------------------------------------------------------
@@ -764,6 +1034,7 @@ std::string HttpsTransport::describe() const {
 }
 
 Result<std::string> HttpsTransport::fetch_snapshot() {
+  impl_->status_fetched.reset();  // a new cycle: the status is read afresh
   BodyCollector body;
   Download d = impl_->download(kSnapshotPath, proto::kMaxEnvelopeBytes, body.sink);
   d.restart = &body.restart;
@@ -809,6 +1080,7 @@ void HttpsTransport::set_stop_flag(const std::atomic<bool>* stop) {
 }
 
 Result<std::string> HttpsTransport::fetch_status() {
+  if (auto fetched = std::exchange(impl_->status_fetched, std::nullopt)) return *fetched;
   BodyCollector body;
   Download d = impl_->download(kStatusPath, kMaxStatusBytes, body.sink);
   d.restart = &body.restart;
@@ -835,13 +1107,54 @@ Status HttpsTransport::fetch_file(std::string_view path, std::uint64_t max_bytes
 }
 
 Status HttpsTransport::fetch_files(std::span<FileRequest> requests) {
-  std::size_t next = 0;
-  Status first;
-  const std::size_t workers = std::min(impl_->pool.size(), requests.size());
-  for (std::size_t i = 0; i < workers; ++i)
-    impl_->spawn(impl_->worker(impl_->pool[i], requests, next, first));
-  impl_->run();
-  return first;
+  Impl::Batch b;
+  b.jobs.reserve(requests.size());  // never reallocated: `ready` points into it
+  for (auto& r : requests) {
+    Impl::Job& j = b.jobs.emplace_back();
+    j.d = impl_->download(r.path, r.max_bytes, r.sink);
+    j.d.exact_size = true;
+    j.d.restart = &r.restart;
+    j.d.delivered = r.offset;  // resumed with a Range (or the repeated bytes are dropped)
+    j.result = &r.result;
+  }
+  return impl_->run_batch(b);
+}
+
+Status HttpsTransport::fetch_manifests(std::span<ManifestRequest> requests) {
+  Impl::Batch b;
+  b.jobs.reserve(requests.size() + 1);
+  for (auto& r : requests) {
+    Impl::Job& j = b.jobs.emplace_back();
+    j.d = impl_->download(std::string(kManifestsPath) + proto::to_hex(r.digest),
+                          proto::kMaxManifestBytes, r.sink);
+    j.d.restart = &r.restart;
+    j.result = &r.result;
+  }
+  // A new candidate's manifests: its relay reads the parent's status next (the chain, which may
+  // have changed with the serial). Asked for in the same pipelines, it costs no round trip of its
+  // own; a parent without one (a static server) fails only that request.
+  BodyCollector status;
+  Status status_result;
+  if (!requests.empty()) {
+    Impl::Job& j = b.jobs.emplace_back();
+    j.d = impl_->download(kStatusPath, kMaxStatusBytes, status.sink);
+    j.d.restart = &status.restart;
+    j.result = &status_result;
+    j.optional = true;
+  }
+  Status result = impl_->run_batch(b);
+  impl_->status_fetched.reset();
+  if (!requests.empty()) {
+    if (status_result)
+      impl_->status_fetched = std::move(status.bytes);
+    else
+      impl_->status_fetched = status_result.error();
+  }
+  return result;
+}
+
+std::uint64_t HttpsTransport::faults() const {
+  return impl_->faults;
 }
 
 }  // namespace tiersync::transport

@@ -46,13 +46,21 @@ class HttpsTransport final : public Transport {
   Status fetch_manifest(const proto::Digest& digest, const Sink& sink,
                         const std::function<Status()>& restart) override;
   Status fetch_file(std::string_view path, std::uint64_t max_bytes, const Sink& sink) override;
-  /// GET .tiersync/v1/status (at most 64 KiB).
+  /// GET .tiersync/v1/status (at most 64 KiB); the first call after fetch_manifests returns
+  /// what that batch fetched.
   Result<std::string> fetch_status() override;
   /// GET of a small document; a 404 is nullopt.
   Result<std::optional<std::string>> fetch_document(std::string_view path,
                                                     std::size_t max_bytes) override;
-  /// Up to `connections` files at once, one per pooled connection.
+  /// Up to `connections` x `pipeline_depth` files at once: each pooled connection keeps up to
+  /// `pipeline_depth` requests in flight (HTTP/1.1 pipelining), answered in order. An answer whose
+  /// size is not its file's ends its connection; the unanswered requests go out again elsewhere,
+  /// and pipelining stops for this parent (faults()).
   Status fetch_files(std::span<FileRequest> requests) override;
+  /// As fetch_files (a manifest's size is not known ahead: its receiver's hash is the check).
+  /// The parent's status goes in the same pipelines, kept for the next fetch_status().
+  Status fetch_manifests(std::span<ManifestRequest> requests) override;
+  std::uint64_t faults() const override;
   std::string describe() const override;
   void set_stop_flag(const std::atomic<bool>* stop) override;
 

@@ -23,8 +23,10 @@ using Sink = std::function<Status(const char* data, std::size_t size)>;
 
 /// One file of a batch (Transport::fetch_files).
 struct FileRequest {
-  std::string path;             ///< a validated tree path
-  std::uint64_t max_bytes = 0;  ///< the expected size: a larger body is an error
+  std::string path;  ///< a validated tree path
+  /// The expected size: a larger body is an error, and an HTTP(S) answer announcing another
+  /// size is not this file's (a parent answering pipelined requests out of order).
+  std::uint64_t max_bytes = 0;
   Sink sink;
   /// Called when the parent sends the file again from its first byte after the sink already
   /// received some (a resume the parent refused): the receiver forgets what it got (truncates,
@@ -34,6 +36,14 @@ struct FileRequest {
   /// The sink already holds the file's first `offset` bytes (a download resumed across runs):
   /// asked for with a Range where the parent takes one, else dropped as they arrive.
   std::uint64_t offset = 0;
+};
+
+/// One manifest of a batch (Transport::fetch_manifests).
+struct ManifestRequest {
+  proto::Digest digest;
+  Sink sink;                        ///< as for fetch_manifest: the receiver hashes what arrives
+  std::function<Status()> restart;  ///< as for fetch_manifest
+  Status result;                    ///< set by fetch_manifests
 };
 
 /// The outcome of a long poll: the envelope, or nothing when the serial did not move.
@@ -76,6 +86,24 @@ class Transport {
     }
     return first;
   }
+  /// Fetches a batch of manifests, concurrently where the transport can; sets each request's
+  /// `result`. After the first failure no further request starts. Sinks are called on the
+  /// calling thread, never two at once. Returns the first failure.
+  virtual Status fetch_manifests(std::span<ManifestRequest> requests) {
+    Status first;
+    for (auto& req : requests) {
+      req.result = first
+                       ? fetch_manifest(req.digest, req.sink, req.restart)
+                       : Status(make_error(describe() + ": manifest " + proto::to_hex(req.digest) +
+                                           " not fetched after an earlier failure"));
+      if (first && !req.result) first = req.result;
+    }
+    return first;
+  }
+  /// Answers the parent got wrong so far (one that did not belong to its request, bytes nobody
+  /// asked for): each was detected, its connection dropped and its requests asked again. The
+  /// caller counts them against the parent's health.
+  virtual std::uint64_t faults() const { return 0; }
   /// The parent's status JSON (not verified: informational, like a Debian trace file). A parent
   /// that serves none (file://, a plain static server) gives an error.
   virtual Result<std::string> fetch_status() {
@@ -97,6 +125,9 @@ class Transport {
 struct TransportOptions {
   std::filesystem::path ca_file;  ///< empty: the system's trust store
   unsigned connections = 8;       ///< the pool's size (fetch_files' concurrency)
+  /// Requests in flight per connection in a batch (HTTP/1.1 pipelining, docs/protocol.md): sent
+  /// back to back, answered in order. 1: one at a time.
+  unsigned pipeline_depth = 32;
   std::chrono::milliseconds connect_timeout{10'000};  ///< resolve, connect and TLS handshake
   std::chrono::milliseconds read_timeout{30'000};     ///< longest silence while reading or writing
   std::uint64_t max_bytes_per_second = 0;             ///< across the pool; 0: unlimited

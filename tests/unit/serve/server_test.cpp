@@ -680,6 +680,47 @@ TEST_F(ServerTest, KeepAliveReusesTheConnection) {
   EXPECT_EQ(server_->stats().connections_accepted - before, 1u);
 }
 
+// A relay pipelines its file and manifest requests (docs/protocol.md): sent back to back in one
+// write, they are answered whole and in the order asked, on the one connection.
+TEST_F(ServerTest, PipelinedRequestsAreAnsweredInOrder) {
+  const auto before = server_->stats().connections_accepted;
+  RawClient client(server_->ports()[1]);
+  ASSERT_TRUE(client.connected());
+  const std::vector<std::string> targets = {
+      "/edge/main/x86_64/foo-1.0-r0.apk", "/edge/main/x86_64/APKINDEX.tar.gz",
+      "/.tiersync/v1/manifests/" + manifest_hex_, "/edge/main/x86_64/missing.apk",
+      "/edge/main/x86_64/APKINDEX.tar.gz"};
+  std::string pipeline;
+  for (const auto& t : targets) pipeline += "GET " + t + " HTTP/1.1\r\nHost: x\r\n\r\n";
+  ASSERT_TRUE(client.send(pipeline));
+  // Read until both answers of the index are in (bounded: 200 reads of up to 100 ms).
+  std::string answer;
+  const std::string index_tail = "\r\n\r\nindex";
+  auto both_in = [&] {
+    const auto first = answer.find(index_tail);
+    return first != std::string::npos && answer.find(index_tail, first + 1) != std::string::npos;
+  };
+  for (int i = 0; i < 200 && !both_in(); ++i) client.read_until("\x7f\x7f never", 100ms, answer);
+  // Split into answers by their status lines, in order.
+  std::vector<std::size_t> starts;
+  for (auto at = answer.find("HTTP/1.1 "); at != std::string::npos;
+       at = answer.find("HTTP/1.1 ", at + 1))
+    starts.push_back(at);
+  ASSERT_EQ(starts.size(), targets.size()) << answer.substr(0, 2000);
+  auto part = [&](std::size_t i) {
+    const auto end = i + 1 < starts.size() ? starts[i + 1] : answer.size();
+    return answer.substr(starts[i], end - starts[i]);
+  };
+  EXPECT_TRUE(part(0).starts_with("HTTP/1.1 200")) << part(0).substr(0, 200);
+  EXPECT_TRUE(part(0).ends_with("\r\n\r\n" + package_));
+  EXPECT_TRUE(part(1).starts_with("HTTP/1.1 200"));
+  EXPECT_TRUE(part(1).ends_with("\r\n\r\nindex"));
+  EXPECT_TRUE(part(2).ends_with("\r\n\r\n" + manifest_bytes_));
+  EXPECT_TRUE(part(3).starts_with("HTTP/1.1 404")) << part(3).substr(0, 200);
+  EXPECT_TRUE(part(4).ends_with("\r\n\r\nindex"));
+  EXPECT_EQ(server_->stats().connections_accepted - before, 1u);
+}
+
 TEST_F(ServerTest, StopIsPromptWithIdleConnectionsAndLongPolls) {
   RawClient idle(server_->ports()[1]);
   ASSERT_TRUE(idle.send("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"));

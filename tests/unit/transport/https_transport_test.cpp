@@ -116,6 +116,10 @@ struct Faults {
   int fail_503 = 0;                   ///< this many responses are 503
   std::chrono::milliseconds hold{0};  ///< wait before answering
   std::chrono::milliseconds trickle{0};  ///< send the body one byte at a time, this far apart
+  // Pipelines answered wrongly (each counts down across the server's connections):
+  int swap_answers = 0;       ///< wait for two requests and answer the second first
+  int duplicate_answers = 0;  ///< answer a request twice
+  int skip_answers = 0;       ///< read a request and never answer it
 };
 
 /// A small HTTP/1.1 server (Envoy's fake upstream, in miniature) on 127.0.0.1 and port 0: serves
@@ -169,6 +173,8 @@ class TestServer {
   std::atomic<int> not_modified{0};
   std::atomic<int> in_flight{0};
   std::atomic<int> max_in_flight{0};
+  /// The most requests a connection had received and not yet answered (pipelining).
+  std::atomic<int> max_pipelined{0};
 
   std::vector<std::string> ranges() {
     std::lock_guard lock(mu_);
@@ -182,6 +188,13 @@ class TestServer {
     SSL* ssl = nullptr;
     ~Conn() {
       if (ssl) SSL_free(ssl);
+      // A lingering close, as nginx's: requests the client pipelined behind the last answer would
+      // otherwise turn the close into a reset, which can destroy answers not yet read. Bounded:
+      // the client closes once it sees the end, or the receive timeout passes.
+      ::shutdown(fd, SHUT_WR);
+      char buf[4096];
+      for (int i = 0; i < 10000 && ::recv(fd, buf, sizeof buf, 0) > 0; ++i) {
+      }
       ::close(fd);
     }
     long read(char* buf, std::size_t n) {
@@ -233,26 +246,62 @@ class TestServer {
     }
     std::string pending;
     char buf[16384];
-    for (int n_requests = 0; n_requests < 1000 && !stop_; ++n_requests) {
+    // The next request's head, read whole (a client that says nothing for 10 s is gone).
+    auto next_head = [&](std::string& head) {
       std::size_t end;
       while ((end = pending.find("\r\n\r\n")) == std::string::npos && pending.size() < 65536) {
         long n = c.read(buf, sizeof buf);
-        if (n <= 0) return forget(fd);
+        if (n <= 0) return false;
         pending.append(buf, static_cast<std::size_t>(n));
       }
-      if (end == std::string::npos) return forget(fd);
-      const std::string head = pending.substr(0, end);
+      if (end == std::string::npos) return false;
+      head = pending.substr(0, end);
       pending.erase(0, end + 4);
       ++requests;
-      const int now = ++in_flight;
-      for (int seen = max_in_flight;
-           now > seen && !max_in_flight.compare_exchange_weak(seen, now);) {
+      // What else has arrived: requests written behind this one before its answer.
+      for (pollfd p{fd, POLLIN, 0}; (c.ssl && SSL_pending(c.ssl) > 0) || ::poll(&p, 1, 0) > 0;) {
+        long n = c.read(buf, sizeof buf);
+        if (n <= 0) break;
+        pending.append(buf, static_cast<std::size_t>(n));
       }
-      const bool keep = respond(c, head);
+      int queued = 1;  // this one and those behind it, already received
+      for (auto at = pending.find("\r\n\r\n"); at != std::string::npos;
+           at = pending.find("\r\n\r\n", at + 4))
+        ++queued;
+      raise(max_pipelined, queued);
+      return true;
+    };
+    for (int n_requests = 0; n_requests < 1000 && !stop_; ++n_requests) {
+      std::string head;
+      if (!next_head(head)) return forget(fd);
+      raise(max_in_flight, ++in_flight);
+      bool keep = true;
+      if (take(faults_.skip_answers)) {
+        // Never answered: the next answer goes to this request.
+      } else if (take(faults_.swap_answers)) {
+        std::string second;
+        if (!next_head(second)) return forget(fd);
+        keep = respond(c, second) && respond(c, head);
+      } else {
+        keep = respond(c, head) && (!take(faults_.duplicate_answers) || respond(c, head));
+      }
       --in_flight;
       if (!keep) return forget(fd);
     }
     forget(fd);
+  }
+
+  static void raise(std::atomic<int>& max, int now) {
+    for (int seen = max; now > seen && !max.compare_exchange_weak(seen, now);) {
+    }
+  }
+
+  /// Counts one down from a fault's budget: true when there was one left.
+  bool take(int& budget) {
+    std::lock_guard lock(mu_);
+    if (budget <= 0) return false;
+    --budget;
+    return true;
   }
 
   void forget(int fd) {
@@ -929,6 +978,213 @@ TEST_F(HttpsTransportTest, HonoursMaxBytesPerSecond) {
   EXPECT_EQ(file->size(), 200'000u);
   EXPECT_GE(elapsed, 1500ms);
   EXPECT_LT(elapsed, 20s);
+}
+
+// --- Pipelining (docs/protocol.md) ------------------------------------------------------------
+
+/// `count` files of distinct sizes under edge/main/x86_64/p<i>.apk, and a batch asking for them
+/// whose sinks collect into `got`.
+struct PipelineBatch {
+  std::vector<std::string> contents;
+  std::vector<std::string> got;
+  std::vector<FileRequest> requests;
+
+  PipelineBatch(const fs::path& tree, int count) : got(count), requests(count) {
+    for (int i = 0; i < count; ++i) {
+      contents.push_back(pattern(1000 + 37 * i, i + 100));
+      write_file(tree / path(i), contents.back());
+      requests[i].path = path(i);
+      requests[i].max_bytes = contents.back().size();
+      requests[i].sink = [this, i](const char* data, std::size_t size) {
+        got[i].append(data, size);
+        return Status{};
+      };
+    }
+  }
+  static std::string path(int i) { return "edge/main/x86_64/p" + std::to_string(i) + ".apk"; }
+  /// Every request succeeded with its own file's bytes.
+  testing::AssertionResult all_fetched() const {
+    for (std::size_t i = 0; i < requests.size(); ++i) {
+      if (!requests[i].result)
+        return testing::AssertionFailure()
+               << requests[i].path << ": " << requests[i].result.message();
+      if (got[i] != contents[i])
+        return testing::AssertionFailure() << requests[i].path << ": " << got[i].size()
+                                           << " bytes, not its own " << contents[i].size();
+    }
+    return testing::AssertionSuccess();
+  }
+};
+
+TEST_F(HttpsTransportTest, PipelinesABatchOverOneConnection) {
+  PipelineBatch batch(tree_, 40);
+  auto server = serve();
+  TransportOptions o = options(1);
+  o.pipeline_depth = 8;
+  auto t = connect(server->url(), o);
+  ASSERT_TRUE(t);
+  auto st = t->fetch_files(batch.requests);
+  ASSERT_TRUE(st) << st.message();
+  EXPECT_TRUE(batch.all_fetched());
+  EXPECT_EQ(server->connections, 1);
+  EXPECT_EQ(server->requests, 40);
+  EXPECT_GT(server->max_pipelined, 1);  // requests waited behind others: they were pipelined
+  EXPECT_LE(server->max_pipelined, 8);
+  EXPECT_EQ(t->faults(), 0u);
+}
+
+TEST_F(HttpsTransportTest, DepthOneSendsOneRequestAtATime) {
+  PipelineBatch batch(tree_, 10);
+  auto server = serve();
+  TransportOptions o = options(1);
+  o.pipeline_depth = 1;
+  auto t = connect(server->url(), o);
+  ASSERT_TRUE(t);
+  ASSERT_TRUE(t->fetch_files(batch.requests));
+  EXPECT_TRUE(batch.all_fetched());
+  EXPECT_EQ(server->max_pipelined, 1);
+}
+
+TEST_F(HttpsTransportTest, AnswersOutOfOrderAreDetectedAndAskedAgain) {
+  PipelineBatch batch(tree_, 20);
+  auto server = serve({.swap_answers = 1});
+  TransportOptions o = options(2);
+  o.pipeline_depth = 4;
+  auto t = connect(server->url(), o);
+  ASSERT_TRUE(t);
+  auto st = t->fetch_files(batch.requests);
+  ASSERT_TRUE(st) << st.message();
+  EXPECT_TRUE(batch.all_fetched());  // nothing of another file reached a sink
+  EXPECT_EQ(t->faults(), 1u);
+  // One at a time from then on: a second batch is not pipelined.
+  const int before = server->max_pipelined;
+  PipelineBatch again(tree_, 20);
+  ASSERT_TRUE(t->fetch_files(again.requests));
+  EXPECT_TRUE(again.all_fetched());
+  EXPECT_EQ(server->max_pipelined, before);
+}
+
+TEST_F(HttpsTransportTest, MoreAnswersThanRequestsAreDetected) {
+  PipelineBatch batch(tree_, 20);
+  auto server = serve({.duplicate_answers = 1});
+  TransportOptions o = options(1);
+  o.pipeline_depth = 4;
+  auto t = connect(server->url(), o);
+  ASSERT_TRUE(t);
+  auto st = t->fetch_files(batch.requests);
+  ASSERT_TRUE(st) << st.message();
+  EXPECT_TRUE(batch.all_fetched());
+  EXPECT_GE(t->faults(), 1u);
+}
+
+TEST_F(HttpsTransportTest, FewerAnswersThanRequestsAreDetected) {
+  PipelineBatch batch(tree_, 20);
+  auto server = serve({.skip_answers = 1});
+  TransportOptions o = options(1);
+  o.pipeline_depth = 4;
+  auto t = connect(server->url(), o);
+  ASSERT_TRUE(t);
+  auto st = t->fetch_files(batch.requests);
+  ASSERT_TRUE(st) << st.message();
+  EXPECT_TRUE(batch.all_fetched());
+  EXPECT_EQ(t->faults(), 1u);  // the answer after the skipped one was not the skipped file's
+}
+
+TEST_F(HttpsTransportTest, AConnectionClosedMidPipelineLeavesTheRestToBeAskedAgain) {
+  // Every connection answers one request, then closes with the others unanswered: legitimate
+  // (a server may close a kept-alive connection at any time), so not a fault.
+  PipelineBatch batch(tree_, 12);
+  auto server = serve({.close_after_response = true});
+  TransportOptions o = options(2);
+  o.pipeline_depth = 6;
+  auto t = connect(server->url(), o);
+  ASSERT_TRUE(t);
+  auto st = t->fetch_files(batch.requests);
+  ASSERT_TRUE(st) << st.message();
+  EXPECT_TRUE(batch.all_fetched());
+  EXPECT_EQ(t->faults(), 0u);
+  EXPECT_GE(server->connections, 12);
+}
+
+TEST_F(HttpsTransportTest, ABodyCutMidPipelineIsResumedElsewhere) {
+  PipelineBatch batch(tree_, 12);
+  auto server = serve({.cut_responses = 2, .cut_after = 500});
+  TransportOptions o = options(2);
+  o.pipeline_depth = 6;
+  auto t = connect(server->url(), o);
+  ASSERT_TRUE(t);
+  auto st = t->fetch_files(batch.requests);
+  ASSERT_TRUE(st) << st.message();
+  EXPECT_TRUE(batch.all_fetched());
+  EXPECT_EQ(server->ranges().size(), 2u);  // the two cut files resumed from byte 500
+  EXPECT_EQ(t->faults(), 0u);
+}
+
+TEST_F(HttpsTransportTest, AParentThatKeepsCuttingFailsTheBatchAfterBoundedAttempts) {
+  PipelineBatch batch(tree_, 6);
+  auto server = serve({.cut_responses = 1000, .cut_after = 0});
+  TransportOptions o = options(2);
+  o.pipeline_depth = 4;
+  o.max_attempts = 3;
+  auto t = connect(server->url(), o);
+  ASSERT_TRUE(t);
+  auto st = t->fetch_files(batch.requests);
+  ASSERT_FALSE(st);
+  EXPECT_TRUE(Contains(st.message(), "(3 attempts)")) << st.message();
+  for (const auto& r : batch.requests) EXPECT_FALSE(r.result) << r.path;
+  EXPECT_LE(server->requests, 6 * 3);
+}
+
+TEST_F(HttpsTransportTest, FetchesABatchOfManifests) {
+  std::vector<std::string> manifests;
+  std::vector<ManifestRequest> requests(5);
+  std::vector<std::string> got(5);
+  for (int i = 0; i < 5; ++i) {
+    manifests.push_back("{\"type\": \"tiersync.manifest\", \"n\": " + std::to_string(i) + "}");
+    const auto digest = proto::sha256(manifests.back());
+    write_file(tree_ / ".tiersync/v1/manifests" / proto::to_hex(digest), manifests.back());
+    requests[i].digest = digest;
+    requests[i].sink = [&got, i](const char* data, std::size_t size) {
+      got[i].append(data, size);
+      return Status{};
+    };
+  }
+  write_file(tree_ / ".tiersync/v1/status", "{\"name\": \"parent\"}");
+  auto server = serve();
+  auto t = connect(server->url(), options(1));
+  ASSERT_TRUE(t);
+  auto st = t->fetch_manifests(requests);
+  ASSERT_TRUE(st) << st.message();
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(got[i], manifests[i]);
+  EXPECT_EQ(server->connections, 1);
+  EXPECT_GT(server->max_pipelined, 1);
+  // The parent's status came in the same pipeline: reading it costs no request of its own.
+  EXPECT_EQ(server->requests, 6);
+  auto status = t->fetch_status();
+  ASSERT_TRUE(status) << status.message();
+  EXPECT_EQ(*status, "{\"name\": \"parent\"}");
+  EXPECT_EQ(server->requests, 6);
+  ASSERT_TRUE(t->fetch_status());  // the next one asks
+  EXPECT_EQ(server->requests, 7);
+}
+
+TEST_F(HttpsTransportTest, AMissingStatusBesideManifestsFailsOnlyItself) {
+  std::vector<ManifestRequest> requests(1);
+  std::string got;
+  requests[0].digest = proto::sha256(manifest_);
+  requests[0].sink = [&got](const char* data, std::size_t size) {
+    got.append(data, size);
+    return Status{};
+  };
+  auto server = serve();
+  auto t = connect(server->url(), options(1));
+  ASSERT_TRUE(t);
+  auto st = t->fetch_manifests(requests);
+  ASSERT_TRUE(st) << st.message();
+  EXPECT_EQ(got, manifest_);
+  auto status = t->fetch_status();
+  ASSERT_FALSE(status);
+  EXPECT_TRUE(Contains(status.message(), "HTTP 404")) << status.message();
 }
 
 // --- URLs and the interface's defaults --------------------------------------------------------
