@@ -361,8 +361,8 @@ TEST(SnapshotDecode, BadApprovedDeletions) {
     EXPECT_TRUE(Contains(msg, "edge/main/aarch64")) << serial;
   }
   const std::pair<const char*, json> broken[] = {
-      {"from", json("deadbeef")}, {"from", json(7)},         {"to", json("gone")},
-      {"to", json(nullptr)},      {"serial", json(-3)},      {"serial", json("9")},
+      {"from", json("deadbeef")}, {"from", json(7)},       {"to", json("gone")},
+      {"to", json(nullptr)},      {"serial", json(-3)},    {"serial", json("9")},
       {"expires", json("soon")},  {"expires", json(1234)},
   };
   for (const auto& [key, value] : broken) {
