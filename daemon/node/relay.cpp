@@ -181,8 +181,10 @@ Result<sync::ManifestSet> candidate_manifests(const proto::Snapshot& cand,
   std::map<proto::Digest, Result<bool>> received_of;
   Status batch;
   for (std::size_t i = 0; i < wanted.size() && batch; i += kBatch) {
-    const std::vector<proto::Digest> group(wanted.begin() + i,
-                                           wanted.begin() + std::min(wanted.size(), i + kBatch));
+    const auto first = wanted.begin() + static_cast<std::ptrdiff_t>(i);
+    const auto last =
+        wanted.begin() + static_cast<std::ptrdiff_t>(std::min(wanted.size(), i + kBatch));
+    const std::vector<proto::Digest> group(first, last);
     auto results = receive_manifests(state, t, group, batch);
     for (std::size_t k = 0; k < group.size(); ++k) {
       // Stored: forgotten again if the candidate is refused, whatever refuses it.
@@ -642,6 +644,7 @@ CycleOutcome sync_once(const ops::Config& config, const std::atomic<bool>* stop,
   }
   auto evaluate = [&] {
     std::vector<sync::PartitionChange> changes;
+    changes.reserve(weighed.size());
     for (const auto& w : weighed) changes.push_back(w.change);
     return guard.evaluate(changes);
   };
