@@ -34,7 +34,9 @@ bool same(const sync::HeldState& a, const sync::HeldState& b) {
     const auto &x = a.partitions[i], &y = b.partitions[i];
     if (x.hold.partition != y.hold.partition || x.hold.deleted != y.hold.deleted ||
         x.hold.files != y.hold.files || x.hold.ratio != y.hold.ratio ||
-        x.hold.limit != y.hold.limit || x.candidate != y.candidate)
+        x.hold.limit != y.hold.limit || x.candidate != y.candidate || x.from != y.from ||
+        x.to != y.to || x.stale_since != y.stale_since || x.hold.rule != y.hold.rule ||
+        x.hold.count != y.hold.count || x.hold.of != y.hold.of)
       return false;
   }
   return true;
@@ -83,7 +85,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       FUZZ_CHECK(again.size() == approvals.size());
       for (std::size_t i = 0; i < again.size(); ++i)
         FUZZ_CHECK(again[i].partition == approvals[i].partition &&
-                   again[i].candidate == approvals[i].candidate);
+                   again[i].from == approvals[i].from && again[i].to == approvals[i].to &&
+                   again[i].deleted == approvals[i].deleted &&
+                   again[i].files == approvals[i].files && again[i].rule == approvals[i].rule &&
+                   again[i].expires == approvals[i].expires);
       break;
     }
     case 4: {  // the last cycle's outcome
