@@ -568,6 +568,7 @@ CycleOutcome sync_once(const ops::Config& config, const std::atomic<bool>* stop,
   };
   auto refuse = [&](const std::string& message) {
     forget_fetched();
+    refresh_chain();  // who offered it is worth recording with the refusal
     return cycle.fail(message);
   };
   auto cand_manifests = candidate_manifests(offer, *applied, state, *parent, fetched);

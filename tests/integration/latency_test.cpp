@@ -92,7 +92,9 @@ TEST_F(LatencyTest, AMirrorSyncsThroughAHundredMillisecondLinkInFewRequests) {
   const auto partitions = partitions_of(model).size();
   auto stats = link.settled_stats();
   ASSERT_EQ(stats.value("open", -1), 0) << stats.dump();
-  EXPECT_LE(stats.value("connections", 0), 8) << stats.dump();
+  // (One more: the parent's pins document for the new serial, docs/protocol.md "Pins", is a
+  // small fetch of its own.)
+  EXPECT_LE(stats.value("connections", 0), 9) << stats.dump();
   // The snapshot, the parent's status, a manifest per partition (the root's too), the files.
   const int initial = stats.value("requests", 0);
   EXPECT_GE(initial, static_cast<int>(files + partitions));

@@ -160,15 +160,15 @@ TEST(GuardPolicy, Defaults) {
   EXPECT_EQ(policy.approval_hours, 24u);
   EXPECT_TRUE(policy.trust_upstream_approvals);
   EXPECT_FALSE(policy.trust_parent_approvals);
-  EXPECT_EQ(policy.limits_for("edge/main/x86_64"), (Limits{0.20, 0.20, 10, true}));
+  EXPECT_EQ(policy.limits_for("edge/main/x86_64"), (Limits{0.20, 0.50, 10, true}));
 }
 
 TEST(GuardPolicy, PerPartitionGlob) {
   GuardPolicy policy;
   policy.partitions = {{"edge/testing/*", 0.5, std::nullopt, 0.5, std::nullopt}};
   EXPECT_EQ(policy.limits_for("edge/testing/x86_64"), (Limits{0.5, 0.5, 10, true}));
-  EXPECT_EQ(policy.limits_for("edge/main/x86_64"), (Limits{0.2, 0.2, 10, true}));
-  EXPECT_EQ(policy.limits_for("."), (Limits{0.2, 0.2, 10, true}));
+  EXPECT_EQ(policy.limits_for("edge/main/x86_64"), (Limits{0.2, 0.5, 10, true}));
+  EXPECT_EQ(policy.limits_for("."), (Limits{0.2, 0.5, 10, true}));
 
   const Guard guard{policy};
   EXPECT_FALSE(guard.evaluate(deletion("edge/testing/x86_64", 10, 5)));
@@ -205,13 +205,13 @@ TEST(GuardPolicy, LongestPatternWins) {
     if (reversed) std::reverse(policy.partitions.begin(), policy.partitions.end());
     SCOPED_TRACE(reversed ? "reversed" : "in order");
     // Stricter entries (a lower ratio, a higher min_files) do not trust upstream approvals.
-    EXPECT_EQ(policy.limits_for("v3.20/main/x86_64"), (Limits{0.3, 0.2, 10, true}));
+    EXPECT_EQ(policy.limits_for("v3.20/main/x86_64"), (Limits{0.3, 0.5, 10, true}));
     EXPECT_EQ(policy.limits_for("edge/main/x86_64"), (Limits{0.4, 0.6, 20, false}));
-    EXPECT_EQ(policy.limits_for("edge/testing/x86_64"), (Limits{0.5, 0.2, 10, true}));
+    EXPECT_EQ(policy.limits_for("edge/testing/x86_64"), (Limits{0.5, 0.5, 10, true}));
     // The longest pattern sets only what it names; the rest comes from the defaults, not from
     // shorter patterns.
-    EXPECT_EQ(policy.limits_for("edge/testing/riscv64"), (Limits{0.2, 0.2, 2, true}));
-    EXPECT_EQ(policy.limits_for("."), (Limits{0.2, 0.2, 10, true}));
+    EXPECT_EQ(policy.limits_for("edge/testing/riscv64"), (Limits{0.2, 0.5, 2, true}));
+    EXPECT_EQ(policy.limits_for("."), (Limits{0.2, 0.5, 10, true}));
   }
 }
 
@@ -234,18 +234,21 @@ TEST(GuardPolicy, PerPartitionMinFiles) {
 
 TEST(GuardPolicy, PerPartitionBytesLossRatio) {
   GuardPolicy policy;
-  policy.partitions = {{"edge/main/*", std::nullopt, std::nullopt, 0.5, std::nullopt}};
+  policy.partitions = {{"edge/main/*", std::nullopt, std::nullopt, 0.8, std::nullopt}};
   const Guard guard{policy};
-  // 100 files; the 10 large ones (10,000 bytes of 109,000) truncated to 60%: 0.367 of the bytes.
+  // 100 files; the 10 large ones (100,000 bytes of 109,000) cut to 55%: 0.413 of the bytes,
+  // each file above shrink_factor, so only the bytes rule sees it.
   std::vector<Entry> before = packages(90, 100);
   std::vector<Entry> after = before;
   for (std::size_t i = 90; i < 100; ++i) {
     before.push_back(pkg(i, 10000));
-    after.push_back(pkg(i, 6000));
+    after.push_back(pkg(i, 5500));
   }
   auto b = manifest(before), a = manifest(after);
   EXPECT_FALSE(guard.evaluate(weigh(b.get(), a.get())));
-  auto hold = Guard{GuardPolicy{}}.evaluate(weigh(b.get(), a.get()));
+  GuardPolicy strict;
+  strict.max_bytes_loss_ratio = 0.4;
+  auto hold = Guard{strict}.evaluate(weigh(b.get(), a.get()));
   ASSERT_TRUE(hold);
   EXPECT_EQ(hold->rule, Rule::kBytes);
 }
@@ -264,7 +267,7 @@ TEST(GuardPolicy, UpstreamApprovalsAndStricterEntries) {
   EXPECT_TRUE(policy.limits_for("edge/main/armv7").trust_upstream_approvals);
   // Looser or equal entries follow the node.
   EXPECT_TRUE(trusts(entry(0.5, std::nullopt, std::nullopt, std::nullopt)));
-  EXPECT_TRUE(trusts(entry(0.2, 10, 0.2, std::nullopt)));
+  EXPECT_TRUE(trusts(entry(0.2, 10, 0.5, std::nullopt)));
   EXPECT_TRUE(trusts(entry(std::nullopt, 3, 0.9, std::nullopt)));
   // Stricter in any one limit: upstream approvals do not override it...
   EXPECT_FALSE(trusts(entry(0.1, std::nullopt, std::nullopt, std::nullopt)));
@@ -545,15 +548,15 @@ TEST(Guard, ApprovedChangesAreNeverHeld) {
 }
 
 TEST(Guard, TheFirstRuleThatHoldsNamesTheHold) {
-  // Index deleted along with most of the packages: the index rule comes first.
+  // Index deleted along with most of the packages: the deleted rule names it (it says more).
   auto before = manifest(with_index(packages(50)));
   auto after = manifest(packages(5));
   auto hold = Guard{GuardPolicy{}}.evaluate(weigh(before.get(), after.get()));
   ASSERT_TRUE(hold);
-  EXPECT_EQ(hold->rule, Rule::kIndex);
-  EXPECT_EQ(hold->count, 1u);
-  EXPECT_EQ(hold->of, 1u);
-  EXPECT_DOUBLE_EQ(hold->limit, 0);
+  EXPECT_EQ(hold->rule, Rule::kDeleted);
+  EXPECT_EQ(hold->count, 46u);
+  EXPECT_EQ(hold->of, 51u);
+  EXPECT_DOUBLE_EQ(hold->limit, 0.2);
   EXPECT_EQ(hold->deleted, 46u);
   EXPECT_EQ(hold->files, 51u);
   // Both deleted and window would hold: deleted comes first.
@@ -578,27 +581,32 @@ TEST(GuardScenario, AllFilesTruncatedToZero) {
   EXPECT_EQ(hold->of, 20u);
   EXPECT_DOUBLE_EQ(hold->ratio, 1.0);
   EXPECT_EQ(hold->deleted, 0u) << "nothing deleted, yet everything lost";
-  // With its index truncated too, the index rule names it.
+  // With its index truncated too it is still held as deleted (the index is one of the 20).
   Publisher indexed;
   ASSERT_FALSE(indexed.offer(with_index(packages(19))));
   hold = indexed.offer(with_index(packages(19, 0), 0));
   ASSERT_TRUE(hold);
-  EXPECT_EQ(hold->rule, Rule::kIndex);
+  EXPECT_EQ(hold->rule, Rule::kDeleted);
 }
 
 TEST(GuardScenario, TruncationsAtTheLimit) {
   Publisher node;
   ASSERT_FALSE(node.offer(packages(20)));
-  // 4 of 20 emptied: 0.2, and 0.2 of the bytes: passes. A fifth: held.
+  // 4 of 20 emptied: 0.2 of the files and of the bytes: passes. Then one more per publish: each
+  // is 1/20 of its change, but the window remembers every byte: the eleventh is held.
   auto some = packages(20);
   for (std::size_t i = 0; i < 4; ++i) some[i] = pkg(i, 0);
   EXPECT_FALSE(node.offer(some));
-  some[4] = pkg(4, 0);
+  for (std::size_t i = 4; i < 10; ++i) {
+    some[i] = pkg(i, 0);
+    EXPECT_FALSE(node.offer(some)) << i;
+  }
+  some[10] = pkg(10, 0);
   auto hold = node.offer(some);
   ASSERT_TRUE(hold);
   // One more emptied file is 1/20 of this change, but the window remembers 20,000 bytes.
   EXPECT_EQ(hold->rule, Rule::kBytes);
-  EXPECT_EQ(hold->count, 5000u);
+  EXPECT_EQ(hold->count, 11000u);
   EXPECT_EQ(hold->of, 20000u);
 }
 
@@ -637,11 +645,9 @@ TEST(GuardScenario, IndexLostAgainstTheBaseline) {
   c.before.index_files = c.after.index_files = 1;
   c.baseline = c.before;
   c.baseline.index_files = 2;
-  auto hold = Guard{GuardPolicy{}}.evaluate(c);
-  ASSERT_TRUE(hold);
-  EXPECT_EQ(hold->rule, Rule::kIndex);
-  EXPECT_EQ(hold->count, 1u);
-  EXPECT_EQ(hold->of, 2u);
+  // Not held: the index rule counts what this change loses, or an edit of index_files that
+  // drops a name would hold every partition at once (docs/guard.md).
+  EXPECT_FALSE(Guard{GuardPolicy{}}.evaluate(c));
 }
 
 TEST(GuardScenario, RootSymlinkRetargetedOrRemoved) {
@@ -825,17 +831,18 @@ TEST(GuardScenario, PaddingWithLookAlikesIsJudgedByTheRatios) {
 }
 
 TEST(GuardScenario, BytesLostByDrips) {
-  // 10 files of 10,000 bytes, each publish truncates them by 15%: the second is 27.75% below
-  // the window's high-water mark.
+  // 10 files of 10,000 bytes, each publish truncates them by 15%: the fifth is 55.6% below the
+  // window's high-water mark.
   Publisher node;
   ASSERT_FALSE(node.offer(packages(10, 10000)));
-  ASSERT_FALSE(node.offer(packages(10, 8500)));
-  auto hold = node.offer(packages(10, 7225));
+  for (std::uint64_t size : {8500u, 7225u, 6141u, 5220u})
+    ASSERT_FALSE(node.offer(packages(10, size)));
+  auto hold = node.offer(packages(10, 4437));
   ASSERT_TRUE(hold);
   EXPECT_EQ(hold->rule, Rule::kBytes);
-  EXPECT_EQ(hold->count, 27750u);
+  EXPECT_EQ(hold->count, 55630u);
   EXPECT_EQ(hold->of, 100000u);
-  EXPECT_DOUBLE_EQ(hold->limit, 0.2);
+  EXPECT_DOUBLE_EQ(hold->limit, 0.5);
 }
 
 TEST(GuardScenario, FilesMuchShorter) {
