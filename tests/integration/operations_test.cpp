@@ -269,7 +269,7 @@ TEST_F(OperationsTest, MetricsAndStatusChainAcrossThreeTiers) {
   json status;
   for (int i = 0; i < 100; ++i) {
     status = json::parse(http_get(base(ports[2]) + ".tiersync/v1/status"));
-    if (status.value("serial", json()) == serial) break;
+    if (status.value("serial", json()) == serial && status["chain"].size() == 3) break;
     std::this_thread::sleep_for(100ms);
   }
   EXPECT_EQ(status["chain"], json({"mirror-b", "tier1-eu", "dl-master"})) << status.dump(2);
