@@ -16,17 +16,12 @@
 #include <cstring>
 
 #include "proto/path.h"
+#include "proto/wire.h"
 
 namespace tiersync::serve {
 
 namespace {
 
-constexpr std::string_view kSnapshotPath = ".tiersync/v1/snapshot";
-constexpr std::string_view kManifestsPrefix = ".tiersync/v1/manifests/";
-constexpr std::string_view kStatusPath = ".tiersync/v1/status";
-constexpr std::string_view kPinsPrefix = ".tiersync/v1/pins/";
-constexpr std::string_view kApprovalsPath = ".tiersync/v1/approvals";
-constexpr std::string_view kMetricsPath = "metrics";
 constexpr int kMaxLinkHops = 16;
 /// Manifests are content-addressed: a URL's bytes never change.
 constexpr std::string_view kImmutable = "public, max-age=31536000, immutable";
@@ -283,7 +278,7 @@ Response manifest_response(const Request& req, std::string_view hex, const Serve
     r.set("Cache-Control", std::string(kImmutable));
     return r;
   }
-  const std::string rel = std::string(kManifestsPrefix) + std::string(hex);
+  const std::string rel = proto::wire::manifest_path(*digest);
   auto fd = open_served(ctx, rel);
   if (!fd) return not_found();
   return file_response(req, std::move(*fd), "application/json", std::move(etag), kImmutable);
@@ -645,15 +640,17 @@ Response handle_request(const Request& req, const ServedView& view, const Handle
   if (!decoded) return text_response(400, "bad percent-encoding in path");
   const std::string_view rel = std::string_view(*decoded).substr(1);
 
-  if (rel == kSnapshotPath) return snapshot_response(req, query, view, ctx);
-  if (rel.starts_with(kManifestsPrefix))
-    return manifest_response(req, rel.substr(kManifestsPrefix.size()), view, ctx);
-  if (rel == kStatusPath) return body_response(view.status_json, "application/json", "no-store");
-  if (rel.starts_with(kPinsPrefix)) return pins_response(rel.substr(kPinsPrefix.size()), view);
-  if (rel == kApprovalsPath)
+  if (rel == proto::wire::kSnapshot) return snapshot_response(req, query, view, ctx);
+  if (rel.starts_with(proto::wire::kManifestsPrefix))
+    return manifest_response(req, rel.substr(proto::wire::kManifestsPrefix.size()), view, ctx);
+  if (rel == proto::wire::kStatus)
+    return body_response(view.status_json, "application/json", "no-store");
+  if (rel.starts_with(proto::wire::kPinsPrefix))
+    return pins_response(rel.substr(proto::wire::kPinsPrefix.size()), view);
+  if (rel == proto::wire::kApprovals)
     return view.approvals.empty() ? not_found()
                                   : body_response(view.approvals, "application/json", "no-store");
-  if (rel == kMetricsPath) {
+  if (rel == proto::wire::kMetrics) {
     std::string text = view.metrics ? view.metrics() : std::string();
     if (!text.empty() && text.back() != '\n') text += '\n';
     if (ctx.server_metrics) text += ctx.server_metrics();

@@ -68,7 +68,7 @@ std::string pins_id(std::string_view pins_document) {
 
 Status StateStore::open() {
   for (const auto& d : {dir_, dir_ / "manifests", dir_ / "pins", tree_,
-                        tree_ / ".tiersync/v1/manifests", tree_ / ".tiersync/v1/pins"})
+                        tree_ / proto::wire::kManifestsDir, tree_ / proto::wire::kPinsDir})
     if (auto st = make_dirs(d); !st) return st;
   auto lock = FileLock::acquire(dir_ / "lock");
   if (!lock) return lock.error();
@@ -77,7 +77,7 @@ Status StateStore::open() {
 }
 
 fs::path StateStore::published_manifest_path(const proto::Digest& d) const {
-  return tree_ / ".tiersync/v1/manifests" / proto::to_hex(d);
+  return tree_ / proto::wire::manifest_path(d);
 }
 
 fs::path StateStore::manifest_path(const proto::Digest& d) const {
@@ -122,7 +122,7 @@ fs::path StateStore::pins_path(std::uint64_t serial) const {
 }
 
 fs::path StateStore::published_pins_path(std::uint64_t serial) const {
-  return tree_ / ".tiersync/v1/pins" / std::to_string(serial);
+  return tree_ / proto::wire::pins_path(serial);
 }
 
 Status StateStore::commit_pins(std::uint64_t serial, std::string_view document) const {
@@ -136,7 +136,7 @@ Status StateStore::commit_pins(std::uint64_t serial, std::string_view document) 
 }
 
 Status StateStore::publish_pins(std::uint64_t serial, std::string_view document) const {
-  if (auto st = make_dirs(tree_ / ".tiersync/v1/pins"); !st) return st;
+  if (auto st = make_dirs(tree_ / proto::wire::kPinsDir); !st) return st;
   if (!document.empty())
     return write_file_atomic(published_pins_path(serial), document, 0644, false);
   if (::unlink(published_pins_path(serial).c_str()) != 0 && errno != ENOENT)
@@ -146,7 +146,7 @@ Status StateStore::publish_pins(std::uint64_t serial, std::string_view document)
 
 void StateStore::collect_pins(std::uint64_t keep_a, std::uint64_t keep_b) const {
   const std::set<std::string> keep{std::to_string(keep_a), std::to_string(keep_b)};
-  for (const auto& d : {dir_ / "pins", tree_ / ".tiersync/v1/pins"}) {
+  for (const auto& d : {dir_ / "pins", tree_ / proto::wire::kPinsDir}) {
     std::error_code ec;
     for (const auto& e : fs::directory_iterator(d, ec))
       if (!keep.count(e.path().filename().string())) fs::remove(e.path(), ec);
@@ -268,7 +268,7 @@ void StateStore::collect_manifests(const proto::Snapshot& keep_a, const proto::S
   for (const auto* s : {&keep_a, keep_b})
     if (s)
       for (const auto& [name, ref] : s->partitions) keep.insert(proto::to_hex(ref.manifest));
-  for (const auto& d : {dir_ / "manifests", tree_ / ".tiersync/v1/manifests"}) {
+  for (const auto& d : {dir_ / "manifests", tree_ / proto::wire::kManifestsDir}) {
     std::error_code ec;
     for (const auto& e : fs::directory_iterator(d, ec)) {
       const std::string name = e.path().filename().string();

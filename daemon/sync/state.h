@@ -20,6 +20,7 @@
 #include "proto/manifest.h"
 #include "proto/result.h"
 #include "proto/snapshot.h"
+#include "proto/wire.h"
 
 namespace tiersync::sync {
 
@@ -102,7 +103,7 @@ class StateStore {
   const fs::path& tree() const { return tree_; }
   fs::path meta_dir() const { return tree_ / ".tiersync"; }
   fs::path staging_dir() const { return tree_ / ".tiersync" / "staging"; }
-  fs::path published_snapshot_path() const { return tree_ / ".tiersync/v1/snapshot"; }
+  fs::path published_snapshot_path() const { return tree_ / proto::wire::kSnapshot; }
   fs::path published_manifest_path(const proto::Digest& d) const;
   fs::path manifest_path(const proto::Digest& d) const;
   fs::path hash_cache_path() const { return dir_ / "hashcache"; }
@@ -169,7 +170,7 @@ class StateStore {
   /// The approvals document a relay serves at .tiersync/v1/approvals, of the approvals unexpired
   /// at `now` ("" when there is none).
   std::string parent_approvals_document(std::int64_t now) const;
-  fs::path published_approvals_path() const { return tree_ / ".tiersync/v1/approvals"; }
+  fs::path published_approvals_path() const { return tree_ / proto::wire::kApprovals; }
   /// The parent's pins of the serial last evaluated: its serial and pins_id.
   std::pair<std::uint64_t, std::string> load_parent_pins() const;
   Status save_parent_pins(std::uint64_t serial, const std::string& id) const;

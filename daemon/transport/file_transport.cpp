@@ -10,6 +10,7 @@
 
 #include "proto/dsse.h"
 #include "proto/manifest.h"
+#include "proto/wire.h"
 
 namespace tiersync::transport {
 
@@ -67,7 +68,7 @@ Result<std::string> FileTransport::read_small(const std::filesystem::path& file,
 }
 
 Result<std::string> FileTransport::fetch_snapshot() {
-  return read_small(root_ / ".tiersync/v1/snapshot", proto::kMaxEnvelopeBytes);
+  return read_small(root_ / proto::wire::kSnapshot, proto::kMaxEnvelopeBytes);
 }
 
 Result<std::optional<std::string>> FileTransport::fetch_document(std::string_view path,
@@ -83,7 +84,7 @@ Result<std::optional<std::string>> FileTransport::fetch_document(std::string_vie
 Status FileTransport::fetch_manifest(const proto::Digest& digest, const Sink& sink,
                                      const std::function<Status()>& /*restart*/) {
   // Read once from the first byte: there is nothing to restart.
-  const std::string path = ".tiersync/v1/manifests/" + proto::to_hex(digest);
+  const std::string path = proto::wire::manifest_path(digest);
   std::uint64_t total = 0;
   auto st = fetch_file(path, proto::kMaxManifestBytes, [&](const char* data, std::size_t size) {
     total += size;
