@@ -14,12 +14,6 @@ constexpr char kHexDigits[] = "0123456789abcdef";
 constexpr char kBase64Alphabet[] =
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
-int hex_value(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  return -1;
-}
-
 /// Value of a base64 character in either alphabet ('+' or '-' is 62, '/' or '_' is 63).
 int base64_value(char c) {
   if (c >= 'A' && c <= 'Z') return c - 'A';
@@ -43,6 +37,13 @@ const EVP_MD* sha256_md() {
 
 }  // namespace
 
+int hex_digit_value(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
 std::string to_hex(const void* data, std::size_t size) {
   const auto* bytes = static_cast<const std::uint8_t*>(data);
   std::string out(2 * size, '\0');
@@ -57,12 +58,35 @@ std::optional<Digest> digest_from_hex(std::string_view hex) {
   Digest d{};
   if (hex.size() != 2 * d.size()) return std::nullopt;
   for (std::size_t i = 0; i < d.size(); ++i) {
-    const int hi = hex_value(hex[2 * i]);
-    const int lo = hex_value(hex[2 * i + 1]);
+    // Lowercase only: a digest has one spelling (docs/protocol.md), so a URL has one too.
+    const char a = hex[2 * i];
+    const char b = hex[2 * i + 1];
+    if ((a >= 'A' && a <= 'F') || (b >= 'A' && b <= 'F')) return std::nullopt;
+    const int hi = hex_digit_value(a);
+    const int lo = hex_digit_value(b);
     if (hi < 0 || lo < 0) return std::nullopt;
     d[i] = static_cast<std::uint8_t>(hi << 4 | lo);
   }
   return d;
+}
+
+std::optional<std::string> percent_decode(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    char c = text[i];
+    if (c == '%') {
+      if (i + 2 >= text.size()) return std::nullopt;
+      const int hi = hex_digit_value(text[i + 1]);
+      const int lo = hex_digit_value(text[i + 2]);
+      if (hi < 0 || lo < 0) return std::nullopt;
+      c = static_cast<char>(hi * 16 + lo);
+      i += 2;
+    }
+    if (c == '\0') return std::nullopt;
+    out += c;
+  }
+  return out;
 }
 
 std::string base64_encode(std::string_view bytes) {

@@ -20,8 +20,15 @@ inline std::string to_hex(const Digest& d) {
   return to_hex(d.data(), d.size());
 }
 
+/// The value of one hex digit of either case (0-15), or -1 for any other character.
+int hex_digit_value(char c);
+
 /// Parses exactly 64 lowercase hex characters; anything else is nullopt.
 std::optional<Digest> digest_from_hex(std::string_view hex);
+
+/// Decodes %XX escapes (hex digits of either case) once; nullopt when an escape is malformed or
+/// the result holds a NUL (raw or decoded): such bytes never reach a path or a system call.
+std::optional<std::string> percent_decode(std::string_view text);
 
 /// Standard base64 with padding.
 std::string base64_encode(std::string_view bytes);

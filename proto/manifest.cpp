@@ -195,17 +195,11 @@ class ManifestReader {
     return false;
   }
 
-  static int hex(char c) {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-  }
   bool hex4(unsigned& out) {
     if (end_ - p_ < 4) return false;
     out = 0;
     for (int i = 0; i < 4; ++i) {
-      int h = hex(*p_++);
+      const int h = hex_digit_value(*p_++);
       if (h < 0) return false;
       out = out * 16 + static_cast<unsigned>(h);
     }

@@ -56,13 +56,6 @@ std::optional<std::uint64_t> parse_uint(std::string_view s) {
   return v;
 }
 
-int hex_value(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
 }  // namespace
 
 namespace detail {
@@ -348,25 +341,6 @@ std::string_view Response::field(std::string_view name) const {
   return {};
 }
 
-std::optional<std::string> percent_decode(std::string_view text) {
-  std::string out;
-  out.reserve(text.size());
-  for (std::size_t i = 0; i < text.size(); ++i) {
-    char c = text[i];
-    if (c == '%') {
-      if (i + 2 >= text.size()) return std::nullopt;
-      int hi = hex_value(text[i + 1]);
-      int lo = hex_value(text[i + 2]);
-      if (hi < 0 || lo < 0) return std::nullopt;
-      c = static_cast<char>(hi * 16 + lo);
-      i += 2;
-    }
-    if (c == '\0') return std::nullopt;
-    out += c;
-  }
-  return out;
-}
-
 std::optional<std::string> resolve_in_view(const ServedView& view, std::string path) {
   for (int hop = 0; hop <= kMaxLinkHops; ++hop) {
     if (proto::path_error(path)) return std::nullopt;
@@ -636,7 +610,7 @@ Response handle_request(const Request& req, const ServedView& view, const Handle
 
   // Decode once, then validate the decoded path: `%2e%2e` becomes `..` and is refused below;
   // `%252e` stays the literal `%2e`. NUL (`%00`) never reaches a system call.
-  auto decoded = percent_decode(raw_path);
+  auto decoded = proto::percent_decode(raw_path);
   if (!decoded) return text_response(400, "bad percent-encoding in path");
   const std::string_view rel = std::string_view(*decoded).substr(1);
 

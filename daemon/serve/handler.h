@@ -99,9 +99,6 @@ Response handle_request(const Request& request, const ServedView& view,
 /// A short text/plain response (errors).
 Response text_response(unsigned status, std::string_view text);
 
-/// Decodes %XX escapes once; nullopt when an escape is malformed or decodes to NUL.
-std::optional<std::string> percent_decode(std::string_view text);
-
 /// The path of the file entry that serves tree path `path`: symlink entries of the view (of the
 /// file or of a folder on the way) are followed lexically, never the file system's, at most 16
 /// hops, and every step stays a valid tree path. nullopt: not served.

@@ -18,6 +18,27 @@ TEST(Hex, EncodesLowercase) {
   EXPECT_EQ(to_hex(nullptr, 0), "");
 }
 
+TEST(Hex, DigitValueOfEitherCase) {
+  EXPECT_EQ(hex_digit_value('0'), 0);
+  EXPECT_EQ(hex_digit_value('9'), 9);
+  EXPECT_EQ(hex_digit_value('a'), 10);
+  EXPECT_EQ(hex_digit_value('F'), 15);
+  EXPECT_EQ(hex_digit_value('g'), -1);
+  EXPECT_EQ(hex_digit_value('/'), -1);
+}
+
+TEST(PercentDecode, DecodesOnce) {
+  EXPECT_EQ(percent_decode("/a%20b"), "/a b");
+  EXPECT_EQ(percent_decode("/%2e%2E/x"), "/../x");
+  EXPECT_EQ(percent_decode("/%252e"), "/%2e");  // decoded once only
+  EXPECT_EQ(percent_decode("/a%2Fb"), "/a/b");
+  EXPECT_EQ(percent_decode("/a%00b"), std::nullopt);
+  EXPECT_EQ(percent_decode(std::string_view("/a\0b", 4)), std::nullopt);
+  EXPECT_EQ(percent_decode("/a%zz"), std::nullopt);
+  EXPECT_EQ(percent_decode("/a%2"), std::nullopt);
+  EXPECT_EQ(percent_decode("/a%"), std::nullopt);
+}
+
 TEST(Hex, DigestRoundTrip) {
   const Digest d = sha256("abc");
   const auto parsed = digest_from_hex(to_hex(d));

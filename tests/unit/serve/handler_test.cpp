@@ -106,17 +106,6 @@ class ServerHandlerTest : public testing::Test {
   proto::Digest manifest_digest_{};
 };
 
-TEST(ServerHandler, PercentDecodeOnce) {
-  EXPECT_EQ(percent_decode("/a%20b"), "/a b");
-  EXPECT_EQ(percent_decode("/%2e%2E/x"), "/../x");
-  EXPECT_EQ(percent_decode("/%252e"), "/%2e");  // decoded once only
-  EXPECT_EQ(percent_decode("/a%2Fb"), "/a/b");
-  EXPECT_EQ(percent_decode("/a%00b"), std::nullopt);
-  EXPECT_EQ(percent_decode("/a%zz"), std::nullopt);
-  EXPECT_EQ(percent_decode("/a%2"), std::nullopt);
-  EXPECT_EQ(percent_decode("/a%"), std::nullopt);
-}
-
 TEST(ServerHandler, ParsesRanges) {
   auto r = parse_range("bytes=10-19", 100);
   EXPECT_EQ(r.kind, ByteRange::kSingle);
