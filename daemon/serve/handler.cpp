@@ -113,7 +113,7 @@ std::string_view content_type_of(std::string_view path) {
 
 // A served file, opened without following symlinks: through the server's folder cache, or
 // walking from the top where the context has none.
-Result<sync::UniqueFd> open_served(const HandlerContext& ctx, std::string_view rel) {
+Result<base::UniqueFd> open_served(const HandlerContext& ctx, std::string_view rel) {
   return ctx.dirs ? ctx.dirs->open_file(rel) : open_beneath(ctx.tree, rel);
 }
 
@@ -125,7 +125,7 @@ std::string etag_of(const proto::Digest& d) {
 /// A regular file as the response: conditional requests, then a single range. `etag` is the
 /// content's SHA-256 (etag_of); empty when the bytes on disk are not known to be the entry's
 /// (no ETag is sent then, If-None-Match never matches and If-Range sends the whole file).
-Response file_response(const Request& req, sync::UniqueFd fd, std::string_view content_type,
+Response file_response(const Request& req, base::UniqueFd fd, std::string_view content_type,
                        std::string etag, std::string_view cache_control) {
   struct stat st {};
   if (::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode)) return not_found();
@@ -185,7 +185,7 @@ Response file_response(const Request& req, sync::UniqueFd fd, std::string_view c
 /// published: a file on disk whose size or mtime is not the entry's is such a newer file, and
 /// gets no ETag rather than the old content's.
 std::string tree_file_etag(const ServedView& view, const std::string& path,
-                           const sync::UniqueFd& fd) {
+                           const base::UniqueFd& fd) {
   const proto::Entry* e = view.find(path);
   struct stat st {};
   if (!e || e->link || ::fstat(fd.get(), &st) != 0 ||
@@ -371,25 +371,25 @@ std::optional<std::string> resolve_in_view(const ServedView& view, std::string p
   return std::nullopt;  // a loop, or a chain too long to be honest
 }
 
-Result<sync::UniqueFd> open_beneath(const fs::path& tree, std::string_view rel) {
+Result<base::UniqueFd> open_beneath(const fs::path& tree, std::string_view rel) {
   return DirCache(tree).open_file(rel);  // the same walk, with nothing kept afterwards
 }
 
-std::shared_ptr<sync::UniqueFd> DirCache::folder(const std::string& dir) {
+std::shared_ptr<base::UniqueFd> DirCache::folder(const std::string& dir) {
   {
     std::lock_guard lock(mu_);
     if (auto it = dirs_.find(dir); it != dirs_.end()) return it->second;
   }
-  auto fd = std::make_shared<sync::UniqueFd>();
+  auto fd = std::make_shared<base::UniqueFd>();
   if (dir.empty()) {
-    *fd = sync::UniqueFd(::open(tree_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    *fd = base::UniqueFd(::open(tree_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   } else {
     const std::size_t slash = dir.rfind('/');
     const std::string parent = slash == std::string::npos ? std::string() : dir.substr(0, slash);
     const std::string name = slash == std::string::npos ? dir : dir.substr(slash + 1);
     auto up = folder(parent);
     if (!up->valid()) return up;
-    *fd = sync::open_dir_beneath(up->get(), name);  // the engine's walk, one step of it
+    *fd = base::open_dir_beneath(up->get(), name);  // the one folder walk, one step of it
   }
   if (!fd->valid()) return fd;  // not cached: it may appear with the next apply
   const int saved = errno;
@@ -400,20 +400,20 @@ std::shared_ptr<sync::UniqueFd> DirCache::folder(const std::string& dir) {
   return fd;
 }
 
-Result<sync::UniqueFd> DirCache::open_file(std::string_view rel) {
+Result<base::UniqueFd> DirCache::open_file(std::string_view rel) {
   const std::size_t slash = rel.rfind('/');
   const std::string dir(slash == std::string_view::npos ? std::string_view()
                                                         : rel.substr(0, slash));
   const std::string name(slash == std::string_view::npos ? rel : rel.substr(slash + 1));
   auto parent = folder(dir);
-  if (!parent->valid()) return make_error(sync::errno_message(tree_ / rel, errno));
+  if (!parent->valid()) return make_error(base::errno_message(tree_ / rel, errno));
   // O_NOFOLLOW: a symlink planted in the tree is never followed. O_NONBLOCK: opening a FIFO must
   // not block the server thread; it is refused as not regular below.
-  sync::UniqueFd fd(
+  base::UniqueFd fd(
       ::openat(parent->get(), name.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK));
-  if (!fd.valid()) return make_error(sync::errno_message(tree_ / rel, errno));
+  if (!fd.valid()) return make_error(base::errno_message(tree_ / rel, errno));
   struct stat st {};
-  if (::fstat(fd.get(), &st) != 0) return make_error(sync::errno_message(tree_ / rel, errno));
+  if (::fstat(fd.get(), &st) != 0) return make_error(base::errno_message(tree_ / rel, errno));
   if (!S_ISREG(st.st_mode)) return make_error((tree_ / rel).string() + ": not a regular file");
   return fd;
 }

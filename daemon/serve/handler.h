@@ -16,8 +16,8 @@
 #include <utility>
 #include <vector>
 
+#include "daemon/base/fd.h"
 #include "daemon/serve/server.h"
-#include "daemon/sync/fs.h"
 
 namespace tiersync::serve {
 
@@ -45,7 +45,7 @@ struct Response {
   std::optional<std::uint64_t> content_length;
   std::string body;  ///< the body when `file` is not open
   /// A file body: `content_length` bytes from `file_offset`, read in chunks as they are sent.
-  sync::UniqueFd file;
+  base::UniqueFd file;
   std::uint64_t file_offset = 0;
   std::optional<LongPoll> poll;
 
@@ -66,18 +66,18 @@ class DirCache {
   explicit DirCache(fs::path tree, std::size_t max_dirs = 4096)
       : tree_(std::move(tree)), max_dirs_(max_dirs) {}
   /// Opens `rel` (a tree path) like open_beneath(), its folder from the cache.
-  Result<sync::UniqueFd> open_file(std::string_view rel);
+  Result<base::UniqueFd> open_file(std::string_view rel);
   void clear();
   const fs::path& tree() const { return tree_; }
 
  private:
   /// The folder `dir` ("" is the tree), opened through its cached parent; -1 with errno set.
-  std::shared_ptr<sync::UniqueFd> folder(const std::string& dir);
+  std::shared_ptr<base::UniqueFd> folder(const std::string& dir);
 
   fs::path tree_;
   std::size_t max_dirs_;
   std::mutex mu_;
-  std::unordered_map<std::string, std::shared_ptr<sync::UniqueFd>> dirs_;
+  std::unordered_map<std::string, std::shared_ptr<base::UniqueFd>> dirs_;
 };
 
 /// What handling needs besides the view.
@@ -106,7 +106,7 @@ std::optional<std::string> resolve_in_view(const ServedView& view, std::string p
 
 /// Opens `rel` below `tree` without following any symlink on the way (O_NOFOLLOW at every
 /// component); returns the descriptor of a regular file, or the errno.
-Result<sync::UniqueFd> open_beneath(const fs::path& tree, std::string_view rel);
+Result<base::UniqueFd> open_beneath(const fs::path& tree, std::string_view rel);
 
 /// IMF-fixdate ("Sun, 06 Nov 1994 08:49:37 GMT"), independent of the locale.
 std::string http_date(std::time_t t);

@@ -2,9 +2,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
-#include <linux/openat2.h>
 #include <sys/file.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -18,15 +16,6 @@
 #include <vector>
 
 namespace tiersync::sync {
-
-std::string errno_message(const fs::path& path, int err) {
-  return path.string() + ": " + std::strerror(err);
-}
-
-void UniqueFd::reset(int fd) {
-  if (fd_ >= 0) ::close(fd_);
-  fd_ = fd;
-}
 
 Result<std::string> read_file(const fs::path& path, std::size_t max_bytes) {
   UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
@@ -145,26 +134,6 @@ Status remove_tree(const fs::path& path) {
 
 namespace {
 
-// Cleared the first time the kernel (or a seccomp filter) refuses openat2: the walk then goes
-// component by component.
-std::atomic<bool> g_openat2{true};
-
-// The folder `rel` below `dir_fd` in one call; nullopt when openat2 is not available here.
-std::optional<UniqueFd> openat2_dir(int dir_fd, const std::string& rel) {
-  if (!g_openat2.load(std::memory_order_relaxed)) return std::nullopt;
-  struct open_how how {};
-  how.flags = O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC;
-  how.resolve = RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH;
-  const long fd = ::syscall(SYS_openat2, dir_fd, rel.c_str(), &how, sizeof how);
-  if (fd >= 0) return UniqueFd(static_cast<int>(fd));
-  if (errno == ENOSYS || errno == EPERM || errno == E2BIG) {
-    g_openat2.store(false, std::memory_order_relaxed);
-    return std::nullopt;
-  }
-  if (errno == EAGAIN) return std::nullopt;  // a racing rename: this once, the walk below
-  return UniqueFd();                         // errno says why
-}
-
 // The locks this process took with Sharing::kProcess, by file identity (device, inode).
 struct SharedLocks {
   std::mutex mu;
@@ -185,30 +154,6 @@ std::string holder_pid(int fd) {
 }
 
 }  // namespace
-
-void use_openat2(bool on) {
-  g_openat2.store(on);
-}
-
-UniqueFd open_dir_beneath(int dir_fd, std::string_view rel) {
-  constexpr int kFlags = O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC;
-  if (rel.empty()) return UniqueFd(::openat(dir_fd, ".", kFlags));
-  std::string name(rel);
-  if (auto fd = openat2_dir(dir_fd, name)) return std::move(*fd);
-  // Component by component: O_NOFOLLOW refuses a symlink at each one (ELOOP or ENOTDIR).
-  UniqueFd cur;
-  std::size_t start = 0;
-  while (start <= name.size()) {
-    std::size_t slash = name.find('/', start);
-    if (slash == std::string::npos) slash = name.size();
-    if (slash < name.size()) name[slash] = '\0';
-    UniqueFd next(::openat(cur.valid() ? cur.get() : dir_fd, name.c_str() + start, kFlags));
-    if (!next.valid()) return next;
-    cur = std::move(next);
-    start = slash + 1;
-  }
-  return cur;
-}
 
 Result<TreeFs> TreeFs::open(const fs::path& root) {
   UniqueFd fd(::open(root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));

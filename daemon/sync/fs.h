@@ -11,41 +11,18 @@
 #include <string>
 #include <string_view>
 
+#include "daemon/base/fd.h"
 #include "proto/result.h"
 
 namespace tiersync::sync {
 
 namespace fs = std::filesystem;
 
-/// "PATH: strerror(err)".
-std::string errno_message(const fs::path& path, int err);
-
-/// An owned file descriptor.
-class UniqueFd {
- public:
-  UniqueFd() = default;
-  explicit UniqueFd(int fd) : fd_(fd) {}
-  ~UniqueFd() { reset(); }
-  UniqueFd(UniqueFd&& o) noexcept : fd_(o.release()) {}
-  UniqueFd& operator=(UniqueFd&& o) noexcept {
-    if (this != &o) reset(o.release());
-    return *this;
-  }
-  UniqueFd(const UniqueFd&) = delete;
-  UniqueFd& operator=(const UniqueFd&) = delete;
-
-  int get() const { return fd_; }
-  bool valid() const { return fd_ >= 0; }
-  int release() {
-    int fd = fd_;
-    fd_ = -1;
-    return fd;
-  }
-  void reset(int fd = -1);
-
- private:
-  int fd_ = -1;
-};
+// The descriptor and the folder walk live in the base library (daemon/base/fd.h).
+using base::errno_message;
+using base::open_dir_beneath;
+using base::UniqueFd;
+using base::use_openat2;
 
 /// Reads a whole regular file (no symlink followed at the last component) of at most `max_bytes`.
 Result<std::string> read_file(const fs::path& path, std::size_t max_bytes);
@@ -78,16 +55,6 @@ Status remove_tree(const fs::path& path);
 
 /// lstat that reports ENOENT as "absent" (returns false) and other errors as errors.
 Result<bool> lstat_path(const fs::path& path, struct stat& st);
-
-/// Opens the folder `rel` (a relative path, "" for `dir_fd` itself) below the folder `dir_fd`
-/// without following any symlink on the way, the last component included: one
-/// openat2(RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH) where the kernel has it, else openat(O_NOFOLLOW |
-/// O_DIRECTORY) component by component. The one folder walk of tiersync (the server's folder cache
-/// walks with it too). Invalid with errno set when it fails: ELOOP or ENOTDIR where a symlink or a
-/// file stands on the way, ENOENT where nothing does.
-UniqueFd open_dir_beneath(int dir_fd, std::string_view rel);
-/// Tests: with false, open_dir_beneath() walks component by component even where openat2 exists.
-void use_openat2(bool on);
 
 /// A tree operated on without ever following a symlink it holds: every path is relative to the
 /// tree, its folder opened with open_dir_beneath() and the last component handled with the *at()

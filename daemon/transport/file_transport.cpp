@@ -8,6 +8,7 @@
 #include <cstring>
 #include <vector>
 
+#include "daemon/base/fd.h"
 #include "proto/dsse.h"
 #include "proto/manifest.h"
 #include "proto/wire.h"
@@ -16,32 +17,24 @@ namespace tiersync::transport {
 
 namespace {
 
-struct Fd {
-  int fd;
-  ~Fd() {
-    if (fd >= 0) ::close(fd);
-  }
-};
-
 std::string sys_error(const std::filesystem::path& p) {
   return "parent file://" + p.string() + ": " + std::strerror(errno);
 }
 
 // Opens a regular file of the parent without blocking: a FIFO or a device planted in a parent's
 // tree must not hang the relay or feed it endless bytes.
-int open_regular(const std::filesystem::path& file, std::string& error) {
-  int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-  if (fd < 0) {
+base::UniqueFd open_regular(const std::filesystem::path& file, std::string& error) {
+  base::UniqueFd fd(::open(file.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
+  if (!fd.valid()) {
     error = sys_error(file);
-    return -1;
+    return fd;
   }
   struct stat st;
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+  if (::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode)) {
     error = "parent file://" + file.string() + ": not a regular file";
-    ::close(fd);
-    return -1;
+    return base::UniqueFd();
   }
-  ::fcntl(fd, F_SETFL, 0);
+  ::fcntl(fd.get(), F_SETFL, 0);
   return fd;
 }
 
@@ -50,12 +43,12 @@ int open_regular(const std::filesystem::path& file, std::string& error) {
 Result<std::string> FileTransport::read_small(const std::filesystem::path& file,
                                               std::size_t limit) {
   std::string error;
-  Fd in{open_regular(file, error)};
-  if (in.fd < 0) return make_error(error);
+  const base::UniqueFd in = open_regular(file, error);
+  if (!in.valid()) return make_error(error);
   std::string out;
   char buf[65536];
   while (true) {
-    ssize_t n = ::read(in.fd, buf, sizeof buf);
+    ssize_t n = ::read(in.get(), buf, sizeof buf);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) return make_error(sys_error(file));
     if (n == 0) break;
@@ -100,13 +93,13 @@ Status FileTransport::fetch_manifest(const proto::Digest& digest, const Sink& si
 Status FileTransport::fetch_file(std::string_view path, std::uint64_t max_bytes, const Sink& sink) {
   const std::filesystem::path file = root_ / std::string(path);
   std::string error;
-  Fd in{open_regular(file, error)};
-  if (in.fd < 0) return make_error(error);
-  ::posix_fadvise(in.fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+  const base::UniqueFd in = open_regular(file, error);
+  if (!in.valid()) return make_error(error);
+  ::posix_fadvise(in.get(), 0, 0, POSIX_FADV_SEQUENTIAL);
   static thread_local std::vector<char> buf(1 << 20);
   std::uint64_t total = 0;
   while (total <= max_bytes) {
-    ssize_t n = ::read(in.fd, buf.data(), buf.size());
+    ssize_t n = ::read(in.get(), buf.data(), buf.size());
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) return make_error(sys_error(file));
     if (n == 0) break;
