@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "daemon/base/fd.h"
+#include "daemon/serve/http_codecs.h"
 #include "daemon/serve/server.h"
 
 namespace tiersync::serve {
@@ -108,33 +109,8 @@ std::optional<std::string> resolve_in_view(const ServedView& view, std::string p
 /// component); returns the descriptor of a regular file, or the errno.
 Result<base::UniqueFd> open_beneath(const fs::path& tree, std::string_view rel);
 
-/// IMF-fixdate ("Sun, 06 Nov 1994 08:49:37 GMT"), independent of the locale.
-std::string http_date(std::time_t t);
-
 /// The status line and header fields of `res` as sent, ending with the empty line: Server, Date
 /// (`now`), the response's fields, Content-Length when set, and Connection where the version's
 /// default differs from `keep_alive`. Field values are the handler's own (no CR or LF).
 std::string serialize_head(const Response& res, unsigned version, bool keep_alive, std::time_t now);
-/// Parses the three HTTP-date formats of RFC 9110 (IMF-fixdate, RFC 850, asctime).
-std::optional<std::time_t> parse_http_date(std::string_view text);
-
-/// A parsed `Range` header against a representation of `size` bytes.
-struct ByteRange {
-  enum Kind { kIgnore, kSingle, kUnsatisfiable } kind = kIgnore;
-  std::uint64_t first = 0;
-  std::uint64_t last = 0;  ///< inclusive
-};
-/// kIgnore for an absent, malformed or multi-range header (answered 200 with the whole body).
-ByteRange parse_range(std::string_view header, std::uint64_t size);
-
-namespace detail {
-// Private to handle_request; declared here for the fuzz harness (tests/fuzz/fuzz_conditional).
-
-/// If-None-Match: true when `header` ("*" or a list of entity tags, compared weakly) names `etag`.
-bool etag_matches(std::string_view header, std::string_view etag);
-/// If-Range: true when the Range may apply (absent, or the same strong `etag`; never a date).
-bool if_range_allows(std::string_view if_range, std::string_view etag);
-
-}  // namespace detail
-
 }  // namespace tiersync::serve

@@ -4,7 +4,7 @@
 // matches; If-Range allows when absent or equal, never for a date; a parsed date prints and parses
 // back the same.
 
-#include "daemon/serve/handler.h"
+#include "daemon/serve/http_codecs.h"
 #include "tests/fuzz/fuzz.h"
 
 using namespace tiersync;
@@ -47,8 +47,8 @@ bool well_formed(std::string_view h) {
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   const auto f = fuzz::fields(fuzz::bytes(data, size), '\n', 3);
   const std::string_view header = f[0], etag = f[1], date = f[2];
-  using serve::detail::etag_matches;
-  using serve::detail::if_range_allows;
+  using serve::etag_matches;
+  using serve::if_range_allows;
 
   (void)etag_matches(header, etag);
   (void)if_range_allows(header, etag);

@@ -5,7 +5,7 @@
 
 #include <charconv>
 
-#include "daemon/serve/handler.h"
+#include "daemon/serve/http_codecs.h"
 #include "tests/fuzz/fuzz.h"
 
 using namespace tiersync;

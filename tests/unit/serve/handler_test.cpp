@@ -106,34 +106,6 @@ class ServerHandlerTest : public testing::Test {
   proto::Digest manifest_digest_{};
 };
 
-TEST(ServerHandler, ParsesRanges) {
-  auto r = parse_range("bytes=10-19", 100);
-  EXPECT_EQ(r.kind, ByteRange::kSingle);
-  EXPECT_EQ(r.first, 10u);
-  EXPECT_EQ(r.last, 19u);
-  r = parse_range("bytes=90-", 100);
-  EXPECT_EQ(r.kind, ByteRange::kSingle);
-  EXPECT_EQ(r.first, 90u);
-  EXPECT_EQ(r.last, 99u);
-  r = parse_range("bytes=-5", 100);
-  EXPECT_EQ(r.first, 95u);
-  EXPECT_EQ(r.last, 99u);
-  r = parse_range("bytes=-500", 100);
-  EXPECT_EQ(r.first, 0u);
-  EXPECT_EQ(r.last, 99u);
-  r = parse_range("BYTES=0-1000", 100);
-  EXPECT_EQ(r.kind, ByteRange::kSingle);
-  EXPECT_EQ(r.last, 99u);
-  EXPECT_EQ(parse_range("bytes=100-", 100).kind, ByteRange::kUnsatisfiable);
-  EXPECT_EQ(parse_range("bytes=-0", 100).kind, ByteRange::kUnsatisfiable);
-  EXPECT_EQ(parse_range("bytes=0-", 0).kind, ByteRange::kUnsatisfiable);
-  EXPECT_EQ(parse_range("bytes=0-1,5-6", 100).kind, ByteRange::kIgnore);
-  EXPECT_EQ(parse_range("bytes=5-1", 100).kind, ByteRange::kIgnore);
-  EXPECT_EQ(parse_range("bytes=a-b", 100).kind, ByteRange::kIgnore);
-  EXPECT_EQ(parse_range("items=0-1", 100).kind, ByteRange::kIgnore);
-  EXPECT_EQ(parse_range("bytes=99999999999999999999-", 100).kind, ByteRange::kIgnore);
-}
-
 TEST(ServerHandler, SerializesTheHead) {
   Response r;
   r.status = 206;
@@ -150,19 +122,6 @@ TEST(ServerHandler, SerializesTheHead) {
             "Date: Thu, 01 Jan 1970 00:00:00 GMT\r\nConnection: close\r\n\r\n");
   EXPECT_NE(serialize_head(nm, 10, true, 0).find("Connection: keep-alive\r\n"), std::string::npos);
   EXPECT_EQ(serialize_head(nm, 10, false, 0).find("Connection"), std::string::npos);
-}
-
-TEST(ServerHandler, HttpDates) {
-  EXPECT_EQ(http_date(784111777), "Sun, 06 Nov 1994 08:49:37 GMT");
-  EXPECT_EQ(http_date(0), "Thu, 01 Jan 1970 00:00:00 GMT");
-  EXPECT_EQ(http_date(4102444799), "Thu, 31 Dec 2099 23:59:59 GMT");
-  EXPECT_EQ(http_date(951782400), "Tue, 29 Feb 2000 00:00:00 GMT");
-  EXPECT_EQ(parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"), 784111777);
-  EXPECT_EQ(parse_http_date("Sunday, 06-Nov-94 08:49:37 GMT"), 784111777);
-  EXPECT_EQ(parse_http_date("Sun Nov  6 08:49:37 1994"), 784111777);
-  EXPECT_EQ(parse_http_date("yesterday"), std::nullopt);
-  EXPECT_EQ(parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT trailing"), std::nullopt);
-  EXPECT_EQ(parse_http_date("Sun, 06 Foo 1994 08:49:37 GMT"), std::nullopt);
 }
 
 TEST_F(ServerHandlerTest, ResolvesSymlinksOfTheViewOnly) {
