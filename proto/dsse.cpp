@@ -8,6 +8,7 @@
 
 #include "proto/digest.h"
 #include "proto/printable.h"
+#include "proto/strict_json.h"
 
 namespace tiersync::proto {
 namespace {
@@ -20,30 +21,9 @@ constexpr int kMaxJsonDepth = 8;
 constexpr std::size_t kMaxJsonValues = 4096;
 constexpr std::size_t kEd25519Bytes = 64;
 
-/// Thrown from the parser callback; caught in decode_envelope.
-struct Refused : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-
-/// Parses strictly: bounded depth and size, and no duplicate keys, which different JSON parsers
-/// resolve differently (a classic way to make two verifiers see two different envelopes).
+/// Strict: an envelope is verified, and must read the same to every verifier.
 Json parse_strict(std::string_view text) {
-  std::vector<std::set<std::string>> keys;  // one set per open object
-  std::size_t values = 0;
-  return Json::parse(text, [&](int depth, Json::parse_event_t event, Json& parsed) {
-    using E = Json::parse_event_t;
-    if (depth > kMaxJsonDepth) throw Refused("nested deeper than " + std::to_string(kMaxJsonDepth));
-    if (event == E::object_start) keys.emplace_back();
-    if (event == E::object_end) keys.pop_back();
-    if (event == E::key && !keys.back().insert(parsed.get<std::string>()).second) {
-      throw Refused("duplicate key \"" + printable(parsed.get<std::string>()) + "\"");
-    }
-    if ((event == E::value || event == E::object_start || event == E::array_start) &&
-        ++values > kMaxJsonValues) {
-      throw Refused("more than " + std::to_string(kMaxJsonValues) + " JSON values");
-    }
-    return true;
-  });
+  return parse_strict_json(text, {kMaxJsonDepth, kMaxJsonValues});
 }
 
 /// The string member `name` of `object` (not copied: a payload may be 64 MiB), or an error
@@ -126,7 +106,7 @@ Result<Envelope> decode_envelope(std::string_view json) {
   }
   try {
     return decode_object(parse_strict(json));
-  } catch (const Refused& e) {
+  } catch (const JsonRefused& e) {
     return make_error(std::string("envelope: ") + e.what());
   } catch (const Json::exception& e) {
     // Drop nlohmann's "[json.exception.parse_error.101] " tag; keep the position and reason.

@@ -10,6 +10,7 @@
 #include "proto/dsse.h"
 #include "proto/path.h"
 #include "proto/printable.h"
+#include "proto/strict_json.h"
 
 namespace tiersync::sync {
 
@@ -23,27 +24,10 @@ constexpr int kMaxJsonDepth = 6;
 // Five values per pin; as many pins as a snapshot may name partitions, within reason.
 constexpr std::size_t kMaxJsonValues = 1u << 20;
 
-struct Refused : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-
 // Strict like the envelope's parser (proto/dsse.cpp): bounded depth and values, no duplicate
 // keys, which two parsers could resolve differently.
 Json parse_strict(std::string_view text) {
-  std::vector<std::set<std::string>> keys;
-  std::size_t values = 0;
-  return Json::parse(text, [&](int depth, Json::parse_event_t event, Json& parsed) {
-    using E = Json::parse_event_t;
-    if (depth > kMaxJsonDepth) throw Refused("nested deeper than " + std::to_string(kMaxJsonDepth));
-    if (event == E::object_start) keys.emplace_back();
-    if (event == E::object_end) keys.pop_back();
-    if (event == E::key && !keys.back().insert(parsed.get<std::string>()).second)
-      throw Refused("duplicate key \"" + proto::printable(parsed.get<std::string>(), 64) + "\"");
-    if ((event == E::value || event == E::object_start || event == E::array_start) &&
-        ++values > kMaxJsonValues)
-      throw Refused("more than " + std::to_string(kMaxJsonValues) + " JSON values");
-    return true;
-  });
+  return proto::parse_strict_json(text, {kMaxJsonDepth, kMaxJsonValues, 64});
 }
 
 std::string in_quotes(std::string_view name) {
@@ -144,7 +128,7 @@ Result<Pins> decode_pins(std::string_view bytes) try {
     if (!decimal(key))
       return make_error("pins: envelopes: key " + in_quotes(key) + " is not a serial");
   return out;
-} catch (const Refused& e) {
+} catch (const proto::JsonRefused& e) {
   return make_error(std::string("pins: ") + e.what());
 } catch (const Json::exception& e) {
   return make_error(std::string("pins: not valid JSON (") + e.what() + ")");
