@@ -23,6 +23,13 @@ std::string change_end(const proto::Digest* manifest, std::string_view absent) {
   return manifest ? proto::to_hex(*manifest) : std::string(absent);
 }
 
+const Approval* find_covering(const std::vector<Approval>& approvals, std::string_view partition,
+                              std::string_view from, std::string_view to, std::int64_t now) {
+  for (const auto& a : approvals)
+    if (a.covers(partition, from, to, now)) return &a;
+  return nullptr;
+}
+
 bool upstream_covers(const proto::Snapshot& candidate, std::string_view partition,
                      std::string_view from, std::string_view to, std::int64_t now) {
   auto it = candidate.approved_deletions.find(std::string(partition));

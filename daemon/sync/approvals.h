@@ -35,6 +35,11 @@ struct Approval {
   }
 };
 
+/// The first of `approvals` that covers P's change from `from` to `to` at `now`, or null: the
+/// one matching loop for local approvals (tier0 and relays) and a parent's.
+const Approval* find_covering(const std::vector<Approval>& approvals, std::string_view partition,
+                              std::string_view from, std::string_view to, std::int64_t now);
+
 /// Whether a signed upstream approval covers P's change from `from` to `to` at `now`.
 bool upstream_covers(const proto::Snapshot& candidate, std::string_view partition,
                      std::string_view from, std::string_view to, std::int64_t now);

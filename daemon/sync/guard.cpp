@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "daemon/sync/history.h"
 #include "proto/path.h"
 
 namespace tiersync::sync {
@@ -71,6 +72,18 @@ Damage compare(const proto::Manifest* before, const proto::Manifest* after, doub
     if (lost && e.index) ++d.index_lost;
   }
   return d;
+}
+
+PartitionChange measure_change(const std::string& partition, const proto::Manifest* before,
+                               const proto::Manifest* after, const GuardHistory& history,
+                               std::int64_t now, const GuardPolicy& policy) {
+  PartitionChange c;
+  c.partition = partition;
+  c.before = measure(before);
+  c.after = measure(after);
+  c.baseline = history.baseline(partition, c.before, now, policy.window_hours);
+  c.damage = compare(before, after, policy.shrink_factor);
+  return c;
 }
 
 std::string_view rule_name(Rule rule) {

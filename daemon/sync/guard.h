@@ -89,6 +89,16 @@ struct PartitionChange {
   bool approved = false;  ///< by a local, parent or trusted upstream approval of this change
 };
 
+class GuardHistory;
+
+/// What the guard weighs for one partition's change from `before` to `after` (either may be
+/// null), the same for tier0 and relays: both sizes, the window's baseline from `history` at
+/// `now`, and the damage under `policy`'s shrink factor. Not approved: the caller matches
+/// approvals (approvals.h).
+PartitionChange measure_change(const std::string& partition, const proto::Manifest* before,
+                               const proto::Manifest* after, const GuardHistory& history,
+                               std::int64_t now, const GuardPolicy& policy);
+
 /// The rule that held a partition (docs/guard.md names each).
 enum class Rule { kIndex, kRoot, kSmall, kDeleted, kWindow, kBytes };
 std::string_view rule_name(Rule rule);
@@ -100,7 +110,7 @@ struct Hold {
   std::uint64_t count = 0;  ///< what the rule measured (files, bytes or index files lost)
   std::uint64_t of = 0;     ///< out of (the baseline's or the applied manifest's)
   double ratio = 0;         ///< count / of (0 when of is 0)
-  double limit = 0;         ///< the rule's limit: a ratio, or an absolute count for index/root/small
+  double limit = 0;  ///< the rule's limit: a ratio, or an absolute count for index/root/small
   std::uint64_t deleted = 0;  ///< this change's deleted paths
   std::uint64_t files = 0;    ///< the applied manifest's files
 };

@@ -233,5 +233,17 @@ TEST(ParentApprovals, HugeListsAreBounded) {
   EXPECT_EQ(decode_parent_approvals(document(junk)).size(), 1u);
 }
 
+TEST(FindCovering, TheFirstApprovalOfThisChangeUnexpired) {
+  const std::vector<Approval> approvals{approval(kA, kC), approval(kA, kB, kNow),
+                                        approval(kA, kB, kNow + 10), approval(kA, kB, kNow + 20)};
+  const Approval* a = find_covering(approvals, kPart, kA, kB, kNow);
+  ASSERT_NE(a, nullptr);
+  EXPECT_EQ(a, &approvals[2]);  // [1] expired at kNow
+  EXPECT_EQ(find_covering(approvals, kPart, kB, kA, kNow), nullptr);
+  EXPECT_EQ(find_covering(approvals, "edge/main/x86_64", kA, kB, kNow), nullptr);
+  EXPECT_EQ(find_covering(approvals, kPart, kA, kB, kNow + 20), nullptr);
+  EXPECT_EQ(find_covering({}, kPart, kA, kB, kNow), nullptr);
+}
+
 }  // namespace
 }  // namespace tiersync::sync

@@ -79,16 +79,10 @@ std::shared_ptr<Manifest> manifest(std::vector<Entry> entries, const char* parti
   return unit::manifest(partition, std::move(entries));
 }
 
-/// What origin.cpp and relay.cpp weigh for one change with no history: the baseline is `before`.
+/// What tier0 and relays weigh for one change with no history: the baseline is `before`.
 PartitionChange weigh(const Manifest* before, const Manifest* after,
                       const std::string& partition = kPart) {
-  PartitionChange c;
-  c.partition = partition;
-  c.before = measure(before);
-  c.after = measure(after);
-  c.baseline = c.before;
-  c.damage = compare(before, after, GuardPolicy{}.shrink_factor);
-  return c;
+  return measure_change(partition, before, after, GuardHistory(), 1'764'000'000, GuardPolicy{});
 }
 
 /// One partition published again and again, an hour apart, as tier0 publishes and a relay
@@ -103,12 +97,8 @@ class Publisher {
   std::optional<Hold> offer(std::vector<Entry> entries, bool approved = false) {
     auto candidate = unit::manifest(partition_, std::move(entries));
     const GuardPolicy& policy = guard_.policy();
-    PartitionChange c;
-    c.partition = partition_;
-    c.before = measure(applied_.get());
-    c.after = measure(candidate.get());
-    c.baseline = history_.baseline(partition_, c.before, now_, policy.window_hours);
-    c.damage = compare(applied_.get(), candidate.get(), policy.shrink_factor);
+    PartitionChange c =
+        measure_change(partition_, applied_.get(), candidate.get(), history_, now_, policy);
     c.approved = approved;
     auto hold = guard_.evaluate(c);
     if (!hold) {
@@ -909,6 +899,26 @@ TEST(GuardScenario, AnApprovedChangeIsTheNewBaseline) {
   // Against the approved 50: 5 more is 0.1. Without the reset it would be 55/100.
   EXPECT_FALSE(node.offer(packages(45)));
   EXPECT_EQ(node.applied_files(), 45u);
+}
+
+TEST(MeasureChange, SizesBaselineAndDamage) {
+  const auto before = manifest(with_index(packages(20)));
+  const auto after = manifest(packages(15));  // five packages and the index gone
+  GuardHistory history;
+  const std::int64_t now = 1'764'000'000;
+  history.record(kPart, {40, 40000, 1}, now - 3600, 24);  // larger an hour ago
+  const PartitionChange c = measure_change(kPart, before.get(), after.get(), history, now, {});
+  EXPECT_EQ(c.partition, kPart);
+  EXPECT_EQ(c.before, (PartitionSize{21, 25000, 1}));
+  EXPECT_EQ(c.after, (PartitionSize{15, 15000, 0}));
+  EXPECT_EQ(c.baseline, (PartitionSize{40, 40000, 1}));
+  EXPECT_EQ(c.damage.deleted, 6u);
+  EXPECT_EQ(c.damage.index_lost, 1u);
+  EXPECT_FALSE(c.approved);
+  GuardPolicy no_window;
+  no_window.window_hours = 0;
+  EXPECT_EQ(measure_change(kPart, before.get(), nullptr, history, now, no_window).baseline,
+            c.before);
 }
 
 }  // namespace
