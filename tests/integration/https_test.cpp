@@ -18,6 +18,7 @@
 
 #include <gtest/gtest.h>
 
+#include "tests/common/pki.h"
 #include "tests/integration/support.h"
 
 namespace tiersync::it {
@@ -76,59 +77,10 @@ bool published(const Node& origin, const fs::path& source, std::uint16_t port,
 // ---------------------------------------------------------------------------------------------
 // The test PKI
 
-struct CertKey {
-  fs::path cert;
-  fs::path key;
-};
-
-void openssl(const std::vector<std::string>& args) {
-  std::vector<std::string> argv = {"openssl"};
-  argv.insert(argv.end(), args.begin(), args.end());
-  const RunResult r = run(argv, {}, 30s);
-  if (!r.exited(0)) throw std::runtime_error("openssl failed: " + r.describe());
-}
-
-// A self-signed CA (P-256) named `dir/name`.
-CertKey make_ca(const fs::path& dir, const std::string& name) {
-  fs::create_directories(dir);
-  CertKey ca{dir / (name + ".pem"), dir / (name + ".key")};
-  openssl({"req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-           "-keyout", ca.key.string(), "-out", ca.cert.string(), "-days", "2", "-subj",
-           "/CN=tiersync test " + name, "-addext", "basicConstraints=critical,CA:TRUE", "-addext",
-           "keyUsage=critical,keyCertSign,cRLSign"});
-  return ca;
-}
-
-// A server certificate signed by `ca` with the given subjectAltName ("IP:127.0.0.1,DNS:...").
-CertKey make_server_cert(const CertKey& ca, const fs::path& dir, const std::string& name,
-                         const std::string& san, int serial) {
-  CertKey s{dir / (name + ".pem"), dir / (name + ".key")};
-  const fs::path csr = dir / (name + ".csr"), ext = dir / (name + ".ext");
-  openssl({"req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-           "-keyout", s.key.string(), "-out", csr.string(), "-subj", "/CN=" + name});
-  std::ofstream(ext) << "subjectAltName=" << san << "\n"
-                     << "basicConstraints=CA:FALSE\n"
-                     << "keyUsage=critical,digitalSignature\n"
-                     << "extendedKeyUsage=serverAuth\n";
-  openssl({"x509", "-req", "-in", csr.string(), "-CA", ca.cert.string(), "-CAkey", ca.key.string(),
-           "-set_serial", std::to_string(serial), "-days", "2", "-out", s.cert.string(), "-extfile",
-           ext.string()});
-  return s;
-}
-
-struct Pki {
-  CertKey ca, server, stranger_ca, stranger_server;
-};
-
-Pki make_pki(const fs::path& dir) {
-  Pki p;
-  p.ca = make_ca(dir, "ca");
-  p.server = make_server_cert(p.ca, dir, "server", "IP:127.0.0.1,DNS:localhost", 2);
-  p.stranger_ca = make_ca(dir, "stranger-ca");
-  p.stranger_server =
-      make_server_cert(p.stranger_ca, dir, "stranger-server", "IP:127.0.0.1,DNS:localhost", 3);
-  return p;
-}
+using testing_pki::CertKey;
+using testing_pki::make_pki;
+using testing_pki::make_server_cert;
+using testing_pki::Pki;
 
 json tls_listen(std::uint16_t port, const CertKey& cert) {
   return json::array({{{"address", "127.0.0.1"},

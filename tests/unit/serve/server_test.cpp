@@ -1,5 +1,5 @@
 // The server over real sockets on 127.0.0.1, port 0: curl (and openssl s_client) as clients, a
-// test PKI made with the openssl CLI, raw sockets for slow and excess clients.
+// test PKI made with the openssl CLI (tests/common/pki.h), raw sockets for slow and excess clients.
 // Needs the `curl` and `openssl` commands (.ci/setup.sh: packages curl and openssl); without them
 // the network tests are skipped.
 
@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "proto/manifest.h"
+#include "tests/common/pki.h"
 #include "tests/unit/support.h"
 
 namespace tiersync::serve {
@@ -167,39 +168,9 @@ class ServerTest : public testing::Test {
     if (!have("curl") || !have("openssl")) return;
     pki_ = new fs::path(unit::make_temp_dir("server_pki"));
     ASSERT_FALSE(pki_->empty());
-    const fs::path& d = *pki_;
-    write_file(d / "openssl.cnf",
-               "[req]\n"
-               "distinguished_name = dn\n"
-               "prompt = no\n"
-               "[dn]\n"
-               "CN = tiersync test\n"
-               "[v3_ca]\n"
-               "basicConstraints = critical,CA:TRUE\n"
-               "keyUsage = critical,keyCertSign,cRLSign\n"
-               "subjectKeyIdentifier = hash\n"
-               "[v3_server]\n"
-               "basicConstraints = critical,CA:FALSE\n"
-               "keyUsage = critical,digitalSignature\n"
-               "extendedKeyUsage = serverAuth\n"
-               "subjectAltName = IP:127.0.0.1,IP:::1,DNS:localhost\n"
-               "subjectKeyIdentifier = hash\n"
-               "authorityKeyIdentifier = keyid\n");
-    const std::string cd = "cd " + quote(d.string()) + " && ";
-    const std::string ec = " -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes ";
-    ASSERT_EQ(run(cd + "openssl req -x509 -config openssl.cnf -extensions v3_ca" + ec +
-                  "-keyout ca.key -out ca.pem -days 2 -subj '/CN=tiersync test CA' 2>log"),
-              0)
-        << read_file(d / "log");
-    ASSERT_EQ(run(cd + "openssl req -new -config openssl.cnf" + ec +
-                  "-keyout server.key -out server.csr -subj '/CN=localhost' 2>log"),
-              0)
-        << read_file(d / "log");
-    ASSERT_EQ(run(cd + "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key "
-                       "-CAcreateserial -out server.pem -days 2 -extfile openssl.cnf "
-                       "-extensions v3_server 2>log"),
-              0)
-        << read_file(d / "log");
+    // ca.pem, server.pem and server.key in the folder (tests/common/pki.h).
+    const auto ca = testing_pki::make_ca(*pki_, "ca");
+    testing_pki::make_server_cert(ca, *pki_, "server", "IP:127.0.0.1,IP:::1,DNS:localhost", 2);
   }
   static void TearDownTestSuite() {
     if (pki_) fs::remove_all(*pki_);
