@@ -12,12 +12,11 @@
 
 #include "proto/digest.h"
 #include "tests/integration/fake_parent.h"
+#include "tests/integration/network_fixture.h"
 #include "tests/integration/support.h"
 
 namespace tiersync::it {
 namespace {
-
-constexpr int kHeld = 3;
 
 /// True when a status "candidate" names `serial` (as a number or a string).
 bool names_serial(const json& candidate, std::uint64_t serial) {
@@ -26,38 +25,11 @@ bool names_serial(const json& candidate, std::uint64_t serial) {
   return false;
 }
 
-/// Removes the first `count` packages of `partition` and rebuilds its index.
-void remove_packages(TreeModel& model, std::string_view partition, std::size_t count,
-                     std::int64_t index_mtime) {
-  auto packages = packages_in(model, partition);
-  for (std::size_t i = 0; i < count && i < packages.size(); ++i) model.erase(packages[i]);
-  rebuild_index(model, partition, index_mtime);
-}
-
-/// Removes the `count` smallest packages of `partition` and rebuilds its index; returns the share
-/// of the partition's bytes they held (so that a test can show the bytes rule stays out of it).
-double remove_smallest_packages(TreeModel& model, std::string_view partition, std::size_t count,
-                                std::int64_t index_mtime) {
-  std::uint64_t total = 0;
-  for (const auto& path : paths_in(model, partition)) total += model.at(path).bytes.size();
-  auto packages = packages_in(model, partition);
-  std::stable_sort(packages.begin(), packages.end(), [&](const auto& a, const auto& b) {
-    return model.at(a).bytes.size() < model.at(b).bytes.size();
-  });
-  std::uint64_t removed = 0;
-  for (std::size_t i = 0; i < count && i < packages.size(); ++i) {
-    removed += model.at(packages[i]).bytes.size();
-    model.erase(packages[i]);
-  }
-  rebuild_index(model, partition, index_mtime);
-  return total == 0 ? 0.0 : static_cast<double>(removed) / static_cast<double>(total);
-}
-
-class ApprovalsTest : public ::testing::Test {
+class ApprovalsTest : public NetworkTest {
  protected:
+  ApprovalsTest() : NetworkTest("tiersync-approvals") {}
   void SetUp() override {
-    key_ = keygen(root_ / "keys/origin");
-    source_ = root_ / "incoming";
+    NetworkTest::SetUp();
     v1_ = make_sample();
     add_partition(v1_, "edge/testing/x86_64", 19, 7);   // 20 files
     add_partition(v1_, "edge/testing/aarch64", 19, 8);  // 20 files
@@ -65,24 +37,8 @@ class ApprovalsTest : public ::testing::Test {
     add_partition(v1_, "edge/ten/x86_64", 9, 10);       // 10 files: exactly min_files
   }
 
-  Node origin(const json& guard = nullptr) {
-    return make_origin(root_ / "dl-master", "dl-master", source_, key_.key, guard);
-  }
-  Node mirror(const std::string& name, const json& guard) {
-    return make_mirror(root_ / name, name, "file://" + (root_ / "dl-master/tree").string(),
-                       {key_.pub}, guard);
-  }
-
-  /// Publishes `model` (tier0 must not hold anything) and syncs every mirror given.
-  void publish_and_sync(const Node& origin, const TreeModel& model,
-                        const std::vector<const Node*>& mirrors) {
-    materialize(model, source_);
-    ASSERT_TRUE(Exited(origin.once(), 0));
-    for (const Node* m : mirrors) {
-      ASSERT_TRUE(Exited(m->once(), 0)) << m->name;
-      ASSERT_TRUE(TreeMatches(m->tree(), model)) << m->name;
-    }
-  }
+  Node origin(const json& guard = nullptr) { return make_tier0(guard); }
+  Node mirror(const std::string& name, const json& guard) { return make_relay(name, guard); }
 
   /// The armv7 purge of edge/community: approved and published at tier0, then held at a
   /// mirror that does not trust upstream approvals. Returns the purged model.
@@ -97,9 +53,6 @@ class ApprovalsTest : public ::testing::Test {
     return purge;
   }
 
-  TempDir root_{"tiersync-approvals"};
-  KeyFiles key_;
-  fs::path source_;
   TreeModel v1_;
 };
 

@@ -26,43 +26,16 @@
 #include "proto/digest.h"
 #include "proto/dsse.h"
 #include "tests/integration/fake_parent.h"
+#include "tests/integration/network_fixture.h"
 #include "tests/integration/support.h"
 
 namespace tiersync::it {
 namespace {
 
-constexpr int kHeld = 3;
 constexpr int kFailed = 1;
 
 // ---------------------------------------------------------------------------------------------
 // Tree edits
-
-/// Removes the first `count` packages of `partition` and rebuilds its index.
-void remove_packages(TreeModel& model, std::string_view partition, std::size_t count,
-                     std::int64_t index_mtime) {
-  auto packages = packages_in(model, partition);
-  for (std::size_t i = 0; i < count && i < packages.size(); ++i) model.erase(packages[i]);
-  rebuild_index(model, partition, index_mtime);
-}
-
-/// Removes the `count` smallest packages of `partition` and rebuilds its index; returns the
-/// share of the partition's bytes they held, so that a test can show which rule it is about.
-double remove_smallest_packages(TreeModel& model, std::string_view partition, std::size_t count,
-                                std::int64_t index_mtime) {
-  std::uint64_t total = 0;
-  for (const auto& path : paths_in(model, partition)) total += model.at(path).bytes.size();
-  auto packages = packages_in(model, partition);
-  std::stable_sort(packages.begin(), packages.end(), [&](const auto& a, const auto& b) {
-    return model.at(a).bytes.size() < model.at(b).bytes.size();
-  });
-  std::uint64_t removed = 0;
-  for (std::size_t i = 0; i < count && i < packages.size(); ++i) {
-    removed += model.at(packages[i]).bytes.size();
-    model.erase(packages[i]);
-  }
-  rebuild_index(model, partition, index_mtime);
-  return total == 0 ? 0.0 : static_cast<double>(removed) / static_cast<double>(total);
-}
 
 /// `partition` of `from` put back into `model` as it was there.
 void restore_partition(TreeModel& model, const TreeModel& from, std::string_view partition) {
@@ -196,17 +169,17 @@ class BenchTree {
 // The fixture: tier0, a relay trusting upstream approvals and one that does not, both mirrors
 // of tier0 over file://.
 
-class GuardTest : public ::testing::Test {
+class GuardTest : public NetworkTest {
  protected:
+  GuardTest() : NetworkTest("tiersync-guard") {}
   void SetUp() override {
-    key_ = keygen(root_ / "keys/origin");
-    source_ = root_ / "incoming";
+    NetworkTest::SetUp();
     configure();
   }
 
   /// (Re)writes the three nodes' configurations with these guard settings (null: defaults).
   void configure(const json& origin_guard = nullptr, const json& relay_guard = nullptr) {
-    tier0_ = make_origin(root_ / "dl-master", "dl-master", source_, key_.key, origin_guard);
+    tier0_ = make_tier0(origin_guard);
     json trusting = relay_guard.is_null() ? json::object() : relay_guard;
     json cautious = trusting;
     trusting["trust_upstream_approvals"] = true;
@@ -216,8 +189,7 @@ class GuardTest : public ::testing::Test {
   }
 
   Node relay(const std::string& name, const json& guard, const std::string& parent_url = "") {
-    return make_mirror(root_ / name, name, parent_url.empty() ? tier0_.url() : parent_url,
-                       {key_.pub}, guard);
+    return make_relay(name, guard, parent_url);
   }
 
   std::vector<const Node*> relays() const { return {&trusting_, &cautious_}; }
@@ -225,15 +197,9 @@ class GuardTest : public ::testing::Test {
   /// The source becomes `model`; tier0 and both relays (and `more`) pass without a hold and hold
   /// exactly it.
   void publish_and_sync(const TreeModel& model, const std::vector<const Node*>& more = {}) {
-    materialize(model, source_);
-    ASSERT_TRUE(Exited(tier0_.once(), 0)) << "tier0 must not hold";
-    ASSERT_TRUE(TreeMatches(tier0_.tree(), model)) << "tier0";
     std::vector<const Node*> nodes = relays();
     nodes.insert(nodes.end(), more.begin(), more.end());
-    for (const Node* n : nodes) {
-      ASSERT_TRUE(Exited(n->once(), 0)) << n->name << " must not hold";
-      ASSERT_TRUE(TreeMatches(n->tree(), model)) << n->name;
-    }
+    NetworkTest::publish_and_sync(tier0_, model, nodes);
   }
 
   /// The source becomes `model`; tier0 must hold (exit 3). Returns its status.
@@ -252,9 +218,6 @@ class GuardTest : public ::testing::Test {
     }
   }
 
-  TempDir root_{"tiersync-guard"};
-  KeyFiles key_;
-  fs::path source_;
   Node tier0_, trusting_, cautious_;
   RunResult last_run_;
 };

@@ -13,12 +13,12 @@
 #include "daemon/sync/pins.h"
 #include "proto/dsse.h"
 #include "tests/integration/fake_parent.h"
+#include "tests/integration/network_fixture.h"
 #include "tests/integration/support.h"
 
 namespace tiersync::it {
 namespace {
 
-constexpr int kHeld = 3;
 const std::string kPurged = "edge/community/armv7";
 const std::string kUpdated = "edge/main/x86_64";
 
@@ -29,15 +29,14 @@ std::set<std::string> pinned_partitions(const json& status) {
 }
 
 /// tier0 -> tier1 (which does not trust upstream approvals) -> mirror, all over file://.
-class PinsTest : public ::testing::Test {
+class PinsTest : public NetworkTest {
  protected:
+  PinsTest() : NetworkTest("tiersync-pins") {}
   void SetUp() override {
-    key_ = keygen(root_ / "keys/origin");
-    source_ = root_ / "incoming";
-    tier0_ = make_origin(root_ / "dl-master", "dl-master", source_, key_.key);
-    tier1_ = make_mirror(root_ / "tier1", "tier1", tier0_.url(), {key_.pub},
-                         {{"trust_upstream_approvals", false}});
-    mirror_ = make_mirror(root_ / "mirror", "mirror", tier1_.url(), {key_.pub});
+    NetworkTest::SetUp();
+    tier0_ = make_tier0();
+    tier1_ = make_relay("tier1", {{"trust_upstream_approvals", false}});
+    mirror_ = make_relay("mirror", nullptr, tier1_.url());
     SampleShape shape;
     shape.min_packages = 12;
     shape.max_packages = 16;
@@ -54,10 +53,7 @@ class PinsTest : public ::testing::Test {
 
   /// v1 everywhere, then tier0 publishes the approved v2.
   void publish_v2() {
-    materialize(v1_, source_);
-    ASSERT_TRUE(Exited(tier0_.once(), 0));
-    ASSERT_TRUE(Exited(tier1_.once(), 0));
-    ASSERT_TRUE(Exited(mirror_.once(), 0));
+    ASSERT_NO_FATAL_FAILURE(publish_and_sync(tier0_, v1_, {&tier1_, &mirror_}));
     materialize(v2_, source_);
     ASSERT_TRUE(Exited(tier0_.once(), kHeld));
     ASSERT_TRUE(Exited(tier0_.ctl({"approve", kPurged}), 0));
@@ -67,9 +63,6 @@ class PinsTest : public ::testing::Test {
 
   std::uint64_t tier0_serial() const { return read_published_snapshot(tier0_.tree()).serial; }
 
-  TempDir root_{"tiersync-pins"};
-  KeyFiles key_;
-  fs::path source_;
   Node tier0_, tier1_, mirror_;
   TreeModel v1_, v2_, mix_;
 };
