@@ -1,9 +1,5 @@
 #include "daemon/ops/config.h"
 
-#include <openssl/bio.h>
-#include <openssl/err.h>
-#include <openssl/pem.h>
-#include <openssl/x509.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -18,6 +14,7 @@
 #include <set>
 #include <sstream>
 
+#include "daemon/base/tls.h"
 #include "proto/keys.h"
 #include "proto/path.h"
 
@@ -425,27 +422,10 @@ Result<Config> load_config(const fs::path& file) {
 
 namespace {
 
-// The first certificate of `cert` (a PEM chain) and the private key in `key` form a pair: what
-// the server will load at start or on SIGHUP, checked before it matters.
+// The certificate chain `cert` and the private key `key` make the server's TLS context: what
+// the server will load at start or on SIGHUP, built the same way and checked before it matters.
 Status check_tls_pair(const fs::path& cert, const fs::path& key) {
-  auto open = [](const fs::path& p) {
-    return std::unique_ptr<BIO, decltype(&BIO_free)>(BIO_new_file(p.c_str(), "r"), &BIO_free);
-  };
-  auto cert_bio = open(cert);
-  std::unique_ptr<X509, decltype(&X509_free)> x509(
-      cert_bio ? PEM_read_bio_X509(cert_bio.get(), nullptr, nullptr, nullptr) : nullptr,
-      &X509_free);
-  if (!x509) return make_error("tls_cert " + cert.string() + ": not a PEM certificate");
-  auto key_bio = open(key);
-  std::unique_ptr<EVP_PKEY, decltype(&EVP_PKEY_free)> pkey(
-      key_bio ? PEM_read_bio_PrivateKey(key_bio.get(), nullptr, nullptr, nullptr) : nullptr,
-      &EVP_PKEY_free);
-  ERR_clear_error();
-  if (!pkey) return make_error("tls_key " + key.string() + ": not a PEM private key");
-  const bool match = X509_check_private_key(x509.get(), pkey.get()) == 1;
-  ERR_clear_error();
-  if (!match)
-    return make_error("tls_key " + key.string() + " does not match tls_cert " + cert.string());
+  if (auto ctx = base::make_server_tls(cert, key); !ctx) return ctx.error();
   return {};
 }
 

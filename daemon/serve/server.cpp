@@ -37,6 +37,7 @@
 #include <thread>
 #include <unordered_map>
 
+#include "daemon/base/tls.h"
 #include "daemon/ops/fd_limit.h"
 #include "daemon/ops/metrics.h"
 #include "daemon/serve/handler.h"
@@ -63,12 +64,6 @@ constexpr auto kAcceptMaxRetryDelay = 2s;
 /// What a client refused a long poll should wait before asking again. The poll only saves
 /// latency: its periodic poll keeps working meanwhile.
 constexpr std::string_view kLongPollRetryAfterSeconds = "30";
-
-/// TLS 1.2 suites: forward secret AEAD only (TLS 1.3 keeps OpenSSL's defaults, all AEAD).
-constexpr const char* kTls12Ciphers =
-    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
-    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
-    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305";
 
 std::string_view sv(beast::string_view s) {
   return {s.data(), s.size()};
@@ -99,30 +94,9 @@ auto log_exception(std::string what) {
 }
 
 Result<std::unique_ptr<ssl::context>> make_tls_context(const ops::ListenConfig& l) {
-  for (const auto& [key, file] : {std::pair{"tls_cert", &l.tls_cert}, {"tls_key", &l.tls_key}})
-    if (::access(file->c_str(), R_OK) != 0)
-      return make_error(std::string(key) + " " + file->string() + ": " + std::strerror(errno));
-  auto ctx = std::make_unique<ssl::context>(ssl::context::tls_server);
-  // TLS 1.2 and 1.3 only: SSLv3, TLS 1.0 and 1.1 are broken or deprecated (RFC 8996) and every
-  // client we serve speaks 1.2. No compression (CRIME). No renegotiation: a client could make us
-  // redo a full handshake's work at will.
-  ctx->set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 |
-                   ssl::context::no_sslv3 | ssl::context::no_tlsv1 | ssl::context::no_tlsv1_1 |
-                   ssl::context::no_compression);
-  SSL_CTX* native = ctx->native_handle();
-  SSL_CTX_set_min_proto_version(native, TLS1_2_VERSION);
-  SSL_CTX_set_options(native, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
-  if (SSL_CTX_set_cipher_list(native, kTls12Ciphers) != 1)
-    return make_error("cannot set the TLS 1.2 cipher list");
-  boost::system::error_code ec;
-  ctx->use_certificate_chain_file(l.tls_cert.string(), ec);
-  if (ec) return make_error("tls_cert " + l.tls_cert.string() + ": " + ec.message());
-  ctx->use_private_key_file(l.tls_key.string(), ssl::context::pem, ec);
-  if (ec) return make_error("tls_key " + l.tls_key.string() + ": " + ec.message());
-  if (SSL_CTX_check_private_key(native) != 1)
-    return make_error("tls_key " + l.tls_key.string() + " does not match tls_cert " +
-                      l.tls_cert.string());
-  return ctx;
+  auto native = base::make_server_tls(l.tls_cert, l.tls_key);
+  if (!native) return native.error();
+  return std::make_unique<ssl::context>(native->release());  // which takes ownership
 }
 
 /// A live connection as the server sees it: owned jointly by its session and the registry. The
