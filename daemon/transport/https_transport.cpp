@@ -30,6 +30,7 @@
 #include <random>
 #include <vector>
 
+#include "daemon/base/tls.h"
 #include "proto/dsse.h"
 #include "proto/manifest.h"
 #include "proto/printable.h"
@@ -985,20 +986,9 @@ Result<std::unique_ptr<HttpsTransport>> HttpsTransport::create(const std::string
   if (!parsed) return parsed.error();
   std::optional<ssl::context> ctx;
   if (parsed->tls) {
-    ctx.emplace(ssl::context::tls_client);
-    SSL_CTX_set_min_proto_version(ctx->native_handle(), TLS1_2_VERSION);
-    ctx->set_options(ssl::context::default_workarounds | ssl::context::no_compression);
-    ctx->set_verify_mode(ssl::verify_peer);
-    beast::error_code ec;
-    if (!options.ca_file.empty()) {
-      ctx->load_verify_file(options.ca_file.string(), ec);
-      if (ec)
-        return make_error("upstream.ca_file \"" + options.ca_file.string() +
-                          "\": cannot load the certificates: " + ec.message());
-    } else {
-      ctx->set_default_verify_paths(ec);
-      if (ec) return make_error("cannot load the system's trust store: " + ec.message());
-    }
+    auto native = base::make_client_tls(options.ca_file);
+    if (!native) return native.error();
+    ctx.emplace(native->release());  // which takes ownership
   }
   auto impl = std::make_unique<Impl>(std::move(*parsed), options, std::move(ctx));
   return std::unique_ptr<HttpsTransport>(new HttpsTransport(std::move(impl)));
