@@ -34,6 +34,7 @@
 #include "proto/dsse.h"
 #include "proto/manifest.h"
 #include "proto/printable.h"
+#include "proto/wire.h"
 
 namespace tiersync::transport {
 
@@ -57,9 +58,9 @@ constexpr milliseconds kStopCheck{100};
 constexpr std::chrono::seconds kMaxPollWait{300};
 constexpr milliseconds kMaxBackoff{30'000};
 constexpr const char* kUserAgent = "tiersync";
-constexpr std::string_view kSnapshotPath = ".tiersync/v1/snapshot";
-constexpr std::string_view kManifestsPath = ".tiersync/v1/manifests/";
-constexpr std::string_view kStatusPath = ".tiersync/v1/status";
+constexpr std::string_view kSnapshotPath = proto::wire::kSnapshot;
+constexpr std::string_view kManifestsPath = proto::wire::kManifestsPrefix;
+constexpr std::string_view kStatusPath = proto::wire::kStatus;
 constexpr std::uint64_t kMaxStatusBytes = 64 * 1024;
 
 bool is_ip_address(const std::string& host) {
