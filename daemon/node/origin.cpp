@@ -169,20 +169,12 @@ sync::PartitionChange measure_change(const std::string& name, const proto::Manif
                                      const proto::Manifest* after,
                                      const sync::GuardHistory& history, std::int64_t now,
                                      const ops::Config& config) {
-  sync::PartitionChange c;
-  c.partition = name;
-  c.before = sync::measure(before);
-  c.after = sync::measure(after);
-  c.baseline = history.baseline(name, c.before, now, config.guard.window_hours);
-  c.damage = sync::compare(before, after, config.guard.shrink_factor);
-  return c;
+  return sync::measure_change(name, before, after, history, now, config.guard);
 }
 
 bool covered(const std::vector<sync::Approval>& approvals, const std::string& partition,
              const std::string& from, const std::string& to, std::int64_t now) {
-  for (const auto& a : approvals)
-    if (a.covers(partition, from, to, now)) return true;
-  return false;
+  return sync::find_covering(approvals, partition, from, to, now) != nullptr;
 }
 
 // A layout change's identity for approvals: the whole candidate, partition by partition.
