@@ -24,6 +24,7 @@
 #include "proto/dsse.h"
 #include "proto/manifest.h"
 #include "proto/path.h"
+#include "proto/wire.h"
 
 namespace tiersync::node {
 
@@ -292,8 +293,8 @@ bool applied_refs(const std::optional<sync::Applied>& applied, const proto::Dige
   return false;
 }
 
-constexpr std::string_view kPinsPath = ".tiersync/v1/pins/";
-constexpr std::string_view kApprovalsPath = ".tiersync/v1/approvals";
+constexpr std::string_view kPinsPath = proto::wire::kPinsPrefix;
+constexpr std::string_view kApprovalsPath = proto::wire::kApprovals;
 /// A parent's approvals document: a few entries per held partition.
 constexpr std::size_t kMaxParentApprovalsBytes = 1u << 20;
 
