@@ -597,11 +597,7 @@ CycleOutcome sync_once(const ops::Config& config, const std::atomic<bool>* stop,
       after = &*kept;
     }
     Weighed w;
-    w.change.partition = name;
-    w.change.before = sync::measure(before);
-    w.change.after = sync::measure(after);
-    w.change.baseline = history.baseline(name, w.change.before, now, config.guard.window_hours);
-    w.change.damage = sync::compare(before, after, config.guard.shrink_factor);
+    w.change = sync::measure_change(name, before, after, history, now, config.guard);
     const auto& applied_parts = (*applied)->snapshot.partitions;
     auto old_ref = applied_parts.find(name);
     auto new_ref = offer.partitions.find(name);
@@ -633,11 +629,10 @@ CycleOutcome sync_once(const ops::Config& config, const std::atomic<bool>* stop,
   };
   for (auto& w : weighed) {
     auto& c = w.change;
-    for (const auto& a : approvals)
-      if (!c.approved && a.covers(c.partition, w.from, w.to, now)) {
-        c.approved = true;
-        used.push_back(a);
-      }
+    if (const auto* a = sync::find_covering(approvals, c.partition, w.from, w.to, now)) {
+      c.approved = true;
+      used.push_back(*a);
+    }
     // The partition's own entry decides, else the node's setting (GuardPolicy::limits_for).
     if (!c.approved && guard.policy().limits_for(c.partition).trust_upstream_approvals &&
         sync::upstream_covers(*cand, c.partition, w.from, w.to, now))
@@ -655,13 +650,12 @@ CycleOutcome sync_once(const ops::Config& config, const std::atomic<bool>* stop,
   if (!holds.empty() && config.guard.trust_parent_approvals) {
     for (auto& w : weighed) {
       if (w.change.approved) continue;
-      for (const auto& a : read_parent_approvals())
-        if (a.covers(w.change.partition, w.from, w.to, now)) {
-          w.change.approved = true;
-          used.push_back(a);
-          note_approved(w, " (approved by the parent)");
-          break;
-        }
+      if (const auto* a =
+              sync::find_covering(read_parent_approvals(), w.change.partition, w.from, w.to, now)) {
+        w.change.approved = true;
+        used.push_back(*a);
+        note_approved(w, " (approved by the parent)");
+      }
     }
     holds = evaluate();
   }
