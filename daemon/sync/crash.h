@@ -1,0 +1,11 @@
+#pragma once
+/// Fault injection for the crash tests (docs/crash-safety.md, "How it is tested"): with
+/// TIERSYNC_CRASH_AT=N in the environment, the process kills itself with SIGKILL right before
+/// its N-th mutating step. Inert (one load and a compare) when the variable is unset.
+
+namespace tiersync::sync {
+
+/// Marks the step that follows as a mutating one: the N-th call kills the process.
+void crash_point();
+
+}  // namespace tiersync::sync
