@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdlib>
 
 namespace tiersync::sync {
@@ -12,7 +13,7 @@ void crash_point() {
     const char* v = std::getenv("TIERSYNC_CRASH_AT");
     return v ? std::strtol(v, nullptr, 10) : 0L;
   }();
-  static long steps = 0;
+  static std::atomic<long> steps{0};
   if (limit > 0 && ++steps >= limit) ::kill(::getpid(), SIGKILL);
 }
 

@@ -8,4 +8,8 @@ namespace tiersync::sync {
 /// Marks the step that follows as a mutating one: the N-th call kills the process.
 void crash_point();
 
+/// Files of at least this size are also killed half-way through their download: their first
+/// half written, the rest not (Applier's staging).
+inline constexpr unsigned long kMidFileCrashBytes = 64 * 1024;
+
 }  // namespace tiersync::sync
