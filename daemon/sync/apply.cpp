@@ -614,6 +614,11 @@ Status Applier::finish(const proto::Snapshot& candidate, const Plan& plan,
   // that is now a symlink or a file is left alone.
   for (const auto& dir : parents)
     if (tree.rmdir_if_empty(dir)) crash_point();
+  // The deletions are made durable before the journal goes: a later fsync of state_dir (a held
+  // record, an approval) would make its removal durable and a power cut could then bring the
+  // deleted files back with no journal to delete them again (docs/crash-safety.md).
+  crash_point();
+  if (auto st = sync_state_and_tree(); !st) return st;
   crash_point();
   if (auto st = state_.clear_journal(); !st) return st;
   discard_staging();
