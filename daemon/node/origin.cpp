@@ -59,6 +59,7 @@ class SourceFetcher final : public sync::Fetcher {
     // One byte more than the entry: a file that grew is seen as such, and a file that keeps
     // growing cannot hold the publish.
     auto copied = sync::copy_and_hash(in->get(), out.get(), dest, e.size + 1);
+    sync::crash_point();  // copied, neither checked nor given its metadata
     if (!copied) {
       ::unlink(dest.c_str());
       return copied.error();
@@ -250,8 +251,10 @@ CycleOutcome publish_once(const ops::Config& config, const std::atomic<bool>* st
     if (last && *last == print) return cycle.noop((*applied)->snapshot.serial);
   }
   // Recorded only once a cycle ends with the tree matching the source (see below).
+  sync::crash_point();
   ::unlink(print_file.c_str());
   auto remember_source = [&] {
+    sync::crash_point();
     if (auto st = sync::write_file_atomic(print_file, print, 0644, false); !st)
       spdlog::warn("cannot record the source's fingerprint: {}", st.message());
   };

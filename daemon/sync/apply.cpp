@@ -1,14 +1,12 @@
 #include "daemon/sync/apply.h"
 
 #include <fcntl.h>
-#include <signal.h>
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
-#include <cstdlib>
 #include <set>
 #include <unordered_map>
 #include <unordered_set>
@@ -19,15 +17,6 @@
 #include "proto/path.h"
 
 namespace tiersync::sync {
-
-void crash_point() {
-  static const long limit = [] {
-    const char* v = std::getenv("TIERSYNC_CRASH_AT");
-    return v ? std::strtol(v, nullptr, 10) : 0L;
-  }();
-  static long steps = 0;
-  if (limit > 0 && ++steps >= limit) ::kill(::getpid(), SIGKILL);
-}
 
 namespace {
 
@@ -137,68 +126,125 @@ Status copy_verified(const TreeFs& tree, std::string_view src, int out_fd, const
   return {};
 }
 
+// What stops staging on SIGTERM: nothing has been installed yet.
+Error stopped_error() {
+  return make_error("stopped before installing anything (staged files are kept)");
+}
+
+// The parent folders of `path` in the tree, made once per install pass. A file or symlink
+// standing where the candidate has a folder is an applied entry that the candidate removes: it
+// goes now (its deletion later finds it gone).
+Status make_parent_dirs(const TreeFs& tree, std::string_view path,
+                        std::unordered_set<std::string>& made_dirs) {
+  const std::size_t slash = path.rfind('/');
+  if (slash == std::string_view::npos) return {};
+  std::string dir(path.substr(0, slash));
+  if (made_dirs.count(dir)) return {};
+  auto made = tree.make_dirs(dir, /*replace_blockers=*/true, crash_point);
+  if (!made) return made.error();
+  made_dirs.insert(std::move(dir));
+  return {};
+}
+
+// A folder standing where the candidate has a file holds only entries being removed (the
+// candidate has nothing below a file): they go now, never followed through a symlink.
+Status remove_folder_in_the_way(const TreeFs& tree, std::string_view path,
+                                std::unordered_set<std::string>& made_dirs) {
+  struct stat st;
+  auto here = tree.lstat(path, st);
+  if (!here) return here.error();
+  if (!*here || !S_ISDIR(st.st_mode)) return {};
+  crash_point();
+  if (auto rm = tree.remove_tree(path); !rm) return rm;
+  // Folders made in this pass may have been below it (not in a valid candidate; kept exact).
+  std::erase_if(made_dirs, [&](const std::string& d) {
+    return d.size() > path.size() && d.compare(0, path.size(), path) == 0 && d[path.size()] == '/';
+  });
+  return {};
+}
+
+// The snapshot a journaled candidate replaces (the journal's `previous`), and its manifests.
+struct Previous {
+  proto::Snapshot snapshot;
+  ManifestSet manifests;
+};
+
+Result<Previous> previous_of(const StateStore& state, const Journal& j, std::size_t depth) {
+  Previous out;
+  out.snapshot.depth = depth;
+  for (const auto& [name, d] : j.previous) {
+    out.snapshot.partitions[name].manifest = d;
+    auto m = state.load_manifest(d, name, depth);
+    if (!m) return make_error("recovering the journal: " + m.message());
+    out.manifests[name] = *m;
+  }
+  return out;
+}
+
+// The journaled candidate as an apply request, from `pending.snapshot` and `pending.pins` (both
+// verified when they were accepted) and the stored manifests.
+Result<ApplyRequest> journaled_request(const StateStore& state, const Journal& j) {
+  auto bytes = read_file(state.pending_snapshot_path(), proto::kMaxEnvelopeBytes);
+  if (!bytes) return make_error("recovering the journal: " + bytes.message());
+  auto env = proto::decode_envelope(*bytes);
+  if (!env) return make_error("recovering the journal: " + env.message());
+  auto cand = proto::decode_snapshot(env->payload);
+  if (!cand) return make_error("recovering the journal: " + cand.message());
+  if (cand->serial != j.serial)
+    return make_error("recovering the journal: pending snapshot has serial " +
+                      std::to_string(cand->serial) + ", journal says " + std::to_string(j.serial));
+  ApplyRequest req;
+  if (!j.pins.empty()) {
+    // The candidate's pins, stored before the journal (verified when they were accepted).
+    auto pins_doc = read_file(state.pending_pins_path(), kMaxPinsBytes);
+    if (!pins_doc) return make_error("recovering the journal: " + pins_doc.message());
+    if (pins_id(*pins_doc) != j.pins)
+      return make_error("recovering the journal: " + state.pending_pins_path().string() +
+                        " is not the journal's pins " + j.pins);
+    auto pins = decode_pins(*pins_doc);
+    if (!pins) return make_error("recovering the journal: " + pins.message());
+    cand = effective_snapshot(std::move(*cand), *pins);
+    req.pins = std::move(*pins_doc);
+  }
+  spdlog::warn("recovering: resuming the interrupted apply of serial {}", j.serial);
+  req.envelope = std::move(*bytes);
+  auto cand_manifests = state.load_manifests(*cand);
+  if (!cand_manifests) return make_error("recovering the journal: " + cand_manifests.message());
+  req.candidate_manifests = std::move(*cand_manifests);
+  req.candidate = std::move(*cand);
+  return req;
+}
+
+// Files to fetch go in batches: the parent may serve them over several connections at once, many
+// requests in flight on each (docs/performance.md, "Across a long link"), so a batch is large.
+constexpr std::size_t kBatch = 2048;
+
 }  // namespace
 
-Status Applier::stage(const Plan& plan, ApplyStats& stats) {
-  auto& actions = actions_;
-  auto opened = TreeFs::open(state_.tree());
-  if (!opened) return opened.error();
-  const TreeFs& tree = *opened;
-  const fs::path files = state_.staging_dir() / "files";
-  if (auto st = make_dirs(files); !st) return st;
-  if (auto st = make_dirs(state_.staging_dir() / "links"); !st) return st;
+/// One run of stage(). Every file to install is produced under its staged name, from the first
+/// source that has it: what a killed run staged, the tree itself (in place), a deleted file of
+/// the same content, the fetcher's place(), the fetcher's bytes (docs/crash-safety.md, "Stage").
+class Applier::Staging {
+ public:
+  Staging(Applier& applier, const TreeFs& tree, fs::path files, ApplyStats& stats)
+      : a_(applier), tree_(tree), files_(std::move(files)), stats_(stats) {}
 
-  std::unordered_map<std::string, const Entry*> needed;
-  std::vector<std::pair<std::string, const Entry*>> order;  // plan order: runs are repeatable
-  std::unordered_map<proto::Digest, const Entry*, DigestHash> by_digest;  // new content wanted
-  for (const auto& p : plan.partitions) {
-    for (const Entry* e : p.installs) {
-      if (e->link) {
-        actions[e] = Action::kSymlink;
-        continue;
-      }
-      order.emplace_back(staged_name(*e), e);
-      by_digest.emplace(e->sha256, e);
+  Status run(const Plan& plan) {
+    auto wanted = wanted_files(plan);
+    if (!wanted) return wanted.error();
+    keep_leftovers(*wanted);
+    find_local_copies(plan);
+    for (const auto& [name, e] : *wanted) {
+      if (a_.stopping()) return stopped_error();
+      if (auto st = stage_entry(name, *e); !st) return st;
     }
-    for (const Entry* e : p.retouch) {
-      struct stat st;
-      auto exists = tree.lstat(e->path(), st);
-      if (!exists) return exists.error();
-      if (*exists && S_ISREG(st.st_mode) && static_cast<std::uint64_t>(st.st_size) == e->size) {
-        actions[e] = Action::kRetouch;
-      } else {
-        order.emplace_back(staged_name(*e), e);  // the tree lost it: fetch it again
-      }
-    }
+    return download_batch();
   }
 
-  for (const auto& [name, e] : order) needed.emplace(name, e);
-
-  // What a killed run staged is kept if it is still wanted and still verifies.
-  std::unordered_set<std::string> leftovers;
-  std::error_code ec;
-  for (const auto& de : fs::directory_iterator(files, ec)) {
-    std::string name = de.path().filename().string();
-    if (needed.count(name)) {
-      leftovers.insert(name);
-    } else {
-      ::unlink(de.path().c_str());
-    }
-  }
-
-  // Deleted files whose content a new entry needs: they are copied, not fetched again.
-  std::unordered_map<proto::Digest, const std::string*, DigestHash> local;
-  for (const auto& p : plan.partitions)
-    for (const auto& [digest, path] : p.reusable)
-      if (by_digest.count(digest)) local.emplace(digest, &path);
-
-  const Error stopped = make_error("stopped before installing anything (staged files are kept)");
-
-  // Files to fetch go in batches: the parent may serve them over several connections at once,
-  // many requests in flight on each (docs/performance.md, "Across a long link"), so a batch is
-  // large. Each streams through SHA-256 into its staged file and is checked before it counts. A
-  // staged file is open only while its bytes arrive (a batch would otherwise hold thousands of
-  // descriptors): opened at its first byte, closed at its last.
+ private:
+  /// A file whose bytes come from the fetcher. Each streams through SHA-256 into its staged file
+  /// and is checked before it counts. A staged file is open only while its bytes arrive (a batch
+  /// would otherwise hold thousands of descriptors): opened at its first byte, closed at its last.
   struct Download {
     const Entry* entry;
     fs::path dest;
@@ -207,211 +253,263 @@ Status Applier::stage(const Plan& plan, ApplyStats& stats) {
     std::uint64_t got;
     std::uint64_t offset = 0;  ///< staged by an earlier run (already in `hasher` and `got`)
   };
-  constexpr std::size_t kBatch = 2048;
-  std::vector<std::unique_ptr<Download>> batch;
-  auto flush = [&]() -> Status {
-    std::vector<FetchJob> jobs;
-    jobs.reserve(batch.size());
-    for (auto& d : batch) {
-      Download* dl = d.get();
-      jobs.push_back(FetchJob{
-          dl->entry,
-          [&, dl](const char* data, std::size_t size) -> Status {
-            if (stopping()) return stopped;
-            if (dl->got + size > dl->entry->size) {
-              content_rejected_ = true;
-              return make_error(std::string(dl->entry->path()) +
-                                ": more bytes than the manifest's " +
-                                std::to_string(dl->entry->size));
-            }
-            if (!dl->fd.valid()) {
-              dl->fd =
-                  UniqueFd(::open(dl->dest.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC | O_NOFOLLOW));
-              if (!dl->fd.valid()) return make_error(errno_message(dl->dest, errno));
-            }
-            dl->hasher.update(data, size);
-            dl->got += size;
-            auto st = write_all(dl->fd.get(), data, size, dl->dest);
-            if (dl->got == dl->entry->size) dl->fd.reset();
-            return st;
-          },
-          {},
-          dl->offset});
-    }
-    Status result = jobs.empty() ? Status() : fetcher_.fetch_many(jobs);
-    for (auto& dl : batch) dl->fd.reset();
-    for (std::size_t i = 0; i < batch.size() && result; ++i) {
-      Download& dl = *batch[i];
-      const proto::Digest digest = dl.hasher.finish();
-      if (dl.got != dl.entry->size || digest != dl.entry->sha256) {
-        content_rejected_ = true;
-        result = make_error(mismatch(*dl.entry, dl.got, digest));
-      } else {
-        UniqueFd fd(::open(dl.dest.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
-        result = fd.valid() ? set_metadata(fd.get(), *dl.entry, dl.dest)
-                            : Status(make_error(errno_message(dl.dest, errno)));
-      }
-      if (result) {
-        ++stats.fetched_files;
-        stats.fetched_bytes += dl.got - dl.offset;
-        if (dl.offset > 0) ++stats.resumed_files;
-        actions[dl.entry] = Action::kRename;
-      }
-    }
-    // A download the parent or a stop cut short stays, to be resumed by the next run (which
-    // verifies the whole file before any use); one whose bytes contradicted the manifest goes.
-    if (!result)
-      for (auto& dl : batch)
-        if (!actions.count(dl->entry) && (content_rejected_ || dl->got == 0))
-          ::unlink(dl->dest.c_str());
-    batch.clear();
-    return result;
-  };
+  /// Staged name and entry of each file to produce, in plan order: runs are repeatable.
+  using Wanted = std::vector<std::pair<std::string, const Entry*>>;
 
-  for (const auto& [name, e] : order) {
-    if (stopping()) return stopped;
-    const fs::path dest = files / name;
-    if (leftovers.count(name)) {
+  Result<Wanted> wanted_files(const Plan& plan);
+  void keep_leftovers(const Wanted& wanted);
+  void find_local_copies(const Plan& plan);
+  Status stage_entry(const std::string& name, const Entry& e);
+  Result<bool> reuse_leftover(const Entry& e, const fs::path& dest);
+  Result<bool> found_in_place(const Entry& e);
+  Status copy_or_download(const Entry& e, const fs::path& dest);
+  Status queue(std::unique_ptr<Download> download);
+  Status download_batch();
+  Status receive(Download& dl, const char* data, std::size_t size);
+  Status append(Download& dl, const char* data, std::size_t size);
+  Status verify(Download& dl);
+
+  Applier& a_;
+  const TreeFs& tree_;
+  const fs::path files_;
+  ApplyStats& stats_;
+  std::unordered_set<std::string> leftovers_;  ///< staged by a killed run, still wanted
+  /// Deleted files whose content a new entry needs: they are copied, not fetched again.
+  std::unordered_map<proto::Digest, const std::string*, DigestHash> local_;
+  std::vector<std::unique_ptr<Download>> batch_;
+};
+
+// The files to stage; symlinks (made at install) and retouches (content intact in the tree)
+// get their action now.
+Result<Applier::Staging::Wanted> Applier::Staging::wanted_files(const Plan& plan) {
+  Wanted wanted;
+  for (const auto& p : plan.partitions) {
+    for (const Entry* e : p.installs) {
+      if (e->link)
+        a_.actions_[e] = Action::kSymlink;
+      else
+        wanted.emplace_back(staged_name(*e), e);
+    }
+    for (const Entry* e : p.retouch) {
       struct stat st;
-      const bool partial = ::lstat(dest.c_str(), &st) == 0 && S_ISREG(st.st_mode) &&
-                           st.st_size > 0 && static_cast<std::uint64_t>(st.st_size) < e->size;
-      if (partial) {
-        // A download an earlier run did not finish: its bytes are hashed again and the rest is
-        // asked for from where it stopped. The whole file is verified when it is complete.
-        auto resumed = std::make_unique<Download>(Download{e, dest, {}, {}, 0});
-        auto read = stream_file(dest, [&](const char* data, std::size_t size) -> Status {
-          resumed->hasher.update(data, size);
-          resumed->got += size;
-          return {};
-        });
-        if (read && resumed->got < e->size) {
-          resumed->offset = resumed->got;
-          batch.push_back(std::move(resumed));
-          if (batch.size() >= kBatch)
-            if (auto st2 = flush(); !st2) return st2;
-          continue;
-        }
-      } else {
-        std::uint64_t size = 0;
-        auto d = hash_file(dest, &size);
-        if (d && size == e->size && *d == e->sha256) {
-          UniqueFd fd(::open(dest.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
-          if (fd.valid() && set_metadata(fd.get(), *e, dest)) {
-            actions[e] = Action::kRename;
-            ++stats.reused_files;
-            continue;
-          }
-        }
-      }
-      ::unlink(dest.c_str());
+      auto exists = tree_.lstat(e->path(), st);
+      if (!exists) return exists.error();
+      if (*exists && S_ISREG(st.st_mode) && static_cast<std::uint64_t>(st.st_size) == e->size)
+        a_.actions_[e] = Action::kRetouch;
+      else
+        wanted.emplace_back(staged_name(*e), e);  // the tree lost it: fetch it again
     }
-    // Already in place (a killed run installed it, or the tree came from rsync): check by hash.
-    // Never through a symlink: a folder that became one (or the reverse) holds other files.
-    // Not for a repair: the scrubber found the path damaged.
-    struct stat st;
-    auto here = repairing_ ? Result<bool>(false) : tree.lstat(e->path(), st);
-    if (!here) return here.error();
-    if (*here && matches_entry(st, *e)) {
-      auto d = hash_tree_file(tree, e->path());
-      if (d && *d == e->sha256) {
-        actions[e] = Action::kInPlace;
-        ++stats.reused_files;
-        continue;
-      }
-    }
-    // Written straight under its staged name: a leftover of a killed run is re-verified above
-    // before any use, so no temporary name (and no rename) is needed.
-    crash_point();
-    auto placed = fetcher_.place(*e, dest);
-    if (!placed) return placed.error();
-    if (!*placed) {
-      // Owner read-write until set_metadata gives the entry's mode: the file is opened again when
-      // its bytes arrive and when it is verified.
-      UniqueFd fd(
-          ::open(dest.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600));
-      if (!fd.valid()) return make_error(errno_message(dest, errno));
-      bool copied = false;
-      if (auto it = local.find(e->sha256); it != local.end()) {
-        copied = copy_verified(tree, *it->second, fd.get(), dest, *e) &&
-                 set_metadata(fd.get(), *e, dest);
-        // The local copy is gone or damaged: fetch the bytes instead.
-        if (!copied && (::ftruncate(fd.get(), 0) != 0 || ::lseek(fd.get(), 0, SEEK_SET) != 0))
-          return make_error(errno_message(dest, errno));
-      }
-      if (copied) {
-        ++stats.reused_files;
-      } else {
-        fd.reset();  // opened again when its bytes arrive
-        batch.push_back(std::make_unique<Download>(Download{e, dest, {}, {}, 0}));
-        if (batch.size() >= kBatch)
-          if (auto st = flush(); !st) return st;
-        continue;
-      }
-    }
-    actions[e] = Action::kRename;
   }
-  return flush();
+  return wanted;
+}
+
+// What a killed run staged is kept if it is still wanted (and verified before use); the rest
+// goes.
+void Applier::Staging::keep_leftovers(const Wanted& wanted) {
+  std::unordered_set<std::string> names;
+  for (const auto& [name, e] : wanted) names.insert(name);
+  std::error_code ec;
+  for (const auto& de : fs::directory_iterator(files_, ec)) {
+    std::string name = de.path().filename().string();
+    if (names.count(name))
+      leftovers_.insert(std::move(name));
+    else
+      ::unlink(de.path().c_str());
+  }
+}
+
+void Applier::Staging::find_local_copies(const Plan& plan) {
+  std::unordered_set<proto::Digest, DigestHash> new_content;
+  for (const auto& p : plan.partitions)
+    for (const Entry* e : p.installs)
+      if (!e->link) new_content.insert(e->sha256);
+  for (const auto& p : plan.partitions)
+    for (const auto& [digest, path] : p.reusable)
+      if (new_content.count(digest)) local_.emplace(digest, &path);
+}
+
+Status Applier::Staging::stage_entry(const std::string& name, const Entry& e) {
+  const fs::path dest = files_ / name;
+  if (leftovers_.count(name)) {
+    auto reused = reuse_leftover(e, dest);
+    if (!reused) return reused.error();
+    if (*reused) return {};
+    ::unlink(dest.c_str());
+  }
+  auto in_place = found_in_place(e);
+  if (!in_place) return in_place.error();
+  if (*in_place) return {};
+  // Written straight under its staged name: a leftover of a killed run is re-verified above
+  // before any use, so no temporary name (and no rename) is needed.
+  crash_point();
+  auto placed = a_.fetcher_.place(e, dest);
+  if (!placed) return placed.error();
+  if (!*placed) return copy_or_download(e, dest);
+  a_.actions_[&e] = Action::kRename;
+  return {};
+}
+
+// A leftover of a killed run: whole, it is kept if it still verifies; partial (a download an
+// earlier run did not finish), its bytes are hashed again and the rest is asked for from where
+// it stopped, the whole file verified when complete. False when it is of no use.
+Result<bool> Applier::Staging::reuse_leftover(const Entry& e, const fs::path& dest) {
+  struct stat st;
+  const bool partial = ::lstat(dest.c_str(), &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0 &&
+                       static_cast<std::uint64_t>(st.st_size) < e.size;
+  if (partial) {
+    auto resumed = std::make_unique<Download>(Download{&e, dest, {}, {}, 0});
+    auto read = stream_file(dest, [&](const char* data, std::size_t size) -> Status {
+      resumed->hasher.update(data, size);
+      resumed->got += size;
+      return {};
+    });
+    if (!read || resumed->got >= e.size) return false;
+    resumed->offset = resumed->got;
+    if (auto st2 = queue(std::move(resumed)); !st2) return st2.error();
+    return true;
+  }
+  std::uint64_t size = 0;
+  auto d = hash_file(dest, &size);
+  if (!d || size != e.size || *d != e.sha256) return false;
+  UniqueFd fd(::open(dest.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+  if (!fd.valid() || !set_metadata(fd.get(), e, dest)) return false;
+  a_.actions_[&e] = Action::kRename;
+  ++stats_.reused_files;
+  return true;
+}
+
+// Already in place (a killed run installed it, or the tree came from rsync): checked by hash.
+// Never through a symlink: a folder that became one (or the reverse) holds other files. Not for
+// a repair: the scrubber found the path damaged.
+Result<bool> Applier::Staging::found_in_place(const Entry& e) {
+  if (a_.repairing_) return false;
+  struct stat st;
+  auto here = tree_.lstat(e.path(), st);
+  if (!here) return here.error();
+  if (!*here || !matches_entry(st, e)) return false;
+  auto d = hash_tree_file(tree_, e.path());
+  if (!d || *d != e.sha256) return false;
+  a_.actions_[&e] = Action::kInPlace;
+  ++stats_.reused_files;
+  return true;
+}
+
+// A deleted file of the same content is copied (and hashed on the way); otherwise, or when that
+// copy is gone or damaged, the file joins the batch of downloads.
+Status Applier::Staging::copy_or_download(const Entry& e, const fs::path& dest) {
+  // Owner read-write until set_metadata gives the entry's mode: the file is opened again when its
+  // bytes arrive and when it is verified.
+  UniqueFd fd(::open(dest.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600));
+  if (!fd.valid()) return make_error(errno_message(dest, errno));
+  if (auto it = local_.find(e.sha256); it != local_.end()) {
+    if (copy_verified(tree_, *it->second, fd.get(), dest, e) && set_metadata(fd.get(), e, dest)) {
+      ++stats_.reused_files;
+      a_.actions_[&e] = Action::kRename;
+      return {};
+    }
+    if (::ftruncate(fd.get(), 0) != 0 || ::lseek(fd.get(), 0, SEEK_SET) != 0)
+      return make_error(errno_message(dest, errno));
+  }
+  fd.reset();  // opened again when its bytes arrive
+  return queue(std::make_unique<Download>(Download{&e, dest, {}, {}, 0}));
+}
+
+Status Applier::Staging::queue(std::unique_ptr<Download> download) {
+  batch_.push_back(std::move(download));
+  return batch_.size() >= kBatch ? download_batch() : Status{};
+}
+
+// Fetches the batch, verifies each file, and gives each its mode and mtime.
+Status Applier::Staging::download_batch() {
+  std::vector<FetchJob> jobs;
+  jobs.reserve(batch_.size());
+  for (auto& d : batch_) {
+    Download* dl = d.get();
+    jobs.push_back(FetchJob{
+        dl->entry,
+        [this, dl](const char* data, std::size_t size) { return receive(*dl, data, size); },
+        {},
+        dl->offset});
+  }
+  Status result = jobs.empty() ? Status() : a_.fetcher_.fetch_many(jobs);
+  for (auto& dl : batch_) dl->fd.reset();
+  for (std::size_t i = 0; i < batch_.size() && result; ++i) result = verify(*batch_[i]);
+  // A download the parent or a stop cut short stays, to be resumed by the next run (which
+  // verifies the whole file before any use); one whose bytes contradicted the manifest goes.
+  if (!result)
+    for (auto& dl : batch_)
+      if (!a_.actions_.count(dl->entry) && (a_.content_rejected_ || dl->got == 0))
+        ::unlink(dl->dest.c_str());
+  batch_.clear();
+  return result;
+}
+
+// The sink of one download: bytes beyond the entry's size are refused (the parent contradicts
+// its signed entry), the rest hashed and appended to the staged file.
+Status Applier::Staging::receive(Download& dl, const char* data, std::size_t size) {
+  if (a_.stopping()) return stopped_error();
+  if (dl.got + size > dl.entry->size) {
+    a_.content_rejected_ = true;
+    return make_error(std::string(dl.entry->path()) + ": more bytes than the manifest's " +
+                      std::to_string(dl.entry->size));
+  }
+  if (!dl.fd.valid()) {
+    dl.fd = UniqueFd(::open(dl.dest.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC | O_NOFOLLOW));
+    if (!dl.fd.valid()) return make_error(errno_message(dl.dest, errno));
+  }
+  // A large file has a step in its middle: a kill there leaves exactly its first half staged,
+  // whatever the size of the chunks (docs/crash-safety.md, "How it is tested").
+  const std::uint64_t half = dl.entry->size / 2;
+  if (dl.entry->size >= kMidFileCrashBytes && dl.got < half && dl.got + size >= half) {
+    const auto first = static_cast<std::size_t>(half - dl.got);
+    if (auto st = append(dl, data, first); !st) return st;
+    crash_point();
+    data += first;
+    size -= first;
+  }
+  return append(dl, data, size);
+}
+
+Status Applier::Staging::append(Download& dl, const char* data, std::size_t size) {
+  dl.hasher.update(data, size);
+  dl.got += size;
+  auto st = write_all(dl.fd.get(), data, size, dl.dest);
+  if (dl.got == dl.entry->size) dl.fd.reset();
+  return st;
+}
+
+// A finished download: its size and SHA-256 must be the entry's; then it gets its metadata.
+Status Applier::Staging::verify(Download& dl) {
+  const proto::Digest digest = dl.hasher.finish();
+  if (dl.got != dl.entry->size || digest != dl.entry->sha256) {
+    a_.content_rejected_ = true;
+    return make_error(mismatch(*dl.entry, dl.got, digest));
+  }
+  UniqueFd fd(::open(dl.dest.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+  if (!fd.valid()) return make_error(errno_message(dl.dest, errno));
+  if (auto st = set_metadata(fd.get(), *dl.entry, dl.dest); !st) return st;
+  ++stats_.fetched_files;
+  stats_.fetched_bytes += dl.got - dl.offset;
+  if (dl.offset > 0) ++stats_.resumed_files;
+  a_.actions_[dl.entry] = Action::kRename;
+  return {};
+}
+
+Status Applier::stage(const Plan& plan, ApplyStats& stats) {
+  auto opened = TreeFs::open(state_.tree());
+  if (!opened) return opened.error();
+  const fs::path files = state_.staging_dir() / "files";
+  if (auto st = make_dirs(files); !st) return st;
+  if (auto st = make_dirs(state_.staging_dir() / "links"); !st) return st;
+  Staging staging(*this, *opened, files, stats);
+  return staging.run(plan);
 }
 
 Status Applier::install(const Plan& plan) {
-  auto& actions = actions_;
   auto opened = TreeFs::open(state_.tree());
   if (!opened) return opened.error();
-  const TreeFs& tree = *opened;
   const std::string root(proto::kRootPartition);
-  std::unordered_set<std::string> made_dirs;
-
-  // Every step below resolves its folder from the tree's descriptor without following a symlink
-  // (docs/crash-safety.md, "Type changes"): a path whose folder became a symlink is never entered.
-  auto install_one = [&](const Entry& e) -> Status {
-    auto it = actions.find(&e);
-    if (it == actions.end() || it->second == Action::kInPlace) return {};
-    std::string_view path = e.path();
-    std::size_t slash = path.rfind('/');
-    if (slash != std::string_view::npos) {
-      std::string dir(path.substr(0, slash));
-      if (!made_dirs.count(dir)) {
-        // A file or symlink standing where the candidate has a folder is an applied entry that
-        // the candidate removes: it goes now (its deletion later finds it gone).
-        auto made = tree.make_dirs(dir, /*replace_blockers=*/true, crash_point);
-        if (!made) return made.error();
-        made_dirs.insert(dir);
-      }
-    }
-    if (it->second == Action::kRetouch) {
-      crash_point();
-      auto fd = open_tree_file(tree, path);
-      if (!fd) return fd.error();
-      return set_metadata(fd->get(), e, tree.root() / path);
-    }
-    // A folder standing where the candidate has a file holds only entries being removed (the
-    // candidate has nothing below a file): they go now, never followed through a symlink.
-    struct stat st;
-    auto here = tree.lstat(path, st);
-    if (!here) return here.error();
-    if (*here && S_ISDIR(st.st_mode)) {
-      crash_point();
-      if (auto rm = tree.remove_tree(path); !rm) return rm;
-      // Folders made in this pass may have been below it (not in a valid candidate; kept exact).
-      std::erase_if(made_dirs, [&](const std::string& d) {
-        return d.size() > path.size() && d.compare(0, path.size(), path) == 0 &&
-               d[path.size()] == '/';
-      });
-    }
-    fs::path from;
-    if (it->second == Action::kSymlink) {
-      from = state_.staging_dir() / "links" / staged_name(e);
-      ::unlink(from.c_str());
-      crash_point();
-      if (::symlink(std::string(e.target()).c_str(), from.c_str()) != 0)
-        return make_error(errno_message(from, errno));
-    } else {
-      from = state_.staging_dir() / "files" / staged_name(e);
-    }
-    crash_point();
-    return tree.rename_into(from, path);
-  };
-
+  MadeDirs made_dirs;
   // Other files, then index files, of every partition; then the root partition likewise.
   for (bool root_pass : {false, true}) {
     for (bool index_pass : {false, true}) {
@@ -420,11 +518,39 @@ Status Applier::install(const Plan& plan) {
         for (const auto* list : {&p.installs, &p.retouch})
           for (const Entry* e : *list)
             if (e->index == index_pass)
-              if (auto st = install_one(*e); !st) return st;
+              if (auto st = install_entry(*opened, *e, made_dirs); !st) return st;
       }
     }
   }
   return {};
+}
+
+// Every step below resolves its folder from the tree's descriptor without following a symlink
+// (docs/crash-safety.md, "Type changes"): a path whose folder became a symlink is never entered.
+Status Applier::install_entry(const TreeFs& tree, const Entry& e, MadeDirs& made_dirs) {
+  auto it = actions_.find(&e);
+  if (it == actions_.end() || it->second == Action::kInPlace) return {};
+  const std::string_view path = e.path();
+  if (auto st = make_parent_dirs(tree, path, made_dirs); !st) return st;
+  if (it->second == Action::kRetouch) {
+    crash_point();
+    auto fd = open_tree_file(tree, path);
+    if (!fd) return fd.error();
+    return set_metadata(fd->get(), e, tree.root() / path);
+  }
+  if (auto st = remove_folder_in_the_way(tree, path, made_dirs); !st) return st;
+  fs::path from;
+  if (it->second == Action::kSymlink) {
+    from = state_.staging_dir() / "links" / staged_name(e);
+    ::unlink(from.c_str());
+    crash_point();
+    if (::symlink(std::string(e.target()).c_str(), from.c_str()) != 0)
+      return make_error(errno_message(from, errno));
+  } else {
+    from = state_.staging_dir() / "files" / staged_name(e);
+  }
+  crash_point();
+  return tree.rename_into(from, path);
 }
 
 // syncfs of the tree's file system, and of state_dir's when it is another one: a barrier for a
@@ -488,6 +614,11 @@ Status Applier::finish(const proto::Snapshot& candidate, const Plan& plan,
   // that is now a symlink or a file is left alone.
   for (const auto& dir : parents)
     if (tree.rmdir_if_empty(dir)) crash_point();
+  // The deletions are made durable before the journal goes: a later fsync of state_dir (a held
+  // record, an approval) would make its removal durable and a power cut could then bring the
+  // deleted files back with no journal to delete them again (docs/crash-safety.md).
+  crash_point();
+  if (auto st = sync_state_and_tree(); !st) return st;
   crash_point();
   if (auto st = state_.clear_journal(); !st) return st;
   discard_staging();
@@ -559,103 +690,68 @@ Status Applier::repair(std::vector<const proto::Entry*> refetch,
   return st;
 }
 
+// The served copies of the committed snapshot and its pins, rewritten (pins first).
+Status Applier::republish(const Applied& a) {
+  if (auto st = state_.publish_manifests(a.snapshot); !st) return st;
+  if (auto st = state_.publish_pins(a.snapshot.serial, a.pins_document); !st) return st;
+  return write_file_atomic(state_.published_snapshot_path(), a.envelope, 0644, false);
+}
+
+// A power cut may have lost the served copy of a committed snapshot: put it back.
+Status Applier::restore_served(const Applied& a) {
+  auto served = read_file(state_.published_snapshot_path(), proto::kMaxEnvelopeBytes);
+  auto served_pins = read_file(state_.published_pins_path(a.snapshot.serial), kMaxPinsBytes);
+  const bool pins_ok =
+      a.pins_document.empty() ? !served_pins : served_pins && *served_pins == a.pins_document;
+  if (served && *served == a.envelope && pins_ok) return {};
+  spdlog::warn("recovering: rewriting the served snapshot (serial {})", a.snapshot.serial);
+  return republish(a);
+}
+
+// Committed: only the deletions (and the served copies) may be missing.
+Status Applier::finish_committed(const Journal& j, const Applied& applied) {
+  const auto& cand = applied.snapshot;
+  spdlog::warn("recovering: serial {} was committed; finishing its deletions", j.serial);
+  auto previous = previous_of(state_, j, cand.depth);
+  if (!previous) return previous.error();
+  auto cand_manifests = state_.load_manifests(cand);
+  if (!cand_manifests) return cand_manifests.error();
+  if (auto st = republish(applied); !st) return st;
+  Plan plan = make_plan(previous->manifests, *cand_manifests);
+  ApplyStats stats;
+  return finish(cand, plan, previous->snapshot, stats);
+}
+
+// Not committed: the journaled candidate (it was verified and approved) is installed to the end.
+Status Applier::resume_journaled(const Journal& j, const std::optional<Applied>& applied) {
+  auto req = journaled_request(state_, j);
+  if (!req) return req.error();
+  auto previous = previous_of(state_, j, req->candidate.depth);
+  if (!previous) return previous.error();
+  if (applied) req->applied = applied->snapshot;
+  Plan plan = make_plan(previous->manifests, req->candidate_manifests);
+  auto stats = apply(*req, plan);
+  if (!stats) return stats.error();
+  return {};
+}
+
 Result<bool> Applier::recover() {
   auto journal = state_.load_journal();
   if (!journal) return journal.error();
   auto applied = state_.load_applied();
   if (!applied) return applied.error();
-  // The served copies of the committed snapshot and its pins, rewritten (pins first).
-  auto republish = [&](const Applied& a) -> Status {
-    if (auto st = state_.publish_manifests(a.snapshot); !st) return st;
-    if (auto st = state_.publish_pins(a.snapshot.serial, a.pins_document); !st) return st;
-    return write_file_atomic(state_.published_snapshot_path(), a.envelope, 0644, false);
-  };
   if (!*journal) {
-    // A power cut may have lost the served copy of a committed snapshot: put it back.
-    if (*applied) {
-      const Applied& a = **applied;
-      auto served = read_file(state_.published_snapshot_path(), proto::kMaxEnvelopeBytes);
-      auto served_pins = read_file(state_.published_pins_path(a.snapshot.serial), kMaxPinsBytes);
-      const bool pins_ok =
-          a.pins_document.empty() ? !served_pins : served_pins && *served_pins == a.pins_document;
-      if (!served || *served != a.envelope || !pins_ok) {
-        spdlog::warn("recovering: rewriting the served snapshot (serial {})", a.snapshot.serial);
-        if (auto st = republish(a); !st) return st.error();
-      }
-    }
+    if (*applied)
+      if (auto st = restore_served(**applied); !st) return st.error();
     return false;
   }
   const Journal& j = **journal;
-
-  // The journal's `previous` is the snapshot the candidate replaces.
-  proto::Snapshot previous;
-  ManifestSet previous_manifests;
-  std::size_t depth = 0;
-  auto load_previous = [&](std::size_t layout_depth) -> Status {
-    depth = layout_depth;
-    previous.depth = depth;
-    for (const auto& [name, d] : j.previous) {
-      previous.partitions[name].manifest = d;
-      auto m = state_.load_manifest(d, name, depth);
-      if (!m) return make_error("recovering the journal: " + m.message());
-      previous_manifests[name] = *m;
-    }
-    return {};
-  };
-
   // The journal names the candidate by its serial and its pins: with the same serial applied
   // and other pins, the candidate (a re-evaluation of the applied serial) is not committed.
-  if (*applied && (*applied)->snapshot.serial == j.serial &&
-      pins_id((*applied)->pins_document) == j.pins) {
-    // Committed: only the deletions (and the served copies) may be missing.
-    const auto& cand = (*applied)->snapshot;
-    spdlog::warn("recovering: serial {} was committed; finishing its deletions", j.serial);
-    if (auto st = load_previous(cand.depth); !st) return st.error();
-    auto cand_manifests = state_.load_manifests(cand);
-    if (!cand_manifests) return cand_manifests.error();
-    if (auto st = republish(**applied); !st) return st.error();
-    Plan plan = make_plan(previous_manifests, *cand_manifests);
-    ApplyStats stats;
-    if (auto st = finish(cand, plan, previous, stats); !st) return st.error();
-    return true;
-  }
-
-  // Not committed: install the journaled candidate (it was verified and approved) to the end.
-  auto bytes = read_file(state_.pending_snapshot_path(), proto::kMaxEnvelopeBytes);
-  if (!bytes) return make_error("recovering the journal: " + bytes.message());
-  auto env = proto::decode_envelope(*bytes);
-  if (!env) return make_error("recovering the journal: " + env.message());
-  auto cand = proto::decode_snapshot(env->payload);
-  if (!cand) return make_error("recovering the journal: " + cand.message());
-  if (cand->serial != j.serial)
-    return make_error("recovering the journal: pending snapshot has serial " +
-                      std::to_string(cand->serial) + ", journal says " + std::to_string(j.serial));
-  ApplyRequest req;
-  if (!j.pins.empty()) {
-    // The candidate's pins, stored before the journal (verified when they were accepted).
-    auto pins_doc = read_file(state_.pending_pins_path(), kMaxPinsBytes);
-    if (!pins_doc) return make_error("recovering the journal: " + pins_doc.message());
-    if (pins_id(*pins_doc) != j.pins)
-      return make_error("recovering the journal: " + state_.pending_pins_path().string() +
-                        " is not the journal's pins " + j.pins);
-    auto pins = decode_pins(*pins_doc);
-    if (!pins) return make_error("recovering the journal: " + pins.message());
-    cand = effective_snapshot(std::move(*cand), *pins);
-    req.pins = std::move(*pins_doc);
-  }
-  spdlog::warn("recovering: resuming the interrupted apply of serial {}", j.serial);
-  req.envelope = std::move(*bytes);
-  auto cand_manifests = state_.load_manifests(*cand);
-  if (!cand_manifests) return make_error("recovering the journal: " + cand_manifests.message());
-  req.candidate_manifests = std::move(*cand_manifests);
-  if (auto st = load_previous(cand->depth); !st) return st.error();
-  req.candidate = std::move(*cand);
-  if (*applied) {
-    req.applied = (*applied)->snapshot;
-  }
-  Plan plan = make_plan(previous_manifests, req.candidate_manifests);
-  auto stats = apply(req, plan);
-  if (!stats) return stats.error();
+  const bool committed = *applied && (*applied)->snapshot.serial == j.serial &&
+                         pins_id((*applied)->pins_document) == j.pins;
+  const Status st = committed ? finish_committed(j, **applied) : resume_journaled(j, *applied);
+  if (!st) return st.error();
   return true;
 }
 

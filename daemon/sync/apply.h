@@ -13,7 +13,10 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <unordered_set>
 
+#include "daemon/sync/crash.h"
+#include "daemon/sync/fs.h"
 #include "daemon/sync/plan.h"
 #include "daemon/sync/state.h"
 #include "proto/manifest.h"
@@ -118,14 +121,23 @@ class Applier {
  private:
   /// How each entry of the plan reaches the tree; decided while staging.
   enum class Action { kRename, kInPlace, kRetouch, kSymlink };
+  /// One run of stage(): its leftovers, local copies and batch of downloads (apply.cpp).
+  class Staging;
+  /// Folders an install() pass has made (each is made once).
+  using MadeDirs = std::unordered_set<std::string>;
 
   Status stage(const Plan& plan, ApplyStats& stats);
   Status install(const Plan& plan);
+  Status install_entry(const TreeFs& tree, const proto::Entry& e, MadeDirs& made_dirs);
   Status commit(const ApplyRequest& req);
   Status sync_state_and_tree();
   Status finish(const proto::Snapshot& candidate, const Plan& plan,
                 const std::optional<proto::Snapshot>& previous, ApplyStats& stats,
                 const std::set<proto::Digest>& keep_manifests = {});
+  Status republish(const Applied& applied);
+  Status restore_served(const Applied& applied);
+  Status finish_committed(const Journal& journal, const Applied& applied);
+  Status resume_journaled(const Journal& journal, const std::optional<Applied>& applied);
 
   StateStore& state_;
   Fetcher& fetcher_;
@@ -135,9 +147,5 @@ class Applier {
   const std::atomic<bool>* stop_ = nullptr;
   bool stopping() const { return stop_ && stop_->load(); }
 };
-
-/// Fault injection for crash tests: with TIERSYNC_CRASH_AT=N in the environment, the process
-/// kills itself with SIGKILL right before its N-th mutating step. Inert otherwise.
-void crash_point();
 
 }  // namespace tiersync::sync

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <nlohmann/json.hpp>
 
+#include "daemon/sync/crash.h"
 #include "daemon/sync/fs.h"
 
 namespace tiersync::sync {
@@ -66,6 +67,7 @@ Status GuardHistory::save(const std::filesystem::path& file) const {
     parts[name] = std::move(list);
   }
   json j = {{"partitions", std::move(parts)}};
+  crash_point();
   return write_file_atomic(file, j.dump() + "\n", 0644, /*durable=*/true);
 }
 

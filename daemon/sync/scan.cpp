@@ -15,6 +15,7 @@
 #include <mutex>
 #include <thread>
 
+#include "daemon/sync/crash.h"
 #include "daemon/sync/fs.h"
 #include "proto/path.h"
 
@@ -365,6 +366,7 @@ Status HashCache::save(const fs::path& file) const {
     put(out, r.digest);
   }
   // The cache is an optimisation: it need not survive a power loss.
+  crash_point();
   return write_file_atomic(file, out, 0600, /*durable=*/false);
 }
 

@@ -9,6 +9,7 @@
 #include <set>
 #include <stdexcept>
 
+#include "daemon/sync/crash.h"
 #include "daemon/sync/fs.h"
 #include "proto/dsse.h"
 #include "proto/manifest.h"
@@ -149,7 +150,10 @@ void StateStore::collect_pins(std::uint64_t keep_a, std::uint64_t keep_b) const 
   for (const auto& d : {dir_ / "pins", tree_ / proto::wire::kPinsDir}) {
     std::error_code ec;
     for (const auto& e : fs::directory_iterator(d, ec))
-      if (!keep.count(e.path().filename().string())) fs::remove(e.path(), ec);
+      if (!keep.count(e.path().filename().string())) {
+        crash_point();
+        fs::remove(e.path(), ec);
+      }
   }
 }
 
@@ -165,6 +169,7 @@ bool StateStore::has_manifest(const proto::Digest& d) const {
 }
 
 Status StateStore::store_manifest(const proto::Digest& d, std::string_view bytes) const {
+  crash_point();
   return write_file_atomic(manifest_path(d), bytes, 0644, /*durable=*/false);
 }
 
@@ -215,6 +220,7 @@ Result<bool> StateStore::receive_manifest(const proto::Digest& d, const Manifest
   if (hasher.finish() != d) return false;
   if (::close(fd.release()) != 0) return make_error(errno_message(temp, errno));
   // Not made durable here, like store_manifest: the apply's barrier does it before the commit.
+  crash_point();
   if (::rename(temp.c_str(), final_path.c_str()) != 0)
     return make_error(errno_message(final_path, errno));
   discard.keep = true;
@@ -253,6 +259,7 @@ Status StateStore::publish_manifests(const proto::Snapshot& s) const {
     fs::path dst = published_manifest_path(ref.manifest);
     if (::access(dst.c_str(), F_OK) == 0) continue;
     fs::path src = manifest_path(ref.manifest);
+    crash_point();
     if (::link(src.c_str(), dst.c_str()) == 0 || errno == EEXIST) continue;
     // state_dir on another file system: copy.
     auto bytes = read_file(src, proto::kMaxManifestBytes);
@@ -277,6 +284,7 @@ void StateStore::collect_manifests(const proto::Snapshot& keep_a, const proto::S
         auto digest = proto::digest_from_hex(name);
         if (digest && keep_stored.count(*digest)) continue;
       }
+      crash_point();
       fs::remove(e.path(), ec);
     }
   }
@@ -316,6 +324,7 @@ HeldState StateStore::load_held() const try {
 }
 
 Status StateStore::save_held(const HeldState& held) const {
+  crash_point();
   if (held.partitions.empty()) {
     std::error_code ec;
     fs::remove(dir_ / "held.json", ec);
@@ -357,6 +366,7 @@ std::vector<Approval> StateStore::load_approvals() const try {
 }
 
 Status StateStore::save_approvals(const std::vector<Approval>& approvals) const {
+  crash_point();
   json list = json::array();
   for (const auto& a : approvals)
     list.push_back({{"partition", a.partition},
@@ -385,6 +395,7 @@ std::vector<Approval> StateStore::load_used_approvals() const try {
 }
 
 Status StateStore::save_used_approvals(const std::vector<Approval>& approvals) const {
+  crash_point();
   json list = json::array();
   for (const auto& a : approvals)
     list.push_back(
@@ -416,6 +427,7 @@ std::pair<std::uint64_t, std::string> StateStore::load_parent_pins() const try {
 }
 
 Status StateStore::save_parent_pins(std::uint64_t serial, const std::string& id) const {
+  crash_point();
   return write_json(dir_ / "parent-pins.json", {{"serial", serial}, {"pins", id}},
                     /*durable=*/false);
 }
@@ -442,6 +454,7 @@ CycleRecord StateStore::load_cycle() const try {
 }
 
 Status StateStore::save_cycle(const CycleRecord& r) const {
+  crash_point();
   // Outcome only: losing it to a power cut costs nothing. The message and the chain may quote a
   // parent's bytes: they are kept cut short and escaped, here and when read back.
   json chain = json::array();

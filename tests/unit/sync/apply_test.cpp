@@ -5,8 +5,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -36,16 +38,29 @@ Item link_to(std::string target) {
   return Item{std::move(target), true};
 }
 
-/// Serves every file of the model it was given: what a parent holds.
+/// Serves every file of the model it was given: what a parent holds. It can also break: fail at
+/// its `fail_at`-th file (1 for the first) after sending `cut` bytes of it, serve the files of
+/// `corrupt` with their first byte changed, or send `extra` bytes after every file.
 class ModelFetcher final : public Fetcher {
  public:
   Model model;
   std::size_t fetched = 0;
+  std::size_t fail_at = 0;
+  std::size_t cut = 0;
+  std::set<std::string> corrupt;
+  std::string extra;
   Status fetch(const proto::Entry& entry, const ByteSink& sink) override {
     auto it = model.find(std::string(entry.path()));
     if (it == model.end() || it->second.link) return make_error("no such file at the parent");
     ++fetched;
-    return sink(it->second.bytes.data(), it->second.bytes.size());
+    std::string bytes = it->second.bytes + extra;
+    if (corrupt.count(it->first)) bytes[0] = static_cast<char>(bytes[0] ^ 1);
+    if (fetched == fail_at) {
+      if (cut > 0)
+        if (auto st = sink(bytes.data(), std::min(cut, bytes.size())); !st) return st;
+      return make_error("connection reset by the parent");
+    }
+    return sink(bytes.data(), bytes.size());
   }
 };
 
@@ -109,6 +124,12 @@ class ApplyTest : public testing::Test {
 
   /// Applies `model` as the next snapshot; the tree then holds exactly it.
   void apply(const Model& model) {
+    auto stats = try_apply(model);
+    ASSERT_TRUE(stats) << stats.message();
+  }
+
+  /// Applies `model` as the next snapshot through fetcher_ (serving `model`), as a relay would.
+  Result<ApplyStats> try_apply(const Model& model) {
     std::map<std::string, std::shared_ptr<proto::Manifest>> parts;
     for (const auto& [path, item] : model) {
       auto& m = parts[std::string(proto::partition_of(path, kDepth))];
@@ -129,10 +150,10 @@ class ApplyTest : public testing::Test {
     req.candidate.layout = "{release}/{repo}/{arch}";
     req.candidate.depth = kDepth;
     for (auto& [name, m] : parts) {
-      ASSERT_TRUE(proto::validate_manifest(*m, kDepth)) << name;
+      if (auto valid = proto::validate_manifest(*m, kDepth); !valid) return valid.error();
       const std::string bytes = proto::encode_manifest(*m);
       const proto::Digest d = proto::sha256(bytes);
-      ASSERT_TRUE(state_->store_manifest(d, bytes));
+      if (auto stored = state_->store_manifest(d, bytes); !stored) return stored.error();
       req.candidate.partitions[name] = {d, m->entries.size(), m->total_bytes()};
       req.candidate_manifests[name] = m;
     }
@@ -143,9 +164,20 @@ class ApplyTest : public testing::Test {
     fetcher_.model = model;
     Applier applier(*state_, fetcher_);
     auto stats = applier.apply(req, plan);
-    ASSERT_TRUE(stats) << stats.message();
+    content_rejected_ = applier.content_rejected();
+    if (!stats) return stats;
     applied_ = req.candidate;
     applied_manifests_ = req.candidate_manifests;
+    return stats;
+  }
+
+  /// The files staging holds, by name (what a failed apply left for the next one).
+  std::vector<std::string> staged() const {
+    std::vector<std::string> out;
+    std::error_code ec;
+    for (const auto& de : fs::directory_iterator(state_->staging_dir() / "files", ec))
+      out.push_back(de.path().filename().string());
+    return out;
   }
 
   fs::path tree() const { return dir_ / "tree"; }
@@ -157,6 +189,7 @@ class ApplyTest : public testing::Test {
   std::uint64_t serial_ = 0;
   std::optional<proto::Snapshot> applied_;
   ManifestSet applied_manifests_;
+  bool content_rejected_ = false;
 };
 
 /// A release and a copy of it (or a symlink to it) at `copy`, a path of any depth.
@@ -248,6 +281,141 @@ TEST_F(ApplyTest, ASymlinkPlantedInTheTreeIsNeverEntered) {
   expected["v"] = "d";
   expected["v/main"] = "l../other/main";  // not the engine's to remove: no entry names it
   EXPECT_EQ(listing(tree()), expected);
+}
+
+// --- Staging through a fake parent (docs/crash-safety.md, "The phases of an apply") ---------
+
+constexpr std::size_t kFileBytes = 128;
+
+/// Two partitions of three files each and the root partition, every file kFileBytes long.
+Model two_partitions(const std::string& version) {
+  Model m;
+  for (const std::string part : {"v/main/x86_64", "v/community/x86_64"})
+    for (const std::string name : {"a.apk", "b.apk", "APKINDEX.tar.gz"}) {
+      std::string bytes = name + " of " + part + " version " + version + " ";
+      bytes.resize(kFileBytes, '.');
+      m[part + "/" + name] = Item{bytes};
+    }
+  std::string stamp = version;
+  stamp.resize(kFileBytes, '\n');
+  m["last-updated"] = Item{stamp};
+  return m;
+}
+
+/// Every file of `dir` holds the whole content of some file of `model`.
+::testing::AssertionResult AllContentOf(const fs::path& dir, const Model& model) {
+  std::set<std::string> contents;
+  for (const auto& [path, item] : model) contents.insert(item.bytes);
+  std::error_code ec;
+  for (const auto& de : fs::directory_iterator(dir, ec))
+    if (!contents.count(unit::read_file(de.path())))
+      return ::testing::AssertionFailure() << de.path() << " holds bytes of no file";
+  return ::testing::AssertionSuccess();
+}
+
+TEST_F(ApplyTest, AFetchFailingMidBatchInstallsNothing) {
+  const Model v1 = two_partitions("1"), v2 = two_partitions("2");
+  ASSERT_NO_FATAL_FAILURE(apply(v1));
+  fetcher_.fail_at = fetcher_.fetched + 4;  // the fourth file of the batch, 10 bytes into it
+  fetcher_.cut = 10;
+  auto failed = try_apply(v2);
+  ASSERT_FALSE(failed);
+  EXPECT_NE(failed.message().find("connection reset"), std::string::npos) << failed.message();
+  EXPECT_FALSE(content_rejected_) << "the parent broke off: what it sent is worth resuming";
+  EXPECT_EQ(listing(tree()), listing_of(v1));
+  EXPECT_FALSE(fs::exists(dir_ / "state/journal.json"));
+  EXPECT_FALSE(fs::exists(state_->pending_snapshot_path()));
+  // Kept for the next run: the three whole files and the cut one; the files never begun go.
+  EXPECT_EQ(staged().size(), 4u);
+}
+
+TEST_F(ApplyTest, LeftoversAreReusedAndACutDownloadResumed) {
+  const Model v1 = two_partitions("1"), v2 = two_partitions("2");
+  ASSERT_NO_FATAL_FAILURE(apply(v1));
+  fetcher_.fail_at = fetcher_.fetched + 4;
+  fetcher_.cut = 10;
+  ASSERT_FALSE(try_apply(v2));
+  fetcher_.fail_at = 0;
+  const std::size_t before = fetcher_.fetched;
+  auto stats = try_apply(v2);
+  ASSERT_TRUE(stats) << stats.message();
+  EXPECT_EQ(listing(tree()), listing_of(v2));
+  EXPECT_EQ(stats->reused_files, 3u) << "the whole leftovers, verified again";
+  EXPECT_EQ(stats->resumed_files, 1u);
+  EXPECT_EQ(stats->fetched_files, 4u);
+  EXPECT_EQ(fetcher_.fetched - before, 4u);
+  EXPECT_EQ(stats->fetched_bytes, 4 * kFileBytes - 10) << "the cut file from its 11th byte on";
+  EXPECT_EQ(staged(), std::vector<std::string>{});
+}
+
+TEST_F(ApplyTest, ALeftoverThatNoLongerVerifiesIsFetchedAgain) {
+  const Model v1 = two_partitions("1"), v2 = two_partitions("2");
+  ASSERT_NO_FATAL_FAILURE(apply(v1));
+  fetcher_.fail_at = fetcher_.fetched + 4;
+  fetcher_.cut = 10;
+  ASSERT_FALSE(try_apply(v2));
+  std::size_t damaged = 0;
+  for (const auto& name : staged()) {
+    const fs::path file = state_->staging_dir() / "files" / name;
+    if (fs::file_size(file) != kFileBytes) continue;       // the cut one
+    unit::write_file(file, std::string(kFileBytes, 'r'));  // rotted on the disk
+    ++damaged;
+  }
+  ASSERT_EQ(damaged, 3u);
+  fetcher_.fail_at = 0;
+  auto stats = try_apply(v2);
+  ASSERT_TRUE(stats) << stats.message();
+  EXPECT_EQ(listing(tree()), listing_of(v2));
+  EXPECT_EQ(stats->reused_files, 0u);
+  EXPECT_EQ(stats->fetched_files, 7u);
+  EXPECT_EQ(stats->resumed_files, 1u);
+}
+
+TEST_F(ApplyTest, ABodyContradictingItsEntryIsRefused) {
+  const Model v1 = two_partitions("1"), v2 = two_partitions("2");
+  ASSERT_NO_FATAL_FAILURE(apply(v1));
+  fetcher_.corrupt = {"v/main/x86_64/b.apk"};
+  auto failed = try_apply(v2);
+  ASSERT_FALSE(failed);
+  EXPECT_NE(failed.message().find("SHA-256 mismatch"), std::string::npos) << failed.message();
+  EXPECT_TRUE(content_rejected_);
+  EXPECT_EQ(listing(tree()), listing_of(v1));
+  EXPECT_FALSE(fs::exists(dir_ / "state/journal.json"));
+  EXPECT_TRUE(AllContentOf(state_->staging_dir() / "files", v2)) << "the bad body is not kept";
+
+  fetcher_.corrupt.clear();
+  fetcher_.extra = "and more";  // the right bytes, then some
+  failed = try_apply(v2);
+  ASSERT_FALSE(failed);
+  EXPECT_NE(failed.message().find("more bytes than the manifest's"), std::string::npos)
+      << failed.message();
+  EXPECT_TRUE(content_rejected_);
+  EXPECT_EQ(listing(tree()), listing_of(v1));
+  EXPECT_TRUE(AllContentOf(state_->staging_dir() / "files", v2));
+
+  fetcher_.extra.clear();
+  ASSERT_NO_FATAL_FAILURE(apply(v2));
+  EXPECT_EQ(listing(tree()), listing_of(v2));
+}
+
+TEST_F(ApplyTest, LocalContentIsCopiedOrFoundInPlaceNotFetched) {
+  Model v1 = {{"v/main/x86_64/old.apk", Item{"moved bytes"}}, {"last-updated", Item{"1"}}};
+  ASSERT_NO_FATAL_FAILURE(apply(v1));
+  Model v2 = {{"v/main/x86_64/new.apk", Item{"moved bytes"}},
+              {"v/main/x86_64/synced.apk", Item{"rsynced"}},
+              {"last-updated", Item{"2"}}};
+  // A file already in the tree with the entry's content, mode and mtime (an rsync did it).
+  unit::write_file(tree() / "v/main/x86_64/synced.apk", "rsynced");
+  ASSERT_EQ(::chmod((tree() / "v/main/x86_64/synced.apk").c_str(), 0644), 0);
+  const timespec times[2] = {{1000, 0}, {1000, 0}};
+  ASSERT_EQ(::utimensat(AT_FDCWD, (tree() / "v/main/x86_64/synced.apk").c_str(), times, 0), 0);
+  const std::size_t before = fetcher_.fetched;
+  auto stats = try_apply(v2);
+  ASSERT_TRUE(stats) << stats.message();
+  EXPECT_EQ(listing(tree()), listing_of(v2));
+  EXPECT_EQ(stats->reused_files, 2u) << "the deleted file copied, the synced one in place";
+  EXPECT_EQ(stats->fetched_files, 1u);
+  EXPECT_EQ(fetcher_.fetched - before, 1u) << "only last-updated";
 }
 
 TEST(OpenDirBeneathTest, RefusesASymlinkAtAnyComponent) {
