@@ -212,8 +212,10 @@ std::string metrics_text(const ops::Config& config) {
   gauge("tiersync_last_success_timestamp_seconds",
         "Unix time of the last cycle that applied, published or found nothing to do (0: never).",
         number(j["last_success_unix"]));
-  const bool success = j["last_cycle"].is_object() &&
-                       (j["last_cycle"]["result"] == "ok" || j["last_cycle"]["result"] == "noop");
+  const auto last = j["last_cycle"].is_object()
+                        ? parse_cycle_result(j["last_cycle"]["result"].get<std::string>())
+                        : std::nullopt;
+  const bool success = last && is_success(*last);
   gauge("tiersync_last_cycle_success", "1 if the last cycle applied or found nothing to do.",
         success ? "1" : "0");
   const json& scrub = j["scrub"];
