@@ -33,6 +33,7 @@ contents=$(dpkg-deb -c "$deb" | awk '{print $NF}')
 for f in ./usr/bin/tiersyncd ./usr/bin/tiersyncctl \
   ./lib/systemd/system/tiersyncd.service ./lib/systemd/system/tiersyncd@.service \
   ./usr/share/man/man8/tiersyncd.8.gz ./usr/share/man/man8/tiersyncctl.8.gz \
+  ./usr/share/man/man5/tiersync.json.5.gz \
   ./usr/share/doc/tiersync/examples/tier0.json ./usr/share/doc/tiersync/examples/tier1.json \
   ./usr/share/doc/tiersync/examples/mirror.json ./usr/share/doc/tiersync/examples/tiersyncd.openrc \
   ./usr/share/doc/tiersync/README.md ./usr/share/doc/tiersync/docs/configuration.md \
@@ -52,9 +53,9 @@ if ! grep -q "deb-systemd-helper debian-installed 'tiersyncd.service'" "$x/root/
   failed=1
 fi
 grep -q 'adduser --system' "$x/root/DEBIAN/postinst" || { echo "FAIL: postinst makes no tiersync user"; failed=1; }
-for page in tiersyncd tiersyncctl; do
+for page in man8/tiersyncd.8 man8/tiersyncctl.8 man5/tiersync.json.5; do
   warnings=$(LC_ALL=C.UTF-8 MANROFFSEQ='' MANWIDTH=80 man --warnings -E UTF-8 -l -Tutf8 -Z \
-    "$x/root/usr/share/man/man8/$page.8.gz" 2>&1 >/dev/null)
+    "$x/root/usr/share/man/$page.gz" 2>&1 >/dev/null)
   [ -z "$warnings" ] || { echo "FAIL: man $page: $warnings"; failed=1; }
 done
 # The packaged binaries on the packaged examples (their libraries are the system's).

@@ -96,101 +96,130 @@ int verify_repair(const ops::Config& config) {
   return report->clean ? node::kExitOk : node::kExitFailure;
 }
 
+int status(const ops::Config& config, const std::vector<std::string>& args) {
+  bool json = false;
+  for (const auto& a : args) {
+    if (a != "--json") return usage_error("status: unknown argument \"" + a + "\"");
+    json = true;
+  }
+  std::fputs((json ? node::status_json(config) : node::status_text(config)).c_str(), stdout);
+  return node::kExitOk;
+}
+
+int approve(const ops::Config& config, const std::vector<std::string>& args) {
+  bool all = false;
+  std::vector<std::string> parts;
+  for (const auto& a : args) {
+    if (a == "--all") {
+      all = true;
+    } else if (a.starts_with("-")) {
+      return usage_error("approve: unknown option \"" + a + "\"");
+    } else {
+      parts.push_back(a);
+    }
+  }
+  if (!all && parts.empty()) return usage_error("approve: name partitions or give --all");
+  auto lines = node::approve(config, parts, all);
+  if (!lines) {
+    std::fprintf(stderr, "tiersyncctl: approve: %s\n", lines.message().c_str());
+    return node::kExitFailure;
+  }
+  for (const auto& l : *lines) std::printf("%s\n", l.c_str());
+  // A running daemon applies it at once; without one, the next --once does.
+  if (ops::control_request(config.control_socket, "approved"))
+    std::printf("the running daemon starts a cycle now\n");
+  return node::kExitOk;
+}
+
+int verify(const ops::Config& config, const std::vector<std::string>& args) {
+  bool full = false, repair = false;
+  for (const auto& a : args) {
+    if (a == "--full") {
+      full = true;
+    } else if (a == "--repair") {
+      repair = true;
+    } else {
+      return usage_error("verify: unknown argument \"" + a + "\"");
+    }
+  }
+  if (repair) return verify_repair(config);
+  auto diffs = node::verify(config, full);
+  if (!diffs) {
+    std::fprintf(stderr, "tiersyncctl: verify: %s\n", diffs.message().c_str());
+    return node::kExitFailure;
+  }
+  for (const auto& d : *diffs) std::printf("%s\n", d.c_str());
+  if (!diffs->empty()) {
+    std::fprintf(stderr, "tiersyncctl: verify: %zu difference(s)\n", diffs->size());
+    return node::kExitFailure;
+  }
+  std::fprintf(stderr, "tiersyncctl: verify: tree matches the applied snapshot\n");
+  return node::kExitOk;
+}
+
+int sync_now(const ops::Config& config, const std::vector<std::string>& args) {
+  if (!args.empty()) return usage_error("sync-now takes no argument");
+  auto reply = ops::control_request(config.control_socket, "sync-now");
+  if (!reply) {
+    std::fprintf(stderr, "tiersyncctl: sync-now: %s\n", reply.message().c_str());
+    return node::kExitFailure;
+  }
+  std::printf("%s\n", reply->c_str());
+  return reply->starts_with("ok") ? node::kExitOk : node::kExitFailure;
+}
+
+// The command line: the global options before the command, then the command and its arguments.
+struct CommandLine {
+  std::string config_path{ops::kDefaultConfigPath};
+  bool help = false;
+  std::string command;
+  std::vector<std::string> args;
+};
+
+CommandLine parse_command_line(int argc, char** argv) {
+  CommandLine cl;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    const bool before_command = cl.command.empty();
+    if (a == "--config" && i + 1 < argc && before_command) {
+      cl.config_path = argv[++i];
+    } else if (a.starts_with("--config=") && before_command) {
+      cl.config_path = a.substr(9);
+    } else if ((a == "--help" || a == "-h") && before_command) {
+      cl.help = true;
+      return cl;
+    } else if (before_command) {
+      cl.command = a;
+    } else {
+      cl.args.push_back(a);
+    }
+  }
+  return cl;
+}
+
+// The commands that work on a configured node, by name.
+int run_command(const CommandLine& cl, const ops::Config& config) {
+  if (cl.command == "status") return status(config, cl.args);
+  if (cl.command == "approve") return approve(config, cl.args);
+  if (cl.command == "verify") return verify(config, cl.args);
+  if (cl.command == "sync-now") return sync_now(config, cl.args);
+  return usage_error("unknown command \"" + cl.command + "\"");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string config_path(ops::kDefaultConfigPath);
-  std::vector<std::string> args;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    if (a == "--config" && i + 1 < argc && args.empty()) {
-      config_path = argv[++i];
-    } else if (a.starts_with("--config=") && args.empty()) {
-      config_path = a.substr(9);
-    } else if ((a == "--help" || a == "-h") && args.empty()) {
-      std::fputs(kUsage, stdout);
-      return node::kExitOk;
-    } else {
-      args.push_back(a);
-    }
+  const CommandLine cl = parse_command_line(argc, argv);
+  if (cl.help) {
+    std::fputs(kUsage, stdout);
+    return node::kExitOk;
   }
-  if (args.empty()) return usage_error("a command is required");
-  const std::string cmd = args.front();
-  args.erase(args.begin());
-  if (cmd == "keygen") return keygen(args);
-
-  auto config = ops::load_config(config_path);
+  if (cl.command.empty()) return usage_error("a command is required");
+  if (cl.command == "keygen") return keygen(cl.args);
+  auto config = ops::load_config(cl.config_path);
   if (!config) {
     std::fprintf(stderr, "tiersyncctl: %s\n", config.message().c_str());
     return node::kExitUsage;
   }
-  if (cmd == "status") {
-    bool json = false;
-    for (const auto& a : args) {
-      if (a != "--json") return usage_error("status: unknown argument \"" + a + "\"");
-      json = true;
-    }
-    std::fputs((json ? node::status_json(*config) : node::status_text(*config)).c_str(), stdout);
-    return node::kExitOk;
-  }
-  if (cmd == "approve") {
-    bool all = false;
-    std::vector<std::string> parts;
-    for (const auto& a : args) {
-      if (a == "--all") {
-        all = true;
-      } else if (a.starts_with("-")) {
-        return usage_error("approve: unknown option \"" + a + "\"");
-      } else {
-        parts.push_back(a);
-      }
-    }
-    if (!all && parts.empty()) return usage_error("approve: name partitions or give --all");
-    auto lines = node::approve(*config, parts, all);
-    if (!lines) {
-      std::fprintf(stderr, "tiersyncctl: approve: %s\n", lines.message().c_str());
-      return node::kExitFailure;
-    }
-    for (const auto& l : *lines) std::printf("%s\n", l.c_str());
-    // A running daemon applies it at once; without one, the next --once does.
-    if (ops::control_request(config->control_socket, "approved"))
-      std::printf("the running daemon starts a cycle now\n");
-    return node::kExitOk;
-  }
-  if (cmd == "verify") {
-    bool full = false, repair = false;
-    for (const auto& a : args) {
-      if (a == "--full") {
-        full = true;
-      } else if (a == "--repair") {
-        repair = true;
-      } else {
-        return usage_error("verify: unknown argument \"" + a + "\"");
-      }
-    }
-    if (repair) return verify_repair(*config);
-    auto diffs = node::verify(*config, full);
-    if (!diffs) {
-      std::fprintf(stderr, "tiersyncctl: verify: %s\n", diffs.message().c_str());
-      return node::kExitFailure;
-    }
-    for (const auto& d : *diffs) std::printf("%s\n", d.c_str());
-    if (!diffs->empty()) {
-      std::fprintf(stderr, "tiersyncctl: verify: %zu difference(s)\n", diffs->size());
-      return node::kExitFailure;
-    }
-    std::fprintf(stderr, "tiersyncctl: verify: tree matches the applied snapshot\n");
-    return node::kExitOk;
-  }
-  if (cmd == "sync-now") {
-    if (!args.empty()) return usage_error("sync-now takes no argument");
-    auto reply = ops::control_request(config->control_socket, "sync-now");
-    if (!reply) {
-      std::fprintf(stderr, "tiersyncctl: sync-now: %s\n", reply.message().c_str());
-      return node::kExitFailure;
-    }
-    std::printf("%s\n", reply->c_str());
-    return reply->starts_with("ok") ? node::kExitOk : node::kExitFailure;
-  }
-  return usage_error("unknown command \"" + cmd + "\"");
+  return run_command(cl, *config);
 }

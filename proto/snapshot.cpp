@@ -74,90 +74,126 @@ std::string encode_snapshot(const Snapshot& s) {
   return doc.dump() + "\n";
 }
 
-Result<Snapshot> decode_snapshot(std::string_view payload) {
-  auto fail = [](const std::string& what) { return make_error("snapshot: " + what); };
-  json doc = json::parse(payload.begin(), payload.end(), nullptr, false);
-  if (doc.is_discarded() || !doc.is_object()) return fail("payload is not a JSON object");
+namespace {
+
+Error snapshot_error(const std::string& what) {
+  return make_error("snapshot: " + what);
+}
+
+// The string at `key`, if there is one.
+std::optional<std::string> string_at(const json& obj, const char* key) {
+  auto it = obj.find(key);
+  if (it == obj.end() || !it->is_string()) return std::nullopt;
+  return it->get<std::string>();
+}
+
+// The header: type, format, origin, serial, validity and layout (docs/protocol.md).
+Status decode_header(const json& doc, Snapshot& s) {
   if (doc.value("type", json()) != "tiersync.snapshot")
-    return fail("type is not \"tiersync.snapshot\"");
-  if (doc.value("format", json()) != 1) return fail("format is not 1");
-  Snapshot s;
-  auto str = [&](const char* key, std::string& out) -> bool {
-    auto it = doc.find(key);
-    if (it == doc.end() || !it->is_string()) return false;
-    out = it->get<std::string>();
-    return true;
-  };
-  if (!str("origin", s.origin) || s.origin.empty()) return fail("origin is missing or empty");
+    return snapshot_error("type is not \"tiersync.snapshot\"");
+  if (doc.value("format", json()) != 1) return snapshot_error("format is not 1");
+  auto origin = string_at(doc, "origin");
+  if (!origin || origin->empty()) return snapshot_error("origin is missing or empty");
+  s.origin = std::move(*origin);
   auto serial = doc.find("serial");
   if (serial == doc.end() || !serial->is_number_unsigned() || serial->get<std::uint64_t>() == 0)
-    return fail("serial is missing or not a positive integer");
+    return snapshot_error("serial is missing or not a positive integer");
   s.serial = serial->get<std::uint64_t>();
-  std::string created, expires;
-  if (!str("created", created)) return fail("created is missing");
-  if (!str("expires", expires)) return fail("expires is missing");
-  auto c = parse_time(created), e = parse_time(expires);
-  if (!c) return fail("created \"" + created + "\" is not an RFC 3339 UTC time");
-  if (!e) return fail("expires \"" + expires + "\" is not an RFC 3339 UTC time");
+  auto created = string_at(doc, "created");
+  if (!created) return snapshot_error("created is missing");
+  auto expires = string_at(doc, "expires");
+  if (!expires) return snapshot_error("expires is missing");
+  auto c = parse_time(*created), e = parse_time(*expires);
+  if (!c) return snapshot_error("created \"" + *created + "\" is not an RFC 3339 UTC time");
+  if (!e) return snapshot_error("expires \"" + *expires + "\" is not an RFC 3339 UTC time");
   s.created = *c;
   s.expires = *e;
-  if (!str("layout", s.layout)) return fail("layout is missing");
+  auto layout = string_at(doc, "layout");
+  if (!layout) return snapshot_error("layout is missing");
+  s.layout = std::move(*layout);
   auto depth = layout_depth(s.layout);
-  if (!depth) return fail(depth.message());
+  if (!depth) return snapshot_error(depth.message());
   s.depth = *depth;
+  return {};
+}
 
+// `partitions`: each partition's manifest hash, files and bytes.
+Status decode_partitions(const json& doc, Snapshot& s) {
   auto parts = doc.find("partitions");
-  if (parts == doc.end() || !parts->is_object()) return fail("partitions is missing");
+  if (parts == doc.end() || !parts->is_object()) return snapshot_error("partitions is missing");
   for (const auto& [name, ref] : parts->items()) {
     std::string where = "partition \"" + name + "\": ";
-    if (auto err = partition_name_error(name, s.depth)) return fail(*err);
-    if (!ref.is_object()) return fail(where + "not an object");
+    if (auto err = partition_name_error(name, s.depth)) return snapshot_error(*err);
+    if (!ref.is_object()) return snapshot_error(where + "not an object");
     auto m = ref.find("manifest");
     auto f = ref.find("files");
     auto b = ref.find("bytes");
-    if (m == ref.end() || !m->is_string()) return fail(where + "manifest is missing");
+    if (m == ref.end() || !m->is_string()) return snapshot_error(where + "manifest is missing");
     auto digest = digest_from_hex(m->get_ref<const std::string&>());
-    if (!digest) return fail(where + "manifest is not a SHA-256 hex digest");
-    if (f == ref.end() || !f->is_number_unsigned()) return fail(where + "files is missing");
-    if (b == ref.end() || !b->is_number_unsigned()) return fail(where + "bytes is missing");
+    if (!digest) return snapshot_error(where + "manifest is not a SHA-256 hex digest");
+    if (f == ref.end() || !f->is_number_unsigned())
+      return snapshot_error(where + "files is missing");
+    if (b == ref.end() || !b->is_number_unsigned())
+      return snapshot_error(where + "bytes is missing");
     s.partitions[name] = {*digest, f->get<std::uint64_t>(), b->get<std::uint64_t>()};
   }
-  if (auto ad = doc.find("approved_deletions"); ad != doc.end()) {
-    if (!ad->is_object()) return fail("approved_deletions is not an object");
-    for (const auto& [name, a] : ad->items()) {
-      if (auto err = partition_name_error(name, s.depth))
-        return fail("approved_deletions: " + *err);
-      const std::string where = "approved_deletions[\"" + name + "\"]";
-      // The serial-only form of format 1's first release covered a range of serials, not a
-      // change: read (an older origin, or a node's own applied snapshot from before the
-      // upgrade, still carries it) but never honoured (docs/protocol.md, "Upgrading").
-      if (a.is_number_unsigned()) continue;
-      if (!a.is_object()) return fail(where + " is not an object {from, to, serial, expires}");
-      ApprovedChange c;
-      // `a` named in the capture: clang 14 (clang-tidy) cannot capture a structured binding.
-      auto end = [&entry = a](const char* key, std::string& out, std::string_view absent) {
-        auto it = entry.find(key);
-        if (it == entry.end() || !it->is_string()) return false;
-        out = it->get<std::string>();
-        return out == absent || digest_from_hex(out).has_value();
-      };
-      if (!end("from", c.from, "none"))
-        return fail(where + ".from is not a manifest's SHA-256 hex digest or \"none\"");
-      if (!end("to", c.to, "removed"))
-        return fail(where + ".to is not a manifest's SHA-256 hex digest or \"removed\"");
-      auto serial = a.find("serial");
-      if (serial == a.end() || !serial->is_number_unsigned())
-        return fail(where + ".serial is not a serial");
-      c.serial = serial->get<std::uint64_t>();
-      auto expires = a.find("expires");
-      std::optional<std::int64_t> when;
-      if (expires != a.end() && expires->is_string())
-        when = parse_time(expires->get_ref<const std::string&>());
-      if (!when) return fail(where + ".expires is not an RFC 3339 UTC time");
-      c.expires = *when;
-      s.approved_deletions[name] = std::move(c);
-    }
+  return {};
+}
+
+// One change of `approved_deletions`: {from, to, serial, expires}; `where` names it in errors.
+Result<ApprovedChange> decode_approved_change(const json& a, const std::string& where) {
+  if (!a.is_object())
+    return snapshot_error(where + " is not an object {from, to, serial, expires}");
+  ApprovedChange c;
+  // A manifest's hash, or the word that stands for none.
+  auto end = [&a](const char* key, std::string& out, std::string_view absent) {
+    auto value = string_at(a, key);
+    if (!value) return false;
+    out = std::move(*value);
+    return out == absent || digest_from_hex(out).has_value();
+  };
+  if (!end("from", c.from, "none"))
+    return snapshot_error(where + ".from is not a manifest's SHA-256 hex digest or \"none\"");
+  if (!end("to", c.to, "removed"))
+    return snapshot_error(where + ".to is not a manifest's SHA-256 hex digest or \"removed\"");
+  auto serial = a.find("serial");
+  if (serial == a.end() || !serial->is_number_unsigned())
+    return snapshot_error(where + ".serial is not a serial");
+  c.serial = serial->get<std::uint64_t>();
+  auto expires = string_at(a, "expires");
+  std::optional<std::int64_t> when = expires ? parse_time(*expires) : std::nullopt;
+  if (!when) return snapshot_error(where + ".expires is not an RFC 3339 UTC time");
+  c.expires = *when;
+  return c;
+}
+
+// `approved_deletions` (optional): the changes tier0's operator approved, per partition.
+Status decode_approved_deletions(const json& doc, Snapshot& s) {
+  auto ad = doc.find("approved_deletions");
+  if (ad == doc.end()) return {};
+  if (!ad->is_object()) return snapshot_error("approved_deletions is not an object");
+  for (const auto& [name, a] : ad->items()) {
+    if (auto err = partition_name_error(name, s.depth))
+      return snapshot_error("approved_deletions: " + *err);
+    // The serial-only form of format 1's first release covered a range of serials, not a
+    // change: read (an older origin, or a node's own applied snapshot from before the
+    // upgrade, still carries it) but never honoured (docs/protocol.md, "Upgrading").
+    if (a.is_number_unsigned()) continue;
+    auto change = decode_approved_change(a, "approved_deletions[\"" + name + "\"]");
+    if (!change) return change.error();
+    s.approved_deletions[name] = std::move(*change);
   }
+  return {};
+}
+
+}  // namespace
+
+Result<Snapshot> decode_snapshot(std::string_view payload) {
+  json doc = json::parse(payload.begin(), payload.end(), nullptr, false);
+  if (doc.is_discarded() || !doc.is_object()) return snapshot_error("payload is not a JSON object");
+  Snapshot s;
+  for (auto step : {decode_header, decode_partitions, decode_approved_deletions})
+    if (auto st = step(doc, s); !st) return st.error();
   return s;
 }
 

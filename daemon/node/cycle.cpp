@@ -21,12 +21,32 @@ Cycle::Cycle(const ops::Config& config)
       previous_(state_.load_cycle()),
       start_(std::chrono::steady_clock::now()) {}
 
-CycleOutcome Cycle::record(int exit_code, const std::string& result, const std::string& raw) {
+std::string_view to_string(CycleResult result) {
+  switch (result) {
+    case CycleResult::kOk:
+      return "ok";
+    case CycleResult::kNoop:
+      return "noop";
+    case CycleResult::kHeld:
+      return "held";
+    case CycleResult::kFailed:
+      return "failed";
+  }
+  return "?";
+}
+
+std::optional<CycleResult> parse_cycle_result(std::string_view name) {
+  for (auto r : {CycleResult::kOk, CycleResult::kNoop, CycleResult::kHeld, CycleResult::kFailed})
+    if (to_string(r) == name) return r;
+  return std::nullopt;
+}
+
+CycleOutcome Cycle::record(int exit_code, CycleResult result, const std::string& raw) {
   // A message may quote a parent's bytes: recorded, returned and logged cut short and escaped.
   const std::string message = proto::printable(raw, sync::kMaxCycleMessageBytes);
   const std::int64_t now = std::time(nullptr);
-  const bool success = result == "ok" || result == "noop";
-  sync::CycleRecord r{result,
+  const bool success = is_success(result);
+  sync::CycleRecord r{std::string(to_string(result)),
                       now,
                       message,
                       upstream_serial_,
@@ -41,7 +61,7 @@ CycleOutcome Cycle::record(int exit_code, const std::string& result, const std::
 
 CycleOutcome Cycle::fail(const std::string& message) {
   spdlog::error("cycle failed: {}", proto::printable(message, sync::kMaxCycleMessageBytes));
-  return record(kExitFailure, "failed", message);
+  return record(kExitFailure, CycleResult::kFailed, message);
 }
 
 CycleOutcome Cycle::noop(std::uint64_t serial, bool clear_holds) {
@@ -49,7 +69,7 @@ CycleOutcome Cycle::noop(std::uint64_t serial, bool clear_holds) {
   if (clear_holds) clear_held();
   std::string msg = "in sync at serial " + std::to_string(serial);
   spdlog::info("{}", msg);
-  return record(kExitOk, "noop", msg);
+  return record(kExitOk, CycleResult::kNoop, msg);
 }
 
 void Cycle::save_holds(const std::vector<sync::HeldPartition>& held,
@@ -103,7 +123,7 @@ CycleOutcome Cycle::held(const std::vector<sync::HeldPartition>& held,
   std::string names;
   for (const auto& h : held) names += (names.empty() ? "" : ", ") + h.hold.partition;
   save_holds(held, candidate_serial);
-  return record(kExitHeld, "held",
+  return record(kExitHeld, CycleResult::kHeld,
                 "serial " + std::to_string(candidate_serial) + " held by the guard: " + names);
 }
 
@@ -113,7 +133,7 @@ void Cycle::clear_held() {
 
 CycleOutcome Cycle::held_only(std::uint64_t serial) {
   if (upstream_serial_ == 0) upstream_serial_ = serial;
-  return record(kExitHeld, "held",
+  return record(kExitHeld, CycleResult::kHeld,
                 "serial " + std::to_string(serial) + " kept: every changed partition is held");
 }
 
@@ -125,15 +145,14 @@ CycleOutcome Cycle::applied(std::uint64_t serial, const sync::ApplyStats& s,
                     " fetched=" + std::to_string(s.fetched_files) +
                     " fetched_bytes=" + std::to_string(s.fetched_bytes) +
                     " reused=" + std::to_string(s.reused_files) +
-                    (s.resumed_files ? " resumed=" + std::to_string(s.resumed_files) : "") +
-                    note;
+                    (s.resumed_files ? " resumed=" + std::to_string(s.resumed_files) : "") + note;
   if (upstream_serial_ == 0) upstream_serial_ = serial;
   auto& metrics = ops::process_metrics();
   metrics.files_added += s.added;
   metrics.files_changed += s.changed;
   metrics.files_deleted += s.deleted;
   spdlog::info("{}", msg);
-  return record(exit_code, exit_code == kExitHeld ? "held" : "ok", msg);
+  return record(exit_code, exit_code == kExitHeld ? CycleResult::kHeld : CycleResult::kOk, msg);
 }
 
 Status check_partitions_disjoint(const proto::Snapshot& snapshot, const sync::ManifestSet& set) {

@@ -69,7 +69,7 @@ class Cycle {
   CycleOutcome held_only(std::uint64_t serial);
 
  private:
-  CycleOutcome record(int exit_code, const std::string& result, const std::string& message);
+  CycleOutcome record(int exit_code, CycleResult result, const std::string& message);
 
   std::unique_lock<std::mutex> tree_lock_;  // released after state_'s lock (declared first)
   const ops::Config& config_;

@@ -436,8 +436,9 @@ void Daemon::after_cycle() {
   // Started after the first cycle: polling before it would only wake a second cycle for the
   // serial the first one is applying.
   if (long_poll_) {
-    const std::uint64_t known =
-        cycle.result == "held" ? std::max(serial, cycle.upstream_serial) : serial;
+    const std::uint64_t known = parse_cycle_result(cycle.result) == CycleResult::kHeld
+                                    ? std::max(serial, cycle.upstream_serial)
+                                    : serial;
     if (poller_) {
       poller_->set_applied(known);
     } else {

@@ -6,7 +6,9 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "daemon/ops/config.h"
@@ -20,9 +22,21 @@ namespace tiersync::node {
 /// Process exit codes (docs/operators/tier0.md, "Exit codes"; the same for every role).
 enum ExitCode : int { kExitOk = 0, kExitFailure = 1, kExitUsage = 2, kExitHeld = 3 };
 
+/// What a cycle came to. Recorded (state_dir/cycle.json), shown by status and logged by its
+/// name (to_string): ok, noop, held, failed.
+enum class CycleResult { kOk, kNoop, kHeld, kFailed };
+std::string_view to_string(CycleResult result);
+/// The result a recorded name stands for; nullopt for none ("") or a name this version does
+/// not know.
+std::optional<CycleResult> parse_cycle_result(std::string_view name);
+/// A cycle that applied, published or found nothing to do.
+inline bool is_success(CycleResult result) {
+  return result == CycleResult::kOk || result == CycleResult::kNoop;
+}
+
 struct CycleOutcome {
   int exit_code = kExitOk;
-  std::string result;  ///< ok, noop, held, failed (as recorded for status)
+  CycleResult result = CycleResult::kOk;
   std::string message;
 };
 

@@ -150,6 +150,52 @@ int TreeInspector::folder(std::string_view dir) {
   return cached_fd_.get();
 }
 
+std::optional<Damage> TreeInspector::check_content(int dfd, const std::string& name,
+                                                   const proto::Entry& e,
+                                                   const std::stop_token& stop) {
+  using Kind = Damage::Kind;
+  // O_NONBLOCK: a FIFO swapped in after the fstatat must not block the thread.
+  sync::UniqueFd fd(::openat(dfd, name.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK));
+  if (!fd.valid()) {
+    if (errno == ENOENT) return Damage{Kind::kMissing, ""};
+    if (errno == ELOOP) return Damage{Kind::kType, "not a regular file: a symlink"};
+    return Damage{Kind::kContent, std::string("cannot open: ") + std::strerror(errno)};
+  }
+  struct stat fst {};
+  if (::fstat(fd.get(), &fst) != 0 || !S_ISREG(fst.st_mode))
+    return Damage{Kind::kType, "not a regular file"};
+  ::posix_fadvise(fd.get(), 0, 0, POSIX_FADV_SEQUENTIAL);
+  static thread_local std::vector<char> buf(ByteBudget::kBurst);
+  proto::Sha256 hasher;
+  std::uint64_t got = 0;
+  while (true) {
+    // A read of at least one block is paid for: an empty file costs something too.
+    const std::uint64_t want =
+        std::clamp<std::uint64_t>(e.size > got ? e.size - got : 0, 4096, ByteBudget::kBurst);
+    if (budget_ && !budget_->take(want, stop)) {
+      stopped_ = true;
+      return std::nullopt;
+    }
+    if (stop.stop_requested()) {
+      stopped_ = true;
+      return std::nullopt;
+    }
+    const ssize_t n = ::read(fd.get(), buf.data(), static_cast<std::size_t>(want));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return Damage{Kind::kContent, std::string("unreadable: ") + std::strerror(errno)};
+    if (n == 0) break;
+    hasher.update(buf.data(), static_cast<std::size_t>(n));
+    got += static_cast<std::uint64_t>(n);
+    bytes_hashed_ += static_cast<std::uint64_t>(n);
+    if (got > e.size) break;  // grew while read: the sizes differ, no need to read on
+  }
+  if (got != e.size)
+    return Damage{Kind::kContent,
+                  "size " + std::to_string(got) + ", manifest " + std::to_string(e.size)};
+  if (hasher.finish() != e.sha256) return Damage{Kind::kContent, "SHA-256"};
+  return std::nullopt;
+}
+
 std::optional<Damage> TreeInspector::inspect(const proto::Entry& e, bool hash,
                                              const std::stop_token& stop) {
   using Kind = Damage::Kind;
@@ -188,45 +234,7 @@ std::optional<Damage> TreeInspector::inspect(const proto::Entry& e, bool hash,
     return Damage{Kind::kContent,
                   "size " + std::to_string(st.st_size) + ", manifest " + std::to_string(e.size)};
   if (hash) {
-    // O_NONBLOCK: a FIFO swapped in after the fstatat must not block the thread.
-    sync::UniqueFd fd(::openat(dfd, name.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK));
-    if (!fd.valid()) {
-      if (errno == ENOENT) return Damage{Kind::kMissing, ""};
-      if (errno == ELOOP) return Damage{Kind::kType, "not a regular file: a symlink"};
-      return Damage{Kind::kContent, std::string("cannot open: ") + std::strerror(errno)};
-    }
-    struct stat fst {};
-    if (::fstat(fd.get(), &fst) != 0 || !S_ISREG(fst.st_mode))
-      return Damage{Kind::kType, "not a regular file"};
-    ::posix_fadvise(fd.get(), 0, 0, POSIX_FADV_SEQUENTIAL);
-    static thread_local std::vector<char> buf(ByteBudget::kBurst);
-    proto::Sha256 hasher;
-    std::uint64_t got = 0;
-    while (true) {
-      // A read of at least one block is paid for: an empty file costs something too.
-      const std::uint64_t want =
-          std::clamp<std::uint64_t>(e.size > got ? e.size - got : 0, 4096, ByteBudget::kBurst);
-      if (budget_ && !budget_->take(want, stop)) {
-        stopped_ = true;
-        return std::nullopt;
-      }
-      if (stop.stop_requested()) {
-        stopped_ = true;
-        return std::nullopt;
-      }
-      const ssize_t n = ::read(fd.get(), buf.data(), static_cast<std::size_t>(want));
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) return Damage{Kind::kContent, std::string("unreadable: ") + std::strerror(errno)};
-      if (n == 0) break;
-      hasher.update(buf.data(), static_cast<std::size_t>(n));
-      got += static_cast<std::uint64_t>(n);
-      bytes_hashed_ += static_cast<std::uint64_t>(n);
-      if (got > e.size) break;  // grew while read: the sizes differ, no need to read on
-    }
-    if (got != e.size)
-      return Damage{Kind::kContent,
-                    "size " + std::to_string(got) + ", manifest " + std::to_string(e.size)};
-    if (hasher.finish() != e.sha256) return Damage{Kind::kContent, "SHA-256"};
+    if (auto damage = check_content(dfd, name, e, stop); damage || stopped_) return damage;
   }
   if (st.st_mtim.tv_sec != e.mtime)
     return Damage{Kind::kMetadata, "mtime " + std::to_string(st.st_mtim.tv_sec) + ", manifest " +
@@ -506,6 +514,38 @@ Scrubber::Verdict Scrubber::confirm_and_repair(const proto::Entry& entry, const 
   return Verdict::kReported;
 }
 
+Scrubber::Position Scrubber::next_entry() const {
+  auto it = record_.after_partition.empty() ? manifests_.begin()
+                                            : manifests_.lower_bound(record_.after_partition);
+  for (; it != manifests_.end(); ++it) {
+    const auto& entries = it->second->entries;
+    auto e = entries.begin();
+    if (it->first == record_.after_partition)
+      e = std::upper_bound(entries.begin(), entries.end(), std::string_view(record_.after_path),
+                           [](std::string_view p, const proto::Entry& x) { return p < x.path(); });
+    if (e != entries.end()) return {it->first, &*e};
+  }
+  return {};
+}
+
+void Scrubber::finish_pass() {
+  const std::int64_t now = std::time(nullptr);
+  ++record_.passes;
+  ++ops::process_metrics().scrub_passes;
+  record_.last_pass_end = now;
+  record_.last_pass_seconds = record_.pass_started ? now - record_.pass_started : 0;
+  record_.last_pass_files = record_.pass_files;
+  record_.last_pass_bytes = record_.pass_bytes;
+  record_.after_partition.clear();
+  record_.after_path.clear();
+  // Listed but not found again by this pass: repaired by an apply, or no longer in the snapshot.
+  std::erase_if(record_.damaged, [&](const DamagedFile& d) { return d.pass < record_.passes; });
+  save();
+  spdlog::info("scrub: pass {} done: {} files, {} bytes in {} s; {} damaged file(s) outstanding",
+               record_.passes, record_.last_pass_files, record_.last_pass_bytes,
+               record_.last_pass_seconds, record_.damaged.size());
+}
+
 bool Scrubber::run_pass(const std::stop_token& stop) {
   if (!refresh_manifests()) return false;
   if (record_.after_partition.empty()) {
@@ -521,26 +561,12 @@ bool Scrubber::run_pass(const std::stop_token& stop) {
     }
     // The next entry in manifest order after where the pass stands (in the manifests applied
     // now: a new snapshot is picked up at the next entry, without starting over).
-    std::string partition;
-    const proto::Entry* entry = nullptr;
-    auto it = record_.after_partition.empty() ? manifests_.begin()
-                                              : manifests_.lower_bound(record_.after_partition);
-    for (; it != manifests_.end() && !entry; ++it) {
-      const auto& entries = it->second->entries;
-      auto e = entries.begin();
-      if (it->first == record_.after_partition)
-        e = std::upper_bound(
-            entries.begin(), entries.end(), std::string_view(record_.after_path),
-            [](std::string_view p, const proto::Entry& x) { return p < x.path(); });
-      if (e != entries.end()) {
-        partition = it->first;
-        entry = &*e;
-      }
-    }
-    if (!entry) break;
+    const Position next = next_entry();
+    if (!next.entry) break;
+    const proto::Entry& entry = *next.entry;
 
     const std::uint64_t before = inspector_.bytes_hashed();
-    auto damage = inspector_.inspect(*entry, /*hash=*/true, stop);
+    auto damage = inspector_.inspect(entry, /*hash=*/true, stop);
     if (inspector_.stopped()) {
       save();
       return false;
@@ -551,35 +577,20 @@ bool Scrubber::run_pass(const std::stop_token& stop) {
     record_.pass_bytes += read;
     ++record_.pass_files;
     if (damage) {
-      const std::string path(entry->path());
-      if (confirm_and_repair(*entry, *damage, stop) == Verdict::kRecheck && rechecked != path) {
+      const std::string path(entry.path());
+      if (confirm_and_repair(entry, *damage, stop) == Verdict::kRecheck && rechecked != path) {
         rechecked = path;
         inspector_.forget_folders();
         continue;  // the same entry again (of the snapshot applied by then)
       }
     } else {
-      note_intact(entry->path());
+      note_intact(entry.path());
     }
-    record_.after_partition = partition;
-    record_.after_path = std::string(entry->path());
+    record_.after_partition = next.partition;
+    record_.after_path = std::string(entry.path());
     if (ByteBudget::Clock::now() - last_save_ > std::chrono::seconds(10)) save();
   }
-
-  const std::int64_t now = std::time(nullptr);
-  ++record_.passes;
-  ++metrics.scrub_passes;
-  record_.last_pass_end = now;
-  record_.last_pass_seconds = record_.pass_started ? now - record_.pass_started : 0;
-  record_.last_pass_files = record_.pass_files;
-  record_.last_pass_bytes = record_.pass_bytes;
-  record_.after_partition.clear();
-  record_.after_path.clear();
-  // Listed but not found again by this pass: repaired by an apply, or no longer in the snapshot.
-  std::erase_if(record_.damaged, [&](const DamagedFile& d) { return d.pass < record_.passes; });
-  save();
-  spdlog::info("scrub: pass {} done: {} files, {} bytes in {} s; {} damaged file(s) outstanding",
-               record_.passes, record_.last_pass_files, record_.last_pass_bytes,
-               record_.last_pass_seconds, record_.damaged.size());
+  finish_pass();
   return true;
 }
 

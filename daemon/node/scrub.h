@@ -90,6 +90,10 @@ class TreeInspector {
  private:
   /// The folder `dir` of the tree ("" its root), or -1 with errno set.
   int folder(std::string_view dir);
+  /// The file `name` in folder `dfd` read through (at the budget's rate) and compared with the
+  /// entry's size and SHA-256; nullopt when it matches, or when `stop` cut it short (stopped_).
+  std::optional<Damage> check_content(int dfd, const std::string& name, const proto::Entry& e,
+                                      const std::stop_token& stop);
 
   fs::path tree_;
   ByteBudget* budget_;
@@ -172,6 +176,15 @@ class Scrubber {
   Verdict confirm_and_repair(const proto::Entry& entry, const Damage& damage,
                              const std::stop_token& stop);
   void note_intact(std::string_view path);
+  /// An entry of the applied manifests and its partition (none: the pass is at its end).
+  struct Position {
+    std::string partition;
+    const proto::Entry* entry = nullptr;
+  };
+  /// The entry after where the pass stands, in manifest order.
+  Position next_entry() const;
+  /// Records the pass's end and drops the listed damage it did not find again.
+  void finish_pass();
   void save();
 
   ops::Config config_;

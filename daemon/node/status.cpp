@@ -49,35 +49,52 @@ json scrub_object(const ops::Config& config) {
           {"damaged", damaged}};
 }
 
-json status_object(const ops::Config& config) {
+// What status reads from state_dir, once.
+struct NodeState {
+  Result<std::optional<sync::Applied>> applied;
+  sync::CycleRecord cycle;
+  sync::HeldState held;
+};
+
+NodeState load_node_state(const ops::Config& config) {
   sync::StateStore state(config.state_dir, config.tree);
   auto applied = state.load_applied();
-  auto cycle = state.load_cycle();
-  auto held = state.load_held();
-  json j;
-  j["role"] = ops::role_name(config.role);
-  j["name"] = config.name;
-  std::uint64_t serial = 0;
-  if (applied && *applied) {
-    const auto& s = (*applied)->snapshot;
-    serial = s.serial;
-    j["serial"] = s.serial;
-    j["origin"] = s.origin;
-    j["created"] = proto::format_time(s.created);
-    j["expires"] = proto::format_time(s.expires);
-    j["expires_unix"] = s.expires;
-    std::uint64_t files = 0;
-    for (const auto& [name, ref] : s.partitions) files += ref.files;
-    j["partitions"] = s.partitions.size();
-    j["files"] = files;
-  } else {
+  return {std::move(applied), state.load_cycle(), state.load_held()};
+}
+
+// The applied snapshot: its serial, origin, validity and size (or why none can be read).
+void add_applied(json& j, const NodeState& s) {
+  if (!s.applied || !*s.applied) {
     j["serial"] = nullptr;
-    if (!applied) j["error"] = proto::printable(applied.message(), sync::kMaxCycleMessageBytes);
+    if (!s.applied) j["error"] = proto::printable(s.applied.message(), sync::kMaxCycleMessageBytes);
+    return;
   }
-  std::uint64_t upstream = std::max(cycle.upstream_serial, serial);
+  const auto& snap = (*s.applied)->snapshot;
+  j["serial"] = snap.serial;
+  j["origin"] = snap.origin;
+  j["created"] = proto::format_time(snap.created);
+  j["expires"] = proto::format_time(snap.expires);
+  j["expires_unix"] = snap.expires;
+  std::uint64_t files = 0;
+  for (const auto& [name, ref] : snap.partitions) files += ref.files;
+  j["partitions"] = snap.partitions.size();
+  j["files"] = files;
+}
+
+std::uint64_t applied_serial(const NodeState& s) {
+  return s.applied && *s.applied ? (*s.applied)->snapshot.serial : 0;
+}
+
+// The parent's latest serial as the last cycle saw it, and how far behind this node is.
+void add_upstream(json& j, const ops::Config& config, const NodeState& s) {
+  const std::uint64_t serial = applied_serial(s);
+  std::uint64_t upstream = std::max(s.cycle.upstream_serial, serial);
   if (config.role == ops::Role::kTier0) upstream = serial;
   j["upstream_serial"] = upstream == 0 ? json(nullptr) : json(upstream);
   j["lag"] = upstream >= serial ? upstream - serial : 0;
+}
+
+json held_array(const sync::HeldState& held) {
   json holds = json::array();
   for (const auto& h : held.partitions)
     holds.push_back({{"partition", h.hold.partition},
@@ -93,37 +110,46 @@ json status_object(const ops::Config& config) {
                      {"to", h.to},
                      {"stale", h.stale_since != 0},
                      {"since", proto::format_time(held.since)}});
-  j["held"] = holds;
-  // Partitions served at an older signed manifest than the envelope's (docs/protocol.md,
-  // "Pins"): this node's holds and its parent's. Stale once the proving snapshot expired.
+  return holds;
+}
+
+// Partitions served at an older signed manifest than the envelope's (docs/protocol.md, "Pins"):
+// this node's holds and its parent's. Stale once the proving snapshot expired.
+json pins_array(const NodeState& s) {
   json pins = json::array();
-  if (applied && *applied) {
-    const std::int64_t now = std::time(nullptr);
-    std::set<std::string> held_here;
-    for (const auto& h : held.partitions) held_here.insert(h.hold.partition);
-    for (const auto& [name, pin] : (*applied)->pins.pins) {
-      auto proof = sync::decode_proof((*applied)->pins.proofs.at(pin.serial));
-      const std::int64_t expires = proof ? proof->expires : 0;
-      pins.push_back({{"partition", name},
-                      {"serial", pin.serial},
-                      {"manifest", proto::to_hex(pin.ref.manifest)},
-                      {"files", pin.ref.files},
-                      {"expires", proto::format_time(expires)},
-                      {"stale", expires <= now},
-                      {"held_here", held_here.count(name) > 0}});
-    }
+  if (!s.applied || !*s.applied) return pins;
+  const std::int64_t now = std::time(nullptr);
+  std::set<std::string> held_here;
+  for (const auto& h : s.held.partitions) held_here.insert(h.hold.partition);
+  for (const auto& [name, pin] : (*s.applied)->pins.pins) {
+    auto proof = sync::decode_proof((*s.applied)->pins.proofs.at(pin.serial));
+    const std::int64_t expires = proof ? proof->expires : 0;
+    pins.push_back({{"partition", name},
+                    {"serial", pin.serial},
+                    {"manifest", proto::to_hex(pin.ref.manifest)},
+                    {"files", pin.ref.files},
+                    {"expires", proto::format_time(expires)},
+                    {"stale", expires <= now},
+                    {"held_here", held_here.count(name) > 0}});
   }
-  j["pins"] = pins;
-  // Like Debian's trace files: this node, then its parent's chain up to the origin. A parent
-  // that serves no status (file://, a static server) stands in by its URL.
+  return pins;
+}
+
+// Like Debian's trace files: this node, then its parent's chain up to the origin. A parent that
+// serves no status (file://, a static server) stands in by its URL.
+json chain_array(const ops::Config& config, const sync::CycleRecord& cycle) {
   json chain = json::array({config.name});
-  if (config.role != ops::Role::kTier0) {
-    if (cycle.parent_chain.empty())
-      chain.push_back(config.upstream.url);
-    else
-      for (const auto& name : cycle.parent_chain) chain.push_back(name);
+  if (config.role == ops::Role::kTier0) return chain;
+  if (cycle.parent_chain.empty()) {
+    chain.push_back(config.upstream.url);
+  } else {
+    for (const auto& name : cycle.parent_chain) chain.push_back(name);
   }
-  j["chain"] = chain;
+  return chain;
+}
+
+// The last cycle's outcome and the last success.
+void add_last_cycle(json& j, const sync::CycleRecord& cycle) {
   j["last_success"] =
       cycle.last_success ? json(proto::format_time(cycle.last_success)) : json(nullptr);
   j["last_success_unix"] = cycle.last_success;
@@ -134,6 +160,20 @@ json status_object(const ops::Config& config) {
                        {"time", proto::format_time(cycle.time)},
                        {"message", cycle.message}};
   }
+}
+
+// The status document (docs/status.md): one line per field or group of fields.
+json status_object(const ops::Config& config) {
+  const NodeState s = load_node_state(config);
+  json j;
+  j["role"] = ops::role_name(config.role);
+  j["name"] = config.name;
+  add_applied(j, s);
+  add_upstream(j, config, s);
+  j["held"] = held_array(s.held);
+  j["pins"] = pins_array(s);
+  j["chain"] = chain_array(config, s.cycle);
+  add_last_cycle(j, s.cycle);
   j["scrub"] = scrub_object(config);
   return j;
 }
@@ -172,8 +212,10 @@ std::string metrics_text(const ops::Config& config) {
   gauge("tiersync_last_success_timestamp_seconds",
         "Unix time of the last cycle that applied, published or found nothing to do (0: never).",
         number(j["last_success_unix"]));
-  const bool success = j["last_cycle"].is_object() &&
-                       (j["last_cycle"]["result"] == "ok" || j["last_cycle"]["result"] == "noop");
+  const auto last = j["last_cycle"].is_object()
+                        ? parse_cycle_result(j["last_cycle"]["result"].get<std::string>())
+                        : std::nullopt;
+  const bool success = last && is_success(*last);
   gauge("tiersync_last_cycle_success", "1 if the last cycle applied or found nothing to do.",
         success ? "1" : "0");
   const json& scrub = j["scrub"];
@@ -186,83 +228,107 @@ std::string metrics_text(const ops::Config& config) {
   return out.take() + ops::process_metrics().text();
 }
 
-std::string status_text(const ops::Config& config) {
-  json j = status_object(config);
-  auto val = [](const json& v) {
-    return v.is_null()     ? std::string("-")
-           : v.is_string() ? v.get<std::string>()
-                           : v.dump(-1, ' ', false, json::error_handler_t::replace);
-  };
-  std::string out;
-  char line[512];
-  auto row = [&](const char* k, const std::string& v) {
-    std::snprintf(line, sizeof line, "%-16s %s\n", k, v.c_str());
-    out += line;
-  };
-  row("name", val(j["name"]));
-  row("role", val(j["role"]));
-  row("serial", val(j["serial"]));
-  row("upstream serial", val(j["upstream_serial"]));
-  row("lag", val(j["lag"]));
+namespace {
+
+// A status value as text: "-" for none, strings as they are.
+std::string text_of(const json& v) {
+  return v.is_null()     ? std::string("-")
+         : v.is_string() ? v.get<std::string>()
+                         : v.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+// status_text's output: rows of "key  value", and lines printf-formatted.
+class TextTable {
+ public:
+  void row(const char* key, const std::string& value) { line("%-16s %s\n", key, value.c_str()); }
+  template <class... Args>
+  void line(const char* format, Args... args) {
+    char buf[512];
+    std::snprintf(buf, sizeof buf, format, args...);
+    out_ += buf;
+  }
+  std::string take() { return std::move(out_); }
+
+ private:
+  std::string out_;
+};
+
+unsigned long long ull(const json& v) {
+  return static_cast<unsigned long long>(v.get<std::uint64_t>());
+}
+
+// Who the node is, what it serves, and how its cycles went.
+void node_rows(TextTable& t, const json& j) {
+  t.row("name", text_of(j["name"]));
+  t.row("role", text_of(j["role"]));
+  t.row("serial", text_of(j["serial"]));
+  t.row("upstream serial", text_of(j["upstream_serial"]));
+  t.row("lag", text_of(j["lag"]));
   std::string chain;
-  for (const auto& name : j["chain"]) chain += (chain.empty() ? "" : " <- ") + val(name);
-  row("chain", chain);
-  if (j.contains("expires")) row("expires", val(j["expires"]));
+  for (const auto& name : j["chain"]) chain += (chain.empty() ? "" : " <- ") + text_of(name);
+  t.row("chain", chain);
+  if (j.contains("expires")) t.row("expires", text_of(j["expires"]));
   if (j.contains("files"))
-    row("files", val(j["files"]) + " in " + val(j["partitions"]) + " partitions");
+    t.row("files", text_of(j["files"]) + " in " + text_of(j["partitions"]) + " partitions");
   if (j["last_cycle"].is_null()) {
-    row("last cycle", "-");
+    t.row("last cycle", "-");
   } else {
-    row("last cycle", val(j["last_cycle"]["result"]) + " at " + val(j["last_cycle"]["time"]));
-    row("", val(j["last_cycle"]["message"]));
+    t.row("last cycle",
+          text_of(j["last_cycle"]["result"]) + " at " + text_of(j["last_cycle"]["time"]));
+    t.row("", text_of(j["last_cycle"]["message"]));
   }
-  row("last success", val(j["last_success"]));
-  const json& scrub = j["scrub"];
+  t.row("last success", text_of(j["last_success"]));
+}
+
+void scrub_rows(TextTable& t, const json& scrub) {
   if (scrub["mb_per_second"] == 0) {
-    row("scrub", "off");
+    t.row("scrub", "off");
   } else {
-    row("scrub", val(scrub["mb_per_second"]) + " MB/s, " + val(scrub["passes"]) +
-                     " passes, last ended " + val(scrub["last_pass_end"]) + " (" +
-                     val(scrub["last_pass_files"]) + " files in " +
-                     val(scrub["last_pass_seconds"]) + " s)");
-    row("", "found " + val(scrub["found"]) + " damaged, repaired " + val(scrub["repaired"]));
+    t.row("scrub", text_of(scrub["mb_per_second"]) + " MB/s, " + text_of(scrub["passes"]) +
+                       " passes, last ended " + text_of(scrub["last_pass_end"]) + " (" +
+                       text_of(scrub["last_pass_files"]) + " files in " +
+                       text_of(scrub["last_pass_seconds"]) + " s)");
+    t.row("",
+          "found " + text_of(scrub["found"]) + " damaged, repaired " + text_of(scrub["repaired"]));
   }
-  for (const auto& d : scrub["damaged"]) {
-    std::snprintf(line, sizeof line, "  damaged: %s (%s: %s) %s\n", val(d["path"]).c_str(),
-                  val(d["problem"]).c_str(), val(d["detail"]).c_str(), val(d["repair"]).c_str());
-    out += line;
+  for (const auto& d : scrub["damaged"])
+    t.line("  damaged: %s (%s: %s) %s\n", text_of(d["path"]).c_str(), text_of(d["problem"]).c_str(),
+           text_of(d["detail"]).c_str(), text_of(d["repair"]).c_str());
+}
+
+void pin_lines(TextTable& t, const json& pins) {
+  for (const auto& p : pins) {
+    const bool stale = p["stale"].get<bool>();
+    t.line("  pinned: %s at serial %llu (%llu files, %s)%s%s\n", text_of(p["partition"]).c_str(),
+           ull(p["serial"]), ull(p["files"]),
+           p["held_here"].get<bool>() ? "held here" : "held upstream",
+           stale ? ", stale: expired at " : "", stale ? text_of(p["expires"]).c_str() : "");
   }
-  for (const auto& p : j["pins"]) {
-    std::snprintf(line, sizeof line, "  pinned: %s at serial %llu (%llu files, %s)%s%s\n",
-                  val(p["partition"]).c_str(),
-                  static_cast<unsigned long long>(p["serial"].get<std::uint64_t>()),
-                  static_cast<unsigned long long>(p["files"].get<std::uint64_t>()),
-                  p["held_here"].get<bool>() ? "held here" : "held upstream",
-                  p["stale"].get<bool>() ? ", stale: expired at " : "",
-                  p["stale"].get<bool>() ? val(p["expires"]).c_str() : "");
-    out += line;
-  }
-  if (j["held"].empty()) {
-    row("held", "none");
-  } else {
-    std::snprintf(line, sizeof line, "held:\n  %-28s %-7s %8s %8s %10s %10s %7s %7s  %s\n",
-                  "PARTITION", "RULE", "DELETED", "FILES", "LOST", "OF", "RATIO", "LIMIT",
-                  "CANDIDATE");
-    out += line;
-    for (const auto& h : j["held"]) {
-      std::snprintf(line, sizeof line, "  %-28s %-7s %8llu %8llu %10llu %10llu %7.3f %7.3f  %s%s\n",
-                    h["partition"].get<std::string>().c_str(), h["rule"].get<std::string>().c_str(),
-                    static_cast<unsigned long long>(h["deleted"].get<std::uint64_t>()),
-                    static_cast<unsigned long long>(h["files"].get<std::uint64_t>()),
-                    static_cast<unsigned long long>(h["lost"].get<std::uint64_t>()),
-                    static_cast<unsigned long long>(h["of"].get<std::uint64_t>()),
-                    h["ratio"].get<double>(), h["limit"].get<double>(),
-                    h["candidate"].get<std::string>().substr(0, 16).c_str(),
-                    h["stale"].get<bool>() ? " (stale)" : "");
-      out += line;
-    }
-  }
-  return out;
+}
+
+void held_table(TextTable& t, const json& held) {
+  if (held.empty()) return t.row("held", "none");
+  t.line("held:\n  %-28s %-7s %8s %8s %10s %10s %7s %7s  %s\n", "PARTITION", "RULE", "DELETED",
+         "FILES", "LOST", "OF", "RATIO", "LIMIT", "CANDIDATE");
+  for (const auto& h : held)
+    t.line("  %-28s %-7s %8llu %8llu %10llu %10llu %7.3f %7.3f  %s%s\n",
+           h["partition"].get<std::string>().c_str(), h["rule"].get<std::string>().c_str(),
+           ull(h["deleted"]), ull(h["files"]), ull(h["lost"]), ull(h["of"]),
+           h["ratio"].get<double>(), h["limit"].get<double>(),
+           h["candidate"].get<std::string>().substr(0, 16).c_str(),
+           h["stale"].get<bool>() ? " (stale)" : "");
+}
+
+}  // namespace
+
+std::string status_text(const ops::Config& config) {
+  const json j = status_object(config);
+  TextTable t;
+  node_rows(t, j);
+  scrub_rows(t, j["scrub"]);
+  pin_lines(t, j["pins"]);
+  held_table(t, j["held"]);
+  return t.take();
 }
 
 Result<std::vector<std::string>> approve(const ops::Config& config,

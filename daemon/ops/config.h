@@ -1,9 +1,11 @@
 #pragma once
 /// The configuration (docs/configuration.md), parsed into a typed, immutable object. Every error
-/// names the key; defaults live in one place (the member initialisers below).
+/// names the key; defaults live in one place (the member initialisers below, and GuardPolicy's
+/// in daemon/sync/guard.h), read by one parser per section (daemon/ops/config.cpp).
 
 #include <cstdint>
 #include <filesystem>
+#include <set>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -92,6 +94,10 @@ struct Config {
 
 /// Parses and validates configuration text; `file` resolves relative paths and names errors.
 Result<Config> parse_config(std::string_view text, const fs::path& file);
+/// The keys `parse_config` looks up in this text, named as tiersync.json(5) names them
+/// (`upstream.url`, `listen[].port`, `guard.partitions.GLOB.min_files`): what the man page test
+/// (tests/man_test.cpp) holds against the page. A key looked up is a key the parser accepts.
+Result<std::set<std::string>> config_keys_read(std::string_view text, const fs::path& file);
 /// Reads and parses a configuration file.
 Result<Config> load_config(const fs::path& file);
 /// What parsing cannot see: the keys load, TLS files exist, the folders can be made.
