@@ -49,6 +49,22 @@ json scrub_object(const ops::Config& config) {
           {"damaged", damaged}};
 }
 
+fs::path ports_report_path(const ops::Config& config) {
+  return config.state_dir / "ports.json";
+}
+
+// What the running daemon reported it bound (write_ports_report); empty when no daemon serves.
+json listening_array(const ops::Config& config) {
+  std::error_code ec;
+  if (!fs::exists(ports_report_path(config), ec)) return json::array();
+  auto bytes = sync::read_file(ports_report_path(config), 64 * 1024);
+  if (!bytes) return json::array();
+  json doc = json::parse(*bytes, nullptr, /*allow_exceptions=*/false);
+  if (!doc.is_object() || !doc.contains("listen") || !doc["listen"].is_array())
+    return json::array();
+  return doc["listen"];
+}
+
 json status_object(const ops::Config& config) {
   sync::StateStore state(config.state_dir, config.tree);
   auto applied = state.load_applied();
@@ -135,10 +151,33 @@ json status_object(const ops::Config& config) {
                        {"message", cycle.message}};
   }
   j["scrub"] = scrub_object(config);
+  j["listening"] = listening_array(config);
   return j;
 }
 
 }  // namespace
+
+Status write_ports_report(const ops::Config& config, const std::vector<std::uint16_t>& ports) {
+  json listen = json::array();
+  for (std::size_t i = 0; i < ports.size() && i < config.listen.size(); ++i) {
+    const auto& l = config.listen[i];
+    const bool v6 = l.address.find(':') != std::string::npos;
+    const std::string host = v6 ? "[" + l.address + "]" : l.address;
+    listen.push_back({{"address", l.address},
+                      {"port", ports[i]},
+                      {"tls", l.tls},
+                      {"url", std::string(l.tls ? "https" : "http") + "://" + host + ":" +
+                                  std::to_string(ports[i])}});
+  }
+  const json doc = {{"pid", ::getpid()}, {"listen", listen}};
+  return sync::write_file_atomic(ports_report_path(config), doc.dump(2) + "\n", 0644,
+                                 /*durable=*/false);
+}
+
+void remove_ports_report(const ops::Config& config) {
+  std::error_code ec;
+  fs::remove(ports_report_path(config), ec);
+}
 
 std::string status_json(const ops::Config& config) {
   return status_object(config).dump(2, ' ', false, json::error_handler_t::replace) + "\n";
@@ -217,6 +256,11 @@ std::string status_text(const ops::Config& config) {
     row("", val(j["last_cycle"]["message"]));
   }
   row("last success", val(j["last_success"]));
+  std::string listening;
+  for (const auto& l : j["listening"])
+    listening += (listening.empty() ? "" : ", ") + val(l["address"]) + ":" + val(l["port"]) + " (" +
+                 (l.value("tls", false) ? "https" : "http") + ")";
+  row("listening", listening.empty() ? "-" : listening);
   const json& scrub = j["scrub"];
   if (scrub["mb_per_second"] == 0) {
     row("scrub", "off");
