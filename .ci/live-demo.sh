@@ -166,9 +166,12 @@ if [ -e "$DEMO" ]; then
     while read -r old; do
       if tr '\0' ' ' <"/proc/$old/cmdline" 2>/dev/null | grep -qF "tiersyncd --config $DEMO/"; then
         kill -TERM "$old" 2>/dev/null || true
+        for _ in $(seq 1 100); do # until it has gone (bounded: 10 s)
+          kill -0 "$old" 2>/dev/null || break
+          sleep 0.1
+        done
       fi
     done <"$DEMO/daemons.pids"
-    sleep 1
   fi
   if [ -n "$(ls -A "$DEMO")" ] && [ ! -f "$DEMO/.tiersync-demo" ]; then
     echo "live-demo: $DEMO exists and is not a demo folder; set TIERSYNC_DEMO_DIR elsewhere" >&2
@@ -214,38 +217,33 @@ make_pki() {
     -days 30 -out pki/server.pem -extfile pki/server.ext
 }
 
-# Free loopback ports, all bound at once so that they differ.
-read -r p0 p1 p2 p3 < <(python3 -c '
-import socket
-s = [socket.socket() for _ in range(4)]
-for x in s: x.bind(("127.0.0.1", 0))
-print(*[x.getsockname()[1] for x in s])') || fail "cannot find free loopback ports"
-PORT=([tier0]=$p0 [tier1]=$p1 [mirror]=$p2)
-HTTP_PORT=$p3
-
-tls_listen() { # tls_listen PORT
-  printf '{"address": "127.0.0.1", "port": %s, "tls_cert": "pki/server.pem", "tls_key": "pki/server.key"}' "$1"
-}
-write_configs() {
-  cat >tier0.json <<JSON
+# Every daemon listens on port 0: the kernel picks a free port as it binds (no port chosen here
+# and released, for another process to take first), and the daemon reports what it bound in
+# state_dir/ports.json. A relay's config is written once its parent has reported its port.
+tls_listen='{"address": "127.0.0.1", "port": 0, "tls_cert": "pki/server.pem", "tls_key": "pki/server.key"}'
+write_config() { # write_config NODE
+  case $1 in
+    tier0) cat >tier0.json <<JSON ;;
 {"role": "tier0", "name": "dl-master", "tree": "tier0/tree", "state_dir": "tier0/state",
  "layout": "{release}/{repo}/{arch}", "index_files": ["APKINDEX.tar.gz"],
  "source": {"dir": "source", "settle_seconds": 1}, "signing_key": "keys/origin.key",
- "listen": [$(tls_listen "$p0")]}
+ "listen": [$tls_listen]}
 JSON
-  cat >tier1.json <<JSON
+    tier1) cat >tier1.json <<JSON ;;
 {"role": "tier1", "name": "tier1-eu", "tree": "tier1/tree", "state_dir": "tier1/state",
- "upstream": {"url": "https://127.0.0.1:$p0/", "ca_file": "pki/ca.pem"},
+ "upstream": {"url": "$(url tier0)", "ca_file": "pki/ca.pem"},
  "trusted_keys": ["keys/origin.pub"],
- "listen": [$(tls_listen "$p1")]}
+ "listen": [$tls_listen]}
 JSON
-  cat >mirror.json <<JSON
+    mirror) cat >mirror.json <<JSON ;;
 {"role": "mirror", "name": "mirror-a", "tree": "mirror/tree", "state_dir": "mirror/state",
- "upstream": {"url": "https://127.0.0.1:$p1/", "ca_file": "pki/ca.pem"},
+ "upstream": {"url": "$(url tier1)", "ca_file": "pki/ca.pem"},
  "trusted_keys": ["keys/origin.pub"],
- "listen": [$(tls_listen "$p2"),
-            {"address": "127.0.0.1", "port": $p3, "tls": false}]}
+ "listen": [$tls_listen,
+            {"address": "127.0.0.1", "port": 0, "tls": false}]}
 JSON
+  esac
+  tiersyncd --config "$1.json" --check-config >/dev/null || fail "$1.json is not a valid configuration"
 }
 
 step "0. Setting up in $DEMO"
@@ -255,39 +253,52 @@ make_pki
 say "TLS                   a demo CA (pki/ca.pem) and a certificate for 127.0.0.1 and localhost"
 make_repo source
 say "the builders' tree    source/: $(count source) files, edge/{main,community}/{${ARCHES// /,}}"
-write_configs
-for n in $NODES; do
-  tiersyncd --config "$n.json" --check-config >/dev/null || fail "$n.json is not a valid configuration"
-done
-say "configurations        tier0.json, tier1.json, mirror.json (each checked with --check-config)"
+write_config tier0
+say "configurations        tier0.json now; tier1.json and mirror.json once their parent listens" \
+  "                      (each checked with --check-config)"
 
 # ---------------------------------------------------------------------------------------------
 # 1. Three daemons
 
-start() { # start NODE: a long-running tiersyncd, its log in logs/NODE.log
+# reported_port NODE [I]: the port NODE's running daemon bound for its listen entry I (0 first),
+# from the report it writes once every listener is bound; fails until there is one of its pid.
+reported_port() {
+  python3 - "$DEMO/$1/state/ports.json" "${PID[$1]}" "${2:-0}" 2>/dev/null <<'PY'
+import json, sys
+doc = json.load(open(sys.argv[1]))
+sys.exit(1) if doc["pid"] != int(sys.argv[2]) else print(doc["listen"][int(sys.argv[3])]["port"])
+PY
+}
+has_reported() { reported_port "$1" >/dev/null; }
+
+start() { # start NODE: a long-running tiersyncd, its log in logs/NODE.log; waits for its ports
+  write_config "$1"
   tiersyncd --config "$DEMO/$1.json" 2>>"logs/$1.log" &
   PID[$1]=$!
   echo "${PID[$1]}" >>daemons.pids
+  wait_until "$1's report of its bound ports" has_reported "$1"
+  PORT[$1]=$(reported_port "$1")
+  if [ "$1" = mirror ]; then HTTP_PORT=$(reported_port mirror 1); fi
 }
 
 step "1. Three daemons start; the mirror converges"
-say "tier0  \"dl-master\"  publishes source/ as signed snapshots    $(url tier0)" \
-  "tier1  \"tier1-eu\"   relays tier0 over HTTPS                  $(url tier1)" \
-  "mirror \"mirror-a\"   relays tier1 to end users                $(url mirror)" \
-  "                                                              http://127.0.0.1:$HTTP_PORT/" \
+say "tier0  \"dl-master\"  publishes source/ as signed snapshots" \
+  "tier1  \"tier1-eu\"   relays tier0 over HTTPS" \
+  "mirror \"mirror-a\"   relays tier1 to end users, over HTTPS and plain HTTP" \
   "Each relay checks the origin's signature (keys/origin.pub) and every byte it downloads." ""
 t=$(now_ms)
 start tier0
 wait_until "tier0's first publish" serial_is tier0 1
-say "tier0  started (pid ${PID[tier0]}), published serial 1 after $(seconds_since "$t") s"
+say "tier0  started (pid ${PID[tier0]}) on $(url tier0), published serial 1 after $(seconds_since "$t") s"
 t=$(now_ms)
 start tier1
 wait_until "tier1's first sync" serial_is tier1 1
-say "tier1  started (pid ${PID[tier1]}), synced serial 1 from tier0 after $(seconds_since "$t") s"
+say "tier1  started (pid ${PID[tier1]}) on $(url tier1), synced serial 1 from tier0 after $(seconds_since "$t") s"
 t=$(now_ms)
 start mirror
 wait_until "the mirror's first sync" serial_is mirror 1
-say "mirror started (pid ${PID[mirror]}), synced serial 1 from tier1 after $(seconds_since "$t") s"
+say "mirror started (pid ${PID[mirror]}) on $(url mirror) and http://127.0.0.1:$HTTP_PORT/," \
+  "       synced serial 1 from tier1 after $(seconds_since "$t") s"
 echo
 show tiersyncctl --config tier0.json status
 echo

@@ -1,9 +1,11 @@
 # Sourced by .ci/run and .ci/demo: installs what is missing (Debian 12, as root) and builds.
 set -euo pipefail
 
-# fuse3 and libfuse3-dev: the power-loss test's file system (tests/powerloss).
+# fuse3 and libfuse3-dev: the power-loss test's file system (tests/powerloss). systemd:
+# systemd-analyze for tests/units_test.sh (no running systemd needed). curl and openssl: the
+# server and integration tests' clients and test PKI. A test whose tool is missing fails.
 TIERSYNC_PACKAGES=(g++ cmake ninja-build ccache pkg-config libboost1.81-dev libssl-dev openssl
-  nlohmann-json3-dev libspdlog-dev libgtest-dev rsync python3 curl fuse3 libfuse3-dev)
+  nlohmann-json3-dev libspdlog-dev libgtest-dev rsync python3 curl fuse3 libfuse3-dev systemd)
 
 tiersync_install() {
   local missing=()

@@ -384,10 +384,16 @@ class Daemon {
 };
 
 Status Daemon::start_server() {
-  if (config_.listen.empty()) return {};
+  if (config_.listen.empty()) {
+    remove_ports_report(config_);  // a previous daemon's, which listened
+    return {};
+  }
   server_ = std::make_unique<serve::Server>(config_.listen, config_.tree,
                                             serve::server_limits(config_.serve));
   if (auto st = server_->start(); !st) return make_error("cannot listen: " + st.message());
+  // Port 0 is the kernel's pick: operators and tests read what was bound from state_dir.
+  if (auto st = write_ports_report(config_, server_->ports()); !st)
+    return make_error("cannot report the bound ports: " + st.message());
   publish_view();
   return {};
 }
@@ -539,7 +545,8 @@ void Daemon::shutdown() {
   watchdog_.reset();             // at once
   control_.reset();              // at once, or after the one client it is answering (1 s at most)
   if (server_) server_->stop();  // responses in flight get a few seconds
-  signals_.reset();              // at once
+  if (server_) remove_ports_report(config_);
+  signals_.reset();  // at once
 }
 
 int Daemon::run(const sigset_t& signal_set) {

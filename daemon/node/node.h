@@ -50,6 +50,12 @@ CycleOutcome publish_once(const ops::Config& config, const std::atomic<bool>* st
 CycleOutcome sync_once(const ops::Config& config, const std::atomic<bool>* stop = nullptr,
                        std::unique_ptr<transport::Transport>* keep = nullptr);
 
+/// The daemon's report of the ports it bound, one per `listen` entry in order (port 0 becomes the
+/// kernel's pick): `state_dir/ports.json`, written atomically once every listener is bound and
+/// removed at a clean stop (docs/configuration.md, "Bound ports").
+Status write_ports_report(const ops::Config& config, const std::vector<std::uint16_t>& ports);
+void remove_ports_report(const ops::Config& config);
+
 /// `tiersyncctl status`: the node's state as JSON (no daemon needed).
 std::string status_json(const ops::Config& config);
 /// The same as a table for a terminal.

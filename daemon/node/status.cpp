@@ -49,6 +49,22 @@ json scrub_object(const ops::Config& config) {
           {"damaged", damaged}};
 }
 
+fs::path ports_report_path(const ops::Config& config) {
+  return config.state_dir / "ports.json";
+}
+
+// What the running daemon reported it bound (write_ports_report); empty when no daemon serves.
+json listening_array(const ops::Config& config) {
+  std::error_code ec;
+  if (!fs::exists(ports_report_path(config), ec)) return json::array();
+  auto bytes = sync::read_file(ports_report_path(config), 64 * 1024);
+  if (!bytes) return json::array();
+  json doc = json::parse(*bytes, nullptr, /*allow_exceptions=*/false);
+  if (!doc.is_object() || !doc.contains("listen") || !doc["listen"].is_array())
+    return json::array();
+  return doc["listen"];
+}
+
 // What status reads from state_dir, once.
 struct NodeState {
   Result<std::optional<sync::Applied>> applied;
@@ -175,10 +191,33 @@ json status_object(const ops::Config& config) {
   j["chain"] = chain_array(config, s.cycle);
   add_last_cycle(j, s.cycle);
   j["scrub"] = scrub_object(config);
+  j["listening"] = listening_array(config);
   return j;
 }
 
 }  // namespace
+
+Status write_ports_report(const ops::Config& config, const std::vector<std::uint16_t>& ports) {
+  json listen = json::array();
+  for (std::size_t i = 0; i < ports.size() && i < config.listen.size(); ++i) {
+    const auto& l = config.listen[i];
+    const bool v6 = l.address.find(':') != std::string::npos;
+    const std::string host = v6 ? "[" + l.address + "]" : l.address;
+    listen.push_back({{"address", l.address},
+                      {"port", ports[i]},
+                      {"tls", l.tls},
+                      {"url", std::string(l.tls ? "https" : "http") + "://" + host + ":" +
+                                  std::to_string(ports[i])}});
+  }
+  const json doc = {{"pid", ::getpid()}, {"listen", listen}};
+  return sync::write_file_atomic(ports_report_path(config), doc.dump(2) + "\n", 0644,
+                                 /*durable=*/false);
+}
+
+void remove_ports_report(const ops::Config& config) {
+  std::error_code ec;
+  fs::remove(ports_report_path(config), ec);
+}
 
 std::string status_json(const ops::Config& config) {
   return status_object(config).dump(2, ' ', false, json::error_handler_t::replace) + "\n";
@@ -278,6 +317,11 @@ void node_rows(TextTable& t, const json& j) {
     t.row("", text_of(j["last_cycle"]["message"]));
   }
   t.row("last success", text_of(j["last_success"]));
+  std::string listening;
+  for (const auto& l : j["listening"])
+    listening += (listening.empty() ? "" : ", ") + text_of(l["address"]) + ":" +
+                 text_of(l["port"]) + " (" + (l.value("tls", false) ? "https" : "http") + ")";
+  t.row("listening", listening.empty() ? "-" : listening);
 }
 
 void scrub_rows(TextTable& t, const json& scrub) {

@@ -130,7 +130,8 @@ struct Listener {
   /// Replaced by reload_tls (under Impl::mu); a connection keeps the context it started with.
   std::shared_ptr<ssl::context> tls;
   std::optional<tcp::acceptor> acceptor;
-  std::uint16_t port = 0;
+  std::uint16_t port = 0;  ///< bound: the configured one, or the kernel's pick for port 0
+  std::string bound;       ///< "127.0.0.1:43517": the bound address, for the log
 };
 
 /// The caps of `limits` fitted to a soft descriptor limit of `fds`: the reserve is kept for the
@@ -279,8 +280,10 @@ Status Server::Impl::bind(Listener& l) {
   if (ec) return make_error(l.name + ": cannot bind: " + ec.message());
   l.acceptor->listen(asio::socket_base::max_listen_connections, ec);
   if (ec) return make_error(l.name + ": cannot listen: " + ec.message());
-  l.port = l.acceptor->local_endpoint(ec).port();
+  const auto local = l.acceptor->local_endpoint(ec);
   if (ec) return make_error(l.name + ": " + ec.message());
+  l.port = local.port();
+  l.bound = endpoint_name(local);
   return {};
 }
 
@@ -692,8 +695,11 @@ Status Server::start() {
       "descriptor limit of {} ({} reserved for the node)",
       s.caps.connections, s.caps.long_polls, s.caps.long_polls_per_address, s.caps.cached_folders,
       s.caps.descriptor_limit, s.limits.reserved_descriptors);
-  for (auto& l : s.listeners) {
-    spdlog::info("serve: listening on {} ({}, port {})", l.name, l.tls ? "https" : "http", l.port);
+  for (std::size_t i = 0; i < s.listeners.size(); ++i) {
+    Listener& l = s.listeners[i];
+    // The bound port, not the configured one: port 0 is the kernel's pick (docs/configuration.md,
+    // "Bound ports").
+    spdlog::info("serve: listening on {} ({}, listen[{}])", l.bound, l.tls ? "https" : "http", i);
     asio::co_spawn(l.acceptor->get_executor(), s.accept_loop(l), log_exception(l.name));
   }
   for (unsigned i = 0; i < s.limits.threads; ++i)

@@ -35,50 +35,6 @@ using Clock = std::chrono::steady_clock;
 constexpr int kCrowd = 5000;
 constexpr int kSourceAddresses = 250;  // 20 polls each: under the default cap of 32 per address
 
-/// tiersyncd started with a soft descriptor limit of `soft` (the hard one as the test's), as
-/// systemd starts services; SIGKILLed and reaped if still running at the end.
-class LimitedDaemon {
- public:
-  LimitedDaemon(const Node& node, rlim_t soft, rlim_t hard) : log_(node.home / "daemon.log") {
-    const std::string config = node.config().string();
-    pid_ = ::fork();
-    if (pid_ == 0) {
-      rlimit rl{soft, hard};
-      if (::setrlimit(RLIMIT_NOFILE, &rl) != 0) ::_exit(126);
-      int fd = ::open(log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-      ::dup2(fd, 1);
-      ::dup2(fd, 2);
-      ::execl(kTiersyncd, kTiersyncd, "--config", config.c_str(), static_cast<char*>(nullptr));
-      ::_exit(127);
-    }
-  }
-  ~LimitedDaemon() { stop(); }
-  LimitedDaemon(const LimitedDaemon&) = delete;
-  LimitedDaemon& operator=(const LimitedDaemon&) = delete;
-
-  int pid() const { return pid_; }
-  std::string log() const { return read_file(log_); }
-  /// SIGTERM, then SIGKILL after `limit`; reaps.
-  void stop(std::chrono::milliseconds limit = 10s) {
-    if (pid_ <= 0) return;
-    ::kill(pid_, SIGTERM);
-    const auto deadline = Clock::now() + limit;
-    while (::waitpid(pid_, nullptr, WNOHANG) != pid_) {  // bounded by the deadline
-      if (Clock::now() >= deadline) {
-        ::kill(pid_, SIGKILL);
-        ::waitpid(pid_, nullptr, 0);
-        break;
-      }
-      std::this_thread::sleep_for(20ms);
-    }
-    pid_ = -1;
-  }
-
- private:
-  fs::path log_;
-  int pid_ = -1;
-};
-
 /// Open descriptors of process `pid` (0 when it cannot be read).
 std::size_t descriptors_of(int pid) {
   std::error_code ec;
@@ -244,15 +200,13 @@ class CrowdTest : public OriginTest {
     rlimit rl{};
     ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &rl), 0);
     if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < 2 * kCrowd + 1024)
-      GTEST_SKIP() << "the hard descriptor limit (" << rl.rlim_max << ") is below "
-                   << 2 * kCrowd + 1024;
+      FAIL() << "the hard descriptor limit (" << rl.rlim_max << ") is below " << 2 * kCrowd + 1024
+             << ": this test cannot run here (raise it: ulimit -Hn, LimitNOFILE=)";
     hard_ = rl.rlim_max;
     rl.rlim_cur = rl.rlim_max;
     ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &rl), 0);
-    port_ = free_port();
-    amend_config(origin,
-                 {{"source", {{"dir", source.string()}, {"settle_seconds", 0}}},
-                  {"listen", {{{"address", "127.0.0.1"}, {"port", port_}, {"tls", false}}}}});
+    amend_config(origin, {{"source", {{"dir", source.string()}, {"settle_seconds", 0}}},
+                          {"listen", loopback_listen()}});
   }
 
   /// The serial the daemon serves, waiting (bounded) for it to exceed `after`; 0 if it does not.
@@ -285,11 +239,13 @@ class CrowdTest : public OriginTest {
   }
 
   rlim_t hard_ = 0;
-  std::uint16_t port_ = 0;
+  std::uint16_t port_ = 0;  ///< the port the daemon reported it bound (port 0 in its listen)
 };
 
 TEST_F(CrowdTest, FiveThousandLongPollsOnASoftLimitOf1024) {
-  LimitedDaemon daemon(origin, 1024, hard_);
+  // Started as systemd starts services: a soft limit of 1024, the hard one as the test's.
+  Daemon daemon(origin, "daemon.log", DescriptorLimit{1024, hard_});
+  port_ = daemon.port();
   const std::uint64_t first = served_serial_after(0, 60s);
   ASSERT_GT(first, 0u) << daemon.log();
   EXPECT_NE(daemon.log().find("descriptor limit: raised from 1024"), std::string::npos)
@@ -364,7 +320,7 @@ TEST_F(CrowdTest, FiveThousandLongPollsOnASoftLimitOf1024) {
       kCrowd, idle_fds, loaded_fds, after_fds, static_cast<long long>(freed_ms),
       static_cast<unsigned long long>(idle_rss), static_cast<unsigned long long>(loaded_rss),
       static_cast<long long>(metrics_ms));
-  daemon.stop();
+  EXPECT_TRUE(daemon.stop());
 }
 
 // The defect as it was seen: a node whose hard limit is the usual 1,024 (nothing to raise) and a
@@ -373,7 +329,8 @@ TEST_F(CrowdTest, FiveThousandLongPollsOnASoftLimitOf1024) {
 // files need descriptors too), the held polls get the new serial, and accept never runs out of
 // descriptors.
 TEST_F(CrowdTest, AtAHardLimitOf1024TheExcessIsRefusedAndTheNodeStillPublishes) {
-  LimitedDaemon daemon(origin, 1024, 1024);
+  Daemon daemon(origin, "daemon.log", DescriptorLimit{1024, 1024});
+  port_ = daemon.port();
   const std::uint64_t first = served_serial_after(0, 60s);
   ASSERT_GT(first, 0u) << daemon.log();
   std::string text;
@@ -409,7 +366,7 @@ TEST_F(CrowdTest, AtAHardLimitOf1024TheExcessIsRefusedAndTheNodeStillPublishes) 
   std::printf("hard limit 1024: %d clients, %d answered 200, %d refused 503, %d closed at once\n",
               kTooMany, ok, refused, closed);
   crowd.vanish();
-  daemon.stop();
+  EXPECT_TRUE(daemon.stop());
 }
 
 }  // namespace

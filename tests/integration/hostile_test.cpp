@@ -476,12 +476,22 @@ TEST_F(HostileParentTest, HonestUpdateApplies) {
 // A freeze: the parent keeps serving the snapshot the mirror applied until it expires. The
 // mirror keeps its tree and serial, but no longer reports "in sync": the cycle fails as stale.
 TEST_F(HostileParentTest, AnExpiredSnapshotThatNeverChangesIsReportedStale) {
-  Offer o = Offer::of(good_, kGoodSerial, *key_);
-  o.expires = std::time(nullptr) + 2;
-  parent_->publish(o);
-  ASSERT_TRUE(Exited(mirror_.once(), 0));
+  // The window before `expires` must hold one --once, which a sanitizer build on a busy machine
+  // may stretch: doubled (2 to 32 s) until the mirror applies the offer in time. A run too slow
+  // for its window applies nothing (the snapshot had expired), so the next one starts clean.
+  std::int64_t expires = 0;
+  RunResult applied;
+  for (std::int64_t window = 2; window <= 32 && !applied.exited(0); window *= 2) {
+    Offer o = Offer::of(good_, kGoodSerial, *key_);
+    expires = std::time(nullptr) + window;
+    o.expires = expires;
+    parent_->publish(o);
+    applied = mirror_.once();
+  }
+  ASSERT_TRUE(Exited(applied, 0));
   EXPECT_EQ(mirror_.status()["last_cycle"]["result"], "ok");
-  std::this_thread::sleep_for(std::chrono::milliseconds(3100));  // past `expires`
+  // Then the event the case is about: the clock passes `expires` (bounded: the window, 32 s).
+  while (std::time(nullptr) <= expires) std::this_thread::sleep_for(std::chrono::milliseconds(100));
   RunResult stale = mirror_.once();
   EXPECT_TRUE(stale.exited(1)) << stale.describe();
   EXPECT_TRUE(StderrNames(stale, {{"stale"}, {"expired"}})) << stale.describe();

@@ -54,14 +54,11 @@ bool listening(std::uint16_t port, std::chrono::seconds limit) {
   return false;
 }
 
-std::string https_url(std::uint16_t port) {
-  return "https://127.0.0.1:" + std::to_string(port) + "/";
-}
-
 // Waits (bounded) until a tier0 has published the source: its tree matches, the snapshot is
-// there and the port accepts connections.
-bool published(const Node& origin, const fs::path& source, std::uint16_t port,
+// there and the port it reported accepts connections.
+bool published(const Node& origin, Daemon& daemon, const fs::path& source,
                std::chrono::seconds limit) {
+  const std::uint16_t port = daemon.port();
   const auto deadline = std::chrono::steady_clock::now() + limit;
   if (!converges(source, origin.tree(), limit)) return false;
   while (std::chrono::steady_clock::now() < deadline) {
@@ -82,26 +79,24 @@ using testing_pki::make_pki;
 using testing_pki::make_server_cert;
 using testing_pki::Pki;
 
-json tls_listen(std::uint16_t port, const CertKey& cert) {
-  return json::array({{{"address", "127.0.0.1"},
-                       {"port", port},
-                       {"tls_cert", cert.cert.string()},
-                       {"tls_key", cert.key.string()}}});
+// HTTPS on 127.0.0.1, port 0: the daemon reports the port it bound (Daemon::port()).
+json tls_listen(const CertKey& cert) {
+  return loopback_listen(cert.cert, cert.key);
 }
 
-// A tier0 serving `source` over HTTPS on `port` with `cert`.
+// A tier0 serving `source` over HTTPS with `cert`.
 Node https_origin(const fs::path& home, const fs::path& source, const KeyFiles& key,
-                  std::uint16_t port, const CertKey& cert) {
+                  const CertKey& cert) {
   Node origin = make_origin(home, "dl-master", source, key.key);
   amend_config(origin, {{"source", {{"dir", source.string()}, {"settle_seconds", 0}}},
-                        {"listen", tls_listen(port, cert)}});
+                        {"listen", tls_listen(cert)}});
   return origin;
 }
 
-// A mirror of https://127.0.0.1:port/ verifying against `ca`.
-Node https_mirror(const fs::path& home, const std::string& name, std::uint16_t port,
+// A mirror of `parent_url` (a running parent's Daemon::url()) verifying against `ca`.
+Node https_mirror(const fs::path& home, const std::string& name, const std::string& parent_url,
                   const CertKey& ca, const KeyFiles& key) {
-  Node m = make_mirror(home, name, https_url(port), {key.pub});
+  Node m = make_mirror(home, name, parent_url, {key.pub});
   amend_config(m, {{"upstream", {{"ca_file", ca.cert.string()}, {"poll_seconds", 60}}}});
   return m;
 }
@@ -130,15 +125,13 @@ class HttpsTest : public ::testing::Test {
 // ---------------------------------------------------------------------------------------------
 
 TEST_F(HttpsTest, ThreeNodesOverHttpsConvergeByteForByte) {
-  const auto ports = free_ports(2);
-  const std::uint16_t origin_port = ports[0], a_port = ports[1];
-  Node origin = https_origin(root / "origin", source, key, origin_port, pki.server);
-  Node a = https_mirror(root / "mirror-a", "mirror-a", origin_port, pki.ca, key);
-  amend_config(a, {{"listen", tls_listen(a_port, pki.server)}});
-  Node b = https_mirror(root / "mirror-b", "mirror-b", a_port, pki.ca, key);
-
+  // Each parent first: a child's URL holds the port its parent reported.
+  Node origin = https_origin(root / "origin", source, key, pki.server);
   Daemon d_origin(origin);
+  Node a = https_mirror(root / "mirror-a", "mirror-a", d_origin.url(), pki.ca, key);
+  amend_config(a, {{"listen", tls_listen(pki.server)}});
   Daemon d_a(a);
+  Node b = https_mirror(root / "mirror-b", "mirror-b", d_a.url(), pki.ca, key);
   Daemon d_b(b);
   const auto logs = [&] {
     return "--- origin ---\n" + d_origin.log() + "--- mirror-a ---\n" + d_a.log() +
@@ -156,21 +149,23 @@ TEST_F(HttpsTest, ThreeNodesOverHttpsConvergeByteForByte) {
     std::this_thread::sleep_for(100ms);
   ASSERT_TRUE(fs::exists(b_snap)) << logs();
   EXPECT_EQ(read_file(b_snap), read_file(origin_snap)) << logs();
+  EXPECT_TRUE(d_b.stop());
+  EXPECT_TRUE(d_a.stop());
+  EXPECT_TRUE(d_origin.stop());
 }
 
 // The empty-$arch accident over HTTPS, three daemons: the builder's upload deletes every
 // architecture of edge/main but x86_64 at the source. tier0 holds them, publishes the healthy
 // change, and the mirror two hops down serves every file it served before, over TLS.
 TEST_F(HttpsTest, TheAccidentIsHeldAndEveryFileStillServed) {
-  if (!run({"sh", "-c", "command -v curl"}).exited(0)) GTEST_SKIP() << "curl is not installed";
-  const auto ports = free_ports(3);
-  Node origin = https_origin(root / "origin", source, key, ports[0], pki.server);
-  Node tier1 = https_mirror(root / "tier1", "tier1", ports[0], pki.ca, key);
-  amend_config(tier1, {{"role", "tier1"}, {"listen", tls_listen(ports[1], pki.server)}});
-  Node mirror = https_mirror(root / "mirror", "mirror", ports[1], pki.ca, key);
-  amend_config(mirror, {{"listen", tls_listen(ports[2], pki.server)}});
+  ASSERT_TRUE(have_curl()) << "curl is not installed: .ci/setup.sh installs it";
+  Node origin = https_origin(root / "origin", source, key, pki.server);
   Daemon d_origin(origin);
+  Node tier1 = https_mirror(root / "tier1", "tier1", d_origin.url(), pki.ca, key);
+  amend_config(tier1, {{"role", "tier1"}, {"listen", tls_listen(pki.server)}});
   Daemon d_tier1(tier1);
+  Node mirror = https_mirror(root / "mirror", "mirror", d_tier1.url(), pki.ca, key);
+  amend_config(mirror, {{"listen", tls_listen(pki.server)}});
   Daemon d_mirror(mirror);
   const auto logs = [&] {
     return "--- origin ---\n" + d_origin.log() + "--- tier1 ---\n" + d_tier1.log() +
@@ -209,22 +204,24 @@ TEST_F(HttpsTest, TheAccidentIsHeldAndEveryFileStillServed) {
   for (const auto& [path, spec] : before) {
     if (spec.link || !lost.count(partition_of(path))) continue;
     const RunResult r = run({"curl", "--silent", "--show-error", "--fail", "--cacert",
-                             pki.ca.cert.string(), https_url(ports[2]) + path},
+                             pki.ca.cert.string(), d_mirror.url() + path},
                             {}, 30s);
     ASSERT_TRUE(Exited(r, 0)) << path;
     EXPECT_TRUE(r.out == spec.bytes) << path;
     ++checked;
   }
   EXPECT_GT(checked, 20);
+  EXPECT_TRUE(d_mirror.stop());
+  EXPECT_TRUE(d_tier1.stop());
+  EXPECT_TRUE(d_origin.stop());
 }
 
 TEST_F(HttpsTest, UnknownCaIsRefusedAndNothingIsWritten) {
-  const std::uint16_t port = free_port();
-  Node origin = https_origin(root / "origin", source, key, port, pki.server);
+  Node origin = https_origin(root / "origin", source, key, pki.server);
   Daemon d_origin(origin);
-  ASSERT_TRUE(published(origin, source, port, 30s)) << d_origin.log();
+  ASSERT_TRUE(published(origin, d_origin, source, 30s)) << d_origin.log();
 
-  Node m = https_mirror(root / "mirror", "mirror", port, pki.stranger_ca, key);
+  Node m = https_mirror(root / "mirror", "mirror", d_origin.url(), pki.stranger_ca, key);
   const RunResult r = once(m, 30s);
   EXPECT_TRUE(Exited(r, 1));
   EXPECT_TRUE(StderrNames(r, {{"certificate verify failed"}}));
@@ -237,12 +234,11 @@ TEST_F(HttpsTest, UnknownCaIsRefusedAndNothingIsWritten) {
 }
 
 TEST_F(HttpsTest, ParentWithAStrangersCertificateIsRefused) {
-  const std::uint16_t port = free_port();
-  Node origin = https_origin(root / "origin", source, key, port, pki.stranger_server);
+  Node origin = https_origin(root / "origin", source, key, pki.stranger_server);
   Daemon d_origin(origin);
-  ASSERT_TRUE(published(origin, source, port, 30s)) << d_origin.log();
+  ASSERT_TRUE(published(origin, d_origin, source, 30s)) << d_origin.log();
 
-  Node m = https_mirror(root / "mirror", "mirror", port, pki.ca, key);
+  Node m = https_mirror(root / "mirror", "mirror", d_origin.url(), pki.ca, key);
   const RunResult r = once(m, 30s);
   EXPECT_TRUE(Exited(r, 1));
   EXPECT_TRUE(StderrNames(r, {{"certificate verify failed"}}));
@@ -251,12 +247,11 @@ TEST_F(HttpsTest, ParentWithAStrangersCertificateIsRefused) {
 
 TEST_F(HttpsTest, HostNameMismatchIsRefused) {
   const CertKey other = make_server_cert(pki.ca, root / "pki", "otherhost", "DNS:otherhost", 4);
-  const std::uint16_t port = free_port();
-  Node origin = https_origin(root / "origin", source, key, port, other);
+  Node origin = https_origin(root / "origin", source, key, other);
   Daemon d_origin(origin);
-  ASSERT_TRUE(published(origin, source, port, 30s)) << d_origin.log();
+  ASSERT_TRUE(published(origin, d_origin, source, 30s)) << d_origin.log();
 
-  Node m = https_mirror(root / "mirror", "mirror", port, pki.ca, key);
+  Node m = https_mirror(root / "mirror", "mirror", d_origin.url(), pki.ca, key);
   const RunResult r = once(m, 30s);
   EXPECT_TRUE(Exited(r, 1));
   EXPECT_TRUE(StderrNames(r, {{"mismatch"}}));
@@ -264,11 +259,10 @@ TEST_F(HttpsTest, HostNameMismatchIsRefused) {
 }
 
 TEST_F(HttpsTest, RangeRequestGetsExactlyThoseBytes) {
-  if (!run({"sh", "-c", "command -v curl"}).exited(0)) GTEST_SKIP() << "curl is not installed";
-  const std::uint16_t port = free_port();
-  Node origin = https_origin(root / "origin", source, key, port, pki.server);
+  ASSERT_TRUE(have_curl()) << "curl is not installed: .ci/setup.sh installs it";
+  Node origin = https_origin(root / "origin", source, key, pki.server);
   Daemon d_origin(origin);
-  ASSERT_TRUE(published(origin, source, port, 30s)) << d_origin.log();
+  ASSERT_TRUE(published(origin, d_origin, source, 30s)) << d_origin.log();
 
   const std::vector<std::string> packages = packages_in(model, "edge/main/x86_64");
   ASSERT_FALSE(packages.empty());
@@ -278,28 +272,28 @@ TEST_F(HttpsTest, RangeRequestGetsExactlyThoseBytes) {
 
   const RunResult r =
       run({"curl", "--silent", "--show-error", "--fail", "--cacert", pki.ca.cert.string(), "-r",
-           "10-19", "-w", "\n%{http_code}", https_url(port) + path},
+           "10-19", "-w", "\n%{http_code}", d_origin.url() + path},
           {}, 30s);
   ASSERT_TRUE(Exited(r, 0));
   const std::size_t nl = r.out.rfind('\n');
   ASSERT_NE(nl, std::string::npos) << r.describe();
   EXPECT_EQ(r.out.substr(nl + 1), "206");
   EXPECT_EQ(r.out.substr(0, nl), bytes.substr(10, 10));
+  EXPECT_TRUE(d_origin.stop());
 }
 
 // SIGHUP reloads the listeners' certificates: new connections get the renewed one without a
 // restart. A reload whose certificate does not load is refused and the one in use stays.
 TEST_F(HttpsTest, SighupReloadsTheCertificate) {
-  if (!run({"sh", "-c", "command -v curl"}).exited(0)) GTEST_SKIP() << "curl is not installed";
-  const std::uint16_t port = free_port();
+  ASSERT_TRUE(have_curl()) << "curl is not installed: .ci/setup.sh installs it";
   const CertKey live{root / "live.pem", root / "live.key"};
   fs::copy_file(pki.server.cert, live.cert);
   fs::copy_file(pki.server.key, live.key);
-  Node origin = https_origin(root / "origin", source, key, port, live);
+  Node origin = https_origin(root / "origin", source, key, live);
   Daemon d_origin(origin);
-  ASSERT_TRUE(published(origin, source, port, 30s)) << d_origin.log();
+  ASSERT_TRUE(published(origin, d_origin, source, 30s)) << d_origin.log();
 
-  const std::string url = https_url(port) + ".tiersync/v1/status";
+  const std::string url = d_origin.url() + ".tiersync/v1/status";
   auto trusted_by = [&](const CertKey& ca) {
     return run({"curl", "--silent", "--fail", "--max-time", "5", "--cacert", ca.cert.string(), "-o",
                 "/dev/null", url},
@@ -333,7 +327,7 @@ TEST_F(HttpsTest, SighupReloadsTheCertificate) {
   EXPECT_TRUE(refused) << d_origin.log();
   EXPECT_TRUE(contains_nocase(d_origin.log(), live.cert.string())) << d_origin.log();
   EXPECT_TRUE(trusted_by(pki.stranger_ca)) << d_origin.log();
-  EXPECT_EQ(d_origin.terminate(5s), 0) << d_origin.log();
+  EXPECT_TRUE(d_origin.stop());
 }
 
 // 64 MiB of deterministic bytes (xorshift64*).
@@ -357,19 +351,27 @@ TEST_F(HttpsTest, ParentKilledMidTransferThenRestartedConverges) {
   rebuild_index(model, "edge/main/x86_64", kBaseMtime + 600);
   materialize(model, source);
 
-  const std::uint16_t port = free_port();
-  Node origin = https_origin(root / "origin", source, key, port, pki.server);
-  Node m = https_mirror(root / "mirror", "mirror", port, pki.ca, key);
-  amend_config(m, {{"upstream", {{"max_bytes_per_second", 8u << 20}}}});
-
+  Node origin = https_origin(root / "origin", source, key, pki.server);
   auto d_origin = std::make_unique<Daemon>(origin);
-  ASSERT_TRUE(published(origin, source, port, 30s)) << d_origin->log();
+  ASSERT_TRUE(published(origin, *d_origin, source, 30s)) << d_origin->log();
+  Node m = https_mirror(root / "mirror", "mirror", d_origin->url(), pki.ca, key);
+  amend_config(m, {{"upstream", {{"max_bytes_per_second", 8u << 20}}}});
 
   {
     Process first({kTiersyncd, "--config", m.config().string(), "--once"},
                   root / "mirror-first.log");
-    std::this_thread::sleep_for(1s);
-    ASSERT_EQ(first.wait(0ms), -1) << "the throttled download ended within a second\n"
+    // Killed mid-transfer: once the big file is partly staged (bounded: 30 s), not after a
+    // guessed delay.
+    const fs::path staging = m.tree() / ".tiersync/staging/files";
+    bool staging_big = false;
+    for (int i = 0; i < 300 && !staging_big; ++i) {
+      std::error_code ec;
+      for (const auto& f : fs::directory_iterator(staging, ec))
+        if (fs::file_size(f.path(), ec) > (1u << 20)) staging_big = true;
+      if (!staging_big) std::this_thread::sleep_for(100ms);
+    }
+    ASSERT_TRUE(staging_big) << first.log();
+    ASSERT_EQ(first.wait(0ms), -1) << "the throttled download ended before the parent was killed\n"
                                    << first.log();
     d_origin->kill();
     const int code = first.wait(30s);
@@ -377,18 +379,20 @@ TEST_F(HttpsTest, ParentKilledMidTransferThenRestartedConverges) {
   }
   EXPECT_FALSE(fs::exists(m.tree() / big)) << "a file appeared before its download completed";
 
+  // Restarted on port 0, it binds another port: the mirror is told the new URL.
   d_origin = std::make_unique<Daemon>(origin, "daemon-restarted.log");
-  ASSERT_TRUE(published(origin, source, port, 30s)) << d_origin->log();
+  ASSERT_TRUE(published(origin, *d_origin, source, 30s)) << d_origin->log();
+  amend_config(m, {{"upstream", {{"url", d_origin->url()}}}});
   const RunResult r = once(m, 30s);
   EXPECT_TRUE(Exited(r, 0)) << d_origin->log();
   EXPECT_TRUE(TreeMatches(m.tree(), model));
+  EXPECT_TRUE(d_origin->stop());
 }
 
 TEST_F(HttpsTest, SilentClientsDoNotBlockTheServer) {
-  const std::uint16_t port = free_port();
-  Node origin = https_origin(root / "origin", source, key, port, pki.server);
+  Node origin = https_origin(root / "origin", source, key, pki.server);
   Daemon d_origin(origin);
-  ASSERT_TRUE(published(origin, source, port, 30s)) << d_origin.log();
+  ASSERT_TRUE(published(origin, d_origin, source, 30s)) << d_origin.log();
 
   // Ten connections that say nothing, ten that stop halfway through a ClientHello's record.
   struct Fds {
@@ -399,7 +403,7 @@ TEST_F(HttpsTest, SilentClientsDoNotBlockTheServer) {
   } silent;
   const unsigned char partial_hello[] = {0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc};
   for (int i = 0; i < 20; ++i) {
-    const int fd = connect_to(port);
+    const int fd = connect_to(d_origin.port());
     ASSERT_GE(fd, 0);
     silent.fds.push_back(fd);
     if (i % 2 == 1) {
@@ -410,7 +414,7 @@ TEST_F(HttpsTest, SilentClientsDoNotBlockTheServer) {
 
   // The mirror syncs while every silent connection is still open (the server closes them only
   // at its handshake timeout): it was served beside them, not after them.
-  Node m = https_mirror(root / "mirror", "mirror", port, pki.ca, key);
+  Node m = https_mirror(root / "mirror", "mirror", d_origin.url(), pki.ca, key);
   const RunResult r = once(m, 30s);
   EXPECT_TRUE(Exited(r, 0)) << d_origin.log();
   EXPECT_TRUE(TreeMatches(m.tree(), model));
@@ -420,6 +424,7 @@ TEST_F(HttpsTest, SilentClientsDoNotBlockTheServer) {
     EXPECT_TRUE(got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
         << "a silent connection was closed before the mirror finished: it had to wait for it";
   }
+  EXPECT_TRUE(d_origin.stop());
 }
 
 }  // namespace

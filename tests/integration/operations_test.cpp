@@ -200,10 +200,6 @@ std::string http_get(const std::string& url) {
   return r.out;
 }
 
-bool have_curl() {
-  return run({"sh", "-c", "command -v curl"}).exited(0);
-}
-
 std::string base(std::uint16_t port) {
   return "http://127.0.0.1:" + std::to_string(port) + "/";
 }
@@ -238,24 +234,22 @@ const std::map<std::string, std::string> kRequired = {
 // tier0 -> tier1 -> mirror over HTTP: each node's /metrics parses and carries every required
 // metric with values that match what happened; each status names its chain up to the origin.
 TEST_F(OperationsTest, MetricsAndStatusChainAcrossThreeTiers) {
-  if (!have_curl()) GTEST_SKIP() << "curl is not installed";
+  ASSERT_TRUE(have_curl()) << "curl is not installed: .ci/setup.sh installs it";
 
-  const auto ports = free_ports(3);
-  amend_config(origin,
-               {{"source", {{"dir", source.string()}, {"settle_seconds", 0}}},
-                {"listen", {{{"address", "127.0.0.1"}, {"port", ports[0]}, {"tls", false}}}}});
-  Node tier1 = make_mirror(root / "tier1", "tier1-eu", base(ports[0]), {key.pub});
-  amend_config(tier1, {{"role", "tier1"},
-                       {"listen", {{{"address", "127.0.0.1"}, {"port", ports[1]}, {"tls", false}}}},
-                       {"upstream", {{"poll_seconds", 60}}}});
-  Node mirror = make_mirror(root / "mirror", "mirror-b", base(ports[1]), {key.pub});
-  amend_config(mirror,
-               {{"listen", {{{"address", "127.0.0.1"}, {"port", ports[2]}, {"tls", false}}}},
-                {"upstream", {{"poll_seconds", 60}}}});
-
+  // Every node on port 0, each parent started first: a child's URL holds the port its parent
+  // reported.
+  amend_config(origin, {{"source", {{"dir", source.string()}, {"settle_seconds", 0}}},
+                        {"listen", loopback_listen()}});
   Daemon d_origin(origin);
+  Node tier1 = make_mirror(root / "tier1", "tier1-eu", d_origin.url(), {key.pub});
+  amend_config(
+      tier1,
+      {{"role", "tier1"}, {"listen", loopback_listen()}, {"upstream", {{"poll_seconds", 60}}}});
   Daemon d_tier1(tier1);
+  Node mirror = make_mirror(root / "mirror", "mirror-b", d_tier1.url(), {key.pub});
+  amend_config(mirror, {{"listen", loopback_listen()}, {"upstream", {{"poll_seconds", 60}}}});
   Daemon d_mirror(mirror);
+  const std::vector<std::uint16_t> bound = {d_origin.port(), d_tier1.port(), d_mirror.port()};
   auto logs = [&] {
     return "--- origin ---\n" + d_origin.log() + "--- tier1 ---\n" + d_tier1.log() +
            "--- mirror ---\n" + d_mirror.log();
@@ -268,14 +262,14 @@ TEST_F(OperationsTest, MetricsAndStatusChainAcrossThreeTiers) {
   const std::uint64_t serial = read_published_snapshot(origin.tree()).serial;
   json status;
   for (int i = 0; i < 100; ++i) {
-    status = json::parse(http_get(base(ports[2]) + ".tiersync/v1/status"));
+    status = json::parse(http_get(base(bound[2]) + ".tiersync/v1/status"));
     if (status.value("serial", json()) == serial && status["chain"].size() == 3) break;
     std::this_thread::sleep_for(100ms);
   }
   EXPECT_EQ(status["chain"], json({"mirror-b", "tier1-eu", "dl-master"})) << status.dump(2);
-  EXPECT_EQ(json::parse(http_get(base(ports[1]) + ".tiersync/v1/status"))["chain"],
+  EXPECT_EQ(json::parse(http_get(base(bound[1]) + ".tiersync/v1/status"))["chain"],
             json({"tier1-eu", "dl-master"}));
-  EXPECT_EQ(json::parse(http_get(base(ports[0]) + ".tiersync/v1/status"))["chain"],
+  EXPECT_EQ(json::parse(http_get(base(bound[0]) + ".tiersync/v1/status"))["chain"],
             json({"dl-master"}));
   // tiersyncctl reads the same from state_dir, as JSON and as the table.
   EXPECT_EQ(mirror.status()["chain"], json({"mirror-b", "tier1-eu", "dl-master"}));
@@ -284,9 +278,22 @@ TEST_F(OperationsTest, MetricsAndStatusChainAcrossThreeTiers) {
   EXPECT_TRUE(Mentions(table, "mirror-b <- tier1-eu <- dl-master"));
   EXPECT_TRUE(Mentions(table, "last success"));
 
+  // The ports each daemon bound on port 0 (docs/configuration.md, "Bound ports"): the log line,
+  // status as JSON and as the table, the report in state_dir.
+  const std::string mirror_at = "127.0.0.1:" + std::to_string(bound[2]);
+  EXPECT_TRUE(d_mirror.wait_for_log("listening on " + mirror_at + " (http", 10s)) << logs();
+  const json listening = mirror.status()["listening"];
+  ASSERT_EQ(listening.size(), 1u) << listening.dump(2);
+  EXPECT_EQ(listening[0]["port"], bound[2]);
+  EXPECT_EQ(listening[0]["address"], "127.0.0.1");
+  EXPECT_EQ(listening[0]["tls"], false);
+  EXPECT_EQ(listening[0]["url"], "http://" + mirror_at);
+  EXPECT_TRUE(Mentions(table, mirror_at + " (http)"));
+  EXPECT_NE(bound[1], bound[2]);
+
   // /metrics of the mirror: the initial sync added every file and downloaded their bytes.
   Exposition m;
-  ASSERT_TRUE(ParsesAsPrometheus(http_get(base(ports[2]) + "metrics"), m));
+  ASSERT_TRUE(ParsesAsPrometheus(http_get(base(bound[2]) + "metrics"), m));
   EXPECT_TRUE(HasRequiredMetrics(m));
   EXPECT_EQ(m.value("tiersync_snapshot_serial"), static_cast<double>(serial));
   EXPECT_EQ(m.value("tiersync_upstream_serial"), static_cast<double>(serial));
@@ -305,7 +312,7 @@ TEST_F(OperationsTest, MetricsAndStatusChainAcrossThreeTiers) {
 
   // tier1 answered the mirror's requests: 200s counted by code.
   Exposition t1;
-  ASSERT_TRUE(ParsesAsPrometheus(http_get(base(ports[1]) + "metrics"), t1));
+  ASSERT_TRUE(ParsesAsPrometheus(http_get(base(bound[1]) + "metrics"), t1));
   EXPECT_TRUE(HasRequiredMetrics(t1));
   EXPECT_GE(t1.value("tiersync_http_requests_total", {{"code", "200"}}),
             static_cast<double>(files));
@@ -320,7 +327,7 @@ TEST_F(OperationsTest, MetricsAndStatusChainAcrossThreeTiers) {
   Exposition after;
   for (int i = 0; i < 100; ++i) {
     after = {};
-    ASSERT_TRUE(ParsesAsPrometheus(http_get(base(ports[2]) + "metrics"), after));
+    ASSERT_TRUE(ParsesAsPrometheus(http_get(base(bound[2]) + "metrics"), after));
     if (after.value("tiersync_files_total", {{"op", "delete"}}) >= 1) break;
     std::this_thread::sleep_for(100ms);
   }
@@ -328,18 +335,23 @@ TEST_F(OperationsTest, MetricsAndStatusChainAcrossThreeTiers) {
   EXPECT_EQ(after.value("tiersync_files_total", {{"op", "change"}}), 1);  // the index
   EXPECT_EQ(after.value("tiersync_files_total", {{"op", "delete"}}), 1);
   EXPECT_GE(after.value("tiersync_sync_duration_seconds_count"), 2);
+
+  // A clean stop removes the report: status no longer names a port nobody listens on.
+  EXPECT_TRUE(d_mirror.stop());
+  EXPECT_TRUE(d_tier1.stop());
+  EXPECT_TRUE(d_origin.stop());
+  EXPECT_FALSE(fs::exists(mirror.state() / "ports.json"));
+  EXPECT_TRUE(mirror.status()["listening"].empty());
 }
 
 // A parent that serves a corrupted byte: the relay's /metrics counts the refusal, its last
 // success stays at "never", and its status still names no serial.
 TEST_F(OperationsTest, MetricsCountVerifyFailures) {
-  if (!have_curl()) GTEST_SKIP() << "curl is not installed";
+  ASSERT_TRUE(have_curl()) << "curl is not installed: .ci/setup.sh installs it";
   ASSERT_TRUE(Exited(origin.once(), 0));
 
-  const auto ports = free_ports(2);
   Node a = make_mirror(root / "mirror-a", "mirror-a", origin.url(), {key.pub});
-  amend_config(a, {{"listen", {{{"address", "127.0.0.1"}, {"port", ports[0]}, {"tls", false}}}},
-                   {"upstream", {{"poll_seconds", 3600}}}});
+  amend_config(a, {{"listen", loopback_listen()}, {"upstream", {{"poll_seconds", 3600}}}});
   Daemon d_a(a);
   ASSERT_TRUE(converges(source, a.tree(), 30s)) << d_a.log();
   // A file:// parent serves no status: it stands in the chain by its URL.
@@ -353,21 +365,14 @@ TEST_F(OperationsTest, MetricsCountVerifyFailures) {
     out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
   }
 
-  Node b = make_mirror(root / "mirror-b", "mirror-b", base(ports[0]), {key.pub});
-  amend_config(b, {{"listen", {{{"address", "127.0.0.1"}, {"port", ports[1]}, {"tls", false}}}},
-                   {"upstream", {{"poll_seconds", 1}}}});
+  Node b = make_mirror(root / "mirror-b", "mirror-b", d_a.url(), {key.pub});
+  amend_config(b, {{"listen", loopback_listen()}, {"upstream", {{"poll_seconds", 1}}}});
   Daemon d_b(b);
+  const std::string b_metrics = d_b.url() + "metrics";  // listening once it reported its port
   Exposition m;
   for (int i = 0; i < 150; ++i) {
     m = {};
-    std::string text;
-    try {
-      text = http_get(base(ports[1]) + "metrics");
-    } catch (const std::exception&) {
-      std::this_thread::sleep_for(100ms);  // not listening yet
-      continue;
-    }
-    ASSERT_TRUE(ParsesAsPrometheus(text, m));
+    ASSERT_TRUE(ParsesAsPrometheus(http_get(b_metrics), m));
     if (m.value("tiersync_verify_failures_total") >= 1) break;
     std::this_thread::sleep_for(100ms);
   }
@@ -381,6 +386,8 @@ TEST_F(OperationsTest, MetricsCountVerifyFailures) {
   EXPECT_TRUE(st["last_success"].is_null()) << st.dump(2);
   EXPECT_EQ(st["last_cycle"]["result"], "failed") << st.dump(2);
   EXPECT_EQ(st["chain"], json({"mirror-b", "mirror-a", origin.url()})) << st.dump(2);
+  EXPECT_TRUE(d_b.stop());
+  EXPECT_TRUE(d_a.stop());
 }
 
 // The key rotation of docs/security.md with a threshold: tier0 signs with the old and the new

@@ -48,11 +48,10 @@ std::uint64_t scrub_field(const Node& node, const char* field) {
 
 TEST_F(ScrubTest, RelayDaemonRepairsACorruptedFileFromItsParent) {
   ASSERT_TRUE(Exited(origin.once(), 0));
-  const std::uint16_t port = free_port();
   Node mirror = make_mirror(root / "mirror", "mirror", origin.url(), {key.pub});
   amend_config(mirror, {{"scrub", {{"mb_per_second", 50}}},
                         {"upstream", {{"poll_seconds", 3600}}},
-                        {"listen", {{{"address", "127.0.0.1"}, {"port", port}, {"tls", false}}}}});
+                        {"listen", loopback_listen()}});
   ASSERT_TRUE(Exited(mirror.once(), 0));
 
   ::setenv("TIERSYNC_SCRUB_PAUSE_SECONDS", "1", 1);  // the child inherits it at fork
@@ -75,8 +74,9 @@ TEST_F(ScrubTest, RelayDaemonRepairsACorruptedFileFromItsParent) {
   EXPECT_TRUE(contains_nocase(mirror.ctl({"status"}).out, "repaired 1"));
 
   // /metrics counts it; the status endpoint carries the scrub section.
-  if (run({"sh", "-c", "command -v curl"}).exited(0)) {
-    const std::string base = "http://127.0.0.1:" + std::to_string(port) + "/";
+  {
+    ASSERT_TRUE(have_curl()) << "curl is not installed: .ci/setup.sh installs it";
+    const std::string base = daemon.url();
     const RunResult metrics =
         run({"curl", "--silent", "--fail", "--max-time", "10", base + "metrics"});
     ASSERT_TRUE(metrics.exited(0)) << metrics.describe();
@@ -95,7 +95,7 @@ TEST_F(ScrubTest, RelayDaemonRepairsACorruptedFileFromItsParent) {
   const RunResult refused = mirror.ctl({"verify", "--repair"});
   EXPECT_TRUE(Exited(refused, 1));
   EXPECT_TRUE(Mentions(refused, "tiersyncd runs"));
-  EXPECT_EQ(daemon.terminate(10s), 0) << daemon.log();
+  EXPECT_TRUE(daemon.stop(10s));
 }
 
 TEST_F(ScrubTest, VerifyRepairAtARelayFetchesEveryDifferenceAgain) {

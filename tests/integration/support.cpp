@@ -6,6 +6,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -843,9 +844,25 @@ std::vector<std::uint16_t> free_ports(int n) {
   return ports;
 }
 
-Process::Process(std::vector<std::string> argv, fs::path log) : log_(std::move(log)) {
+json loopback_listen(const fs::path& cert, const fs::path& key) {
+  json entry = {{"address", "127.0.0.1"}, {"port", 0}};
+  if (cert.empty()) {
+    entry["tls"] = false;
+  } else {
+    entry["tls_cert"] = cert.string();
+    entry["tls_key"] = key.string();
+  }
+  return json::array({entry});
+}
+
+Process::Process(std::vector<std::string> argv, fs::path log, std::optional<DescriptorLimit> nofile)
+    : log_(std::move(log)) {
   pid_ = ::fork();
   if (pid_ == 0) {
+    if (nofile) {
+      const rlimit rl{static_cast<rlim_t>(nofile->soft), static_cast<rlim_t>(nofile->hard)};
+      if (::setrlimit(RLIMIT_NOFILE, &rl) != 0) ::_exit(126);
+    }
     int fd = ::open(log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     ::dup2(fd, 2);
     ::dup2(fd, 1);
@@ -874,16 +891,80 @@ bool Process::wait_for_log(std::string_view needle, std::chrono::milliseconds li
   }
 }
 
+namespace {
+
+// The node's state_dir, from its configuration (relative paths resolve against its folder).
+fs::path state_dir_of(const Node& node) {
+  const json config = json::parse(read_file(node.config()));
+  const fs::path dir = config.value("state_dir", std::string("state"));
+  return dir.is_absolute() ? dir : node.config().parent_path() / dir;
+}
+
+std::string log_tail(const std::string& text) {
+  return text.size() > 8000 ? "..." + text.substr(text.size() - 8000) : text;
+}
+
+}  // namespace
+
+Daemon::Daemon(const Node& node, std::string_view log_name, std::optional<DescriptorLimit> nofile)
+    : Process({TIERSYNCD, "--config", node.config().string()}, node.home / log_name, nofile),
+      state_dir_(state_dir_of(node)) {}
+
+std::vector<std::uint16_t> Daemon::ports(std::chrono::seconds limit) {
+  const fs::path report = state_dir_ / "ports.json";
+  const int my_pid = pid();
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  for (;;) {
+    std::error_code ec;
+    if (my_pid > 0 && fs::exists(report, ec)) {
+      const json doc = json::parse(read_file(report), nullptr, /*allow_exceptions=*/false);
+      if (doc.is_object() && doc.value("pid", -1) == my_pid) {
+        std::vector<std::uint16_t> out;
+        for (const auto& l : doc.at("listen")) out.push_back(l.at("port").get<std::uint16_t>());
+        return out;
+      }
+    }
+    if (my_pid <= 0 || wait(std::chrono::milliseconds(0)) != -1)
+      throw std::runtime_error("tiersyncd exited before it reported its ports; its log:\n" +
+                               log_tail(log()));
+    if (std::chrono::steady_clock::now() >= deadline)
+      throw std::runtime_error("tiersyncd reported no bound ports in " +
+                               std::to_string(limit.count()) + " s; its log:\n" + log_tail(log()));
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+}
+
+std::string Daemon::url(std::size_t listener) {
+  ports();  // waits for this daemon's report
+  const json doc = json::parse(read_file(state_dir_ / "ports.json"));
+  return doc.at("listen").at(listener).at("url").get<std::string>() + "/";
+}
+
+::testing::AssertionResult Daemon::stop(std::chrono::seconds limit) {
+  const int code = terminate(limit);
+  const std::string text = log();
+  for (const char* report : {"Sanitizer", ": runtime error: "})
+    if (text.find(report) != std::string::npos)
+      return ::testing::AssertionFailure()
+             << "tiersyncd's log holds a sanitizer report (\"" << report << "\"):\n"
+             << log_tail(text);
+  if (code == -1) {
+    kill();
+    return ::testing::AssertionFailure()
+           << "tiersyncd still ran " << limit.count() << " s after SIGTERM; its log:\n"
+           << log_tail(text);
+  }
+  if (code != 0)
+    return ::testing::AssertionFailure()
+           << "tiersyncd exited " << code << " on SIGTERM (0 expected); its log:\n"
+           << log_tail(text);
+  return ::testing::AssertionSuccess();
+}
+
 Daemon::~Daemon() {
   if (pid() <= 0) return;
-  const int code = terminate(std::chrono::seconds(60));
-  if (code != 0) {
-    std::string text = log();
-    if (text.size() > 8000) text = "..." + text.substr(text.size() - 8000);
-    ADD_FAILURE() << "tiersyncd, still running at the end of the test, exited " << code
-                  << " on SIGTERM (0 expected); its log:\n"
-                  << text;
-  }
+  if (auto stopped = stop(); !stopped)
+    ADD_FAILURE() << "at the end of the test: " << stopped.message();
 }
 
 void Process::signal(int sig) {
@@ -921,6 +1002,10 @@ bool converges(const fs::path& source, const fs::path& tree, std::chrono::second
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   return false;
+}
+
+bool have_curl() {
+  return run({"sh", "-c", "command -v curl"}).exited(0);
 }
 
 OriginTest::OriginTest() : key(keygen(root / "keys/origin")) {

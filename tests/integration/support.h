@@ -255,17 +255,35 @@ Node make_mirror(const fs::path& home, const std::string& name, const std::strin
 void amend_config(const Node& node, const json& extra);
 
 /// `n` distinct free ports on 127.0.0.1: the kernel's picks, all held until every one is chosen,
-/// then released for the daemons to bind.
+/// then released. Racy for a daemon (another process may bind a port in between): start
+/// tiersyncd on port 0 (loopback_listen) and read Daemon::port() instead. Kept for helpers that
+/// are not tiersyncd.
 std::vector<std::uint16_t> free_ports(int n);
 inline std::uint16_t free_port() {
   return free_ports(1)[0];
 }
 
+/// A `listen` array of one entry on 127.0.0.1, port 0: tiersyncd binds a port the kernel picks
+/// and reports it (Daemon::port()). Plain HTTP, or HTTPS with `cert` and `key`.
+json loopback_listen(const fs::path& cert = {}, const fs::path& key = {});
+
+/// How long a daemon has to exit after SIGTERM: a cycle stops between files, the server gives
+/// responses in flight 5 s (docs/architecture.md, "Threads"); the rest is a sanitizer build's
+/// margin on a busy machine.
+inline constexpr std::chrono::seconds kStopLimit{15};
+
+/// A soft and hard RLIMIT_NOFILE for a child, as systemd's LimitNOFILE= sets them.
+struct DescriptorLimit {
+  std::uint64_t soft = 0;
+  std::uint64_t hard = 0;
+};
+
 /// A background child (stdout and stderr into `log`); SIGKILLed and reaped if still running when
-/// the object goes.
+/// the object goes. With `nofile`, the child starts with that descriptor limit.
 class Process {
  public:
-  Process(std::vector<std::string> argv, fs::path log);
+  Process(std::vector<std::string> argv, fs::path log,
+          std::optional<DescriptorLimit> nofile = std::nullopt);
   ~Process() { kill(); }
   Process(const Process&) = delete;
   Process& operator=(const Process&) = delete;
@@ -294,15 +312,33 @@ class Process {
 /// when the test ends is stopped as an operator would (SIGTERM) and must exit 0: a daemon that
 /// aborts on its way out (a sanitizer's report, a leak, a hung thread) fails the test.
 struct Daemon : Process {
-  explicit Daemon(const Node& node, std::string_view log_name = "daemon.log")
-      : Process({TIERSYNCD, "--config", node.config().string()}, node.home / log_name) {}
+  explicit Daemon(const Node& node, std::string_view log_name = "daemon.log",
+                  std::optional<DescriptorLimit> nofile = std::nullopt);
   ~Daemon();
   Daemon(const Daemon&) = delete;
   Daemon& operator=(const Daemon&) = delete;
+
+  /// The ports this daemon bound, one per `listen` entry in order, from the report it writes
+  /// once every listener is bound (`state_dir/ports.json` naming its pid; docs/configuration.md,
+  /// "Bound ports"). Waits for it (bounded); throws, with the log, when none comes or the daemon
+  /// exits first.
+  std::vector<std::uint16_t> ports(std::chrono::seconds limit = std::chrono::seconds(60));
+  std::uint16_t port(std::size_t listener = 0) { return ports().at(listener); }
+  /// "https://127.0.0.1:PORT/" (or http://) of a listen entry, as reported.
+  std::string url(std::size_t listener = 0);
+  /// SIGTERM; success when it exits 0 within `limit` with no sanitizer report in its log.
+  ::testing::AssertionResult stop(std::chrono::seconds limit = kStopLimit);
+
+ private:
+  fs::path state_dir_;
 };
 
 /// Waits (bounded, polling every 100 ms) until `tree` holds exactly the files of `source`.
 bool converges(const fs::path& source, const fs::path& tree, std::chrono::seconds limit);
+
+/// True when the curl command is on PATH (.ci/setup.sh installs it: a test that needs it fails
+/// without it, it does not skip).
+bool have_curl();
 
 /// Case-insensitive substring search.
 bool contains_nocase(std::string_view haystack, std::string_view needle);

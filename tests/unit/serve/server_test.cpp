@@ -1,7 +1,7 @@
 // The server over real sockets on 127.0.0.1, port 0: curl (and openssl s_client) as clients, a
 // test PKI made with the openssl CLI (tests/common/pki.h), raw sockets for slow and excess clients.
 // Needs the `curl` and `openssl` commands (.ci/setup.sh: packages curl and openssl); without them
-// the network tests are skipped.
+// the network tests fail (they do not skip).
 
 #include "daemon/serve/server.h"
 
@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <atomic>
 #include <chrono>
 #include <fstream>
@@ -135,6 +136,12 @@ class RawClient {
     }
     return out.find(text) != std::string::npos;
   }
+  /// True while the peer has not closed the connection (nothing is read; no waiting).
+  bool still_open() {
+    char byte;
+    const ssize_t n = ::recv(fd_, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n > 0 || (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK));
+  }
   /// Reads until the peer closes or `timeout` passes; `closed` tells which.
   std::string read_until_close(std::chrono::milliseconds timeout, bool& closed) {
     std::string out;
@@ -179,7 +186,7 @@ class ServerTest : public testing::Test {
   }
 
   void SetUp() override {
-    if (!pki_) GTEST_SKIP() << "needs the curl and openssl commands";
+    ASSERT_TRUE(pki_) << "needs the curl and openssl commands (.ci/setup.sh installs them)";
     dir_ = unit::make_temp_dir("server_test");
     ASSERT_FALSE(dir_.empty());
     tree_ = dir_ / "tree";
@@ -299,15 +306,12 @@ TEST_F(ServerTest, LongPollTimesOutWith304) {
   const auto took = Clock::now() - start;
   EXPECT_EQ(r.status, 304) << r.log;
   EXPECT_EQ(r.header("ETag"), "\"5\"");
-  EXPECT_GE(took, 900ms);
-  EXPECT_LT(took, 5s);
+  EXPECT_GE(took, 900ms);  // it was held for its wait (how fast it ends is tests/bench/'s)
 }
 
 TEST_F(ServerTest, LongPollAnswersAsSoonAsANewerSerialIsPublished) {
   auto poll = std::async(std::launch::async, [&] {
-    const auto start = Clock::now();
-    CurlResult r = Curl({}, https_ + "/.tiersync/v1/snapshot?after=5&wait=30");
-    return std::pair{r, Clock::now() - start};
+    return Curl({}, https_ + "/.tiersync/v1/snapshot?after=5&wait=30");
   });
   // Bounded wait until the poll is held, then an unrelated re-publish (same serial) and the
   // newer one.
@@ -315,18 +319,19 @@ TEST_F(ServerTest, LongPollAnswersAsSoonAsANewerSerialIsPublished) {
     std::this_thread::sleep_for(50ms);
   ASSERT_EQ(server_->stats().long_polls_waiting, 1u);
   Publish(5);
-  std::this_thread::sleep_for(200ms);
-  EXPECT_EQ(server_->stats().long_polls_waiting, 1u);  // serial 5 does not satisfy after=5
+  // A request served after the re-publish (the event: the server runs with view 5 installed);
+  // the poll is still held, since serial 5 does not satisfy after=5.
+  EXPECT_EQ(Curl({}, http_ + "/.tiersync/v1/snapshot").status, 200);
+  EXPECT_EQ(server_->stats().long_polls_waiting, 1u);
   Publish(6);
-  auto [r, took] = poll.get();
+  const CurlResult r = poll.get();
+  // Answered by the publish: serial 6's body (a timeout would be a 304 after the 30 s wait, an
+  // answer to the re-publish serial 5's body).
   EXPECT_EQ(r.status, 200) << r.log;
   EXPECT_EQ(r.body, "{\"payloadType\": \"test\", \"serial\": 6}");
   EXPECT_EQ(r.header("ETag"), "\"6\"");
-  EXPECT_LT(took, 10s);  // the wait was 30 s
-  // And a poll for what is already there answers at once.
-  const auto start = Clock::now();
+  // And a poll for what is already there answers with it (held, it would end in a 304).
   EXPECT_EQ(Curl({}, http_ + "/.tiersync/v1/snapshot?after=5&wait=30").status, 200);
-  EXPECT_LT(Clock::now() - start, 5s);
 }
 
 /// Waits (bounded) until `done()` holds; returns it.
@@ -570,6 +575,12 @@ TEST_F(ServerTest, OversizedHeaderIs431) {
 }
 
 TEST_F(ServerTest, SlowClientsDoNotBlockOthers) {
+  // Header and handshake timeouts long enough for two curl runs on a sanitizer build: the slow
+  // clients are still connected while the others are served.
+  server_->stop();
+  limits_.header_timeout = 8s;
+  limits_.handshake_timeout = 8s;
+  StartServer();
   std::vector<std::unique_ptr<RawClient>> slow;
   for (int i = 0; i < 20; ++i) {
     auto c = std::make_unique<RawClient>(server_->ports()[i % 2 ? 1 : 0]);
@@ -577,17 +588,18 @@ TEST_F(ServerTest, SlowClientsDoNotBlockOthers) {
     if (i % 2) c->send("GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ");  // half a header
     slow.push_back(std::move(c));
   }
-  const auto start = Clock::now();
   EXPECT_EQ(Curl({}, https_ + "/edge/main/x86_64/APKINDEX.tar.gz").status, 200);
   EXPECT_EQ(Curl({}, http_ + "/edge/main/x86_64/APKINDEX.tar.gz").status, 200);
-  EXPECT_LT(Clock::now() - start, 1500ms);
-  // And the slow ones are dropped after the header (or handshake) timeout of 2 s.
+  // Served beside the slow ones, not after them: every slow connection is still open.
+  int open = 0;
+  for (auto& c : slow) open += c->still_open() ? 1 : 0;
+  EXPECT_EQ(open, 20) << "the server closed slow clients before it served the others";
+  // And the slow ones are dropped at the header (or handshake) timeout.
   for (auto& c : slow) {
     bool closed = false;
-    c->read_until_close(6s, closed);
+    c->read_until_close(30s, closed);
     EXPECT_TRUE(closed);
   }
-  EXPECT_LT(Clock::now() - start, 6s);
 }
 
 TEST_F(ServerTest, ExcessConnectionsAreClosedAtOnce) {
@@ -701,9 +713,9 @@ TEST_F(ServerTest, StopIsPromptWithIdleConnectionsAndLongPolls) {
   for (int i = 0; i < 100 && server_->stats().long_polls_waiting == 0; ++i)
     std::this_thread::sleep_for(50ms);
   ASSERT_EQ(server_->stats().long_polls_waiting, 1u);
-  const auto start = Clock::now();
   server_->stop();
-  EXPECT_LT(Clock::now() - start, 2s);
+  // The poll was answered by the stop (304), not cut at stop_timeout (no status) nor held for
+  // its 60 s.
   EXPECT_EQ(poll.get().status, 304);
   bool closed = false;
   std::string answer = idle.read_until_close(2s, closed);
@@ -722,8 +734,7 @@ TEST_F(ServerTest, StopCutsOffAStalledDownloadAfterTheStopTimeout) {
   const auto start = Clock::now();
   server_->stop();
   const auto took = Clock::now() - start;
-  EXPECT_GE(took, 900ms);  // the response in flight got its chance
-  EXPECT_LT(took, 3s);
+  EXPECT_GE(took, 900ms);  // the response in flight got its chance; stop() returning is the cut
 }
 
 TEST(ServerStart, ErrorsNameTheListenEntry) {
