@@ -194,6 +194,7 @@ class Poller {
       auto r = transport_->poll_snapshot(known, wait_);
       if (stop.stop_requested()) return;
       if (r && !*r) {  // not modified: ask again
+        if (schedule.failures > 0) spdlog::info("long poll: the parent answers again");
         (void)next_poll(schedule, PollAnswer::kNotModified);
         // A parent that does not hold the request answers at once: ask once per wait, not in
         // a spin.
@@ -214,6 +215,7 @@ class Poller {
         why = r.message();
       }
       if (serial > known) {
+        if (schedule.failures > 0) spdlog::info("long poll: the parent answers again");
         // The same serial again: the cycle could not apply it (refused, or the parent failed
         // half-way). Retried after a growing pause, not every time.
         pause(stop, next_poll(schedule, PollAnswer::kNewer, serial));
