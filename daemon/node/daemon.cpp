@@ -187,48 +187,48 @@ class Poller {
     cv_.wait_for(lock, stop, d, [&] { return known && applied_ != *known; });
   }
   void run(std::stop_token stop) {
-    std::uint64_t last_woken = 0;  // the serial the last wake-up was for
-    unsigned repeats = 0;          // wake-ups in a row for it that did not get it applied
-    for (unsigned failures = 0; !stop.stop_requested();) {
+    PollSchedule schedule{period_};  // every wait below is next_poll's (loop.h)
+    while (!stop.stop_requested()) {
       const std::uint64_t known = applied();
       const auto asked = std::chrono::steady_clock::now();
       auto r = transport_->poll_snapshot(known, wait_);
       if (stop.stop_requested()) return;
       if (r && !*r) {  // not modified: ask again
-        failures = 0;
+        if (schedule.failures > 0) spdlog::info("long poll: the parent answers again");
+        (void)next_poll(schedule, PollAnswer::kNotModified);
         // A parent that does not hold the request answers at once: ask once per wait, not in
         // a spin.
         if (std::chrono::steady_clock::now() - asked < wait_ / 2) pause(stop, wait_);
         continue;
       }
       std::uint64_t serial = 0;
+      std::string why;
       if (r) {
         auto verified = polled_serial(**r, keys_, threshold_);
         if (verified) {
           serial = *verified;
         } else {
-          spdlog::warn("long poll: envelope refused: {}", verified.message());
+          why = "envelope refused: " + verified.message();
         }
       } else {
         ++ops::process_metrics().upstream_errors;
-        spdlog::warn("long poll: {}", r.message());
+        why = r.message();
       }
       if (serial > known) {
-        failures = 0;
+        if (schedule.failures > 0) spdlog::info("long poll: the parent answers again");
         // The same serial again: the cycle could not apply it (refused, or the parent failed
-        // half-way). Retried after 5, 10, 20... seconds, up to the poll period, not every time.
-        repeats = serial == last_woken ? std::min(repeats + 1, 6u) : 0;
-        last_woken = serial;
-        pause(stop, std::min<std::chrono::milliseconds>(5s * ((1u << repeats) - 1), period_));
+        // half-way). Retried after a growing pause, not every time.
+        pause(stop, next_poll(schedule, PollAnswer::kNewer, serial));
         if (stop.stop_requested()) return;
         events_.push(EventKind::kNewSerial);
         // Give the cycle time to apply before asking again.
         pause(stop, 5s, known);
       } else {
-        // An error, a refused envelope, or a parent answering at once without anything newer:
-        // back off 1, 2, 4... 32 seconds.
-        failures = std::min(failures + 1, 6u);
-        pause(stop, 500ms * (1u << failures));
+        // An error, a refused envelope, or a parent answering at once without anything newer.
+        const auto backoff = next_poll(schedule, PollAnswer::kFailed);
+        if (why.empty()) why = "serial " + std::to_string(serial) + " is not newer";
+        spdlog::warn("long poll: {}; next poll in {} ms", why, backoff.count());
+        pause(stop, backoff);
       }
     }
   }
@@ -658,7 +658,12 @@ Result<std::uint64_t> polled_serial(std::string_view envelope,
 
 Result<sync::FileLock> lock_state_dir(const ops::Config& config) {
   if (auto st = sync::make_dirs(config.state_dir); !st) return st.error();
-  return sync::FileLock::acquire(config.state_dir / "lock", sync::FileLock::Sharing::kProcess);
+  auto lock = sync::FileLock::acquire(config.state_dir / "lock", sync::FileLock::Sharing::kProcess);
+  if (!lock) return lock;
+  // docs/crash-safety.md: a damaged state file stops the start, named, and is left as it is.
+  if (auto st = sync::StateStore(config.state_dir, config.tree).check_at_start(); !st)
+    return make_error("cannot start: " + st.message());
+  return lock;
 }
 
 int run_daemon(const std::string& config_path, ops::Config config) {

@@ -14,7 +14,9 @@
 namespace tiersync::node {
 
 /// Takes `state_dir/lock` for the rest of the process's life (one tiersyncd, daemon or --once,
-/// per state_dir); the cycles this process runs share it. The error names the holder's pid.
+/// per state_dir); the cycles this process runs share it. The error names the holder's pid, or
+/// the first damaged state file (sync::StateStore::check_at_start): tiersyncd exits 1 then,
+/// having changed nothing.
 Result<sync::FileLock> lock_state_dir(const ops::Config& config);
 
 /// The serial of an envelope the long poll received, read only once `threshold` distinct keys of

@@ -55,4 +55,22 @@ Step decide(LoopState s, const Event& e) {
   return {s, Action::kWait, wait};
 }
 
+std::chrono::milliseconds next_poll(PollSchedule& s, PollAnswer answer, std::uint64_t serial) {
+  using namespace std::chrono_literals;
+  switch (answer) {
+    case PollAnswer::kNotModified:
+      s.failures = 0;
+      return 0ms;
+    case PollAnswer::kFailed:
+      s.failures = std::min(s.failures + 1, 6u);
+      return 500ms * (1u << s.failures);
+    case PollAnswer::kNewer:
+      s.failures = 0;
+      s.repeats = serial == s.last_woken ? std::min(s.repeats + 1, 6u) : 0;
+      s.last_woken = serial;
+      return std::min<std::chrono::milliseconds>(5s * ((1u << s.repeats) - 1), s.period);
+  }
+  return 0ms;  // unreachable: every answer is handled above
+}
+
 }  // namespace tiersync::node

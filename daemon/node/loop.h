@@ -4,6 +4,7 @@
 /// actions, tests/unit/node/loop_test.cpp drives it directly.
 
 #include <chrono>
+#include <cstdint>
 #include <optional>
 
 namespace tiersync::node {
@@ -64,5 +65,28 @@ struct Step {
 
 /// The next state and what to do, from the current state and one event.
 Step decide(LoopState state, const Event& event);
+
+// ---------------------------------------------------------------------------------------------
+// The relay's long poll (daemon.cpp's Poller): how long it waits after each answer.
+
+struct PollSchedule {
+  std::chrono::seconds period{60};  ///< poll_seconds (at most 300): the longest retry of a serial
+  unsigned failures = 0;            ///< failed or refused polls in a row
+  std::uint64_t last_woken = 0;     ///< the serial the last wake-up was for
+  unsigned repeats = 0;             ///< wake-ups in a row for it that did not get it applied
+};
+
+enum class PollAnswer {
+  kNotModified,  ///< nothing above the applied serial: ask again
+  kFailed,       ///< an error, a refused envelope, or nothing newer answered at once
+  kNewer,        ///< a verified serial above the applied (or held) one
+};
+
+/// The wait before the next step: after kFailed, 1, 2, 4... 32 s (reset by any other answer);
+/// after kNewer, the pause before waking the loop: none the first time, then 5, 10, 20... s up
+/// to the period while the same serial keeps coming back unapplied (a refused or held serial
+/// does not wake a cycle every few seconds).
+std::chrono::milliseconds next_poll(PollSchedule& schedule, PollAnswer answer,
+                                    std::uint64_t serial = 0);
 
 }  // namespace tiersync::node

@@ -1,5 +1,6 @@
 #include "daemon/node/watch.h"
 
+#include <spdlog/spdlog.h>
 #include <sys/inotify.h>
 #include <unistd.h>
 
@@ -82,7 +83,12 @@ bool SourceWatcher::changed() {
       const auto* ev = reinterpret_cast<const inotify_event*>(buf + off);
       off += static_cast<ssize_t>(sizeof(inotify_event) + ev->len);
       if (ev->mask & IN_Q_OVERFLOW) {
-        // Events were lost, new folders among them perhaps: watch everything again.
+        // Events were lost, new folders among them perhaps: watch everything again, and report
+        // a change, so that the next publish scans the whole source.
+        spdlog::warn(
+            "inotify: the event queue overflowed (fs.inotify.max_queued_events): watching {} "
+            "again and scanning all of it",
+            root_.string());
         any = true;
         for (const auto& [wd, path] : dirs_) ::inotify_rm_watch(fd_, wd);
         dirs_.clear();

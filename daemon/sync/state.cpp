@@ -5,12 +5,14 @@
 
 #include <algorithm>
 #include <atomic>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <stdexcept>
 
 #include "daemon/sync/crash.h"
 #include "daemon/sync/fs.h"
+#include "daemon/sync/history.h"
 #include "proto/dsse.h"
 #include "proto/manifest.h"
 #include "proto/printable.h"
@@ -290,13 +292,12 @@ void StateStore::collect_manifests(const proto::Snapshot& keep_a, const proto::S
   }
 }
 
-// State files are ours, but a wrong type in one (an edit by hand, a damaged disk) must read as
-// damaged, not throw: nlohmann's value() throws on a type mismatch.
-HeldState StateStore::load_held() const try {
+namespace {
+
+// The held record and the approvals from their JSON; a wrong type throws (json::exception or
+// NotInteger). The loaders below read a damaged file as empty; check_at_start() names it.
+HeldState held_from(const json& doc) {
   HeldState held;
-  auto j = read_json(dir_ / "held.json");
-  if (!j || !*j) return held;
-  const json& doc = **j;
   held.candidate_serial = integer<std::uint64_t>(doc, "candidate_serial");
   held.since = integer<std::int64_t>(doc, "since");
   const json partitions = doc.value("partitions", json::array());
@@ -317,6 +318,26 @@ HeldState StateStore::load_held() const try {
     held.partitions.push_back(std::move(hp));
   }
   return held;
+}
+
+std::vector<Approval> approvals_from(const json& doc) {
+  std::vector<Approval> out;
+  const json list = doc.value("approvals", json::array());
+  for (const auto& a : list)
+    out.push_back({a.value("partition", ""), a.value("from", ""), a.value("to", ""),
+                   integer<std::uint64_t>(a, "deleted"), integer<std::uint64_t>(a, "files"),
+                   a.value("rule", ""), integer<std::int64_t>(a, "expires")});
+  return out;
+}
+
+}  // namespace
+
+// State files are ours, but a wrong type in one (an edit by hand, a damaged disk) must read as
+// damaged, not throw: nlohmann's value() throws on a type mismatch.
+HeldState StateStore::load_held() const try {
+  auto j = read_json(dir_ / "held.json");
+  if (!j || !*j) return {};
+  return held_from(**j);
 } catch (const json::exception&) {
   return {};
 } catch (const NotInteger&) {
@@ -350,15 +371,9 @@ Status StateStore::save_held(const HeldState& held) const {
 }
 
 std::vector<Approval> StateStore::load_approvals() const try {
-  std::vector<Approval> out;
   auto j = read_json(dir_ / "approvals.json");
-  if (!j || !*j) return out;
-  const json list = (*j)->value("approvals", json::array());
-  for (const auto& a : list)
-    out.push_back({a.value("partition", ""), a.value("from", ""), a.value("to", ""),
-                   integer<std::uint64_t>(a, "deleted"), integer<std::uint64_t>(a, "files"),
-                   a.value("rule", ""), integer<std::int64_t>(a, "expires")});
-  return out;
+  if (!j || !*j) return {};
+  return approvals_from(**j);
 } catch (const json::exception&) {
   return {};
 } catch (const NotInteger&) {
@@ -510,6 +525,40 @@ Status StateStore::clear_journal() const {
   ::unlink(pending_snapshot_path().c_str());
   ::unlink(pending_pins_path().c_str());
   // Not made durable: a journal that reappears after a power cut only repeats the deletions.
+  return {};
+}
+
+Status StateStore::check_at_start() const {
+  auto applied = load_applied();
+  if (!applied) return make_error(applied.message());
+  auto journal = load_journal();
+  if (!journal) return make_error(journal.message());
+  // The records a cycle reads leniently (a damaged one reads as empty): at start, damage is
+  // reported instead of being quietly replaced by the next write. Those written without an fsync
+  // (cycle.json, used-approvals.json, parent-pins.json, the hash cache) may be empty after a
+  // power cut by design and are not checked.
+  const auto strict = [](const fs::path& file,
+                         const std::function<void(const json&)>& parse) -> Status {
+    auto j = read_json(file);
+    if (!j) return make_error(j.message());
+    if (!*j) return {};
+    try {
+      parse(**j);
+    } catch (const json::exception& e) {
+      return make_error(file.string() + ": damaged (" + e.what() + ")");
+    } catch (const NotInteger& e) {
+      return make_error(file.string() + ": damaged (" + e.what() + ")");
+    }
+    return {};
+  };
+  if (auto st = strict(dir_ / "held.json", [](const json& j) { (void)held_from(j); }); !st)
+    return st;
+  if (auto st = strict(dir_ / "approvals.json", [](const json& j) { (void)approvals_from(j); });
+      !st)
+    return st;
+  std::string warning;
+  (void)GuardHistory::load(guard_history_path(), &warning);
+  if (!warning.empty()) return make_error(warning.substr(0, warning.find(';')));
   return {};
 }
 

@@ -98,6 +98,10 @@ class StateStore {
 
   /// Creates the folders and takes the node's lock (one process per state_dir).
   Status open();
+  /// Reads every state file a start relies on (the applied snapshot and its pins, the journal,
+  /// the held record, the approvals, the guard's history): an error names the first damaged
+  /// one and what is wrong with it. Reads only; nothing is removed or rewritten.
+  Status check_at_start() const;
 
   const fs::path& state_dir() const { return dir_; }
   const fs::path& tree() const { return tree_; }

@@ -131,6 +131,18 @@ class Mount {
     return command(POWERLOSS_DUMP, &d);
   }
 
+  /// From now on requests of `ops` on names containing `name` fail with `error` (0: no more).
+  ::testing::AssertionResult fault(int error, std::uint32_t ops, std::string_view name = "",
+                                   std::uint64_t after_bytes = 0) const {
+    powerloss_fault f{};
+    f.error = error;
+    f.ops = ops;
+    f.after_bytes = after_bytes;
+    if (name.size() >= sizeof f.name) return ::testing::AssertionFailure() << "name too long";
+    std::memcpy(f.name, name.data(), name.size());
+    return command(POWERLOSS_FAULT, &f);
+  }
+
   powerloss_stats stats() const {
     powerloss_stats st{};
     EXPECT_TRUE(command(POWERLOSS_STATS, &st));
@@ -355,6 +367,121 @@ TEST_F(PowerLossTest, OriginPublishSurvivesAPowerCutAtEveryStep) {
                                   "file://" + on_disk("dl-master").tree().string(), {key_.pub});
   ASSERT_TRUE(Exited(mirror.once(), 0));
   EXPECT_TRUE(TreeMatches(mirror.tree(), v2_));
+}
+
+// ---------------------------------------------------------------------------------------------
+// A full disk (ENOSPC) or a failing one (EIO) in each phase of a cycle (docs/crash-safety.md,
+// "Bad input"): the cycle ends with a message naming the error and exit 1; what the tree holds
+// is still one version or the other, file by file (nothing half-written is in place); once the
+// fault is gone the next run converges, with staging empty and verify --full clean.
+
+struct Fault {
+  const char* phase;
+  int error;
+  std::uint32_t ops;
+  const char* name;  ///< a part of the names that fail ("": any)
+  std::uint64_t after_bytes = 0;
+};
+
+constexpr Fault kMirrorFaults[] = {
+    // Staging: the disk fills up while the new files are written to .tiersync/staging/files.
+    {"staging", ENOSPC, POWERLOSS_FAULT_WRITE | POWERLOSS_FAULT_CREATE, "files", 6000},
+    {"staging", EIO, POWERLOSS_FAULT_WRITE, "files", 0},
+    // Install: renaming a staged file to its place in the tree fails.
+    {"install", EIO, POWERLOSS_FAULT_RENAME, ".apk"},
+    {"install", ENOSPC, POWERLOSS_FAULT_RENAME, "APKINDEX"},
+    // State: the journal cannot be written, or a durability barrier (fsync, syncfs) fails.
+    {"state write", ENOSPC, POWERLOSS_FAULT_WRITE, "journal.json"},
+    {"state write", EIO, POWERLOSS_FAULT_FSYNC, ""},
+    {"state write", EIO, POWERLOSS_FAULT_RENAME, "snapshot"},
+    // Deletions: the files V2 no longer has cannot be removed.
+    {"deletions", EIO, POWERLOSS_FAULT_UNLINK, ".apk"},
+};
+
+TEST_F(PowerLossTest, MirrorEndsACycleCleanlyOnEnospcAndEioInEveryPhase) {
+  const fs::path source = root_ / "incoming";
+  const Node origin = make_origin(root_ / "dl-master", "dl-master", source, key_.key);
+  make_mirror(on_disk("mirror").home, "mirror", origin.url(), {key_.pub});
+  materialize(v1_, source);
+  ASSERT_TRUE(Exited(origin.once(), 0));
+  ASSERT_NO_FATAL_FAILURE(settle("mirror"));
+  materialize(v2_, source);
+  ASSERT_TRUE(Exited(origin.once(), 0));
+  const Node node = mounted("mirror");
+
+  for (const Fault& f : kMirrorFaults) {
+    SCOPED_TRACE(std::string(f.phase) + ": " + std::strerror(f.error) + " on \"" + f.name + "\"");
+    replace_with_copy(pristine_, disk_);
+    mount();
+    ASSERT_TRUE(mount_->fault(f.error, f.ops, f.name, f.after_bytes));
+    const RunResult failed = once("mirror");
+    EXPECT_GT(mount_->stats().faults, 0u) << "the fault never struck: " << failed.describe();
+    EXPECT_TRUE(failed.exited(1)) << failed.describe();
+    EXPECT_TRUE(contains_nocase(failed.err, std::strerror(f.error))) << failed.describe();
+    EXPECT_TRUE(contains_nocase(failed.err, "cycle failed")) << failed.describe();
+    auto violations = crash_violations(node.tree(), v1_, v2_);
+    EXPECT_TRUE(violations.empty()) << "after the failed cycle:\n" << join_lines(violations);
+    EXPECT_EQ(node.status()["last_cycle"].value("result", ""), "failed");
+
+    ASSERT_TRUE(mount_->fault(0, 0));
+    EXPECT_TRUE(Exited(once("mirror"), 0)) << "the next run must converge";
+    EXPECT_TRUE(TreeMatches(node.tree(), v2_));
+    const Listing staging = list_tree(node.tree() / ".tiersync/staging",
+                                      {.skip_meta = false, .hash = false, .exclude = {}});
+    EXPECT_EQ(files_in(staging), std::vector<std::string>{}) << "staging must be empty";
+    EXPECT_TRUE(Exited(node.ctl({"verify", "--full"}), 0));
+    EXPECT_TRUE(unmount());
+    if (HasFailure()) break;  // enough to diagnose
+  }
+}
+
+// tier0 likewise: a publish that meets a full or failing disk ends with exit 1, and publishes
+// nothing new unless the fault came after the commit (deletions); once the fault is gone the
+// next publish gives V2, whole.
+constexpr Fault kOriginFaults[] = {
+    {"staging", ENOSPC, POWERLOSS_FAULT_WRITE | POWERLOSS_FAULT_CREATE, "files", 6000},
+    {"install", EIO, POWERLOSS_FAULT_RENAME, ".apk"},
+    {"state write", EIO, POWERLOSS_FAULT_FSYNC, ""},
+    {"state write", ENOSPC, POWERLOSS_FAULT_WRITE, "snapshot"},
+    {"deletions", EIO, POWERLOSS_FAULT_UNLINK, ".apk"},
+};
+
+TEST_F(PowerLossTest, OriginEndsAPublishCleanlyOnEnospcAndEioInEveryPhase) {
+  const fs::path source = root_ / "incoming";
+  make_origin(on_disk("dl-master").home, "dl-master", source, key_.key);
+  materialize(v1_, source);
+  ASSERT_NO_FATAL_FAILURE(settle("dl-master"));
+  materialize(v2_, source);
+  const Node node = mounted("dl-master");
+
+  for (const Fault& f : kOriginFaults) {
+    SCOPED_TRACE(std::string(f.phase) + ": " + std::strerror(f.error) + " on \"" + f.name + "\"");
+    replace_with_copy(pristine_, disk_);
+    mount();
+    const std::uint64_t s1 = read_published_snapshot(node.tree()).serial;
+    ASSERT_TRUE(mount_->fault(f.error, f.ops, f.name, f.after_bytes));
+    const RunResult failed = once("dl-master");
+    EXPECT_GT(mount_->stats().faults, 0u) << "the fault never struck: " << failed.describe();
+    EXPECT_TRUE(failed.exited(1)) << failed.describe();
+    EXPECT_TRUE(contains_nocase(failed.err, std::strerror(f.error))) << failed.describe();
+    auto violations = crash_violations(node.tree(), v1_, v2_);
+    EXPECT_TRUE(violations.empty()) << "after the failed publish:\n" << join_lines(violations);
+    // Deletions come after the commit (docs/crash-safety.md): the new serial is out, and the
+    // journal makes the next run remove what is left. Before it, nothing new is published.
+    if (std::string_view(f.phase) == "deletions") {
+      EXPECT_GT(read_published_snapshot(node.tree()).serial, s1);
+    } else {
+      EXPECT_EQ(read_published_snapshot(node.tree()).serial, s1) << "nothing new is published";
+    }
+
+    ASSERT_TRUE(mount_->fault(0, 0));
+    EXPECT_TRUE(Exited(once("dl-master"), 0)) << "the next run must converge";
+    EXPECT_TRUE(TreeMatches(node.tree(), v2_));
+    EXPECT_GT(read_published_snapshot(node.tree()).serial, s1);
+    EXPECT_TRUE(Exited(node.ctl({"verify", "--full"}), 0));
+    EXPECT_TRUE(unmount());
+    if (HasFailure()) break;
+  }
 }
 
 }  // namespace

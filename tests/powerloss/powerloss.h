@@ -11,6 +11,7 @@ struct powerloss_stats {
   uint64_t fsyncs;      ///< fsync/fdatasync of a file
   uint64_t dir_fsyncs;  ///< fsync of a folder
   uint64_t syncfs;      ///< syncfs(2), forwarded by libtiersync_powerloss_sync.so
+  uint64_t faults;      ///< requests failed by the fault set with POWERLOSS_FAULT
 };
 
 #define POWERLOSS_IOC_MAGIC 0xB7
@@ -36,3 +37,21 @@ struct powerloss_dump {
   char folder[4092];  ///< absolute path, NUL-terminated; must not exist
 };
 #define POWERLOSS_DUMP _IOW(POWERLOSS_IOC_MAGIC, 6, struct powerloss_dump)
+
+/// A fault on command (a full disk, a failing one): from now on every request of the kinds in
+/// `ops` on a name containing `name` (or a name in a folder whose name contains it; for a write,
+/// the name the file was created or last renamed as) fails with `error`; writes only once
+/// `after_bytes` bytes of such writes went through (the disk fills up mid-file). The power stays
+/// on; `error` 0 ends the fault.
+#define POWERLOSS_FAULT_WRITE 1u   ///< write(2) of a file's data
+#define POWERLOSS_FAULT_CREATE 2u  ///< create, mknod, mkdir, symlink, link (the new name)
+#define POWERLOSS_FAULT_RENAME 4u  ///< rename (either name)
+#define POWERLOSS_FAULT_UNLINK 8u  ///< unlink, rmdir
+#define POWERLOSS_FAULT_FSYNC 16u  ///< fsync of a file or folder, syncfs (any name)
+struct powerloss_fault {
+  int32_t error;         ///< the errno to fail with (ENOSPC, EIO, ...); 0: no fault
+  uint32_t ops;          ///< POWERLOSS_FAULT_* bits
+  uint64_t after_bytes;  ///< with POWERLOSS_FAULT_WRITE: bytes written before the first failure
+  char name[240];        ///< a part of the name, NUL-terminated ("": every name)
+};
+#define POWERLOSS_FAULT _IOW(POWERLOSS_IOC_MAGIC, 7, struct powerloss_fault)

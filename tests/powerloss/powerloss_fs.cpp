@@ -63,6 +63,7 @@ struct Inode {
   fuse_ino_t parent = FUSE_ROOT_ID;
   nlink_t names = 0;           // names in folders (a folder has at most one)
   std::optional<Stored> disk;  // nullopt: nothing of it is durable
+  std::string name;            // the last name it was given: what a fault's name matches
 
   bool is_dir() const { return S_ISDIR(mode); }
   Stored stored() const { return Stored{mode, uid, gid, mtime, data, entries}; }
@@ -149,6 +150,7 @@ class PowerLossFs {
     n.atime = n.mtime = n.ctime = now();
     n.parent = parent;
     n.names = 1;
+    n.name = name;
     p->entries[name] = ino;
     p->mtime = p->ctime = n.ctime;
     ++stats_.ops;
@@ -200,6 +202,7 @@ class PowerLossFs {
     from->entries.erase(it);
     to->entries[newname] = moving;
     m.parent = newparent;
+    m.name = newname;
     m.ctime = from->mtime = from->ctime = to->mtime = to->ctime = now();
     ++stats_.ops;
     return 0;
@@ -278,6 +281,31 @@ class PowerLossFs {
   void count_op() { ++stats_.ops; }
   void power_off() { off_ = true; }
 
+  // --- faults on command (POWERLOSS_FAULT) ---------------------------------------------------
+
+  void set_fault(const powerloss_fault& f) {
+    fault_ = f;
+    fault_.name[sizeof fault_.name - 1] = '\0';
+    fault_written_ = 0;
+  }
+  /// The errno a request of kind `op` on `name` (or `other`: a rename's second name, or the
+  /// folder the name is in) fails with, 0 to go on. `bytes`: what a write would add, counted
+  /// against after_bytes.
+  int fault(std::uint32_t op, std::string_view name, std::string_view other = {},
+            std::uint64_t bytes = 0) {
+    if (fault_.error == 0 || !(fault_.ops & op)) return 0;
+    const std::string_view part = fault_.name;
+    const bool named = part.empty() || name.find(part) != std::string_view::npos ||
+                       (!other.empty() && other.find(part) != std::string_view::npos);
+    if (!named && op != POWERLOSS_FAULT_FSYNC) return 0;
+    if (op == POWERLOSS_FAULT_WRITE && fault_written_ + bytes <= fault_.after_bytes) {
+      fault_written_ += bytes;
+      return 0;
+    }
+    ++stats_.faults;
+    return fault_.error;
+  }
+
  private:
   fuse_ino_t load_one(const fs::path& path, const struct stat& st, fuse_ino_t parent,
                       std::map<std::pair<dev_t, ino_t>, fuse_ino_t>& seen) {
@@ -319,6 +347,7 @@ class PowerLossFs {
         const fuse_ino_t child = load_one(de.path(), cst, ino, seen);
         if (child == 0) return 0;
         inode(ino).entries[de.path().filename().string()] = child;
+        inode(child).name = de.path().filename().string();
       }
       if (ec) return fail_load(path);
     } else {
@@ -437,6 +466,8 @@ class PowerLossFs {
   bool load_failed_ = false;
   bool off_ = false;  // after a cut
   powerloss_stats stats_{};
+  powerloss_fault fault_{};          // error 0: none
+  std::uint64_t fault_written_ = 0;  // bytes the fault let through
 };
 
 PowerLossFs* g_fs = nullptr;
@@ -445,6 +476,12 @@ PowerLossFs* g_fs = nullptr;
 #define POWERED_OR_EIO(req)                                 \
   do {                                                      \
     if (g_fs->off()) return (void)fuse_reply_err(req, EIO); \
+  } while (0)
+
+// A request the fault set on command fails, changing nothing.
+#define FAULT_OR_GO_ON(req, ...)                                                     \
+  do {                                                                               \
+    if (const int e = g_fs->fault(__VA_ARGS__)) return (void)fuse_reply_err(req, e); \
   } while (0)
 
 void op_destroy(void*) {
@@ -518,17 +555,20 @@ void reply_made(fuse_req_t req, fuse_ino_t ino) {
 
 void op_mknod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, dev_t) {
   POWERED_OR_EIO(req);
+  FAULT_OR_GO_ON(req, POWERLOSS_FAULT_CREATE, name, g_fs->inode(parent).name);
   if (!S_ISREG(mode)) return (void)fuse_reply_err(req, EPERM);  // files, folders, symlinks only
   reply_made(req, g_fs->make(req, parent, name, mode));
 }
 
 void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode) {
   POWERED_OR_EIO(req);
+  FAULT_OR_GO_ON(req, POWERLOSS_FAULT_CREATE, name, g_fs->inode(parent).name);
   reply_made(req, g_fs->make(req, parent, name, S_IFDIR | (mode & 07777)));
 }
 
 void op_symlink(fuse_req_t req, const char* target, fuse_ino_t parent, const char* name) {
   POWERED_OR_EIO(req);
+  FAULT_OR_GO_ON(req, POWERLOSS_FAULT_CREATE, name, g_fs->inode(parent).name);
   const fuse_ino_t ino = g_fs->make(req, parent, name, S_IFLNK | 0777);
   if (ino != 0) g_fs->inode(ino).data = target;
   reply_made(req, ino);
@@ -536,22 +576,26 @@ void op_symlink(fuse_req_t req, const char* target, fuse_ino_t parent, const cha
 
 void op_unlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
   POWERED_OR_EIO(req);
+  FAULT_OR_GO_ON(req, POWERLOSS_FAULT_UNLINK, name, g_fs->inode(parent).name);
   fuse_reply_err(req, g_fs->remove(parent, name, false));
 }
 
 void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char* name) {
   POWERED_OR_EIO(req);
+  FAULT_OR_GO_ON(req, POWERLOSS_FAULT_UNLINK, name, g_fs->inode(parent).name);
   fuse_reply_err(req, g_fs->remove(parent, name, true));
 }
 
 void op_rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t newparent,
                const char* newname, unsigned flags) {
   POWERED_OR_EIO(req);
+  FAULT_OR_GO_ON(req, POWERLOSS_FAULT_RENAME, name, newname);
   fuse_reply_err(req, g_fs->rename(parent, name, newparent, newname, flags));
 }
 
 void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char* newname) {
   POWERED_OR_EIO(req);
+  FAULT_OR_GO_ON(req, POWERLOSS_FAULT_CREATE, newname);
   Inode* n = g_fs->find(ino);
   Inode* p = g_fs->find(newparent);
   if (!n || !p) return (void)fuse_reply_err(req, ENOENT);
@@ -575,6 +619,7 @@ void op_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
 void op_create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
                fuse_file_info* fi) {
   POWERED_OR_EIO(req);
+  FAULT_OR_GO_ON(req, POWERLOSS_FAULT_CREATE, name, g_fs->inode(parent).name);
   const fuse_ino_t ino = g_fs->make(req, parent, name, S_IFREG | (mode & 07777));
   if (ino == 0) return (void)fuse_reply_err(req, errno);
   fuse_entry_param e{};
@@ -600,6 +645,7 @@ void op_write(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off_
   POWERED_OR_EIO(req);
   Inode* n = g_fs->find(ino);
   if (!n || !S_ISREG(n->mode)) return (void)fuse_reply_err(req, EINVAL);
+  FAULT_OR_GO_ON(req, POWERLOSS_FAULT_WRITE, n->name, g_fs->inode(n->parent).name, size);
   const auto end = static_cast<std::size_t>(off) + size;
   if (n->data.size() < end) n->data.resize(end);
   std::memcpy(n->data.data() + off, buf, size);
@@ -615,6 +661,7 @@ void op_ok(fuse_req_t req, fuse_ino_t, fuse_file_info*) {
 
 void op_fsync(fuse_req_t req, fuse_ino_t ino, int, fuse_file_info*) {
   POWERED_OR_EIO(req);
+  FAULT_OR_GO_ON(req, POWERLOSS_FAULT_FSYNC, std::string_view());
   if (!g_fs->find(ino)) return (void)fuse_reply_err(req, ENOENT);
   g_fs->fsync_file(ino);
   fuse_reply_err(req, 0);
@@ -664,6 +711,7 @@ void op_releasedir(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
 
 void op_fsyncdir(fuse_req_t req, fuse_ino_t ino, int, fuse_file_info*) {
   POWERED_OR_EIO(req);
+  FAULT_OR_GO_ON(req, POWERLOSS_FAULT_FSYNC, std::string_view());
   Inode* d = g_fs->find(ino);
   if (!d || !d->is_dir()) return (void)fuse_reply_err(req, ENOTDIR);
   g_fs->fsync_dir(ino);
@@ -709,6 +757,7 @@ void op_ioctl(fuse_req_t req, fuse_ino_t, unsigned int cmd, void*, fuse_file_inf
   };
   switch (cmd) {
     case POWERLOSS_SYNCFS:
+      FAULT_OR_GO_ON(req, POWERLOSS_FAULT_FSYNC, std::string_view());
       g_fs->sync_all();
       return (void)fuse_reply_ioctl(req, 0, nullptr, 0);
     case POWERLOSS_CUT_NONE:
@@ -725,6 +774,13 @@ void op_ioctl(fuse_req_t req, fuse_ino_t, unsigned int cmd, void*, fuse_file_inf
       const auto survivor = survivor_of(dump.cut);
       if (!survivor || dump.folder[0] != '/') return (void)fuse_reply_err(req, EINVAL);
       if (!g_fs->store_into(*survivor, dump.folder)) return (void)fuse_reply_err(req, EIO);
+      return (void)fuse_reply_ioctl(req, 0, nullptr, 0);
+    }
+    case POWERLOSS_FAULT: {
+      powerloss_fault fault{};
+      if (in_size < sizeof fault) return (void)fuse_reply_err(req, EINVAL);
+      std::memcpy(&fault, in, sizeof fault);
+      g_fs->set_fault(fault);
       return (void)fuse_reply_ioctl(req, 0, nullptr, 0);
     }
     case POWERLOSS_STATS:
@@ -817,11 +873,11 @@ int command(const char* what, const char* mountpoint, const char* folder = nullp
   if (w == "--stats") {
     rc = ::ioctl(fd, POWERLOSS_STATS, &st);
     if (rc == 0)
-      std::printf("changes %llu\nfsyncs %llu\ndir_fsyncs %llu\nsyncfs %llu\n",
-                  static_cast<unsigned long long>(st.ops),
-                  static_cast<unsigned long long>(st.fsyncs),
-                  static_cast<unsigned long long>(st.dir_fsyncs),
-                  static_cast<unsigned long long>(st.syncfs));
+      std::printf(
+          "changes %llu\nfsyncs %llu\ndir_fsyncs %llu\nsyncfs %llu\nfaults %llu\n",
+          static_cast<unsigned long long>(st.ops), static_cast<unsigned long long>(st.fsyncs),
+          static_cast<unsigned long long>(st.dir_fsyncs),
+          static_cast<unsigned long long>(st.syncfs), static_cast<unsigned long long>(st.faults));
   }
   if (rc != 0)
     std::fprintf(stderr, "powerloss: %s %s: %s\n", what, mountpoint, std::strerror(errno));
@@ -829,9 +885,37 @@ int command(const char* what, const char* mountpoint, const char* folder = nullp
   return rc == 0 ? 0 : 1;
 }
 
+// --fault none|ENOSPC|EIO OPS NAME AFTER_BYTES MOUNTPOINT, OPS a comma-separated list of write,
+// create, rename, unlink, fsync.
+int set_fault(char** argv) {
+  powerloss_fault f{};
+  const std::string_view error = argv[2];
+  f.error = error == "ENOSPC" ? ENOSPC : error == "EIO" ? EIO : 0;
+  if (f.error == 0 && error != "none") return std::fprintf(stderr, "powerloss: errno?\n"), 2;
+  for (std::string_view ops = argv[3]; !ops.empty();) {
+    const auto comma = ops.find(',');
+    const std::string_view op = ops.substr(0, comma);
+    f.ops |= op == "write"    ? POWERLOSS_FAULT_WRITE
+             : op == "create" ? POWERLOSS_FAULT_CREATE
+             : op == "rename" ? POWERLOSS_FAULT_RENAME
+             : op == "unlink" ? POWERLOSS_FAULT_UNLINK
+             : op == "fsync"  ? POWERLOSS_FAULT_FSYNC
+                              : 0u;
+    ops = comma == std::string_view::npos ? std::string_view() : ops.substr(comma + 1);
+  }
+  std::snprintf(f.name, sizeof f.name, "%s", argv[4]);
+  f.after_bytes = std::strtoull(argv[5], nullptr, 10);
+  const int fd = ::open(argv[6], O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  const int rc = fd < 0 ? -1 : ::ioctl(fd, POWERLOSS_FAULT, &f);
+  if (rc != 0) std::fprintf(stderr, "powerloss: --fault %s: %s\n", argv[6], std::strerror(errno));
+  if (fd >= 0) ::close(fd);
+  return rc == 0 ? 0 : 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (argc == 7 && std::string_view(argv[1]) == "--fault") return set_fault(argv);
   if (argc == 4 && std::string_view(argv[1]) == "--cut") return command(argv[2], argv[3]);
   if (argc == 5 && std::string_view(argv[1]) == "--dump") return command(argv[2], argv[4], argv[3]);
   if (argc == 3 &&
@@ -843,7 +927,9 @@ int main(int argc, char** argv) {
                "       %s --cut none|meta|data MOUNTPOINT\n"
                "       %s --dump none|meta|data FOLDER MOUNTPOINT\n"
                "       %s --sync MOUNTPOINT\n"
-               "       %s --stats MOUNTPOINT\n",
-               argv[0], argv[0], argv[0], argv[0], argv[0]);
+               "       %s --stats MOUNTPOINT\n"
+               "       %s --fault none|ENOSPC|EIO write,create,rename,unlink,fsync NAME "
+               "AFTER_BYTES MOUNTPOINT\n",
+               argv[0], argv[0], argv[0], argv[0], argv[0], argv[0]);
   return 2;
 }

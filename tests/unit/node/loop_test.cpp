@@ -5,6 +5,8 @@
 
 #include <gtest/gtest.h>
 
+#include <vector>
+
 namespace tiersync::node {
 namespace {
 
@@ -114,6 +116,36 @@ TEST(LoopTest, Tier0ChecksForReSigningEveryMinuteOfAQuietSource) {
   EXPECT_EQ(feed(s, EventKind::kTimer, t0 + 61s).action, Action::kCycle);
   feed(s, EventKind::kCycleDone, t0 + 62s);
   EXPECT_EQ(feed(s, EventKind::kTimer, t0 + 63s).action, Action::kWait);
+}
+
+// The long poll's waits (next_poll): a failing parent is asked again after 1, 2, 4... 32 s, and
+// any answer resets that; a newer serial wakes the loop at once, but the same serial coming back
+// unapplied (held or refused) waits 5, 10, 20... s, never more than the poll period.
+TEST(PollScheduleTest, FailuresBackOffUpToACapAndAnyAnswerResetsThem) {
+  PollSchedule s{300s};
+  std::vector<std::chrono::milliseconds> waits;
+  for (int i = 0; i < 9; ++i) waits.push_back(next_poll(s, PollAnswer::kFailed));
+  EXPECT_EQ(waits,
+            (std::vector<std::chrono::milliseconds>{1s, 2s, 4s, 8s, 16s, 32s, 32s, 32s, 32s}));
+  EXPECT_EQ(next_poll(s, PollAnswer::kNotModified), 0ms);
+  EXPECT_EQ(next_poll(s, PollAnswer::kFailed), 1s);
+  EXPECT_EQ(next_poll(s, PollAnswer::kFailed), 2s);
+  EXPECT_EQ(next_poll(s, PollAnswer::kNewer, 7), 0ms);
+  EXPECT_EQ(next_poll(s, PollAnswer::kFailed), 1s);
+}
+
+TEST(PollScheduleTest, TheSameSerialAgainWaitsLongerUpToThePeriod) {
+  PollSchedule s{60s};
+  EXPECT_EQ(next_poll(s, PollAnswer::kNewer, 5), 0ms);
+  std::vector<std::chrono::milliseconds> waits;
+  for (int i = 0; i < 8; ++i) waits.push_back(next_poll(s, PollAnswer::kNewer, 5));
+  EXPECT_EQ(waits, (std::vector<std::chrono::milliseconds>{5s, 15s, 35s, 60s, 60s, 60s, 60s, 60s}));
+  // A new serial wakes the loop at once again.
+  EXPECT_EQ(next_poll(s, PollAnswer::kNewer, 6), 0ms);
+  EXPECT_EQ(next_poll(s, PollAnswer::kNewer, 6), 5s);
+  // Failures in between do not make a repeated serial look new.
+  EXPECT_EQ(next_poll(s, PollAnswer::kFailed), 1s);
+  EXPECT_EQ(next_poll(s, PollAnswer::kNewer, 6), 15s);
 }
 
 }  // namespace

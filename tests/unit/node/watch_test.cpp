@@ -4,9 +4,11 @@
 #include "daemon/node/watch.h"
 #include "tests/unit/support.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
@@ -69,6 +71,32 @@ TEST_F(SourceWatcherTest, SeesEveryKindOfChangeAndNothingElse) {
   fs::remove_all(root_ / "edge/community");
   EXPECT_TRUE(w.changed());
   EXPECT_FALSE(w.changed());
+}
+
+// IN_Q_OVERFLOW: the kernel dropped events (a folder created meanwhile among them). The watcher
+// reports a change (the daemon then publishes from a full scan) and watches every folder again,
+// the new one included.
+TEST_F(SourceWatcherTest, AQueueOverflowIsAChangeAndEveryFolderIsWatchedAgain) {
+  std::ifstream limit_file("/proc/sys/fs/inotify/max_queued_events");
+  long limit = 0;
+  ASSERT_TRUE(limit_file >> limit) << "cannot read fs.inotify.max_queued_events";
+  ASSERT_LT(limit, 1'000'000) << "fs.inotify.max_queued_events is too large to overflow here";
+  SourceWatcher w(root_);
+  ASSERT_TRUE(w.available()) << w.why();
+  // Three events per round (create, close, delete), none merged with the one before.
+  const fs::path scratch = root_ / "edge/main/x86_64/scratch";
+  for (long i = 0; i < limit / 3 + 100; ++i) {
+    const int fd = ::open(scratch.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    ASSERT_GE(fd, 0);
+    ::close(fd);
+    ::unlink(scratch.c_str());
+  }
+  fs::create_directories(root_ / "edge/late/x86_64");  // its event is lost
+  EXPECT_TRUE(w.changed());
+  EXPECT_TRUE(w.available()) << w.why();
+  EXPECT_FALSE(w.changed());  // drained
+  std::ofstream(root_ / "edge/late/x86_64/f.apk") << "f";
+  EXPECT_TRUE(w.changed()) << "the folder made during the overflow is watched";
 }
 
 TEST(SourceWatcher, AMissingSourceIsNotWatched) {
