@@ -122,6 +122,14 @@ def verdicts(data):
         lines.append(f"{key}: {got:.3f}x rsync (target <= {ratio}x)"
                      + (f", {r['tiersync_rss_kb'] / 1024:.0f} MB (target < {mb} MB)" if mb else "")
                      + f" at {top['entries']} entries: {'held' if ok else 'NOT held'}")
+    sizes = sorted(data["sizes"].values(), key=lambda s: s["entries"])
+    if len(sizes) > 1:  # what one more entry costs, the fixed part (binary, buffers) left out
+        lo = sizes[-2]
+        for key, _ in STEPS:
+            if key in top["rows"] and key in lo["rows"]:
+                extra = (top["rows"][key]["tiersync_rss_kb"] - lo["rows"][key]["tiersync_rss_kb"]) * 1024
+                lines.append(f"{key}: {extra / (top['entries'] - lo['entries']):.0f} B per added entry "
+                             f"({lo['entries']} -> {top['entries']})")
     worst = max(((r["tiersync_rss_kb"] * 1024 / top["entries"], k) for k, r in top["rows"].items()))
     lines.append(f"peak RSS per entry, worst step {worst[1]}: {worst[0]:.0f} B (target < {BYTES_PER_ENTRY} B): "
                  f"{'held' if worst[0] < BYTES_PER_ENTRY else 'NOT held'}")
@@ -155,7 +163,7 @@ def plot(data, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     sizes = sorted(data["sizes"].values(), key=lambda s: s["entries"])
-    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(9, 3.6), dpi=80)
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(9, 4), dpi=80)
     for i, (key, title) in enumerate(STEPS):
         pts = [(s["entries"], s["rows"][key]) for s in sizes if key in s["rows"]]
         if not pts:
@@ -173,9 +181,10 @@ def plot(data, path):
         ax.set_xlabel("entries")
         ax.set_ylabel(label)
         ax.grid(True, which="both", alpha=0.3)
-    ax_m.legend(fontsize=7, loc="upper left")
+    handles, labels = ax_m.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=7, frameon=False)
     fig.suptitle("tiersync --once over file://, tiny files", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(path)
     print(f"plot: {path}")
 
