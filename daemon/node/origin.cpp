@@ -193,203 +193,208 @@ std::unique_ptr<sync::Fetcher> source_fetcher(const fs::path& source_dir) {
   return std::make_unique<SourceFetcher>(source_dir, kNothingScanned);
 }
 
-CycleOutcome publish_once(const ops::Config& config, const std::atomic<bool>* stop) {
-  Cycle cycle(config);
-  if (auto st = cycle.open(); !st) return cycle.fail(st.message());
-  auto& state = cycle.state();
-  auto keys = ops::load_signing_keys(config);
-  if (!keys) return cycle.fail("config " + keys.message());
+namespace {
+
+// The encoded candidate manifests by partition: their SHA-256 says whether a partition changed.
+using Encoded = std::map<std::string, std::pair<proto::Digest, std::string>>;
+
+// Step 1, re-sign due: at half the TTL, and at once when the signing keys changed (a rotation):
+// relays that already trust only the new key must not wait days for it.
+bool resign_due(const sync::Applied& applied, const std::vector<proto::PrivateKey>& keys,
+                std::int64_t now, std::int64_t ttl) {
+  if (now - applied.snapshot.created >= ttl / 2) return true;
   std::set<std::string> keyids;
-  for (const auto& key : *keys) keyids.insert(key.public_key().keyid());
-  auto depth = proto::layout_depth(config.layout);
-  if (!depth) return cycle.fail(depth.message());
+  for (const auto& key : keys) keyids.insert(key.public_key().keyid());
+  auto env = proto::decode_envelope(applied.envelope);
+  std::set<std::string> signed_by;
+  if (env)
+    for (const auto& sig : env->signatures) signed_by.insert(sig.keyid);
+  if (signed_by == keyids) return false;
+  spdlog::info("signing keys changed: re-signing the published snapshot");
+  return true;
+}
 
-  // A publish killed half-way is finished first (it needs nothing from the source but the
-  // files it had staged or linked).
-  std::vector<sync::ScannedFile> no_files;
-  {
-    SourceFetcher idle(config.source_dir, no_files);
-    sync::Applier recovering(state, idle);
-    if (auto rec = recovering.recover(); !rec) return cycle.fail(rec.message());
+// The source's fingerprint file: written once a cycle ends with the tree matching the source.
+class SourcePrint {
+ public:
+  SourcePrint(const ops::Config& config, const sync::StateStore& state,
+              const sync::ScanResult& scan)
+      : file_(state.state_dir() / "source.print") {
+    std::string salt = config.layout;
+    for (const auto& name : config.index_files) salt += "\n" + name;
+    print_ = sync::scan_fingerprint(scan, salt);
   }
-
-  if (::access((config.source_dir / ".tiersync-busy").c_str(), F_OK) == 0) {
-    spdlog::info("source busy: {} exists; not publishing",
-                 (config.source_dir / ".tiersync-busy").string());
-    auto applied = state.load_applied();
-    return cycle.noop(applied && *applied ? (*applied)->snapshot.serial : 0, false);
+  /// The source is exactly as it was when the published snapshot was made from it.
+  bool unchanged() const {
+    auto last = sync::read_file(file_, 4096);
+    return last && *last == print_;
   }
-
-  auto applied = state.load_applied();
-  if (!applied) return cycle.fail(applied.message());
-  const std::int64_t now = std::time(nullptr);
-  const std::int64_t ttl = static_cast<std::int64_t>(config.snapshot_ttl_hours) * 3600;
-  // Re-signed at half the TTL, and at once when the signing keys changed (a rotation): relays
-  // that already trust only the new key must not wait days for it.
-  bool resign_due = *applied && now - (*applied)->snapshot.created >= ttl / 2;
-  if (*applied && !resign_due) {
-    auto env = proto::decode_envelope((*applied)->envelope);
-    std::set<std::string> signed_by;
-    if (env)
-      for (const auto& sig : env->signatures) signed_by.insert(sig.keyid);
-    if (signed_by != keyids) {
-      spdlog::info("signing keys changed: re-signing the published snapshot");
-      resign_due = true;
-    }
-  }
-
-  auto scan = sync::scan_tree(config.source_dir, /*sorted=*/false);
-  if (!scan) return cycle.fail("scanning source.dir: " + scan.message());
-  // The fast no-op: the source is exactly as it was when the published snapshot was made from
-  // it (and nothing was held then): no sorting, no hashing, no manifests.
-  std::string salt = config.layout;
-  for (const auto& name : config.index_files) salt += "\n" + name;
-  const std::string print = sync::scan_fingerprint(*scan, salt);
-  const fs::path print_file = state.state_dir() / "source.print";
-  if (*applied && !resign_due) {
-    auto last = sync::read_file(print_file, 4096);
-    if (last && *last == print) return cycle.noop((*applied)->snapshot.serial);
-  }
-  // Recorded only once a cycle ends with the tree matching the source (see below).
-  sync::crash_point();
-  ::unlink(print_file.c_str());
-  auto remember_source = [&] {
+  void forget() const {
     sync::crash_point();
-    if (auto st = sync::write_file_atomic(print_file, print, 0644, false); !st)
+    ::unlink(file_.c_str());
+  }
+  void remember() const {
+    sync::crash_point();
+    if (auto st = sync::write_file_atomic(file_, print_, 0644, false); !st)
       spdlog::warn("cannot record the source's fingerprint: {}", st.message());
-  };
+  }
 
-  sync::sort_scan(*scan);
-  for (const auto& why : scan->skipped) spdlog::warn("source: left out {}", why);
+ private:
+  fs::path file_;
+  std::string print_;
+};
+
+// Step 2, the candidate: every partition's manifest from the (sorted) scan, hashed through the
+// hash cache, and encoded.
+struct Candidate {
+  sync::ManifestSet manifests;
+  Encoded encoded;
+  sync::HashCache cache;  // forgets what the fetcher finds rewritten in place
+};
+
+Result<Candidate> build_candidate(const ops::Config& config, std::size_t depth,
+                                  const sync::StateStore& state,
+                                  const std::vector<sync::ScannedFile>& files) {
   std::string cache_warning;
-  auto cache = sync::HashCache::load(state.hash_cache_path(), &cache_warning);
+  Candidate c{{}, {}, sync::HashCache::load(state.hash_cache_path(), &cache_warning)};
   if (!cache_warning.empty()) spdlog::warn("{}", cache_warning);
-  auto candidate = build_manifests(config, *depth, scan->files, cache);
-  if (!candidate) return cycle.fail(candidate.message());
-  if (cache.needs_save())
-    if (auto st = cache.save(state.hash_cache_path()); !st)
+  auto manifests = build_manifests(config, depth, files, c.cache);
+  if (!manifests) return manifests.error();
+  c.manifests = std::move(*manifests);
+  if (c.cache.needs_save())
+    if (auto st = c.cache.save(state.hash_cache_path()); !st)
       spdlog::warn("cannot save the hash cache: {}", st.message());
-
-  // Encode each candidate manifest: its hash says whether the partition changed.
-  std::map<std::string, std::pair<proto::Digest, std::string>> encoded;
-  for (const auto& [name, m] : *candidate) {
+  for (const auto& [name, m] : c.manifests) {
     std::string bytes = proto::encode_manifest(*m);
-    encoded[name] = {proto::sha256(bytes), std::move(bytes)};
+    c.encoded[name] = {proto::sha256(bytes), std::move(bytes)};
+  }
+  return c;
+}
+
+// Whether the candidate differs from the published snapshot, partition by partition.
+bool differs(const proto::Snapshot& prev, const Encoded& encoded, bool layout_changed) {
+  bool differs = layout_changed || prev.partitions.size() != encoded.size();
+  for (const auto& [name, ref] : prev.partitions) {
+    auto it = encoded.find(name);
+    differs = differs || it == encoded.end() || it->second.first != ref.manifest;
+  }
+  return differs;
+}
+
+// Step 3, the guard: what it weighs for this publish, and what it lets through.
+struct GuardPass {
+  GuardPass(const ops::Config& c, std::size_t d, std::int64_t n, const sync::Applied* a,
+            const sync::ManifestSet& am, const Candidate& cand, Cycle& cycle)
+      : config(c),
+        depth(d),
+        now(n),
+        applied(a),
+        applied_manifests(am),
+        candidate(cand),
+        guard(c.guard),
+        approvals(cycle.live_approvals(n)),
+        layout_changed(a && a->snapshot.layout != c.layout) {
+    std::string warning;
+    history = sync::GuardHistory::load(cycle.state().guard_history_path(), &warning);
+    if (!warning.empty()) spdlog::warn("{}", warning);
   }
 
-  proto::Snapshot next;
-  next.origin = config.name;
-  next.layout = config.layout;
-  next.depth = *depth;
-  sync::ManifestSet applied_manifests;
-  sync::ManifestSet next_manifests;
-  bool layout_changed = false;
-  if (*applied) {
-    const auto& prev = (*applied)->snapshot;
-    next.approved_deletions = prev.approved_deletions;
-    layout_changed = prev.layout != config.layout;
-    bool differs = layout_changed || prev.partitions.size() != encoded.size();
-    for (const auto& [name, ref] : prev.partitions) {
-      auto it = encoded.find(name);
-      differs = differs || it == encoded.end() || it->second.first != ref.manifest;
-    }
-    if (!differs && !resign_due) {
-      remember_source();
-      return cycle.noop(prev.serial);
-    }
-    auto loaded = state.load_manifests(prev);
-    if (!loaded) return cycle.fail("published state: " + loaded.message());
-    applied_manifests = std::move(*loaded);
-  }
-  next.serial = (*applied ? (*applied)->snapshot.serial : 0) + 1;
-  next.created = now;
-  next.expires = now + ttl;
+  const ops::Config& config;
+  std::size_t depth;
+  std::int64_t now;
+  const sync::Applied* applied;  // null on the first publish
+  const sync::ManifestSet& applied_manifests;
+  const Candidate& candidate;
+  sync::Guard guard;
+  std::vector<sync::Approval> approvals;
+  sync::GuardHistory history;
+  bool layout_changed;
 
-  // The guard, per partition: a held partition keeps its published manifest.
-  const sync::Guard guard(config.guard);
-  auto approvals = cycle.live_approvals(now);
-  std::string history_warning;
-  auto history = sync::GuardHistory::load(state.guard_history_path(), &history_warning);
-  if (!history_warning.empty()) spdlog::warn("{}", history_warning);
   std::vector<sync::HeldPartition> held;
   std::set<std::string> approved_now;  // partitions whose approved change this serial publishes
-  std::set<std::string> names;
-  for (const auto& [name, m] : applied_manifests) names.insert(name);
-  for (const auto& [name, m] : *candidate) names.insert(name);
+  std::set<std::string> names;         // every partition, applied or candidate
+  sync::ManifestSet next_manifests;
+};
 
-  if (layout_changed) {
-    // A layout change is guarded like any other change: each old partition's entries are
-    // counted against the candidate, wherever the new layout puts them. Partitions cannot be
-    // held one by one across layouts, so any hold keeps the whole published snapshot.
-    const std::string to = layout_change_id(encoded);
-    for (const auto& [name, old] : applied_manifests) {
-      const proto::Manifest after = sync::entries_kept(*old, *candidate, *depth);
-      const std::string from =
-          sync::change_end(&(*applied)->snapshot.partitions.at(name).manifest, sync::kNoManifest);
-      sync::PartitionChange change = measure_change(name, old.get(), &after, history, now, config);
-      change.approved = covered(approvals, name, from, to, now);
-      if (auto hold = guard.evaluate(change)) {
-        held.push_back({*hold, to, from, to, 0});
-        continue;
-      }
-      if (change.approved) approved_now.insert(name);
-    }
-    if (!held.empty()) {
-      cycle.save_holds(held, next.serial);
-      return cycle.held_only((*applied)->snapshot.serial);
-    }
-    next.approved_deletions.clear();  // its partitions are the old layout's
-  }
-
-  for (const auto& name : names) {
-    auto cand_it = candidate->find(name);
-    auto old_it = applied_manifests.find(name);
-    const proto::Digest* cand_digest =
-        cand_it == candidate->end() ? nullptr : &encoded.at(name).first;
-    const std::string to = sync::change_end(cand_digest, sync::kRemoved);
+// A layout change is guarded like any other change: each old partition's entries are counted
+// against the candidate, wherever the new layout puts them. Partitions cannot be held one by one
+// across layouts, so any hold keeps the whole published snapshot (true: something is held).
+bool guard_layout_change(GuardPass& g) {
+  const std::string to = layout_change_id(g.candidate.encoded);
+  for (const auto& [name, old] : g.applied_manifests) {
+    const proto::Manifest after = sync::entries_kept(*old, g.candidate.manifests, g.depth);
     const std::string from =
-        old_it == applied_manifests.end()
-            ? std::string(sync::kNoManifest)
-            : sync::change_end(&(*applied)->snapshot.partitions.at(name).manifest,
-                               sync::kNoManifest);
-    // An unchanged partition is no change to weigh (its window may show an older loss that was
-    // already let through: that is not this publish's doing).
-    if (old_it != applied_manifests.end() && !layout_changed && from != to) {
-      const proto::Manifest* after = cand_it == candidate->end() ? nullptr : cand_it->second.get();
-      sync::PartitionChange change =
-          measure_change(name, old_it->second.get(), after, history, now, config);
-      change.approved = covered(approvals, name, from, to, now);
-      if (auto hold = guard.evaluate(change)) {
-        held.push_back({*hold, to, from, to, 0});
-        next.partitions[name] = (*applied)->snapshot.partitions.at(name);
-        next_manifests[name] = old_it->second;
-        continue;
-      }
-      if (change.approved && from != to) {
-        change.approved = false;
-        if (auto would = guard.evaluate(change)) {
-          approved_now.insert(name);
-          std::int64_t expires =
-              now + static_cast<std::int64_t>(config.guard.approval_hours) * 3600;
-          for (const auto& a : approvals)
-            if (a.covers(name, from, to, now)) expires = a.expires;
-          next.approved_deletions[name] = {from, to, next.serial, expires};
-          spdlog::info(
-              "approved deletion: partition={} rule={} deleted={} files={} candidate={} serial={}",
-              name, sync::rule_name(would->rule), would->deleted, would->files, to, next.serial);
-        }
-      }
+        sync::change_end(&g.applied->snapshot.partitions.at(name).manifest, sync::kNoManifest);
+    sync::PartitionChange change =
+        measure_change(name, old.get(), &after, g.history, g.now, g.config);
+    change.approved = covered(g.approvals, name, from, to, g.now);
+    if (auto hold = g.guard.evaluate(change)) {
+      g.held.push_back({*hold, to, from, to, 0});
+      continue;
     }
-    if (cand_it == candidate->end()) continue;  // removed (and not held)
-    const auto& m = cand_it->second;
-    next.partitions[name] = {encoded[name].first, m->entries.size(), m->total_bytes()};
-    next_manifests[name] = m;
-    if (!state.has_manifest(encoded[name].first))
-      if (auto st = state.store_manifest(encoded[name].first, encoded[name].second); !st)
-        return cycle.fail(st.message());
+    if (change.approved) g.approved_now.insert(name);
   }
-  // An upstream approval is carried while its partition stays at the approved manifest (or
-  // stays removed), until it expires: a relay that was away applies the same change later.
+  return !g.held.empty();
+}
+
+// An approved change that the guard would have held: recorded in the snapshot, so that relays
+// apply the same change (docs/guard.md, "Approvals").
+void record_approved_deletion(GuardPass& g, sync::PartitionChange change, const std::string& from,
+                              const std::string& to, proto::Snapshot& next) {
+  change.approved = false;
+  auto would = g.guard.evaluate(change);
+  if (!would) return;
+  g.approved_now.insert(change.partition);
+  std::int64_t expires = g.now + static_cast<std::int64_t>(g.config.guard.approval_hours) * 3600;
+  for (const auto& a : g.approvals)
+    if (a.covers(change.partition, from, to, g.now)) expires = a.expires;
+  next.approved_deletions[change.partition] = {from, to, next.serial, expires};
+  spdlog::info("approved deletion: partition={} rule={} deleted={} files={} candidate={} serial={}",
+               change.partition, sync::rule_name(would->rule), would->deleted, would->files, to,
+               next.serial);
+}
+
+// One partition through the guard: a held partition keeps its published manifest; what passes
+// enters the next snapshot (its manifest stored).
+Status guard_partition(GuardPass& g, const std::string& name, const sync::StateStore& state,
+                       proto::Snapshot& next) {
+  auto cand_it = g.candidate.manifests.find(name);
+  auto old_it = g.applied_manifests.find(name);
+  const bool in_candidate = cand_it != g.candidate.manifests.end();
+  const bool in_applied = old_it != g.applied_manifests.end();
+  const std::string to = sync::change_end(
+      in_candidate ? &g.candidate.encoded.at(name).first : nullptr, sync::kRemoved);
+  const std::string from =
+      in_applied
+          ? sync::change_end(&g.applied->snapshot.partitions.at(name).manifest, sync::kNoManifest)
+          : std::string(sync::kNoManifest);
+  // An unchanged partition is no change to weigh (its window may show an older loss that was
+  // already let through: that is not this publish's doing).
+  if (in_applied && !g.layout_changed && from != to) {
+    sync::PartitionChange change =
+        measure_change(name, old_it->second.get(), in_candidate ? cand_it->second.get() : nullptr,
+                       g.history, g.now, g.config);
+    change.approved = covered(g.approvals, name, from, to, g.now);
+    if (auto hold = g.guard.evaluate(change)) {
+      g.held.push_back({*hold, to, from, to, 0});
+      next.partitions[name] = g.applied->snapshot.partitions.at(name);
+      g.next_manifests[name] = old_it->second;
+      return {};
+    }
+    if (change.approved) record_approved_deletion(g, std::move(change), from, to, next);
+  }
+  if (!in_candidate) return {};  // removed (and not held)
+  const auto& m = cand_it->second;
+  const auto& [digest, bytes] = g.candidate.encoded.at(name);
+  next.partitions[name] = {digest, m->entries.size(), m->total_bytes()};
+  g.next_manifests[name] = m;
+  if (!state.has_manifest(digest)) return state.store_manifest(digest, bytes);
+  return {};
+}
+
+// An upstream approval is carried while its partition stays at the approved manifest (or stays
+// removed), until it expires: a relay that was away applies the same change later.
+void carry_approvals(proto::Snapshot& next, std::int64_t now) {
   std::erase_if(next.approved_deletions, [&](const auto& item) {
     const auto& [name, a] = item;
     auto it = next.partitions.find(name);
@@ -397,69 +402,172 @@ CycleOutcome publish_once(const ops::Config& config, const std::atomic<bool>* st
         it == next.partitions.end() ? nullptr : &it->second.manifest, sync::kRemoved);
     return now_at != a.to || a.expires <= now;
   });
-  // Unchanged partitions share the applied manifest object, so the plan skips them.
-  for (auto& [name, m] : next_manifests) {
-    auto old_it = applied_manifests.find(name);
-    if (old_it != applied_manifests.end() &&
-        (*applied)->snapshot.partitions.at(name).manifest == next.partitions[name].manifest)
+}
+
+// Unchanged partitions share the applied manifest object, so the plan skips them.
+void share_unchanged(GuardPass& g, const proto::Snapshot& next) {
+  for (auto& [name, m] : g.next_manifests) {
+    auto old_it = g.applied_manifests.find(name);
+    if (old_it != g.applied_manifests.end() &&
+        g.applied->snapshot.partitions.at(name).manifest == next.partitions.at(name).manifest)
       m = old_it->second;
   }
-  if (*applied && !layout_changed && next.partitions == (*applied)->snapshot.partitions &&
-      !resign_due) {
-    cycle.save_holds(held, next.serial);
-    return cycle.held_only((*applied)->snapshot.serial);
-  }
+}
 
-  std::string payload = proto::encode_snapshot(next);
-  std::string envelope =
-      proto::encode_envelope(proto::sign_envelope(proto::kSnapshotPayloadType, payload, *keys));
-
-  SourceFetcher fetcher(config.source_dir, scan->files);
-  sync::Applier applier(state, fetcher);
-  applier.set_stop_flag(stop);
-  sync::ApplyRequest req;
-  req.envelope = std::move(envelope);
-  req.candidate = next;
-  req.candidate_manifests = std::move(next_manifests);
-  if (*applied) req.applied = (*applied)->snapshot;
-  sync::Plan plan = sync::make_plan(applied_manifests, req.candidate_manifests);
-  applied_manifests.clear();
-  if (layout_changed)
-    for (const auto& [name, ref] : (*applied)->snapshot.partitions) approved_now.insert(name);
-  auto stats = applier.apply(req, plan);
-  if (!fetcher.mismatched().empty()) {
-    // Rewritten in place with size and mtime kept: the cache gave a digest the bytes no longer
-    // have. Forgotten, so the next cycle reads them and publishes what they are now.
-    for (const auto& path : fetcher.mismatched()) cache.forget(path);
-    if (auto st = cache.save(state.hash_cache_path()); !st)
-      spdlog::warn("cannot save the hash cache: {}", st.message());
+// Every partition through the guard into `next`. A held layout change keeps the whole snapshot:
+// then nothing enters `next` and the holds are in g.held.
+Status guard_partitions(GuardPass& g, const sync::StateStore& state, proto::Snapshot& next) {
+  for (const auto& [name, m] : g.applied_manifests) g.names.insert(name);
+  for (const auto& [name, m] : g.candidate.manifests) g.names.insert(name);
+  if (g.layout_changed) {
+    if (guard_layout_change(g)) return {};
+    next.approved_deletions.clear();  // its partitions are the old layout's
   }
-  if (!stats)
-    return cycle.fail("publishing serial " + std::to_string(next.serial) +
-                      " failed: " + stats.message());
-  cycle.set_upstream_serial(next.serial);
-  // The window's baseline learns what was published; an approved change is the new baseline.
+  for (const auto& name : g.names)
+    if (auto st = guard_partition(g, name, state, next); !st) return st;
+  carry_approvals(next, g.now);
+  share_unchanged(g, next);
+  return {};
+}
+
+// The window's baseline learns what was published; an approved change is the new baseline.
+void learn_published(GuardPass& g, const sync::ApplyRequest& req, const sync::StateStore& state) {
   for (const auto& [name, ref] : req.candidate.partitions) {
     auto m = req.candidate_manifests.find(name);
     const sync::PartitionSize size =
         sync::measure(m == req.candidate_manifests.end() ? nullptr : m->second.get());
-    if (approved_now.count(name) || layout_changed)
-      history.reset(name, size, now);
+    if (g.approved_now.count(name) || g.layout_changed)
+      g.history.reset(name, size, g.now);
     else
-      history.record(name, size, now, config.guard.window_hours);
+      g.history.record(name, size, g.now, g.config.guard.window_hours);
   }
-  for (const auto& name : names)
-    if (!req.candidate.partitions.count(name)) history.forget(name);
-  if (auto st = history.save(state.guard_history_path()); !st)
+  for (const auto& name : g.names)
+    if (!req.candidate.partitions.count(name)) g.history.forget(name);
+  if (auto st = g.history.save(state.guard_history_path()); !st)
     spdlog::warn("cannot save the guard's history: {}", st.message());
-  cycle.consume_approvals(approved_now);
-  if (held.empty()) {
-    remember_source();
-    cycle.clear_held();
-    return cycle.applied(next.serial, *stats, "published");
+}
+
+// Step 4, sign and apply: the next snapshot signed, its files placed from the source.
+CycleOutcome sign_and_apply(Cycle& cycle, GuardPass& g, Candidate& candidate,
+                            const std::vector<proto::PrivateKey>& keys,
+                            const std::vector<sync::ScannedFile>& files, proto::Snapshot next,
+                            sync::ManifestSet applied_manifests, const SourcePrint& print,
+                            const std::atomic<bool>* stop) {
+  auto& state = cycle.state();
+  const std::string payload = proto::encode_snapshot(next);
+  SourceFetcher fetcher(g.config.source_dir, files);
+  sync::Applier applier(state, fetcher);
+  applier.set_stop_flag(stop);
+  sync::ApplyRequest req;
+  req.envelope =
+      proto::encode_envelope(proto::sign_envelope(proto::kSnapshotPayloadType, payload, keys));
+  req.candidate = std::move(next);
+  req.candidate_manifests = std::move(g.next_manifests);
+  if (g.applied) req.applied = g.applied->snapshot;
+  sync::Plan plan = sync::make_plan(applied_manifests, req.candidate_manifests);
+  applied_manifests.clear();
+  if (g.layout_changed)
+    for (const auto& [name, ref] : g.applied->snapshot.partitions) g.approved_now.insert(name);
+  auto stats = applier.apply(req, plan);
+  if (!fetcher.mismatched().empty()) {
+    // Rewritten in place with size and mtime kept: the cache gave a digest the bytes no longer
+    // have. Forgotten, so the next cycle reads them and publishes what they are now.
+    for (const auto& path : fetcher.mismatched()) candidate.cache.forget(path);
+    if (auto st = candidate.cache.save(state.hash_cache_path()); !st)
+      spdlog::warn("cannot save the hash cache: {}", st.message());
   }
-  cycle.save_holds(held, next.serial);
-  return cycle.applied(next.serial, *stats, "published", kExitHeld);
+  const std::uint64_t serial = req.candidate.serial;
+  if (!stats)
+    return cycle.fail("publishing serial " + std::to_string(serial) +
+                      " failed: " + stats.message());
+  cycle.set_upstream_serial(serial);
+  learn_published(g, req, state);
+  cycle.consume_approvals(g.approved_now);
+  if (g.held.empty()) {
+    print.remember();
+    cycle.clear_held();
+    return cycle.applied(serial, *stats, "published");
+  }
+  cycle.save_holds(g.held, serial);
+  return cycle.applied(serial, *stats, "published", kExitHeld);
+}
+
+// A publish killed half-way is finished first (it needs nothing from the source but the files
+// it had staged or linked).
+Result<bool> finish_killed_publish(const ops::Config& config, sync::StateStore& state) {
+  std::vector<sync::ScannedFile> no_files;
+  SourceFetcher idle(config.source_dir, no_files);
+  sync::Applier recovering(state, idle);
+  return recovering.recover();
+}
+
+}  // namespace
+
+CycleOutcome publish_once(const ops::Config& config, const std::atomic<bool>* stop) {
+  Cycle cycle(config);
+  if (auto st = cycle.open(); !st) return cycle.fail(st.message());
+  auto& state = cycle.state();
+  auto keys = ops::load_signing_keys(config);
+  if (!keys) return cycle.fail("config " + keys.message());
+  auto depth = proto::layout_depth(config.layout);
+  if (!depth) return cycle.fail(depth.message());
+  if (auto st = finish_killed_publish(config, state); !st) return cycle.fail(st.message());
+
+  const fs::path busy = config.source_dir / ".tiersync-busy";
+  if (::access(busy.c_str(), F_OK) == 0) {
+    spdlog::info("source busy: {} exists; not publishing", busy.string());
+    auto applied = state.load_applied();
+    return cycle.noop(applied && *applied ? (*applied)->snapshot.serial : 0, false);
+  }
+  auto loaded_applied = state.load_applied();
+  if (!loaded_applied) return cycle.fail(loaded_applied.message());
+  const sync::Applied* applied = *loaded_applied ? &**loaded_applied : nullptr;
+  const std::int64_t now = std::time(nullptr);
+  const std::int64_t ttl = static_cast<std::int64_t>(config.snapshot_ttl_hours) * 3600;
+  const bool resign = applied && resign_due(*applied, *keys, now, ttl);
+
+  auto scan = sync::scan_tree(config.source_dir, /*sorted=*/false);
+  if (!scan) return cycle.fail("scanning source.dir: " + scan.message());
+  // The fast no-op: the source is exactly as it was when the published snapshot was made from
+  // it (and nothing was held then): no sorting, no hashing, no manifests.
+  const SourcePrint print(config, state, *scan);
+  if (applied && !resign && print.unchanged()) return cycle.noop(applied->snapshot.serial);
+  print.forget();  // recorded again only once a cycle ends with the tree matching the source
+
+  sync::sort_scan(*scan);
+  for (const auto& why : scan->skipped) spdlog::warn("source: left out {}", why);
+  auto candidate = build_candidate(config, *depth, state, scan->files);
+  if (!candidate) return cycle.fail(candidate.message());
+
+  proto::Snapshot next;
+  next.origin = config.name;
+  next.layout = config.layout;
+  next.depth = *depth;
+  next.serial = (applied ? applied->snapshot.serial : 0) + 1;
+  next.created = now;
+  next.expires = now + ttl;
+  sync::ManifestSet applied_manifests;
+  const bool layout_changed = applied && applied->snapshot.layout != config.layout;
+  if (applied) {
+    next.approved_deletions = applied->snapshot.approved_deletions;
+    if (!differs(applied->snapshot, candidate->encoded, layout_changed) && !resign) {
+      print.remember();
+      return cycle.noop(applied->snapshot.serial);
+    }
+    auto loaded = state.load_manifests(applied->snapshot);
+    if (!loaded) return cycle.fail("published state: " + loaded.message());
+    applied_manifests = std::move(*loaded);
+  }
+
+  GuardPass g(config, *depth, now, applied, applied_manifests, *candidate, cycle);
+  if (auto st = guard_partitions(g, state, next); !st) return cycle.fail(st.message());
+  if (applied && (layout_changed ? !g.held.empty()
+                                 : next.partitions == applied->snapshot.partitions && !resign)) {
+    cycle.save_holds(g.held, next.serial);
+    return cycle.held_only(applied->snapshot.serial);
+  }
+  return sign_and_apply(cycle, g, *candidate, *keys, scan->files, std::move(next),
+                        std::move(applied_manifests), print, stop);
 }
 
 }  // namespace tiersync::node

@@ -8,22 +8,18 @@ work, alternating them, and prints one table of medians with ratios and targets.
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
-import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import gen_tree  # noqa: E402
+from benchlib import (RSYNC, BenchError, Runner, binary_info, check_binaries,  # noqa: E402,F401
+                      fresh_workdir, machine_info, node_configs, remove_workdir, trees_differ,
+                      tree_stats, workdir_paths)
 
-MARKER = ".tiersync-bench-workdir"
-TIME = shutil.which("time", path="/usr/bin:/bin")       # GNU time, for peak RSS
-RSYNC = ["rsync", "-a", "--delete"]
 TARGETS = {            # row key -> (limit, meaning)
     "tier0_noop": 0.40,
     "relay_noop": 0.05,
@@ -32,103 +28,20 @@ TARGETS = {            # row key -> (limit, meaning)
 MEM_TARGET = 200       # bytes per entry
 
 
-class BenchError(Exception):
-    pass
-
-
-class Runner:
-    """Runs one command, timing it and taking its peak RSS from wait4."""
-
-    def __init__(self, logdir, timeout):
-        self.logdir, self.timeout, self.count = logdir, timeout, 0
-
-    def run(self, cmd, label, ok=(0,), rss=False):
-        """rss=True: run under GNU time for the peak RSS.  wait4 from Python can't give it:
-        a vfork'd child's ru_maxrss starts at the parent's (this interpreter's) RSS.
-        The wrapper costs ~2-3 ms, so timed runs are not wrapped."""
-        self.count += 1
-        log = self.logdir / f"{self.count:04d}-{label}.log"
-        rss_file = self.logdir / f"{self.count:04d}-{label}.rss"
-        if rss and TIME:
-            cmd = [TIME, "-f", "%M", "-o", str(rss_file)] + list(cmd)
-        os.sync()      # nothing dirty left for the next command's fsync/syncfs to pay for
-        with open(log, "wb") as out:
-            start = time.perf_counter()
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                    start_new_session=True)
-            timer = threading.Timer(self.timeout, os.killpg, (proc.pid, 9))   # the wrapper's child too
-            timer.start()
-            try:
-                _, status, usage = os.wait4(proc.pid, 0)
-            finally:
-                timer.cancel()
-            seconds = time.perf_counter() - start
-        proc.returncode = rc = os.waitstatus_to_exitcode(status)
-        if rc not in ok:
-            tail = log.read_text(errors="replace")[-4000:]
-            raise BenchError(f"{label}: `{' '.join(map(str, cmd))}` exited {rc} "
-                             f"after {seconds:.2f}s\n--- output ({log}) ---\n{tail}")
-        peak = None
-        if rss and TIME:
-            lines = [ln for ln in rss_file.read_text().splitlines() if ln.strip()]
-            peak = int(lines[-1])
-        return {"s": seconds, "rss_kb": peak, "rc": rc}
-
-
-def machine_info():
-    model = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    rsync_v = subprocess.run(["rsync", "--version"], capture_output=True, text=True).stdout.split("\n")[0]
-    return {"nproc": len(os.sched_getaffinity(0)), "cpu": model, "kernel": platform.release(),
-            "rsync": " ".join(rsync_v.split()), "load_start": os.getloadavg()[0]}
-
-
-def tree_listing(root):
-    """{relpath: (size, mtime)} of a tree, .tiersync/ excluded."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        if dirpath == str(root) and ".tiersync" in dirnames:
-            dirnames.remove(".tiersync")
-        for name in filenames:
-            path = os.path.join(dirpath, name)
-            st = os.lstat(path)
-            out[os.path.relpath(path, root)] = (st.st_size, int(st.st_mtime))
-    return out
-
-
-def tree_stats(root):
-    listing = tree_listing(root)
-    return len(listing), sum(size for size, _ in listing.values())
-
-
 def check_same(w, what):
     """The source, tier0's tree, the mirror and the rsync copy must agree."""
-    ref = tree_listing(w["src"])
     problems = []
     for name in ("t0tree", "mtree", "copy"):
-        other = tree_listing(w[name])
-        if other != ref:
-            diff = sorted(set(ref.items()) ^ set(other.items()))[:3]
-            problems.append(f"{name} differs from source after {what}: {len(set(ref.items()) ^ set(other.items()))} "
-                            f"(path, size, mtime) differences, e.g. {diff}")
+        diff = trees_differ(w["src"], w[name])
+        if diff:
+            problems.append(f"{name} differs from source after {what}: {diff}")
     for p in problems:
         print("WARNING:", p, flush=True)
     return problems
 
 
 def setup(args, w, run):
-    if w["root"].exists():
-        if not (w["root"] / MARKER).exists() and any(w["root"].iterdir()):
-            raise SystemExit(f"{w['root']} is not empty and not a benchmark workdir; refusing to use it")
-        shutil.rmtree(w["root"])
-    w["root"].mkdir(parents=True)
-    (w["root"] / MARKER).touch()
+    fresh_workdir(w["root"])
     w["logs"].mkdir()
     est = args.packages * 1.72e6 * args.size_scale          # mean of the log-uniform sizes
     free = shutil.disk_usage(w["root"]).free
@@ -138,15 +51,7 @@ def setup(args, w, run):
     print(f"generating {args.packages} packages at size-scale {args.size_scale} ...", flush=True)
     gen_tree.main(["generate", str(w["src"]), "--packages", str(args.packages),
                    "--size-scale", str(args.size_scale), "--seed", str(args.seed)])
-    run.run([w["ctl"], "keygen", "--out", str(w["root"] / "origin")], "keygen")
-    t0 = {"role": "tier0", "name": "origin", "tree": "t0/tree", "state_dir": "t0/state",
-          "layout": "{release}/{repo}/{arch}", "index_files": ["APKINDEX.tar.gz"],
-          "source": {"dir": str(w["src"]), "settle_seconds": 0}, "signing_key": "origin.key"}
-    m1 = {"role": "mirror", "name": "m1", "tree": "m1/tree", "state_dir": "m1/state",
-          "upstream": {"url": "file://" + str(w["t0tree"])}, "trusted_keys": ["origin.pub"],
-          "guard": {"max_delete_ratio": 0.5}}
-    w["t0conf"].write_text(json.dumps(t0, indent=1))
-    w["mconf"].write_text(json.dumps(m1, indent=1))
+    node_configs(w, run)
     tiny = w["root"] / "tiny-src"
     tiny.mkdir()
     (tiny / "one").write_bytes(b"x")
@@ -312,17 +217,10 @@ def main():
     if args.repeat < 1 or args.mass_repeat < 1:
         raise SystemExit("--repeat and --mass-repeat must be >= 1")
     root = Path(args.workdir).resolve()
-    w = {"root": root, "src": root / "src", "t0tree": root / "t0" / "tree", "mtree": root / "m1" / "tree",
-         "copy": root / "rsync-copy", "logs": root / "logs", "t0conf": root / "t0.json", "mconf": root / "m1.json",
-         "d": str(Path(args.bin_dir) / "tiersyncd"), "ctl": str(Path(args.bin_dir) / "tiersyncctl")}
-    for exe in (w["d"], w["ctl"]):
-        if not os.access(exe, os.X_OK):
-            raise SystemExit(f"{exe} not found: ninja -C build tiersyncd tiersyncctl")
-    if not shutil.which("rsync"):
-        raise SystemExit("rsync not found")
+    w = workdir_paths(root, args.bin_dir)
+    check_binaries(w["d"], w["ctl"])
     info = machine_info()
-    st = os.stat(w["d"])
-    info["tiersyncd"] = f"{w['d']} ({time.strftime('%Y-%m-%d %H:%M', time.localtime(st.st_mtime))}, {st.st_size} bytes)"
+    info["tiersyncd"] = binary_info(w["d"])
     results = {"machine": info, "rows": {}, "mem": {}, "notes": [], "consistency": [], "errors": [],
                "params": {"size_scale": args.size_scale, "packages": args.packages, "repeat": args.repeat,
                           "mass_repeat": args.mass_repeat, "seed": args.seed}}
@@ -343,8 +241,8 @@ def main():
         Path(args.json_out).write_text(json.dumps(results, indent=1, default=str) + "\n")
     if args.keep or status:
         print(f"workdir kept: {root} (command logs in {w['logs']})")
-    elif root.exists() and (root / MARKER).exists():
-        shutil.rmtree(root)
+    else:
+        remove_workdir(root)
     return status
 
 
