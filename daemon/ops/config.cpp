@@ -304,6 +304,7 @@ Result<Config> parse_config(std::string_view text, const fs::path& file) {
                   std::numeric_limits<std::int64_t>::max());
         u.integer("min_bytes_per_second", c.upstream.min_bytes_per_second, 0,
                   std::numeric_limits<std::int64_t>::max());
+        u.integer("range_split_bytes", c.upstream.range_split_bytes, 0, std::int64_t{1} << 40);
         u.finish();
       }
     } else {
