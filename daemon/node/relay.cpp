@@ -148,26 +148,76 @@ std::optional<std::vector<std::string>> fetch_parent_chain(transport::Transport&
   return chain;
 }
 
+// Manifests fetched from the parent this cycle: each one's receive_manifest result, and the
+// batches' first failure. Fetched manifests are checked as such (not as stored ones) however many
+// steps the cycle takes to ask for them.
+struct ReceivedManifests {
+  std::map<proto::Digest, Result<bool>> of;
+  Status batch;
+};
+
+// Whether `name` at `ref` needs its manifest: its partition changed (the root partition's always,
+// whose entries every partition is checked against).
+bool partition_changed(const std::optional<sync::Applied>& applied, const proto::Snapshot& cand,
+                       const std::string& name, const proto::PartitionRef& ref) {
+  if (!applied || name == proto::kRootPartition || applied->snapshot.depth != cand.depth)
+    return true;
+  auto it = applied->snapshot.partitions.find(name);
+  return it == applied->snapshot.partitions.end() || !(it->second.manifest == ref.manifest);
+}
+
+// Fetches `wanted` from the parent into the store and `received` (at most kBatch at once: each
+// holds a file open while the batch runs); each stored one's hash goes to `fetched`.
+void fetch_manifests_into(const sync::StateStore& state, transport::Transport& t,
+                          const std::vector<proto::Digest>& wanted,
+                          std::vector<proto::Digest>& fetched, ReceivedManifests& received) {
+  constexpr std::size_t kBatch = 64;
+  for (std::size_t i = 0; i < wanted.size() && received.batch; i += kBatch) {
+    const auto first = wanted.begin() + static_cast<std::ptrdiff_t>(i);
+    const auto last =
+        wanted.begin() + static_cast<std::ptrdiff_t>(std::min(wanted.size(), i + kBatch));
+    const std::vector<proto::Digest> group(first, last);
+    auto results = receive_manifests(state, t, group, received.batch);
+    for (std::size_t k = 0; k < group.size(); ++k) {
+      // Stored: forgotten again if the candidate is refused, whatever refuses it.
+      if (results[k] && *results[k]) fetched.push_back(group[k]);
+      received.of.emplace(group[k], std::move(results[k]));
+    }
+  }
+}
+
+// The changed manifests of the parent's signed snapshot, fetched before its pins are read, with
+// the pins document in the same pipelines (docs/protocol.md, "Pins"): the pins and the manifests
+// cost one round trip, not two. Only fetched and stored here; candidate_manifests checks them.
+void prefetch_manifests(const proto::Snapshot& cand, const std::optional<sync::Applied>& applied,
+                        const sync::StateStore& state, transport::Transport& t,
+                        std::vector<proto::Digest>& fetched, ReceivedManifests& received) {
+  std::vector<proto::Digest> wanted;
+  for (const auto& [name, ref] : cand.partitions)
+    if (partition_changed(applied, cand, name, ref) && !state.has_manifest(ref.manifest) &&
+        std::find(wanted.begin(), wanted.end(), ref.manifest) == wanted.end())
+      wanted.push_back(ref.manifest);
+  fetch_manifests_into(state, t, wanted, fetched, received);
+}
+
 // The candidate's changed manifests (and the root partition's, whose entries every partition
 // is checked against), from the store or the parent, each checked against its hash, the
 // snapshot's counts and every rule. A manifest fetched from the parent is stored at once and its
-// hash added to `fetched`, so a refusal can forget it again. Unchanged partitions are not loaded:
-// nothing of them is needed to apply.
+// hash added to `fetched`, so a refusal can forget it again; `received` holds those fetched
+// earlier in the cycle (prefetch_manifests). Unchanged partitions are not loaded: nothing of them
+// is needed to apply.
 Result<sync::ManifestSet> candidate_manifests(const proto::Snapshot& cand,
                                               const std::optional<sync::Applied>& applied,
                                               sync::StateStore& state, transport::Transport& t,
-                                              std::vector<proto::Digest>& fetched) {
+                                              std::vector<proto::Digest>& fetched,
+                                              ReceivedManifests& received) {
   sync::ManifestSet out;
-  // Those in the store first; the others are fetched together (at most kBatch at once: each
-  // holds a file open while the batch runs).
-  constexpr std::size_t kBatch = 64;
+  // Those in the store first; the others are fetched together.
   std::map<std::string, std::shared_ptr<const proto::Manifest>> stored;
   std::vector<proto::Digest> wanted;
   for (const auto& [name, ref] : cand.partitions) {
-    if (applied && name != proto::kRootPartition && applied->snapshot.depth == cand.depth) {
-      auto it = applied->snapshot.partitions.find(name);
-      if (it != applied->snapshot.partitions.end() && it->second.manifest == ref.manifest) continue;
-    }
+    if (!partition_changed(applied, cand, name, ref)) continue;
+    if (received.of.count(ref.manifest)) continue;
     if (state.has_manifest(ref.manifest)) {
       auto loaded =
           state.load_manifest(ref.manifest, name, cand.depth, proto::ModeRule::kPublishable);
@@ -179,26 +229,12 @@ Result<sync::ManifestSet> candidate_manifests(const proto::Snapshot& cand,
     if (std::find(wanted.begin(), wanted.end(), ref.manifest) == wanted.end())
       wanted.push_back(ref.manifest);
   }
-  std::map<proto::Digest, Result<bool>> received_of;
-  Status batch;
-  for (std::size_t i = 0; i < wanted.size() && batch; i += kBatch) {
-    const auto first = wanted.begin() + static_cast<std::ptrdiff_t>(i);
-    const auto last =
-        wanted.begin() + static_cast<std::ptrdiff_t>(std::min(wanted.size(), i + kBatch));
-    const std::vector<proto::Digest> group(first, last);
-    auto results = receive_manifests(state, t, group, batch);
-    for (std::size_t k = 0; k < group.size(); ++k) {
-      // Stored: forgotten again if the candidate is refused, whatever refuses it.
-      if (results[k] && *results[k]) fetched.push_back(group[k]);
-      received_of.emplace(group[k], std::move(results[k]));
-    }
-  }
+  fetch_manifests_into(state, t, wanted, fetched, received);
+  const auto& received_of = received.of;
+  const Status& batch = received.batch;
 
   for (const auto& [name, ref] : cand.partitions) {
-    if (applied && name != proto::kRootPartition && applied->snapshot.depth == cand.depth) {
-      auto it = applied->snapshot.partitions.find(name);
-      if (it != applied->snapshot.partitions.end() && it->second.manifest == ref.manifest) continue;
-    }
+    if (!partition_changed(applied, cand, name, ref)) continue;
     std::shared_ptr<const proto::Manifest> m;
     if (auto it = stored.find(name); it != stored.end()) m = it->second;
     if (!m) {
@@ -212,8 +248,7 @@ Result<sync::ManifestSet> candidate_manifests(const proto::Snapshot& cand,
       if (it == received_of.end())
         return make_error("manifest of partition \"" + name + "\": not fetched");
       if (!it->second) return it->second.error();
-      const auto& received = it->second;
-      if (!*received) {
+      if (!*it->second) {
         ++ops::process_metrics().verify_failures;
         return make_error("manifest of partition \"" + name + "\": its bytes do not match its " +
                           "SHA-256 " + proto::to_hex(ref.manifest));
@@ -389,6 +424,7 @@ CycleOutcome sync_once(const ops::Config& config, const std::atomic<bool>* stop,
         config.upstream.url, {.ca_file = config.upstream.ca_file,
                               .connections = config.upstream.connections,
                               .pipeline_depth = config.upstream.pipeline_depth,
+                              .range_split_bytes = config.upstream.range_split_bytes,
                               .max_bytes_per_second = config.upstream.max_bytes_per_second,
                               .min_bytes_per_second = config.upstream.min_bytes_per_second});
     if (!made) return cycle.fail(made.message());
@@ -513,16 +549,34 @@ CycleOutcome sync_once(const ops::Config& config, const std::atomic<bool>* stop,
   // The parent's pins of this serial, each proved by a signed envelope; a document that does
   // not verify refuses the snapshot (nothing of it is applied, nothing is widened).
   const std::string serial_text = "serial " + std::to_string(cand->serial);
+  std::vector<proto::Digest> fetched;  // stored this cycle: forgotten again on a refusal
+  auto forget_fetched = [&](const std::set<proto::Digest>& keep = {}) {
+    for (const auto& d : fetched)
+      if (!applied_refs(*applied, d) && !keep.count(d)) state.forget_manifest(d);
+  };
+  // The pins and the signed snapshot's changed manifests in one round trip: the manifests are
+  // asked for before the pins are known, the pins document in their pipelines. A pin naming
+  // another manifest (rare) costs candidate_manifests one more batch.
+  ReceivedManifests received;
+  if (!parent_pins) {
+    parent->fetch_document_beside_manifests(std::string(kPinsPath) + std::to_string(cand->serial),
+                                            sync::kMaxPinsBytes);
+    prefetch_manifests(*cand, *applied, state, *parent, fetched, received);
+  }
   auto& fetched_pins = read_parent_pins(cand->serial);
   if (!fetched_pins) {
     ++metrics.upstream_errors;
+    forget_fetched();
     return cycle.fail("cannot fetch the pins of " + serial_text + from + ": " +
                       fetched_pins.message());
   }
   ParentPins& offered = *fetched_pins;
   if (!offered.id.empty()) {
     auto proofs = sync::verify_pins(offered.pins, *cand, *keys, config.threshold);
-    if (!proofs) return refuse_snapshot(serial_text + ": " + proofs.message());
+    if (!proofs) {
+      forget_fetched();
+      return refuse_snapshot(serial_text + ": " + proofs.message());
+    }
     offered.proofs = std::move(*proofs);
   }
 
@@ -562,17 +616,12 @@ CycleOutcome sync_once(const ops::Config& config, const std::atomic<bool>* stop,
               " (expired at " + proto::format_time(expires) + ")";
   }
 
-  std::vector<proto::Digest> fetched;  // stored this cycle: forgotten again on a refusal
-  auto forget_fetched = [&](const std::set<proto::Digest>& keep = {}) {
-    for (const auto& d : fetched)
-      if (!applied_refs(*applied, d) && !keep.count(d)) state.forget_manifest(d);
-  };
   auto refuse = [&](const std::string& message) {
     forget_fetched();
     refresh_chain();  // who offered it is worth recording with the refusal
     return cycle.fail(message);
   };
-  auto cand_manifests = candidate_manifests(offer, *applied, state, *parent, fetched);
+  auto cand_manifests = candidate_manifests(offer, *applied, state, *parent, fetched, received);
   if (!cand_manifests)
     return refuse("snapshot " + serial_text + " refused: " + cand_manifests.message());
   // The guard's measures of each changed partition (docs/guard.md), and the change's ends.

@@ -262,6 +262,7 @@ UpstreamConfig parse_upstream(Reader& u) {
   u.path("ca_file", up.ca_file);
   u.integer("connections", up.connections, 1, 64);
   u.integer("pipeline_depth", up.pipeline_depth, 1, 256);
+  u.integer("range_split_bytes", up.range_split_bytes, 0, std::int64_t{1} << 40);
   u.integer("poll_seconds", up.poll_seconds, 1, 86400);
   u.integer("max_bytes_per_second", up.max_bytes_per_second, 0, kMaxRate);
   u.integer("min_bytes_per_second", up.min_bytes_per_second, 0, kMaxRate);

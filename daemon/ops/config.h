@@ -40,6 +40,7 @@ struct UpstreamConfig {
   std::uint64_t max_bytes_per_second = 0;  ///< 0: unlimited
   /// Every fetch's body must keep this average rate after a 30 s grace; 0: no minimum.
   std::uint64_t min_bytes_per_second = 1024;
+  std::uint64_t range_split_bytes = 8u << 20;  ///< larger files come in ranges; 0: never
 };
 
 /// The built-in server's caps against crowds (`serve`); the server lowers them further to fit the

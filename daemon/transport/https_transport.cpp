@@ -26,6 +26,8 @@
 #include <charconv>
 #include <deque>
 #include <exception>
+#include <map>
+#include <mutex>
 #include <optional>
 #include <random>
 #include <vector>
@@ -62,6 +64,13 @@ constexpr std::string_view kSnapshotPath = proto::wire::kSnapshot;
 constexpr std::string_view kManifestsPath = proto::wire::kManifestsPrefix;
 constexpr std::string_view kStatusPath = proto::wire::kStatus;
 constexpr std::uint64_t kMaxStatusBytes = 64 * 1024;
+// The deepest a pipeline grows to follow the bandwidth-delay product (docs/protocol.md,
+// "Pipelining"); also upstream.pipeline_depth's upper bound.
+constexpr std::size_t kMaxPipelineDepth = 256;
+// What a request in flight is counted as beyond its body: its answer's head and the request.
+constexpr std::uint64_t kAnswerOverhead = 300;
+// A manifest's size is not known before it arrives: counted as this much in flight.
+constexpr std::uint64_t kUnknownBodyBytes = 16 * 1024;
 
 bool is_ip_address(const std::string& host) {
   beast::error_code ec;
@@ -89,6 +98,17 @@ std::optional<std::uint64_t> content_range_start(std::string_view v) {
   if (ec2 != std::errc() || q == v.data() + v.size() || *q != '/' || end < start)
     return std::nullopt;
   return start;
+}
+
+/// The END of `bytes START-END/TOTAL`, or nullopt when malformed.
+std::optional<std::uint64_t> content_range_end(std::string_view v) {
+  const auto dash = v.find('-'), slash = v.rfind('/');
+  if (dash == std::string_view::npos || slash == std::string_view::npos || slash < dash)
+    return std::nullopt;
+  std::uint64_t end = 0;
+  auto [p, ec] = std::from_chars(v.data() + dash + 1, v.data() + slash, end);
+  if (ec != std::errc() || p != v.data() + slash) return std::nullopt;
+  return end;
 }
 
 /// The TOTAL of `bytes START-END/TOTAL`: nullopt when it is `*` or malformed.
@@ -149,10 +169,19 @@ struct Download {
   std::string if_none_match;
   bool not_modified_ok = false;     ///< a 304 is an answer (conditional GET, long poll)
   milliseconds first_byte_wait{0};  ///< when set: how long the parent may hold the request
+  /// Written on a connection with nothing else in flight: the wait for its answer's head is a
+  /// sample of the round trip (plus the parent's think time).
+  bool alone = false;
+  Clock::time_point sent_at;  ///< when its request was written
 
   std::uint64_t delivered = 0;  ///< bytes the sink has accepted
   bool may_resume = true;       ///< false once the parent mishandled a Range
-  unsigned status = 0;          ///< of the last response
+  /// A part of a large file (Impl::fetch_ranged): `max_bytes` from byte `part_of_at` of a file of
+  /// `part_of` bytes, asked for with a closed Range and accepted only as that 206.
+  std::uint64_t part_of = 0;
+  std::uint64_t part_of_at = 0;
+  bool range_refused = false;  ///< a part's answer was not its range (200, another range)
+  unsigned status = 0;         ///< of the last response
   std::string etag;
 };
 
@@ -192,9 +221,16 @@ struct Connection {
   std::unique_ptr<beast::ssl_stream<beast::tcp_stream>> tls;  // https://
   beast::flat_buffer buffer;
   std::vector<char> body;
-  unsigned served = 0;  ///< responses read whole on this connection
+  unsigned served = 0;         ///< responses read whole on this connection
+  std::uint64_t received = 0;  ///< bytes of answers read (heads and bodies): the rate estimate
+
+  /// Opened ahead of its first request (Impl::warm_up) and idle since.
+  bool warm = false;
 
   bool is_open() const { return tcp || tls; }
+  /// A close before the next answer's first byte is a kept-alive connection the parent ended
+  /// (Outcome::kStale), not a failure: it answered before, or waited idle since it opened.
+  bool reused() const { return served > 0 || warm; }
   beast::tcp_stream& lowest() { return tls ? beast::get_lowest_layer(*tls) : *tcp; }
 
   void close() {
@@ -205,6 +241,7 @@ struct Connection {
     tcp.reset();
     buffer.clear();
     served = 0;
+    warm = false;
   }
 };
 
@@ -234,6 +271,45 @@ class RateLimiter {
   std::uint64_t rate_;
   Clock::time_point next_{};
 };
+
+/// Envelopes long polls brought, by parent URL, for the next fetch_snapshot of another transport
+/// to that parent in this process: the daemon's poller and its cycle hold one transport each, and
+/// the cycle a poll woke starts from the envelope the poll brought instead of asking again (one
+/// round trip less per hop of propagation, docs/protocol.md, "Pipelining"). Taken once, and only
+/// while fresh: an older one is asked for again.
+class PolledEnvelopes {
+ public:
+  static constexpr milliseconds kFresh{5'000};
+
+  void put(const std::string& url, std::string etag, std::string bytes) {
+    std::lock_guard lock(mu_);
+    by_url_.insert_or_assign(url, Entry{std::move(etag), std::move(bytes), Clock::now()});
+  }
+  /// The envelope polled from `url` within kFresh, if its ETag is not `known`; forgotten.
+  std::optional<std::pair<std::string, std::string>> take(const std::string& url,
+                                                          const std::string& known) {
+    std::lock_guard lock(mu_);
+    auto it = by_url_.find(url);
+    if (it == by_url_.end()) return std::nullopt;
+    Entry e = std::move(it->second);
+    by_url_.erase(it);
+    if (e.etag == known || Clock::now() - e.at > kFresh) return std::nullopt;
+    return std::make_pair(std::move(e.etag), std::move(e.bytes));
+  }
+
+ private:
+  struct Entry {
+    std::string etag, bytes;
+    Clock::time_point at;
+  };
+  std::mutex mu_;
+  std::map<std::string, Entry> by_url_;
+};
+
+PolledEnvelopes& polled_envelopes() {
+  static PolledEnvelopes envelopes;
+  return envelopes;
+}
 
 std::string describe_error(const beast::error_code& ec, milliseconds timeout) {
   if (ec == beast::error::timeout) return "timed out (no data for " + ms_text(timeout) + ")";
@@ -391,16 +467,127 @@ struct HttpsTransport::Impl {
     });
   }
 
-  /// One request on the first pooled connection.
-  Status fetch_one(Download& d) {
+  /// One request on the first pooled connection; with `warm`, the pool's other connections are
+  /// opened meanwhile, so that the batch after it (the manifests and files after a snapshot)
+  /// pays no handshake round trip on its critical path.
+  Status fetch_one(Download& d, bool warm = false) {
     Status result;
     spawn(fetch_into(pool.front(), d, result));
+    if (warm)
+      for (std::size_t i = 1; i < pool.size(); ++i)
+        if (!pool[i].is_open()) spawn(warm_up(pool[i]));
     run();
     return result;
   }
 
+  /// Opens `c` ahead of its first request; a failure leaves it closed, for the batch to try
+  /// again and report.
+  net::awaitable<void> warm_up(Connection& c) {
+    const Outcome o = co_await connect(c);
+    if (o.kind == Outcome::kDone) c.warm = true;
+  }
+
   net::awaitable<void> fetch_into(Connection& c, Download& d, Status& result) {
     result = co_await fetch(c, d);
+  }
+
+  // --- Large files: in ranges over the pool -------------------------------------------------
+
+  /// A large file in progress (fetch_ranged): parts handed out from `next`, delivered to the
+  /// sink in order from `delivered`; those that arrived ahead wait in `ahead`.
+  struct RangedFile {
+    FileRequest* req = nullptr;
+    std::uint64_t part = 0;  ///< bytes per part
+    std::uint64_t next = 0;
+    std::uint64_t delivered = 0;
+    std::map<std::uint64_t, std::string> ahead;  ///< by first byte
+    bool ended = false;                          ///< failed, or fell back
+    bool fall_back = false;  ///< the parent mishandled a range: the rest in one whole fetch
+    Status result;
+    std::vector<net::steady_timer*> idle;
+  };
+
+  /// Whether `r` goes in ranges over the pool: larger than upstream.range_split_bytes, a pool
+  /// of several connections, and a parent that has not mishandled a range.
+  bool split(const FileRequest& r) const {
+    return options.range_split_bytes > 0 && pool.size() > 1 && !ranges_refused &&
+           r.max_bytes > r.offset && r.max_bytes - r.offset > options.range_split_bytes;
+  }
+
+  /// Fetches `r` in parts of range_split_bytes / 2 over the pool, each part a closed Range on a
+  /// connection of its own (docs/protocol.md, "Large files"), delivered to the sink in order: the
+  /// sink verifies the whole file as for any other. At most one part per connection waits in
+  /// memory. A parent that answers a part with anything but that range (a 200, another range, a
+  /// short one) gets the rest asked for in one whole fetch, and no more ranges.
+  Status fetch_ranged(FileRequest& r) {
+    RangedFile f;
+    f.req = &r;
+    f.part = std::max<std::uint64_t>(1, options.range_split_bytes / 2);
+    f.next = f.delivered = r.offset;
+    for (auto& c : pool) spawn(range_worker(c, f));
+    run();
+    if (!f.fall_back) return f.result;
+    ranges_refused = true;
+    Download d = download(r.path, r.max_bytes, r.sink);
+    d.exact_size = true;
+    d.restart = &r.restart;
+    d.delivered = f.delivered;  // resumed with a Range (or the repeated bytes are dropped)
+    return fetch_one(d);
+  }
+
+  void end_ranged(RangedFile& f, Status st, bool fall_back = false) {
+    if (!f.ended) {
+      f.ended = true;
+      f.fall_back = fall_back;
+      f.result = std::move(st);
+    }
+    for (auto* t : f.idle) t->cancel();
+  }
+
+  /// One connection's share of a large file: a part at a time, while fewer than one part per
+  /// connection wait to be delivered.
+  net::awaitable<void> range_worker(Connection& c, RangedFile& f) {
+    const std::uint64_t size = f.req->max_bytes;
+    while (!f.ended && f.next < size) {
+      if (f.ahead.size() >= pool.size()) {
+        net::steady_timer timer(io);
+        timer.expires_after(kStopCheck);
+        f.idle.push_back(&timer);
+        co_await timer.async_wait(kAsTuple);
+        std::erase(f.idle, &timer);
+        if (stop_requested()) end_ranged(f, make_error(url.base() + f.req->path + ": stopped"));
+        continue;
+      }
+      const std::uint64_t at = f.next;
+      f.next = std::min(size, at + f.part);
+      std::string bytes;
+      const Sink collect = [&bytes](const char* data, std::size_t n) {
+        bytes.append(data, n);
+        return Status{};
+      };
+      Download d = download(f.req->path, f.next - at, collect);
+      d.exact_size = true;
+      d.part_of = size;
+      d.part_of_at = at;
+      Status st = co_await fetch(c, d);
+      if (f.ended) co_return;
+      if (!st) co_return end_ranged(f, std::move(st), d.range_refused);
+      f.ahead.emplace(at, std::move(bytes));
+      // Delivered in order: the sink hashes the file as it comes.
+      for (auto it = f.ahead.find(f.delivered); it != f.ahead.end();
+           it = f.ahead.find(f.delivered)) {
+        Status sunk;
+        try {
+          sunk = f.req->sink(it->second.data(), it->second.size());
+        } catch (const std::exception& e) {
+          sunk = make_error(url.base() + f.req->path + ": the receiver failed: " + e.what());
+        }
+        if (!sunk) co_return end_ranged(f, std::move(sunk));
+        f.delivered += it->second.size();
+        f.ahead.erase(it);
+      }
+      for (auto* t : f.idle) t->cancel();
+    }
   }
 
   // --- Batches: pipelined over the pool ------------------------------------------------------
@@ -425,12 +612,61 @@ struct HttpsTransport::Impl {
     std::vector<net::steady_timer*> idle;
   };
 
-  /// Requests in flight per connection: 1 once the parent answered a pipeline wrongly.
-  std::size_t depth() const { return pipelining_off ? 1 : std::max(1u, options.pipeline_depth); }
+  /// Whether a connection with `sent` in flight takes one more request (docs/protocol.md,
+  /// "Pipelining"): an idle one always; otherwise up to upstream.pipeline_depth requests, and
+  /// beyond, up to kMaxPipelineDepth, while the bytes in flight stay below twice the measured
+  /// bandwidth-delay product (one connection's peak rate x the round trip). A pipeline held back
+  /// by its depth so doubles its rate each round trip, as TCP's slow start does, until the link
+  /// is the limit. A depth of 1 (configured, or once the parent answered a pipeline wrongly):
+  /// one request at a time.
+  bool has_room(const std::deque<Job*>& sent) const {
+    if (sent.empty()) return true;
+    const std::size_t configured =
+        std::min<std::size_t>(std::max(1u, options.pipeline_depth), kMaxPipelineDepth);
+    if (pipelining_off || configured == 1) return false;
+    if (sent.size() < configured) return true;
+    if (sent.size() >= kMaxPipelineDepth || !round_trip || peak_rate <= 0) return false;
+    std::uint64_t in_flight = 0;
+    for (const Job* j : sent)
+      in_flight +=
+          kAnswerOverhead + (j->d.exact_size ? j->d.max_bytes - j->d.delivered : kUnknownBodyBytes);
+    const double window = 2 * peak_rate * std::chrono::duration<double>(*round_trip).count();
+    return static_cast<double>(in_flight) < window;
+  }
+
+  /// A round trip measured: the smallest sample is the link's (the others include the parent's
+  /// think time or a queue).
+  void note_round_trip(milliseconds sample) {
+    sample = std::max(sample, milliseconds(1));
+    round_trip = round_trip ? std::min(*round_trip, sample) : sample;
+  }
+
+  /// Answers read on one connection since `start`: a sample of its rate once it spans a round
+  /// trip. A window opens at an answer's end, so the first round trip of a pipeline, when
+  /// nothing arrives yet, does not dilute it.
+  struct RateWindow {
+    bool open = false;
+    Clock::time_point start;
+    std::uint64_t from = 0;  ///< Connection::received at `start`
+  };
+
+  /// An answer was read whole on `c`: the peak per-connection rate follows (has_room).
+  void note_answer(const Connection& c, RateWindow& w) {
+    constexpr milliseconds kMinWindow{5};
+    const auto now = Clock::now();
+    if (w.open && round_trip && now - w.start >= std::max(*round_trip, kMinWindow)) {
+      const double seconds = std::chrono::duration<double>(now - w.start).count();
+      peak_rate = std::max(peak_rate, static_cast<double>(c.received - w.from) / seconds);
+    } else if (w.open) {
+      return;
+    }
+    w = {true, now, c.received};
+  }
 
   /// Runs `b` to its end: one pipelining worker per pooled connection (no more than the jobs).
   Status run_batch(Batch& b) {
     b.unfinished = b.jobs.size();
+    deepest = 0;
     for (auto& j : b.jobs) b.ready.push_back(&j);
     const std::size_t workers = std::min(pool.size(), b.jobs.size());
     for (std::size_t i = 0; i < workers; ++i) spawn(pipeline(pool[i], b));
@@ -528,10 +764,11 @@ struct HttpsTransport::Impl {
     c.close();
   }
 
-  /// One pooled connection's share of a batch: up to depth() requests written back to back,
-  /// their answers read in order, a new request sent as each answer completes.
+  /// One pooled connection's share of a batch: as many requests as has_room() allows, written back
+  /// to back, their answers read in order, a new request sent as each answer completes.
   net::awaitable<void> pipeline(Connection& c, Batch& b) {
     std::deque<Job*> sent;  // written, not yet answered: oldest first
+    RateWindow window;
     while (b.unfinished > 0) {
       if (stop_requested()) {
         c.close();
@@ -540,7 +777,7 @@ struct HttpsTransport::Impl {
         if (b.unfinished > 0) co_await wait_for_work(b);  // others finish theirs
         continue;
       }
-      while (sent.size() < depth() && !b.ready.empty()) {
+      while (!b.ready.empty() && has_room(sent)) {
         Job* j = b.ready.front();
         b.ready.pop_front();
         if (sent.empty()) {
@@ -559,6 +796,7 @@ struct HttpsTransport::Impl {
         // Not `c.tls ? co_await ... : co_await ...`: GCC 12 miscompiles co_await in a conditional
         // expression (the temporaries are destroyed twice).
         j->d.status = 0;
+        j->d.alone = sent.empty();
         Outcome o;
         if (c.tls)
           o = co_await send_request(*c.tls, c, j->d);
@@ -567,6 +805,7 @@ struct HttpsTransport::Impl {
         j->in_pipeline = !sent.empty();
         if (!sent.empty()) sent.front()->in_pipeline = true;  // (the others already are)
         sent.push_back(j);
+        deepest = std::max(deepest, sent.size());
         if (o.kind != Outcome::kDone) {
           lost(b, sent, o);
           break;
@@ -579,7 +818,7 @@ struct HttpsTransport::Impl {
       Job* j = sent.front();
       j->d.status = 0;
       j->d.etag.clear();
-      const bool reused = c.served > 0;
+      const bool reused = c.reused();
       Outcome o;
       if (c.tls)
         o = co_await read_response(*c.tls, c, j->d, reused);
@@ -590,8 +829,11 @@ struct HttpsTransport::Impl {
         continue;
       }
       sent.pop_front();
+      note_answer(c, window);
       finish(b, *j, {});
-      if (!c.is_open()) unanswered(b, sent);  // answered, then closed (Connection: close)
+      // Answered, then closed (Connection: close; nginx before 1.19.10 does so after 100
+      // requests): the rest go out again on a new connection, pipelined as before.
+      if (!c.is_open()) unanswered(b, sent);
       if (sent.empty()) drop_unsolicited(c);
     }
   }
@@ -761,7 +1003,8 @@ struct HttpsTransport::Impl {
   /// One request and its response on an open connection.
   template <class Stream>
   net::awaitable<Outcome> exchange(Stream& stream, Connection& c, Download& d) {
-    const bool reused = c.served > 0;
+    const bool reused = c.reused();
+    d.alone = true;
     Outcome sent = co_await send_request(stream, c, d);
     if (sent.kind != Outcome::kDone) co_return sent;
     co_return co_await read_response(stream, c, d, reused);
@@ -771,15 +1014,19 @@ struct HttpsTransport::Impl {
   /// connection is closed.
   template <class Stream>
   net::awaitable<Outcome> send_request(Stream& stream, Connection& c, Download& d) {
-    const bool reused = c.served > 0;
+    const bool reused = c.reused();
     http::request<http::empty_body> req{http::verb::get, d.target, 11};
     req.set(http::field::host, url.authority());
     req.set(http::field::user_agent, kUserAgent);
-    if (d.delivered > 0 && d.may_resume)
+    if (d.part_of > 0)
+      req.set(http::field::range, "bytes=" + std::to_string(d.part_of_at + d.delivered) + "-" +
+                                      std::to_string(d.part_of_at + d.max_bytes - 1));
+    else if (d.delivered > 0 && d.may_resume)
       req.set(http::field::range, "bytes=" + std::to_string(d.delivered) + "-");
     if (!d.if_none_match.empty()) req.set(http::field::if_none_match, d.if_none_match);
 
     c.lowest().expires_after(options.read_timeout);
+    d.sent_at = Clock::now();
     auto [wec, written] = co_await http::async_write(stream, req, kAsTuple);
     if (wec) {
       c.close();
@@ -809,6 +1056,9 @@ struct HttpsTransport::Impl {
       co_return reused&& silent ? stale(why) : retry(why);
     }
 
+    c.received += header_bytes;
+    if (d.alone && d.first_byte_wait.count() == 0)
+      note_round_trip(std::chrono::duration_cast<milliseconds>(Clock::now() - d.sent_at));
     auto& res = parser.get();
     d.status = res.result_int();
     std::uint64_t offset = 0;  // where in the file the body starts
@@ -821,7 +1071,26 @@ struct HttpsTransport::Impl {
       c.close();
       co_return retry("HTTP " + std::to_string(d.status));
     }
-    if (d.status == 206 && ranged) {
+    if (d.part_of > 0) {
+      // A part of a large file: exactly the range asked for, or the parent cannot do ranges
+      // (fetch_ranged then falls back to one whole fetch).
+      const std::string range = str(res[http::field::content_range]);
+      const std::uint64_t first = d.part_of_at + d.delivered;
+      const std::uint64_t last = d.part_of_at + d.max_bytes - 1;
+      if (d.status != 200 && d.status != 206 && d.status != 416) {
+        c.close();
+        co_return fatal("HTTP " + std::to_string(d.status));
+      }
+      if (d.status != 206 || content_range_start(range) != first ||
+          content_range_end(range) != last || content_range_total(range) != d.part_of) {
+        c.close();
+        d.range_refused = true;
+        co_return fatal("answered HTTP " + std::to_string(d.status) + " with Content-Range \"" +
+                        proto::printable(range) + "\" to a request for bytes " +
+                        std::to_string(first) + "-" + std::to_string(last));
+      }
+      offset = d.delivered;
+    } else if (d.status == 206 && ranged) {
       const std::string range = str(res[http::field::content_range]);
       if (const auto total = content_range_total(range);
           d.exact_size && total && *total != d.max_bytes) {
@@ -901,6 +1170,7 @@ struct HttpsTransport::Impl {
       if (ec == http::error::need_buffer) ec = {};
       const std::size_t got = want - res.body().size;
       floor.received(got);
+      c.received += got;
       if (ec == beast::error::timeout && floor_bound) {
         c.close();
         co_return retry(floor.describe() + " after " + std::to_string(position + got) + " bytes");
@@ -974,9 +1244,17 @@ struct HttpsTransport::Impl {
   std::string snapshot_etag;      ///< of `snapshot_bytes`, for If-None-Match
   std::string snapshot_bytes;     ///< the last snapshot fetched
   std::uint64_t faults = 0;       ///< HttpsTransport::faults
-  bool pipelining_off = false;    ///< the parent answered a pipeline wrongly: depth() is 1
+  bool pipelining_off = false;    ///< the parent answered a pipeline wrongly: one at a time
+  bool ranges_refused = false;    ///< the parent mishandled a part's range: no more (split())
+  std::optional<milliseconds> round_trip;  ///< the smallest measured (note_round_trip)
+  double peak_rate = 0;                    ///< bytes/s, one connection's best (note_answer)
+  std::size_t deepest = 0;  ///< most requests in flight on one connection in the last batch
   /// The status asked for beside the last batch of manifests, for the next fetch_status().
   std::optional<Result<std::string>> status_fetched;
+  /// Documents to ask for beside the next batch of manifests (fetch_document_beside_manifests),
+  /// and those fetched so, for the next fetch_document of each.
+  std::map<std::string, std::size_t> documents_wanted;
+  std::map<std::string, Result<std::optional<std::string>>> documents_fetched;
 };
 
 // --- The public face --------------------------------------------------------------------------
@@ -1025,7 +1303,10 @@ std::string HttpsTransport::describe() const {
 }
 
 Result<std::string> HttpsTransport::fetch_snapshot() {
-  impl_->status_fetched.reset();  // a new cycle: the status is read afresh
+  // A new cycle: the status and documents are read afresh.
+  impl_->status_fetched.reset();
+  impl_->documents_wanted.clear();
+  impl_->documents_fetched.clear();
   BodyCollector body;
   Download d = impl_->download(kSnapshotPath, proto::kMaxEnvelopeBytes, body.sink);
   d.restart = &body.restart;
@@ -1033,7 +1314,12 @@ Result<std::string> HttpsTransport::fetch_snapshot() {
     d.if_none_match = impl_->snapshot_etag;
     d.not_modified_ok = true;
   }
-  if (auto st = impl_->fetch_one(d); !st) return st.error();
+  if (auto polled = polled_envelopes().take(impl_->url.base(), impl_->snapshot_etag)) {
+    impl_->snapshot_etag = std::move(polled->first);
+    impl_->snapshot_bytes = polled->second;
+    return std::move(polled->second);
+  }
+  if (auto st = impl_->fetch_one(d, /*warm=*/true); !st) return st.error();
   if (d.status == 304) return impl_->snapshot_bytes;
   impl_->snapshot_etag = d.etag;
   impl_->snapshot_bytes = d.etag.empty() ? std::string() : body.bytes;
@@ -1054,6 +1340,7 @@ PollResult HttpsTransport::poll_snapshot(std::uint64_t after_serial, std::chrono
   if (!d.etag.empty()) {
     impl_->snapshot_etag = d.etag;
     impl_->snapshot_bytes = body.bytes;
+    polled_envelopes().put(impl_->url.base(), d.etag, body.bytes);
   }
   return std::optional<std::string>(std::move(body.bytes));
 }
@@ -1079,8 +1366,19 @@ Result<std::string> HttpsTransport::fetch_status() {
   return std::move(body.bytes);
 }
 
+void HttpsTransport::fetch_document_beside_manifests(std::string_view path, std::size_t max_bytes) {
+  impl_->documents_wanted[std::string(path)] = max_bytes;
+}
+
 Result<std::optional<std::string>> HttpsTransport::fetch_document(std::string_view path,
                                                                   std::size_t max_bytes) {
+  if (auto it = impl_->documents_fetched.find(std::string(path));
+      it != impl_->documents_fetched.end()) {
+    auto fetched = std::move(it->second);
+    impl_->documents_fetched.erase(it);
+    return fetched;
+  }
+  impl_->documents_wanted.erase(std::string(path));  // no batch came: asked for now
   BodyCollector body;
   Download d = impl_->download(path, max_bytes, body.sink);
   d.restart = &body.restart;
@@ -1100,7 +1398,12 @@ Status HttpsTransport::fetch_file(std::string_view path, std::uint64_t max_bytes
 Status HttpsTransport::fetch_files(std::span<FileRequest> requests) {
   Impl::Batch b;
   b.jobs.reserve(requests.size());  // never reallocated: `ready` points into it
+  std::vector<FileRequest*> large;  // in ranges over the pool, after the batch
   for (auto& r : requests) {
+    if (impl_->split(r)) {
+      large.push_back(&r);
+      continue;
+    }
     Impl::Job& j = b.jobs.emplace_back();
     j.d = impl_->download(r.path, r.max_bytes, r.sink);
     j.d.exact_size = true;
@@ -1108,12 +1411,18 @@ Status HttpsTransport::fetch_files(std::span<FileRequest> requests) {
     j.d.delivered = r.offset;  // resumed with a Range (or the repeated bytes are dropped)
     j.result = &r.result;
   }
-  return impl_->run_batch(b);
+  Status first = b.jobs.empty() ? Status() : impl_->run_batch(b);
+  for (FileRequest* r : large) {
+    r->result =
+        first ? impl_->fetch_ranged(*r)
+              : Status(make_error(describe() + r->path + ": not fetched after an earlier failure"));
+    if (first && !r->result) first = r->result;
+  }
+  return first;
 }
 
 Status HttpsTransport::fetch_manifests(std::span<ManifestRequest> requests) {
   Impl::Batch b;
-  b.jobs.reserve(requests.size() + 1);
   for (auto& r : requests) {
     Impl::Job& j = b.jobs.emplace_back();
     j.d = impl_->download(std::string(kManifestsPath) + proto::to_hex(r.digest),
@@ -1126,6 +1435,12 @@ Status HttpsTransport::fetch_manifests(std::span<ManifestRequest> requests) {
   // own; a parent without one (a static server) fails only that request.
   BodyCollector status;
   Status status_result;
+  // Documents asked for beside this batch (fetch_document_beside_manifests): the same.
+  const auto wanted = requests.empty() ? decltype(impl_->documents_wanted)()
+                                       : std::exchange(impl_->documents_wanted, {});
+  std::vector<std::unique_ptr<BodyCollector>> documents;
+  std::vector<Status> document_results(wanted.size());
+  b.jobs.reserve(requests.size() + 1 + wanted.size());
   if (!requests.empty()) {
     Impl::Job& j = b.jobs.emplace_back();
     j.d = impl_->download(kStatusPath, kMaxStatusBytes, status.sink);
@@ -1133,7 +1448,27 @@ Status HttpsTransport::fetch_manifests(std::span<ManifestRequest> requests) {
     j.result = &status_result;
     j.optional = true;
   }
+  for (const auto& [path, max_bytes] : wanted) {
+    auto& body = documents.emplace_back(std::make_unique<BodyCollector>());
+    Impl::Job& j = b.jobs.emplace_back();
+    j.d = impl_->download(path, max_bytes, body->sink);
+    j.d.restart = &body->restart;
+    j.result = &document_results[documents.size() - 1];
+    j.optional = true;
+  }
   Status result = impl_->run_batch(b);
+  std::size_t k = 0;
+  for (const auto& [path, max_bytes] : wanted) {
+    // Kept for fetch_document: the document, or none (404). Any other failure (not asked after
+    // an earlier one, a network error) is left for fetch_document to ask again and report.
+    const Impl::Job& j = b.jobs[requests.size() + 1 + k];
+    if (document_results[k])
+      impl_->documents_fetched.insert_or_assign(
+          path, std::optional<std::string>(std::move(documents[k]->bytes)));
+    else if (j.d.status == 404)
+      impl_->documents_fetched.insert_or_assign(path, std::optional<std::string>());
+    ++k;
+  }
   impl_->status_fetched.reset();
   if (!requests.empty()) {
     if (status_result)
@@ -1146,6 +1481,10 @@ Status HttpsTransport::fetch_manifests(std::span<ManifestRequest> requests) {
 
 std::uint64_t HttpsTransport::faults() const {
   return impl_->faults;
+}
+
+HttpsTransport::Link HttpsTransport::link() const {
+  return {impl_->round_trip, impl_->peak_rate, impl_->deepest};
 }
 
 }  // namespace tiersync::transport

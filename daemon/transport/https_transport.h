@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -40,8 +41,11 @@ class HttpsTransport final : public Transport {
   HttpsTransport& operator=(const HttpsTransport&) = delete;
 
   /// Conditional (If-None-Match) after the first fetch: a 304 returns the bytes fetched before.
+  /// An envelope another transport to the same parent got from a long poll in the last 5 s, and
+  /// this one has not, is returned without a request (the cycle a poll woke).
   Result<std::string> fetch_snapshot() override;
-  /// The long poll `?after=N&wait=S` (S at most 300).
+  /// The long poll `?after=N&wait=S` (S at most 300); a new envelope (with an ETag) is kept for
+  /// the next fetch_snapshot of any transport to this parent.
   PollResult poll_snapshot(std::uint64_t after_serial, std::chrono::seconds wait) override;
   Status fetch_manifest(const proto::Digest& digest, const Sink& sink,
                         const std::function<Status()>& restart) override;
@@ -49,11 +53,15 @@ class HttpsTransport final : public Transport {
   /// GET .tiersync/v1/status (at most 64 KiB); the first call after fetch_manifests returns
   /// what that batch fetched.
   Result<std::string> fetch_status() override;
-  /// GET of a small document; a 404 is nullopt.
+  /// Asked for in the pipelines of the next fetch_manifests (and forgotten at the next
+  /// fetch_snapshot).
+  void fetch_document_beside_manifests(std::string_view path, std::size_t max_bytes) override;
+  /// GET of a small document; a 404 is nullopt. One fetched beside manifests is returned once.
   Result<std::optional<std::string>> fetch_document(std::string_view path,
                                                     std::size_t max_bytes) override;
-  /// Up to `connections` x `pipeline_depth` files at once: each pooled connection keeps up to
-  /// `pipeline_depth` requests in flight (HTTP/1.1 pipelining), answered in order. An answer whose
+  /// Each pooled connection keeps up to `pipeline_depth` requests in flight (HTTP/1.1
+  /// pipelining), answered in order, and more, up to 256, while the bytes in flight stay below
+  /// twice the measured bandwidth-delay product (link()). An answer whose
   /// size is not its file's ends its connection; the unanswered requests go out again elsewhere,
   /// and pipelining stops for this parent (faults()).
   Status fetch_files(std::span<FileRequest> requests) override;
@@ -61,6 +69,16 @@ class HttpsTransport final : public Transport {
   /// The parent's status goes in the same pipelines, kept for the next fetch_status().
   Status fetch_manifests(std::span<ManifestRequest> requests) override;
   std::uint64_t faults() const override;
+
+  /// What the pipelines follow (docs/protocol.md, "Pipelining"): the smallest round trip
+  /// measured, one connection's peak rate, and the most requests in flight on one connection
+  /// during the last batch.
+  struct Link {
+    std::optional<std::chrono::milliseconds> round_trip;
+    double bytes_per_second = 0;
+    std::size_t deepest_pipeline = 0;
+  };
+  Link link() const;
   std::string describe() const override;
   void set_stop_flag(const std::atomic<bool>* stop) override;
 

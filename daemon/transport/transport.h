@@ -113,6 +113,12 @@ class Transport {
   /// memory, at most `max_bytes`; nullopt when the parent has none (404, no such file).
   virtual Result<std::optional<std::string>> fetch_document(std::string_view path,
                                                             std::size_t max_bytes) = 0;
+  /// Asks for the small document at `path` (as fetch_document) in the pipelines of the next
+  /// fetch_manifests batch, so that it costs no round trip of its own; the next
+  /// fetch_document(path) returns that answer. An optimisation only: a transport without
+  /// batches fetches the document when asked.
+  virtual void fetch_document_beside_manifests(std::string_view /*path*/,
+                                               std::size_t /*max_bytes*/) {}
   /// The parent, for messages.
   virtual std::string describe() const = 0;
   /// A flag that, once raised, ends whatever fetch is running within a fraction of a second
@@ -128,6 +134,9 @@ struct TransportOptions {
   /// Requests in flight per connection in a batch (HTTP/1.1 pipelining, docs/protocol.md): sent
   /// back to back, answered in order. 1: one at a time.
   unsigned pipeline_depth = 32;
+  /// A file larger than this is fetched in ranges of half of it over the pool's connections
+  /// (docs/protocol.md, "Large files"); 0: never.
+  std::uint64_t range_split_bytes = 8u << 20;
   std::chrono::milliseconds connect_timeout{10'000};  ///< resolve, connect and TLS handshake
   std::chrono::milliseconds read_timeout{30'000};     ///< longest silence while reading or writing
   std::uint64_t max_bytes_per_second = 0;             ///< across the pool; 0: unlimited

@@ -120,5 +120,49 @@ TEST_F(LatencyTest, AMirrorSyncsThroughAHundredMillisecondLinkInFewRequests) {
   EXPECT_EQ(d_origin.terminate(5s), 0) << d_origin.log();
 }
 
+TEST_F(LatencyTest, ALargeFileComesInRangesThroughTheLink) {
+  // A 3 MiB package and a split threshold of 1 MiB (upstream.range_split_bytes): the file comes
+  // as 6 parts of 512 KiB over the pool, is verified whole and installed.
+  add_partition(model, "edge/testing/x86_64", 20, 11);
+  std::string big(3u << 20, '\0');
+  std::uint32_t x = 12345;
+  for (auto& c : big) {
+    x = x * 1664525u + 1013904223u;
+    c = static_cast<char>(x >> 24);
+  }
+  model["edge/testing/x86_64/big-1.0-r0.apk"] = FileSpec{big, kBaseMtime, 0644, false};
+  rebuild_index(model, "edge/testing/x86_64", 1'800'000'000);
+  materialize(model, source);
+  const std::uint16_t origin_port = free_port();
+  amend_config(origin,
+               {{"source", {{"dir", source.string()}, {"settle_seconds", 0}}},
+                {"listen", {{{"address", "127.0.0.1"}, {"port", origin_port}, {"tls", false}}}}});
+  Daemon d_origin(origin);
+  ASSERT_TRUE(converges(source, origin.tree(), 60s)) << d_origin.log();
+
+  LinkSim link(root.path(), origin_port, 50);
+  ASSERT_NE(link.port(), 0) << link.log();
+  Node mirror = make_mirror(root / "mirror", "mirror",
+                            "http://127.0.0.1:" + std::to_string(link.port()) + "/", {key.pub});
+  amend_config(mirror, {{"upstream", {{"range_split_bytes", 1u << 20}}}});
+  ASSERT_TRUE(Exited(mirror.once(), 0));
+  EXPECT_TRUE(TreeMatches(mirror.tree(), model));
+  const auto files = files_in(listing_of(model)).size();
+  const auto partitions = partitions_of(model).size();
+  auto stats = link.settled_stats();
+  ASSERT_EQ(stats.value("open", -1), 0) << stats.dump();
+  // Every file once, the big one as 6 parts (5 requests more); the snapshot, the parent's status
+  // and its pins document.
+  const int requests = stats.value("requests", 0);
+  EXPECT_GE(requests, static_cast<int>(files + partitions + 5)) << stats.dump();
+  EXPECT_LE(requests, static_cast<int>(files + partitions + 5 + 3)) << stats.dump();
+  // The file's bytes came once (parts do not overlap): the tree, plus heads and manifests.
+  std::uint64_t tree_bytes = 0;
+  for (const auto& [path, spec] : model) tree_bytes += spec.bytes.size();
+  EXPECT_LT(stats.value("bytes_down", std::uint64_t{0}), tree_bytes + (1u << 20)) << stats.dump();
+
+  EXPECT_EQ(d_origin.terminate(5s), 0) << d_origin.log();
+}
+
 }  // namespace
 }  // namespace tiersync::it

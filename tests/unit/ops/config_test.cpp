@@ -58,7 +58,7 @@ json tier1() {
     "state_dir": "/var/lib/tiersync",
     "upstream": {"url": "https://dl-master.example.org:8443/", "ca_file": "/etc/tiersync/ca.pem",
                  "connections": 16, "poll_seconds": 60, "max_bytes_per_second": 1000000,
-                 "min_bytes_per_second": 4096},
+                 "min_bytes_per_second": 4096, "range_split_bytes": 0},
     "trusted_keys": ["/etc/tiersync/origin.pub", "/etc/tiersync/origin2.pub"],
     "threshold": 2,
     "guard": {"max_delete_ratio": 0.2, "min_files": 10, "trust_upstream_approvals": false,
@@ -156,6 +156,7 @@ TEST(ParseConfig, Tier1) {
   EXPECT_EQ(c.upstream.poll_seconds, 60u);
   EXPECT_EQ(c.upstream.max_bytes_per_second, 1000000u);
   EXPECT_EQ(c.upstream.min_bytes_per_second, 4096u);
+  EXPECT_EQ(c.upstream.range_split_bytes, 0u);
   EXPECT_EQ(c.trusted_keys,
             (std::vector<fs::path>{"/etc/tiersync/origin.pub", "/etc/tiersync/origin2.pub"}));
   EXPECT_EQ(c.threshold, 2u);
@@ -183,6 +184,7 @@ TEST(ParseConfig, MirrorDefaults) {
   EXPECT_EQ(c.upstream.poll_seconds, 300u);
   EXPECT_EQ(c.upstream.max_bytes_per_second, 0u);
   EXPECT_EQ(c.upstream.min_bytes_per_second, 1024u);
+  EXPECT_EQ(c.upstream.range_split_bytes, 8u << 20);
   EXPECT_EQ(c.threshold, 1u);
   EXPECT_TRUE(c.listen.empty());  // a mirror may listen, need not
   EXPECT_EQ(c.control_socket, "/var/lib/tiersync/control.sock");
@@ -356,6 +358,7 @@ TEST(ParseConfigError, WrongType) {
       {"/upstream/url", 5},
       {"/upstream/connections", "8"},
       {"/upstream/connections", 8.5},
+      {"/upstream/range_split_bytes", "8MiB"},
       {"/upstream/poll_seconds", json::array()},
       {"/upstream/ca_file", 1},
       {"/threshold", 1.5},
