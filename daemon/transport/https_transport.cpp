@@ -224,13 +224,10 @@ struct Connection {
   unsigned served = 0;         ///< responses read whole on this connection
   std::uint64_t received = 0;  ///< bytes of answers read (heads and bodies): the rate estimate
 
-  /// Opened ahead of its first request (Impl::warm_up) and idle since.
-  bool warm = false;
-
   bool is_open() const { return tcp || tls; }
   /// A close before the next answer's first byte is a kept-alive connection the parent ended
-  /// (Outcome::kStale), not a failure: it answered before, or waited idle since it opened.
-  bool reused() const { return served > 0 || warm; }
+  /// (Outcome::kStale), not a failure: it answered before.
+  bool reused() const { return served > 0; }
   beast::tcp_stream& lowest() { return tls ? beast::get_lowest_layer(*tls) : *tcp; }
 
   void close() {
@@ -241,7 +238,6 @@ struct Connection {
     tcp.reset();
     buffer.clear();
     served = 0;
-    warm = false;
   }
 };
 
@@ -467,24 +463,12 @@ struct HttpsTransport::Impl {
     });
   }
 
-  /// One request on the first pooled connection; with `warm`, the pool's other connections are
-  /// opened meanwhile, so that the batch after it (the manifests and files after a snapshot)
-  /// pays no handshake round trip on its critical path.
-  Status fetch_one(Download& d, bool warm = false) {
+  /// One request on the first pooled connection.
+  Status fetch_one(Download& d) {
     Status result;
     spawn(fetch_into(pool.front(), d, result));
-    if (warm)
-      for (std::size_t i = 1; i < pool.size(); ++i)
-        if (!pool[i].is_open()) spawn(warm_up(pool[i]));
     run();
     return result;
-  }
-
-  /// Opens `c` ahead of its first request; a failure leaves it closed, for the batch to try
-  /// again and report.
-  net::awaitable<void> warm_up(Connection& c) {
-    const Outcome o = co_await connect(c);
-    if (o.kind == Outcome::kDone) c.warm = true;
   }
 
   net::awaitable<void> fetch_into(Connection& c, Download& d, Status& result) {
@@ -1319,7 +1303,9 @@ Result<std::string> HttpsTransport::fetch_snapshot() {
     impl_->snapshot_bytes = polled->second;
     return std::move(polled->second);
   }
-  if (auto st = impl_->fetch_one(d, /*warm=*/true); !st) return st.error();
+  // One connection: a no-op (most cycles of a cron mirror) costs the parent one handshake, not
+  // one per pooled connection; the batch after a changed snapshot opens the others.
+  if (auto st = impl_->fetch_one(d); !st) return st.error();
   if (d.status == 304) return impl_->snapshot_bytes;
   impl_->snapshot_etag = d.etag;
   impl_->snapshot_bytes = d.etag.empty() ? std::string() : body.bytes;
