@@ -553,6 +553,12 @@ class HttpsTransportTest : public testing::Test {
     o.retry_base_delay = 10ms;
     return o;
   }
+  /// Three connections, and files above 100,000 bytes in parts of 50,000.
+  TransportOptions ranged_options() {
+    TransportOptions o = options(3);
+    o.range_split_bytes = 100'000;
+    return o;
+  }
 
   std::unique_ptr<Transport> connect(const std::string& url, const TransportOptions& o) {
     auto t = make_transport(url, o);
@@ -1353,20 +1359,25 @@ TEST_F(HttpsTransportTest, AKeptAliveConnectionTheParentClosedIsNotAFailure) {
 
 // --- Large files in ranges (docs/protocol.md, "Large files") ------------------------------
 
-TEST_F(HttpsTransportTest, ALargeFileComesInRangesOverThePool) {
-  auto server = serve();
-  TransportOptions o = options(3);
-  o.range_split_bytes = 100'000;  // parts of 50,000 bytes
-  auto t = connect(server->url(), o);
-  ASSERT_TRUE(t);
-  std::string got;
+/// A batch of the test tree's big file, received into `got` from `offset` on.
+std::vector<FileRequest> big_file(std::string& got, std::uint64_t size, std::uint64_t offset = 0) {
   std::vector<FileRequest> batch(1);
   batch[0].path = "edge/main/x86_64/big.apk";
-  batch[0].max_bytes = big_.size();
-  batch[0].sink = [&got](const char* data, std::size_t size) {
-    got.append(data, size);
+  batch[0].max_bytes = size;
+  batch[0].offset = offset;
+  batch[0].sink = [&got](const char* data, std::size_t n) {
+    got.append(data, n);
     return Status{};
   };
+  return batch;
+}
+
+TEST_F(HttpsTransportTest, ALargeFileComesInRangesOverThePool) {
+  auto server = serve();
+  auto t = connect(server->url(), ranged_options());  // parts of 50,000 bytes
+  ASSERT_TRUE(t);
+  std::string got;
+  auto batch = big_file(got, big_.size());
   ASSERT_TRUE(t->fetch_files(batch)) << batch[0].result.message();
   EXPECT_TRUE(got == big_);  // in order, every byte in its place
   auto ranges = server->ranges();
@@ -1382,19 +1393,10 @@ TEST_F(HttpsTransportTest, ALargeFileComesInRangesOverThePool) {
 
 TEST_F(HttpsTransportTest, ALargeFileResumedAtAnOffsetAsksForTheRestInRanges) {
   auto server = serve();
-  TransportOptions o = options(3);
-  o.range_split_bytes = 100'000;
-  auto t = connect(server->url(), o);
+  auto t = connect(server->url(), ranged_options());
   ASSERT_TRUE(t);
   std::string got = big_.substr(0, 120'000);  // the sink holds these already
-  std::vector<FileRequest> batch(1);
-  batch[0].path = "edge/main/x86_64/big.apk";
-  batch[0].max_bytes = big_.size();
-  batch[0].offset = got.size();
-  batch[0].sink = [&got](const char* data, std::size_t size) {
-    got.append(data, size);
-    return Status{};
-  };
+  auto batch = big_file(got, big_.size(), got.size());
   ASSERT_TRUE(t->fetch_files(batch)) << batch[0].result.message();
   EXPECT_TRUE(got == big_);
   auto ranges = server->ranges();
@@ -1410,13 +1412,7 @@ TEST_F(HttpsTransportTest, ASmallFileIsNotSplit) {
   auto t = connect(server->url(), o);
   ASSERT_TRUE(t);
   std::string got;
-  std::vector<FileRequest> batch(1);
-  batch[0].path = "edge/main/x86_64/big.apk";
-  batch[0].max_bytes = big_.size();
-  batch[0].sink = [&got](const char* data, std::size_t size) {
-    got.append(data, size);
-    return Status{};
-  };
+  auto batch = big_file(got, big_.size());
   ASSERT_TRUE(t->fetch_files(batch));
   EXPECT_TRUE(got == big_);
   EXPECT_TRUE(server->ranges().empty());
@@ -1429,13 +1425,7 @@ void expect_whole_fetch_after_bad_ranges(TestServer& server, Transport& t,
                                          const std::string& content) {
   for (int round = 0; round < 2; ++round) {
     std::string got;
-    std::vector<FileRequest> batch(1);
-    batch[0].path = "edge/main/x86_64/big.apk";
-    batch[0].max_bytes = content.size();
-    batch[0].sink = [&got](const char* data, std::size_t size) {
-      got.append(data, size);
-      return Status{};
-    };
+    auto batch = big_file(got, content.size());
     batch[0].restart = [&got] {
       got.clear();
       return Status{};
@@ -1451,45 +1441,31 @@ void expect_whole_fetch_after_bad_ranges(TestServer& server, Transport& t,
 
 TEST_F(HttpsTransportTest, AParentIgnoringRangesGetsOneWholeFetch) {
   auto server = serve({.ignore_range = true});
-  TransportOptions o = options(3);
-  o.range_split_bytes = 100'000;
-  auto t = connect(server->url(), o);
+  auto t = connect(server->url(), ranged_options());
   ASSERT_TRUE(t);
   expect_whole_fetch_after_bad_ranges(*server, *t, big_);
 }
 
 TEST_F(HttpsTransportTest, AWrongContentRangeGetsOneWholeFetch) {
   auto server = serve({.shift_ranges = true});
-  TransportOptions o = options(3);
-  o.range_split_bytes = 100'000;
-  auto t = connect(server->url(), o);
+  auto t = connect(server->url(), ranged_options());
   ASSERT_TRUE(t);
   expect_whole_fetch_after_bad_ranges(*server, *t, big_);
 }
 
 TEST_F(HttpsTransportTest, AShortRangeGetsOneWholeFetch) {
   auto server = serve({.short_ranges = true});
-  TransportOptions o = options(3);
-  o.range_split_bytes = 100'000;
-  auto t = connect(server->url(), o);
+  auto t = connect(server->url(), ranged_options());
   ASSERT_TRUE(t);
   expect_whole_fetch_after_bad_ranges(*server, *t, big_);
 }
 
 TEST_F(HttpsTransportTest, ACutPartIsResumedWithinItsRange) {
   auto server = serve({.cut_responses = 1, .cut_after = 10'000});
-  TransportOptions o = options(3);
-  o.range_split_bytes = 100'000;
-  auto t = connect(server->url(), o);
+  auto t = connect(server->url(), ranged_options());
   ASSERT_TRUE(t);
   std::string got;
-  std::vector<FileRequest> batch(1);
-  batch[0].path = "edge/main/x86_64/big.apk";
-  batch[0].max_bytes = big_.size();
-  batch[0].sink = [&got](const char* data, std::size_t size) {
-    got.append(data, size);
-    return Status{};
-  };
+  auto batch = big_file(got, big_.size());
   ASSERT_TRUE(t->fetch_files(batch)) << batch[0].result.message();
   EXPECT_TRUE(got == big_);
   EXPECT_EQ(server->requests, 7);  // 6 parts, one of them asked again from where it was cut
