@@ -344,6 +344,10 @@ class Daemon {
   int run(const sigset_t& signals);
 
  private:
+  Status start_signals(const sigset_t& signal_set);
+  void start_control_socket();
+  Status start_threads();
+  Event next_event(std::deque<Event>& follow_ups, LoopClock::time_point deadline);
   Status start_server();
   void publish_view();
   void after_cycle();
@@ -549,7 +553,8 @@ void Daemon::shutdown() {
   signals_.reset();  // at once
 }
 
-int Daemon::run(const sigset_t& signal_set) {
+// SIGTERM and SIGINT stop the daemon, SIGHUP reloads it, SIGUSR1 starts a cycle.
+Status Daemon::start_signals(const sigset_t& signal_set) {
   raise_cycle_stop_.emplace(stop_.get_token(), [this] { cycle_stop_ = true; });
   auto signals = SignalThread::start(signal_set, [this](int signo) {
     if (signo == SIGTERM || signo == SIGINT) {
@@ -565,38 +570,35 @@ int Daemon::run(const sigset_t& signal_set) {
       events_.push(EventKind::kSyncNow);
     }
   });
-  if (!signals) {
-    spdlog::error("{}", signals.message());
-    return kExitFailure;
-  }
+  if (!signals) return signals.error();
   signals_ = std::move(*signals);
+  return {};
+}
 
-  // The control socket: tiersyncctl sync-now, and approve, start a cycle at once.
-  {
-    std::error_code ec;
-    fs::create_directories(config_.control_socket.parent_path(), ec);
-    auto control = ops::ControlSocket::start(
-        config_.control_socket,
-        [this](const std::string& command) {
-          if (command == "sync-now" || command == "approved") {
-            events_.push(EventKind::kSyncNow);
-            return std::string("ok: a cycle starts now");
-          }
-          return "error: unknown command \"" + command.substr(0, 64) + "\"";
-        },
-        stop_.get_token());
-    if (control) {
-      control_ = std::move(*control);
-    } else {
-      spdlog::error("{}; sync-now will not reach this daemon", control.message());
-    }
+// The control socket: tiersyncctl sync-now, and approve, start a cycle at once.
+void Daemon::start_control_socket() {
+  std::error_code ec;
+  fs::create_directories(config_.control_socket.parent_path(), ec);
+  auto control = ops::ControlSocket::start(
+      config_.control_socket,
+      [this](const std::string& command) {
+        if (command == "sync-now" || command == "approved") {
+          events_.push(EventKind::kSyncNow);
+          return std::string("ok: a cycle starts now");
+        }
+        return "error: unknown command \"" + command.substr(0, 64) + "\"";
+      },
+      stop_.get_token());
+  if (control) {
+    control_ = std::move(*control);
+  } else {
+    spdlog::error("{}; sync-now will not reach this daemon", control.message());
   }
-  spdlog::info("tiersyncd started: role={} name={} tree={}", ops::role_name(config_.role),
-               config_.name, config_.tree.string());
-  if (auto st = start_server(); !st) {
-    spdlog::error("{}", st.message());
-    return kExitFailure;
-  }
+}
+
+// The server, the source's watcher, the scrubber; then READY=1 and the watchdog.
+Status Daemon::start_threads() {
+  if (auto st = start_server(); !st) return st;
   long_poll_ = wants_long_poll();
   start_watcher();
   scrubber_ = start_scrubber(config_);  // docs/architecture.md: a reload does not change it
@@ -605,26 +607,47 @@ int Daemon::run(const sigset_t& signal_set) {
   ops::notify_systemd("READY=1\nSTATUS=serial " + std::to_string(applied_serial(config_)));
   if (const auto interval = ops::watchdog_interval(); interval.count() > 0)
     watchdog_ = std::make_unique<Watchdog>(interval, cycle_running_, stop_.get_token());
+  return {};
+}
+
+// The loop's next event: a stop, a follow-up of the last step, or what the queue brings by the
+// deadline decide() set (a timer at tier0 also looks at the source).
+Event Daemon::next_event(std::deque<Event>& follow_ups, LoopClock::time_point deadline) {
+  if (stop_.stop_requested()) return {EventKind::kStop, LoopClock::now()};
+  if (!follow_ups.empty()) {
+    Event event = follow_ups.front();
+    follow_ups.pop_front();
+    return event;
+  }
+  Event event;
+  event.kind = events_.wait_until(deadline).value_or(EventKind::kTimer);
+  event.now = LoopClock::now();
+  if (event.kind == EventKind::kTimer && loop_.policy.tier0 && look_at_source(event.now)) {
+    spdlog::info("source changed: publishing once it has been quiet for {} s",
+                 config_.settle_seconds);
+    follow_ups.push_back({EventKind::kSourceChanged, event.now});
+  }
+  return event;
+}
+
+int Daemon::run(const sigset_t& signal_set) {
+  if (auto st = start_signals(signal_set); !st) {
+    spdlog::error("{}", st.message());
+    return kExitFailure;
+  }
+  start_control_socket();
+  spdlog::info("tiersyncd started: role={} name={} tree={}", ops::role_name(config_.role),
+               config_.name, config_.tree.string());
+  if (auto st = start_threads(); !st) {
+    spdlog::error("{}", st.message());
+    return kExitFailure;
+  }
 
   loop_.policy = policy_of(config_);
   std::deque<Event> follow_ups{{EventKind::kStarted, LoopClock::now()}};
   auto deadline = LoopClock::now();
   while (true) {  // ends at kStop; each turn waits for an event or the deadline decide() set
-    Event event;
-    if (stop_.stop_requested()) {
-      event = {EventKind::kStop, LoopClock::now()};
-    } else if (!follow_ups.empty()) {
-      event = follow_ups.front();
-      follow_ups.pop_front();
-    } else {
-      event.kind = events_.wait_until(deadline).value_or(EventKind::kTimer);
-      event.now = LoopClock::now();
-      if (event.kind == EventKind::kTimer && loop_.policy.tier0 && look_at_source(event.now)) {
-        spdlog::info("source changed: publishing once it has been quiet for {} s",
-                     config_.settle_seconds);
-        follow_ups.push_back({EventKind::kSourceChanged, event.now});
-      }
-    }
+    const Event event = next_event(follow_ups, deadline);
     const Step step = decide(loop_, event);
     loop_ = step.state;
     switch (step.action) {
