@@ -73,14 +73,12 @@ class LatencyTest : public OriginTest {};
 TEST_F(LatencyTest, AMirrorSyncsThroughAHundredMillisecondLinkInFewRequests) {
   add_partition(model, "edge/testing/x86_64", 300, 7);  // many small files: pipelining matters
   materialize(model, source);
-  const std::uint16_t origin_port = free_port();
-  amend_config(origin,
-               {{"source", {{"dir", source.string()}, {"settle_seconds", 0}}},
-                {"listen", {{{"address", "127.0.0.1"}, {"port", origin_port}, {"tls", false}}}}});
+  amend_config(origin, {{"source", {{"dir", source.string()}, {"settle_seconds", 0}}},
+                        {"listen", loopback_listen()}});
   Daemon d_origin(origin);
   ASSERT_TRUE(converges(source, origin.tree(), 60s)) << d_origin.log();
 
-  LinkSim link(root.path(), origin_port, 50);
+  LinkSim link(root.path(), d_origin.port(), 50);
   ASSERT_NE(link.port(), 0) << link.log();
   Node mirror = make_mirror(root / "mirror", "mirror",
                             "http://127.0.0.1:" + std::to_string(link.port()) + "/", {key.pub});
@@ -133,14 +131,12 @@ TEST_F(LatencyTest, ALargeFileComesInRangesThroughTheLink) {
   model["edge/testing/x86_64/big-1.0-r0.apk"] = FileSpec{big, kBaseMtime, 0644, false};
   rebuild_index(model, "edge/testing/x86_64", 1'800'000'000);
   materialize(model, source);
-  const std::uint16_t origin_port = free_port();
-  amend_config(origin,
-               {{"source", {{"dir", source.string()}, {"settle_seconds", 0}}},
-                {"listen", {{{"address", "127.0.0.1"}, {"port", origin_port}, {"tls", false}}}}});
+  amend_config(origin, {{"source", {{"dir", source.string()}, {"settle_seconds", 0}}},
+                        {"listen", loopback_listen()}});
   Daemon d_origin(origin);
   ASSERT_TRUE(converges(source, origin.tree(), 60s)) << d_origin.log();
 
-  LinkSim link(root.path(), origin_port, 50);
+  LinkSim link(root.path(), d_origin.port(), 50);
   ASSERT_NE(link.port(), 0) << link.log();
   Node mirror = make_mirror(root / "mirror", "mirror",
                             "http://127.0.0.1:" + std::to_string(link.port()) + "/", {key.pub});
