@@ -330,17 +330,17 @@ TEST_F(BehaviourTest, Tier0RescansAfterAnInotifyQueueOverflow) {
 // takes for a parent that does not hold polls, and asks again only after its poll period.
 
 TEST_F(BehaviourTest, TheLongPollBacksOffFromAFailingParentAndResetsOnSuccess) {
-  const std::uint16_t port = free_port();
+  // The parent binds port 0 (it reports the port it got), and comes back on that same port.
   amend_config(origin, {{"source", {{"dir", source.string()}, {"settle_seconds", 0}}},
-                        {"listen", {{{"address", "127.0.0.1"}, {"port", port}, {"tls", false}}}}});
+                        {"listen", loopback_listen()}});
   ASSERT_TRUE(Exited(origin.once(), 0));
+  auto d_origin = std::make_unique<Daemon>(origin, "origin-1.log");
+  const std::uint16_t port = d_origin->port();
+  amend_config(origin, {{"listen", {{{"address", "127.0.0.1"}, {"port", port}, {"tls", false}}}}});
   Node mirror = make_mirror(root / "mirror", "mirror",
                             "http://127.0.0.1:" + std::to_string(port) + "/", {key.pub});
   // Cycles an hour apart (the poll itself waits at most 300 s): only the long poll brings news.
   amend_config(mirror, {{"upstream", {{"poll_seconds", 3600}}}});
-
-  auto d_origin = std::make_unique<Daemon>(origin, "origin-1.log");
-  ASSERT_TRUE(d_origin->wait_for_log("tiersyncd started", 30s)) << d_origin->log();
   Daemon d_mirror(mirror);
   ASSERT_TRUE(converges(source, mirror.tree(), 60s)) << d_mirror.log();
 

@@ -826,24 +826,6 @@ void amend_config(const Node& node, const json& extra) {
   std::ofstream(node.config()) << config.dump(2);
 }
 
-std::vector<std::uint16_t> free_ports(int n) {
-  std::vector<int> fds;
-  std::vector<std::uint16_t> ports;
-  for (int i = 0; i < n; ++i) {
-    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof addr;
-    EXPECT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
-    EXPECT_EQ(::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
-    fds.push_back(fd);
-    ports.push_back(ntohs(addr.sin_port));
-  }
-  for (int fd : fds) ::close(fd);
-  return ports;
-}
-
 json loopback_listen(const fs::path& cert, const fs::path& key) {
   json entry = {{"address", "127.0.0.1"}, {"port", 0}};
   if (cert.empty()) {

@@ -254,15 +254,6 @@ Node make_mirror(const fs::path& home, const std::string& name, const std::strin
 /// Adds (merges) keys into a node's config file.
 void amend_config(const Node& node, const json& extra);
 
-/// `n` distinct free ports on 127.0.0.1: the kernel's picks, all held until every one is chosen,
-/// then released. Racy for a daemon (another process may bind a port in between): start
-/// tiersyncd on port 0 (loopback_listen) and read Daemon::port() instead. Kept for helpers that
-/// are not tiersyncd.
-std::vector<std::uint16_t> free_ports(int n);
-inline std::uint16_t free_port() {
-  return free_ports(1)[0];
-}
-
 /// A `listen` array of one entry on 127.0.0.1, port 0: tiersyncd binds a port the kernel picks
 /// and reports it (Daemon::port()). Plain HTTP, or HTTPS with `cert` and `key`.
 json loopback_listen(const fs::path& cert = {}, const fs::path& key = {});
