@@ -288,8 +288,8 @@ void parse_relay(Reader& r, Config& c) {
 constexpr std::string_view kNoUpstream = " (it has no upstream)";
 
 // One entry of `guard.partitions`: limits for the partitions matching `pattern`.
-sync::PartitionPolicy parse_partition(Reader& p, const std::string& pattern) {
-  sync::PartitionPolicy out;
+base::PartitionPolicy parse_partition(Reader& p, const std::string& pattern) {
+  base::PartitionPolicy out;
   out.pattern = pattern;
   if (p.present("max_delete_ratio")) p.ratio("max_delete_ratio", out.max_delete_ratio.emplace());
   if (p.present("max_bytes_loss_ratio"))
@@ -305,8 +305,8 @@ sync::PartitionPolicy parse_partition(Reader& p, const std::string& pattern) {
 }
 
 // `guard.partitions`: an object of glob -> limits.
-std::vector<sync::PartitionPolicy> parse_partitions(Reader& g) {
-  std::vector<sync::PartitionPolicy> out;
+std::vector<base::PartitionPolicy> parse_partitions(Reader& g) {
+  std::vector<base::PartitionPolicy> out;
   const json* parts = g.get("partitions");
   if (!parts) return out;
   if (!parts->is_object()) {
@@ -328,10 +328,10 @@ std::vector<sync::PartitionPolicy> parse_partitions(Reader& g) {
 
 // `guard` (docs/guard.md): the node's limits, then one entry per partition glob. Keys that only
 // a relay can use are refused at tier0, which has no parent.
-sync::GuardPolicy parse_guard(Reader& g) {
+base::GuardPolicy parse_guard(Reader& g) {
   constexpr std::int64_t kMaxCount = std::numeric_limits<std::int64_t>::max();
   constexpr std::int64_t kYearHours = 24 * 365;
-  sync::GuardPolicy out;
+  base::GuardPolicy out;
   g.ratio("max_delete_ratio", out.max_delete_ratio);
   g.ratio("max_bytes_loss_ratio", out.max_bytes_loss_ratio);
   g.integer("min_files", out.min_files, 0, kMaxCount);

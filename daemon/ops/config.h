@@ -10,7 +10,7 @@
 #include <string_view>
 #include <vector>
 
-#include "daemon/sync/guard.h"
+#include "daemon/base/guard_policy.h"
 #include "proto/keys.h"
 #include "proto/result.h"
 
@@ -83,7 +83,7 @@ struct Config {
   std::vector<fs::path> trusted_keys;
   unsigned threshold = 1;
 
-  sync::GuardPolicy guard;
+  base::GuardPolicy guard;
   ScrubConfig scrub;
   std::vector<ListenConfig> listen;
   ServeConfig serve;

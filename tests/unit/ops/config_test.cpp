@@ -827,7 +827,7 @@ TEST_F(CheckResourcesTest, LoadConfigReadsTheFile) {
 
 TEST(ParseConfig, GuardDefaults) {
   for (const json& doc : {mirror(), minimal_tier0()}) {
-    const sync::GuardPolicy g = parse(doc).guard;
+    const base::GuardPolicy g = parse(doc).guard;
     EXPECT_DOUBLE_EQ(g.max_delete_ratio, 0.2);
     EXPECT_DOUBLE_EQ(g.max_bytes_loss_ratio, 0.5);
     EXPECT_EQ(g.min_files, 10u);
@@ -851,7 +851,7 @@ TEST(ParseConfig, GuardKeys) {
       "edge/testing/*": {"max_bytes_loss_ratio": 0.9, "trust_upstream_approvals": true},
       "edge/main/*": {"max_delete_ratio": 0.1, "min_files": 100}
     }})");
-  const sync::GuardPolicy g = parse(doc).guard;
+  const base::GuardPolicy g = parse(doc).guard;
   EXPECT_DOUBLE_EQ(g.max_delete_ratio, 0.3);
   EXPECT_DOUBLE_EQ(g.max_bytes_loss_ratio, 0.4);
   EXPECT_EQ(g.min_files, 7u);
@@ -889,7 +889,7 @@ TEST(ParseConfig, GuardBoundsAreInclusive) {
   };
   for (const auto& [key, value] : bounds) {
     doc["guard"] = {{key, value}};
-    const sync::GuardPolicy g = parse(doc).guard;
+    const base::GuardPolicy g = parse(doc).guard;
     const std::uint64_t got = key == "window_hours"        ? g.window_hours
                               : key == "approval_hours"    ? g.approval_hours
                               : key == "small_max_deletes" ? g.small_max_deletes
@@ -899,7 +899,7 @@ TEST(ParseConfig, GuardBoundsAreInclusive) {
   for (double ratio : {0.0, 1.0}) {
     doc["guard"] = {{"max_bytes_loss_ratio", ratio},
                     {"partitions", {{"edge/*/*", {{"max_bytes_loss_ratio", ratio}}}}}};
-    const sync::GuardPolicy g = parse(doc).guard;
+    const base::GuardPolicy g = parse(doc).guard;
     EXPECT_DOUBLE_EQ(g.max_bytes_loss_ratio, ratio);
     EXPECT_EQ(g.partitions.at(0).max_bytes_loss_ratio, ratio);
   }
@@ -980,7 +980,7 @@ TEST(ParseConfigError, RelayGuardKeysAtTier0) {
   doc["guard"] = json::parse(R"({"window_hours": 12, "approval_hours": 6,
       "max_bytes_loss_ratio": 0.3, "small_max_deletes": 1, "root_max_changes": 2,
       "partitions": {"edge/main/*": {"max_bytes_loss_ratio": 0.1}}})");
-  const sync::GuardPolicy g = parse(doc).guard;
+  const base::GuardPolicy g = parse(doc).guard;
   EXPECT_EQ(g.window_hours, 12u);
   EXPECT_EQ(g.approval_hours, 6u);
   EXPECT_EQ(g.root_max_changes, 2u);

@@ -123,7 +123,10 @@ class Publisher {
 
 }  // namespace
 
-// For EXPECT_EQ on limits (guard.h gives Limits no comparison).
+}  // namespace tiersync::sync
+
+// For EXPECT_EQ on limits (base/guard_policy.h gives Limits no comparison), found by ADL.
+namespace tiersync::base {
 bool operator==(const Limits& a, const Limits& b) {
   return a.max_delete_ratio == b.max_delete_ratio &&
          a.max_bytes_loss_ratio == b.max_bytes_loss_ratio && a.min_files == b.min_files &&
@@ -133,7 +136,9 @@ void PrintTo(const Limits& l, std::ostream* os) {
   *os << "{" << l.max_delete_ratio << ", " << l.max_bytes_loss_ratio << ", " << l.min_files << ", "
       << l.trust_upstream_approvals << "}";
 }
+}  // namespace tiersync::base
 
+namespace tiersync::sync {
 namespace {
 
 // --- the policy ----------------------------------------------------------------------------------
