@@ -492,9 +492,12 @@ struct HttpsTransport::Impl {
   };
 
   /// Whether `r` goes in ranges over the pool: larger than upstream.range_split_bytes, a pool
-  /// of several connections, and a parent that has not mishandled a range.
+  /// of several connections, no rate limit (the pool shares it: parts in parallel would only
+  /// arrive together at the end, held in memory, and a stop would lose them), and a parent that
+  /// has not mishandled a range.
   bool split(const FileRequest& r) const {
     return options.range_split_bytes > 0 && pool.size() > 1 && !ranges_refused &&
+           options.max_bytes_per_second == 0 &&
            r.max_bytes > r.offset && r.max_bytes - r.offset > options.range_split_bytes;
   }
 
