@@ -14,11 +14,14 @@
 #include <cstring>
 #include <deque>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <stop_token>
 #include <thread>
+#include <utility>
 
 #include "daemon/node/loop.h"
 #include "daemon/node/node.h"
@@ -33,6 +36,7 @@
 #include "daemon/sync/state.h"
 #include "daemon/transport/transport.h"
 #include "proto/dsse.h"
+#include "proto/path.h"
 #include "proto/snapshot.h"
 
 namespace tiersync::node {
@@ -310,13 +314,18 @@ class Watchdog {
 
 // ---------------------------------------------------------------------------------------------
 
-// The source's fingerprint: any upload, rename or removal changes it ("" if it cannot be read),
-// and so does `.tiersync-busy` appearing or going (the scan leaves the marker out): a builder's
-// finished upload is published once it has settled, not at the next minute's check.
-std::string source_fingerprint(const ops::Config& config) {
-  auto scan = sync::scan_tree(config.source_dir, /*sorted=*/false);
-  const bool busy = ::access((config.source_dir / ".tiersync-busy").c_str(), F_OK) == 0;
-  return scan ? sync::scan_fingerprint(*scan, busy ? "busy" : "") : std::string();
+// Each partition's fingerprint (docs/architecture.md, "Incremental publish"): any upload,
+// rename or removal changes its partition's ({} if the source cannot be read), and
+// `.tiersync-busy` appearing or going (the scan leaves the marker out) shows as a change too: a
+// builder's finished upload is published once it has settled, not at the next minute's check.
+std::map<std::string, std::string> source_prints(const ops::Config& config) {
+  auto depth = proto::layout_depth(config.layout);
+  if (!depth) return {};
+  auto prints = sync::partition_prints(config.source_dir, *depth);
+  if (!prints) return {};
+  if (::access((config.source_dir / ".tiersync-busy").c_str(), F_OK) == 0)
+    (*prints)[".tiersync-busy"] = "busy";
+  return std::move(*prints);
 }
 
 std::uint64_t applied_serial(const ops::Config& config) {
@@ -375,7 +384,8 @@ class Daemon {
   std::unique_ptr<serve::Server> server_;
   std::shared_ptr<const serve::ServedView> view_;
   std::unique_ptr<SourceWatcher> watcher_;  // tier0
-  std::string last_print_;                  // tier0: the source's fingerprint at the last scan
+  SourceChanges source_changes_;            // tier0: what the next publish looks at
+  std::optional<std::map<std::string, std::string>> last_prints_;  // tier0: at the last scan
   LoopClock::time_point last_scan_{};
   bool long_poll_ = false;
 
@@ -466,15 +476,17 @@ void Daemon::after_cycle() {
 void Daemon::run_cycle(std::deque<Event>& follow_ups) {
   cycle_running_ = true;
   if (config_.role == ops::Role::kTier0) {
-    const bool watched = watcher_ && watcher_->available();
-    if (watched) rescan(LoopClock::now());  // the source as published, to compare afterwards
-    publish_once(config_, &cycle_stop_);
-    if (watched) {
-      // Events that arrived during the publish are dropped, and a scan tells whether a builder
-      // changed anything meanwhile.
-      watcher_->changed();
-      const auto now = LoopClock::now();
-      if (rescan(now)) follow_ups.push_back({EventKind::kSourceChanged, now});
+    // Only what changed is rescanned (docs/architecture.md, "Incremental publish"); what the
+    // publish did not look at (a busy source, a failure) waits for the next one.
+    if (watcher_) watcher_->changed();
+    if (watcher_) source_changes_.merge(watcher_->take());
+    SourceChanges changes = std::exchange(source_changes_, {});
+    publish_once(config_, &cycle_stop_, &changes);
+    source_changes_.merge(std::move(changes));
+    // What a builder changed during the publish is published next.
+    if (watcher_ && watcher_->changed()) {
+      source_changes_.merge(watcher_->take());
+      follow_ups.push_back({EventKind::kSourceChanged, LoopClock::now()});
     }
   } else {
     sync_once(config_, &cycle_stop_, &upstream_);
@@ -483,30 +495,54 @@ void Daemon::run_cycle(std::deque<Event>& follow_ups) {
   after_cycle();
 }
 
-// tier0 learns of uploads from inotify, with a full fingerprint scan once a minute as a safety
-// net (a lost event, a file system inotify does not see, such as NFS); without inotify it scans
-// every second.
+// tier0 learns of uploads from inotify, with a fingerprint scan once a minute as a safety net (a
+// lost event, a file system inotify does not see, such as NFS); without inotify it scans every
+// second. The first publish after a start or a reload walks the whole source.
 void Daemon::start_watcher() {
   watcher_.reset();
+  source_changes_ = {};
+  last_prints_.reset();
   if (config_.role != ops::Role::kTier0) return;
-  watcher_ = std::make_unique<SourceWatcher>(config_.source_dir);
-  if (!watcher_->available())
+  source_changes_.all = true;
+  auto depth = proto::layout_depth(config_.layout);
+  watcher_ = std::make_unique<SourceWatcher>(config_.source_dir, depth ? *depth : 1);
+  if (!watcher_->available()) {
     spdlog::warn("{}; looking at the source by scanning it every second", watcher_->why());
+    watcher_.reset();
+  }
 }
 
+// The partitions whose fingerprint changed since the last scan are published next. The first
+// scan counts as a change of everything: what changed before it (before the watches were set,
+// or after the first publish's walk) is published by a full walk, a quick no-op when nothing
+// did (the source's fingerprint in state_dir).
 bool Daemon::rescan(LoopClock::time_point now) {
-  std::string print = source_fingerprint(config_);
+  auto prints = source_prints(config_);
   last_scan_ = now;
-  if (print == last_print_) return false;
-  last_print_ = std::move(print);
-  return true;
+  bool changed = !last_prints_;
+  if (changed) source_changes_.all = true;
+  if (last_prints_) {
+    std::set<std::string> names;
+    for (const auto& [name, print] : prints) names.insert(name);
+    for (const auto& [name, print] : *last_prints_) names.insert(name);
+    for (const auto& name : names) {
+      auto a = prints.find(name);
+      auto b = last_prints_->find(name);
+      if (a != prints.end() && b != last_prints_->end() && a->second == b->second) continue;
+      changed = true;
+      if (name != ".tiersync-busy") source_changes_.paths.insert(name);
+    }
+    if (prints.empty()) source_changes_.all = changed = true;  // unreadable: the publish says why
+  }
+  last_prints_ = std::move(prints);
+  return changed;
 }
 
 bool Daemon::look_at_source(LoopClock::time_point now) {
   constexpr auto kSafetyScan = 60s;
-  const bool watched = watcher_ && watcher_->available();
-  bool changed = watched && watcher_->changed();
-  if (!watched || now - last_scan_ >= kSafetyScan) changed = rescan(now) || changed;
+  const bool changed = watcher_ && watcher_->changed();
+  if (watcher_ && changed) source_changes_.merge(watcher_->take());
+  if (!watcher_ || now - last_scan_ >= kSafetyScan) return rescan(now) || changed;
   return changed;
 }
 

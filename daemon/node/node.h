@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -40,9 +41,28 @@ struct CycleOutcome {
   std::string message;
 };
 
+/// What changed in tier0's source folder since a publish last looked (docs/architecture.md,
+/// "Incremental publish"): everything, or the paths the watcher named, each cut to at most one
+/// component more than the layout's segments.
+struct SourceChanges {
+  bool all = false;
+  std::set<std::string> paths;
+
+  bool empty() const { return !all && paths.empty(); }
+  void merge(SourceChanges other) {
+    all = all || other.all;
+    paths.merge(other.paths);
+  }
+};
+
 /// tier0: scan the source, guard each partition, publish and sign. `stop` (SIGTERM) cuts the
-/// staging of new files short; see sync::Applier::set_stop_flag.
-CycleOutcome publish_once(const ops::Config& config, const std::atomic<bool>* stop = nullptr);
+/// staging of new files short; see sync::Applier::set_stop_flag. Without `changes` (or with
+/// `all`, or when there is no published snapshot or the layout changed) the whole source is
+/// walked; with them only the root partition, the partitions they name and the held ones are
+/// rescanned, and the others keep their published manifests unread. `changes` is emptied once
+/// the publish has looked at them; a busy source or a failure leaves them for the next cycle.
+CycleOutcome publish_once(const ops::Config& config, const std::atomic<bool>* stop = nullptr,
+                          SourceChanges* changes = nullptr);
 
 /// Relay: one sync cycle from the parent; `stop` as for publish_once.
 /// With `keep`, the transport to the parent outlives the cycle (the daemon's loop): its

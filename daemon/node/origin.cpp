@@ -238,6 +238,11 @@ class SourcePrint {
     if (auto st = sync::write_file_atomic(file_, print_, 0644, false); !st)
       spdlog::warn("cannot record the source's fingerprint: {}", st.message());
   }
+  /// An incremental publish cannot vouch for the whole source: the next full walk computes.
+  static void discard(const sync::StateStore& state) {
+    sync::crash_point();
+    ::unlink((state.state_dir() / "source.print").c_str());
+  }
 
  private:
   fs::path file_;
@@ -252,18 +257,29 @@ struct Candidate {
   sync::HashCache cache;  // forgets what the fetcher finds rewritten in place
 };
 
+// The partitions a publish looked at: every one (nullptr), or an incremental publish's.
+using Scope = const std::set<std::string>*;
+
+void save_hash_cache(const sync::HashCache& cache, const sync::StateStore& state, std::size_t depth,
+                     Scope scope) {
+  if (auto st = cache.save_partitions(state.hash_cache_dir(), depth, scope); !st)
+    spdlog::warn("cannot save the hash cache: {}", st.message());
+}
+
 Result<Candidate> build_candidate(const ops::Config& config, std::size_t depth,
                                   const sync::StateStore& state,
-                                  const std::vector<sync::ScannedFile>& files) {
+                                  const std::vector<sync::ScannedFile>& files, Scope scope) {
+  sync::HashCache::migrate_single_file(state.hash_cache_path(), state.hash_cache_dir(), depth);
   std::string cache_warning;
-  Candidate c{{}, {}, sync::HashCache::load(state.hash_cache_path(), &cache_warning)};
+  Candidate c{
+      {},
+      {},
+      sync::HashCache::load_partitions(state.hash_cache_dir(), depth, scope, &cache_warning)};
   if (!cache_warning.empty()) spdlog::warn("{}", cache_warning);
   auto manifests = build_manifests(config, depth, files, c.cache);
   if (!manifests) return manifests.error();
   c.manifests = std::move(*manifests);
-  if (c.cache.needs_save())
-    if (auto st = c.cache.save(state.hash_cache_path()); !st)
-      spdlog::warn("cannot save the hash cache: {}", st.message());
+  if (c.cache.needs_save()) save_hash_cache(c.cache, state, depth, scope);
   for (const auto& [name, m] : c.manifests) {
     std::string bytes = proto::encode_manifest(*m);
     c.encoded[name] = {proto::sha256(bytes), std::move(bytes)};
@@ -271,8 +287,19 @@ Result<Candidate> build_candidate(const ops::Config& config, std::size_t depth,
   return c;
 }
 
-// Whether the candidate differs from the published snapshot, partition by partition.
-bool differs(const proto::Snapshot& prev, const Encoded& encoded, bool layout_changed) {
+// Whether the candidate differs from the published snapshot, partition by partition (those of
+// `scope` only: the others were not looked at).
+bool differs(const proto::Snapshot& prev, const Encoded& encoded, bool layout_changed,
+             Scope scope) {
+  if (scope) {
+    for (const auto& name : *scope) {
+      auto it = encoded.find(name);
+      auto ref = prev.partitions.find(name);
+      if ((it == encoded.end()) != (ref == prev.partitions.end())) return true;
+      if (it != encoded.end() && it->second.first != ref->second.manifest) return true;
+    }
+    return false;
+  }
   bool differs = layout_changed || prev.partitions.size() != encoded.size();
   for (const auto& [name, ref] : prev.partitions) {
     auto it = encoded.find(name);
@@ -430,12 +457,27 @@ Status guard_partitions(GuardPass& g, const sync::StateStore& state, proto::Snap
   return {};
 }
 
+// A held partition kept beside a new root partition with an entry on its way (its folder, or one
+// above it, swapped for a symlink or a file): the mix cannot be published without hiding the held
+// files, so nothing of the candidate is, as at a relay (docs/guard.md, "Where it runs and what a
+// hold does").
+bool held_mix_conflicts(const GuardPass& g, const proto::Snapshot& next) {
+  if (g.held.empty()) return false;
+  auto root = g.next_manifests.find(std::string(proto::kRootPartition));
+  if (root == g.next_manifests.end()) return false;
+  const sync::ManifestSet root_set{{root->first, root->second}};
+  auto st = check_partitions_disjoint(next, root_set);
+  if (!st)
+    spdlog::warn("holding the whole candidate: {}, and that partition is held", st.message());
+  return !st;
+}
+
 // The window's baseline learns what was published; an approved change is the new baseline.
 void learn_published(GuardPass& g, const sync::ApplyRequest& req, const sync::StateStore& state) {
   for (const auto& [name, ref] : req.candidate.partitions) {
     auto m = req.candidate_manifests.find(name);
-    const sync::PartitionSize size =
-        sync::measure(m == req.candidate_manifests.end() ? nullptr : m->second.get());
+    if (m == req.candidate_manifests.end()) continue;  // not looked at: an incremental publish
+    const sync::PartitionSize size = sync::measure(m->second.get());
     if (g.approved_now.count(name) || g.layout_changed)
       g.history.reset(name, size, g.now);
     else
@@ -451,8 +493,8 @@ void learn_published(GuardPass& g, const sync::ApplyRequest& req, const sync::St
 CycleOutcome sign_and_apply(Cycle& cycle, GuardPass& g, Candidate& candidate,
                             const std::vector<proto::PrivateKey>& keys,
                             const std::vector<sync::ScannedFile>& files, proto::Snapshot next,
-                            sync::ManifestSet applied_manifests, const SourcePrint& print,
-                            const std::atomic<bool>* stop) {
+                            sync::ManifestSet applied_manifests, const SourcePrint* print,
+                            Scope scope, const std::atomic<bool>* stop) {
   auto& state = cycle.state();
   const std::string payload = proto::encode_snapshot(next);
   SourceFetcher fetcher(g.config.source_dir, files);
@@ -473,8 +515,7 @@ CycleOutcome sign_and_apply(Cycle& cycle, GuardPass& g, Candidate& candidate,
     // Rewritten in place with size and mtime kept: the cache gave a digest the bytes no longer
     // have. Forgotten, so the next cycle reads them and publishes what they are now.
     for (const auto& path : fetcher.mismatched()) candidate.cache.forget(path);
-    if (auto st = candidate.cache.save(state.hash_cache_path()); !st)
-      spdlog::warn("cannot save the hash cache: {}", st.message());
+    save_hash_cache(candidate.cache, state, g.depth, scope);
   }
   const std::uint64_t serial = req.candidate.serial;
   if (!stats)
@@ -484,7 +525,7 @@ CycleOutcome sign_and_apply(Cycle& cycle, GuardPass& g, Candidate& candidate,
   learn_published(g, req, state);
   cycle.consume_approvals(g.approved_now);
   if (g.held.empty()) {
-    print.remember();
+    if (print) print->remember();
     cycle.clear_held();
     return cycle.applied(serial, *stats, "published");
   }
@@ -501,9 +542,137 @@ Result<bool> finish_killed_publish(const ops::Config& config, sync::StateStore& 
   return recovering.recover();
 }
 
+// Step 2, what is looked at: the whole source (a full walk, with the fingerprint's fast no-op),
+// or, for an incremental publish, the root partition, the partitions the watcher named and the
+// held ones (docs/architecture.md, "Incremental publish").
+struct Looked {
+  sync::ScanResult scan;
+  std::optional<std::set<std::string>> partitions;  // incremental: the partitions looked at
+  std::optional<SourcePrint> print;                 // a full walk's
+  bool unchanged = false;  // a full walk found the source as it was last published
+  Scope scope() const { return partitions ? &*partitions : nullptr; }
+};
+
+Result<Looked> look_at_everything(const ops::Config& config, const sync::StateStore& state,
+                                  bool may_skip) {
+  auto scan = sync::scan_tree(config.source_dir, /*sorted=*/false);
+  if (!scan) return scan.error();
+  Looked out;
+  // The fast no-op: the source is exactly as it was when the published snapshot was made from
+  // it (and nothing was held then): no sorting, no hashing, no manifests.
+  out.print.emplace(config, state, *scan);
+  if (may_skip && out.print->unchanged()) {
+    out.unchanged = true;
+    return out;
+  }
+  out.print->forget();  // recorded again only once a cycle ends with the tree matching the source
+  sync::sort_scan(*scan);
+  out.scan = std::move(*scan);
+  return out;
+}
+
+Result<Looked> look_at_changes(const ops::Config& config, std::size_t depth,
+                               const sync::StateStore& state, const proto::Snapshot& published,
+                               const SourceChanges& changes) {
+  std::set<std::string> partitions{std::string(proto::kRootPartition)};
+  std::set<std::string> subtrees;  // folders above the partitions': all of their partitions
+  for (const auto& path : changes.paths) {
+    const std::size_t n = proto::path_depth(path);
+    if (n >= depth)
+      partitions.emplace(n == depth ? std::string_view(path) : proto::partition_of(path, depth));
+    else
+      subtrees.insert(path);
+  }
+  for (const auto& h : state.load_held().partitions) partitions.insert(h.hold.partition);
+  auto scan = sync::scan_partitions(config.source_dir, depth, partitions, subtrees);
+  if (!scan) return scan.error();
+  for (const auto& f : scan->files) partitions.emplace(proto::partition_of(f.path, depth));
+  for (const auto& [name, ref] : published.partitions)
+    for (const auto& sub : subtrees)
+      if (name.size() > sub.size() && name.starts_with(sub) && name[sub.size()] == '/')
+        partitions.insert(name);
+  std::string names;
+  for (const auto& name : partitions) names += (names.empty() ? "" : " ") + name;
+  spdlog::info("incremental publish: rescanning {} partitions ({} files): {}", partitions.size(),
+               scan->files.size(), names);
+  SourcePrint::discard(state);
+  Looked out;
+  out.scan = std::move(*scan);
+  out.partitions = std::move(partitions);
+  return out;
+}
+
+// The published manifests of the partitions looked at (all of them for a full walk).
+Result<sync::ManifestSet> load_published(const sync::StateStore& state,
+                                         const proto::Snapshot& published, Scope scope) {
+  if (!scope) return state.load_manifests(published);
+  proto::Snapshot looked_at = published;
+  std::erase_if(looked_at.partitions, [&](const auto& item) { return !scope->count(item.first); });
+  return state.load_manifests(looked_at);
+}
+
+// Steps 2 to 4, once the source is not busy.
+CycleOutcome publish_source(Cycle& cycle, const ops::Config& config, std::size_t depth,
+                            const std::vector<proto::PrivateKey>& keys,
+                            const SourceChanges* changes, const std::atomic<bool>* stop) {
+  auto& state = cycle.state();
+  auto loaded_applied = state.load_applied();
+  if (!loaded_applied) return cycle.fail(loaded_applied.message());
+  const sync::Applied* applied = *loaded_applied ? &**loaded_applied : nullptr;
+  const std::int64_t now = std::time(nullptr);
+  const std::int64_t ttl = static_cast<std::int64_t>(config.snapshot_ttl_hours) * 3600;
+  const bool resign = applied && resign_due(*applied, keys, now, ttl);
+  const bool layout_changed = applied && applied->snapshot.layout != config.layout;
+
+  auto looked = changes && !changes->all && applied && !layout_changed
+                    ? look_at_changes(config, depth, state, applied->snapshot, *changes)
+                    : look_at_everything(config, state, applied && !resign);
+  if (!looked) return cycle.fail("scanning source.dir: " + looked.message());
+  if (looked->unchanged) return cycle.noop(applied->snapshot.serial);
+  for (const auto& why : looked->scan.skipped) spdlog::warn("source: left out {}", why);
+  auto candidate = build_candidate(config, depth, state, looked->scan.files, looked->scope());
+  if (!candidate) return cycle.fail(candidate.message());
+
+  proto::Snapshot next;
+  next.origin = config.name;
+  next.layout = config.layout;
+  next.depth = depth;
+  next.serial = (applied ? applied->snapshot.serial : 0) + 1;
+  next.created = now;
+  next.expires = now + ttl;
+  sync::ManifestSet applied_manifests;
+  if (applied) {
+    next.approved_deletions = applied->snapshot.approved_deletions;
+    if (!differs(applied->snapshot, candidate->encoded, layout_changed, looked->scope()) &&
+        !resign) {
+      if (looked->print) looked->print->remember();
+      return cycle.noop(applied->snapshot.serial);
+    }
+    auto loaded = load_published(state, applied->snapshot, looked->scope());
+    if (!loaded) return cycle.fail("published state: " + loaded.message());
+    applied_manifests = std::move(*loaded);
+    // The partitions not looked at keep their published manifests, unread.
+    for (const auto& [name, ref] : applied->snapshot.partitions)
+      if (looked->scope() && !looked->scope()->count(name)) next.partitions[name] = ref;
+  }
+
+  GuardPass g(config, depth, now, applied, applied_manifests, *candidate, cycle);
+  if (auto st = guard_partitions(g, state, next); !st) return cycle.fail(st.message());
+  if (applied && (layout_changed ? !g.held.empty()
+                                 : (next.partitions == applied->snapshot.partitions && !resign) ||
+                                       held_mix_conflicts(g, next))) {
+    cycle.save_holds(g.held, next.serial);
+    return cycle.held_only(applied->snapshot.serial);
+  }
+  return sign_and_apply(cycle, g, *candidate, keys, looked->scan.files, std::move(next),
+                        std::move(applied_manifests), looked->print ? &*looked->print : nullptr,
+                        looked->scope(), stop);
+}
+
 }  // namespace
 
-CycleOutcome publish_once(const ops::Config& config, const std::atomic<bool>* stop) {
+CycleOutcome publish_once(const ops::Config& config, const std::atomic<bool>* stop,
+                          SourceChanges* changes) {
   Cycle cycle(config);
   if (auto st = cycle.open(); !st) return cycle.fail(st.message());
   auto& state = cycle.state();
@@ -519,55 +688,9 @@ CycleOutcome publish_once(const ops::Config& config, const std::atomic<bool>* st
     auto applied = state.load_applied();
     return cycle.noop(applied && *applied ? (*applied)->snapshot.serial : 0, false);
   }
-  auto loaded_applied = state.load_applied();
-  if (!loaded_applied) return cycle.fail(loaded_applied.message());
-  const sync::Applied* applied = *loaded_applied ? &**loaded_applied : nullptr;
-  const std::int64_t now = std::time(nullptr);
-  const std::int64_t ttl = static_cast<std::int64_t>(config.snapshot_ttl_hours) * 3600;
-  const bool resign = applied && resign_due(*applied, *keys, now, ttl);
-
-  auto scan = sync::scan_tree(config.source_dir, /*sorted=*/false);
-  if (!scan) return cycle.fail("scanning source.dir: " + scan.message());
-  // The fast no-op: the source is exactly as it was when the published snapshot was made from
-  // it (and nothing was held then): no sorting, no hashing, no manifests.
-  const SourcePrint print(config, state, *scan);
-  if (applied && !resign && print.unchanged()) return cycle.noop(applied->snapshot.serial);
-  print.forget();  // recorded again only once a cycle ends with the tree matching the source
-
-  sync::sort_scan(*scan);
-  for (const auto& why : scan->skipped) spdlog::warn("source: left out {}", why);
-  auto candidate = build_candidate(config, *depth, state, scan->files);
-  if (!candidate) return cycle.fail(candidate.message());
-
-  proto::Snapshot next;
-  next.origin = config.name;
-  next.layout = config.layout;
-  next.depth = *depth;
-  next.serial = (applied ? applied->snapshot.serial : 0) + 1;
-  next.created = now;
-  next.expires = now + ttl;
-  sync::ManifestSet applied_manifests;
-  const bool layout_changed = applied && applied->snapshot.layout != config.layout;
-  if (applied) {
-    next.approved_deletions = applied->snapshot.approved_deletions;
-    if (!differs(applied->snapshot, candidate->encoded, layout_changed) && !resign) {
-      print.remember();
-      return cycle.noop(applied->snapshot.serial);
-    }
-    auto loaded = state.load_manifests(applied->snapshot);
-    if (!loaded) return cycle.fail("published state: " + loaded.message());
-    applied_manifests = std::move(*loaded);
-  }
-
-  GuardPass g(config, *depth, now, applied, applied_manifests, *candidate, cycle);
-  if (auto st = guard_partitions(g, state, next); !st) return cycle.fail(st.message());
-  if (applied && (layout_changed ? !g.held.empty()
-                                 : next.partitions == applied->snapshot.partitions && !resign)) {
-    cycle.save_holds(g.held, next.serial);
-    return cycle.held_only(applied->snapshot.serial);
-  }
-  return sign_and_apply(cycle, g, *candidate, *keys, scan->files, std::move(next),
-                        std::move(applied_manifests), print, stop);
+  CycleOutcome out = publish_source(cycle, config, *depth, *keys, changes, stop);
+  if (changes && out.result != CycleResult::kFailed) *changes = {};
+  return out;
 }
 
 }  // namespace tiersync::node

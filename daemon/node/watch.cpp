@@ -7,7 +7,10 @@
 #include <cerrno>
 #include <cstring>
 #include <system_error>
+#include <utility>
 #include <vector>
+
+#include "proto/path.h"
 
 namespace tiersync::node {
 
@@ -23,7 +26,8 @@ constexpr std::uint32_t kMask = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED
 
 }  // namespace
 
-SourceWatcher::SourceWatcher(fs::path root) : root_(std::move(root)) {
+SourceWatcher::SourceWatcher(fs::path root, std::size_t depth)
+    : root_(std::move(root)), depth_(depth) {
   fd_ = ::inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
   if (fd_ < 0) {
     why_ = std::string("inotify: ") + std::strerror(errno);
@@ -61,7 +65,7 @@ bool SourceWatcher::watch_tree(const fs::path& dir) {
       }
       continue;  // gone already, or not a folder: its creation event covers it
     }
-    dirs_[wd] = d;
+    dirs_[wd] = d == root_ ? std::string() : d.lexically_relative(root_).string();
     std::error_code ec;
     for (fs::directory_iterator it(d, ec), end; !ec && it != end; it.increment(ec)) {
       std::error_code type_ec;
@@ -71,11 +75,40 @@ bool SourceWatcher::watch_tree(const fs::path& dir) {
   return true;
 }
 
+// A path below the root, cut to one component more than the layout's segments: enough to
+// tell a partition's content from the entries above it (docs/architecture.md, "Incremental
+// publish"). tiersync's own folder is never content.
+void SourceWatcher::note(const std::string& rel) {
+  constexpr std::size_t kMaxPaths = 65536;  // a storm of uploads: then everything is rescanned
+  if (seen_.all || rel.empty()) return;
+  const std::string_view top = std::string_view(rel).substr(0, rel.find('/'));
+  if (top == proto::kMetaDir) return;
+  std::size_t cut = std::string::npos;
+  for (std::size_t i = 0, from = 0; i <= depth_; ++i, from = cut + 1)
+    if ((cut = rel.find('/', from)) == std::string::npos) break;
+  seen_.paths.insert(cut == std::string::npos ? rel : rel.substr(0, cut));
+  if (seen_.paths.size() > kMaxPaths) {
+    seen_.paths.clear();
+    seen_.all = true;
+  }
+}
+
+void SourceWatcher::watch_again() {
+  for (const auto& [wd, path] : dirs_) ::inotify_rm_watch(fd_, wd);
+  dirs_.clear();
+  watch_tree(root_);
+}
+
+SourceChanges SourceWatcher::take() {
+  return std::exchange(seen_, {});
+}
+
 bool SourceWatcher::changed() {
   if (fd_ < 0) return false;
   bool any = false;
+  bool rewatch = false;
   alignas(inotify_event) char buf[64 * 1024];
-  while (true) {  // bounded: each read drains queued events; the queue is finite
+  while (fd_ >= 0) {  // bounded: each read drains queued events; the queue is finite
     const ssize_t n = ::read(fd_, buf, sizeof buf);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) break;  // EAGAIN: drained
@@ -89,10 +122,7 @@ bool SourceWatcher::changed() {
             "inotify: the event queue overflowed (fs.inotify.max_queued_events): watching {} "
             "again and scanning all of it",
             root_.string());
-        any = true;
-        for (const auto& [wd, path] : dirs_) ::inotify_rm_watch(fd_, wd);
-        dirs_.clear();
-        if (!watch_tree(root_)) return true;
+        any = rewatch = seen_.all = true;
         continue;
       }
       if (ev->mask & IN_IGNORED) {
@@ -100,12 +130,23 @@ bool SourceWatcher::changed() {
         continue;
       }
       any = true;
-      if ((ev->mask & IN_ISDIR) && (ev->mask & (IN_CREATE | IN_MOVED_TO)) && ev->len > 0) {
-        auto it = dirs_.find(ev->wd);
-        if (it != dirs_.end() && !watch_tree(it->second / ev->name)) return true;
+      auto it = dirs_.find(ev->wd);
+      if (it == dirs_.end()) continue;
+      const std::string& dir = it->second;
+      if (ev->len == 0) {  // the watched folder itself: its parent names it, unless it is root_
+        if (dir.empty() && (ev->mask & (IN_DELETE_SELF | IN_MOVE_SELF))) seen_.all = true;
+        continue;
       }
+      const std::string rel = dir.empty() ? std::string(ev->name) : dir + "/" + ev->name;
+      note(rel);
+      if (!(ev->mask & IN_ISDIR)) continue;
+      // A folder renamed leaves its watches (and those below it) with stale paths: watched
+      // again, and everything rescanned once.
+      if (ev->mask & (IN_MOVED_FROM | IN_MOVED_TO)) rewatch = seen_.all = true;
+      if ((ev->mask & IN_CREATE) && !watch_tree(root_ / rel)) return true;
     }
   }
+  if (rewatch && fd_ >= 0) watch_again();
   return any;
 }
 

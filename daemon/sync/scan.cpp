@@ -23,15 +23,33 @@ namespace tiersync::sync {
 
 namespace {
 
+// The lanes of scan_fingerprint(): summed over the files, so that the sum does not depend on
+// the order of the walk.
+struct Lanes {
+  std::uint64_t a = 0, b = 0, count = 0;
+  void add(const ScannedFile& f);
+  void add(const Lanes& o) {
+    a += o.a;
+    b += o.b;
+    count += o.count;
+  }
+  std::string text(std::string_view salt) const;
+};
+
 // Walks folders from a shared queue on a few threads: a no-op rescan is one lstat per file, and
-// on a tree of tens of thousands of files those calls are the whole cost.
+// on a tree of tens of thousands of files those calls are the whole cost. Starts at `starts`
+// (folders below the root, "" for the root itself); folders of `max_components` components
+// (0: no limit) are not entered. With `prints_depth`, keeps no file: only each partition's lanes.
 class Walker {
  public:
   Walker(int root_fd, fs::path root) : root_fd_(root_fd), root_(std::move(root)) {}
 
-  void run(unsigned threads) {
-    queue_.push_back("");
-    pending_ = 1;
+  void run(unsigned threads, std::vector<std::string> starts = {""}, std::size_t max_components = 0,
+           std::optional<std::size_t> prints_depth = {}) {
+    max_components_ = max_components;
+    prints_depth_ = prints_depth;
+    pending_ = starts.size();
+    queue_ = std::move(starts);
     std::vector<std::thread> pool;
     for (unsigned i = 1; i < threads; ++i) pool.emplace_back([this] { work(); });
     work();
@@ -39,11 +57,17 @@ class Walker {
   }
 
   ScanResult out;
+  std::map<std::string, Lanes, std::less<>> prints;
   std::string error;
 
  private:
+  struct Local {
+    ScanResult scan;
+    std::map<std::string, Lanes, std::less<>> prints;
+  };
+
   void work() {
-    ScanResult local;
+    Local local;
     while (true) {
       std::string dir;
       {
@@ -63,13 +87,24 @@ class Walker {
       cv_.notify_all();
     }
     std::lock_guard lock(mu_);
-    for (auto& f : local.files) out.files.push_back(std::move(f));
-    for (auto& w : local.skipped) out.skipped.push_back(std::move(w));
+    for (auto& f : local.scan.files) out.files.push_back(std::move(f));
+    for (auto& w : local.scan.skipped) out.skipped.push_back(std::move(w));
+    for (const auto& [name, lanes] : local.prints) prints[name].add(lanes);
+  }
+
+  void keep(ScannedFile f, Local& local) {
+    if (!prints_depth_) {
+      local.scan.files.push_back(std::move(f));
+      return;
+    }
+    const std::string_view part = proto::partition_of(f.path, *prints_depth_);
+    auto it = local.prints.find(part);
+    if (it == local.prints.end()) it = local.prints.emplace(std::string(part), Lanes{}).first;
+    it->second.add(f);
   }
 
   // Reads one folder (relative path `prefix`, "" at the top); returns an error message or "".
-  std::string walk_one(const std::string& prefix, ScanResult& local,
-                       std::vector<std::string>& subdirs) {
+  std::string walk_one(const std::string& prefix, Local& local, std::vector<std::string>& subdirs) {
     int fd = prefix.empty() ? ::dup(root_fd_)
                             : ::openat(root_fd_, prefix.c_str(),
                                        O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
@@ -79,6 +114,7 @@ class Walker {
       ::close(fd);
       return errno_message(root_ / prefix, errno);
     }
+    const std::size_t components = prefix.empty() ? 0 : proto::path_depth(prefix);
     std::string result;
     while (true) {
       errno = 0;
@@ -98,11 +134,12 @@ class Walker {
         break;
       }
       if (S_ISDIR(st.st_mode)) {
-        subdirs.push_back(std::move(rel));
+        if (max_components_ == 0 || components + 1 < max_components_)
+          subdirs.push_back(std::move(rel));
         continue;
       }
       if (auto err = proto::path_error(rel)) {
-        local.skipped.push_back(*err);
+        local.scan.skipped.push_back(*err);
         continue;
       }
       ScannedFile f;
@@ -116,23 +153,23 @@ class Walker {
         std::string target(static_cast<std::size_t>(st.st_size) + 1, '\0');
         ssize_t n = ::readlinkat(::dirfd(dir), de->d_name, target.data(), target.size());
         if (n < 0 || static_cast<std::size_t>(n) >= target.size()) {
-          local.skipped.push_back(rel + ": symlink could not be read");
+          local.scan.skipped.push_back(rel + ": symlink could not be read");
           continue;
         }
         target.resize(static_cast<std::size_t>(n));
         if (auto err = proto::link_target_error(rel, target)) {
-          local.skipped.push_back(*err);
+          local.scan.skipped.push_back(*err);
           continue;
         }
         f.link = true;
         f.size = 0;
         f.target = std::move(target);
       } else if (!S_ISREG(st.st_mode)) {
-        local.skipped.push_back(rel + ": not a regular file, symlink or folder");
+        local.scan.skipped.push_back(rel + ": not a regular file, symlink or folder");
         continue;
       }
       f.path = std::move(rel);
-      local.files.push_back(std::move(f));
+      keep(std::move(f), local);
     }
     ::closedir(dir);
     return result;
@@ -140,11 +177,17 @@ class Walker {
 
   int root_fd_;
   fs::path root_;
+  std::size_t max_components_ = 0;
+  std::optional<std::size_t> prints_depth_;
   std::mutex mu_;
   std::condition_variable cv_;
   std::vector<std::string> queue_;
   std::size_t pending_ = 0;  // folders queued or being read
 };
+
+unsigned walker_threads() {
+  return std::clamp(std::thread::hardware_concurrency(), 1u, 4u);
+}
 
 }  // namespace
 
@@ -152,10 +195,64 @@ Result<ScanResult> scan_tree(const fs::path& root, bool sorted) {
   UniqueFd fd(::open(root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!fd.valid()) return make_error(errno_message(root, errno));
   Walker w(fd.get(), root);
-  w.run(std::clamp(std::thread::hardware_concurrency(), 1u, 4u));
+  w.run(walker_threads());
   if (!w.error.empty()) return make_error(w.error);
   if (sorted) sort_scan(w.out);
   return std::move(w.out);
+}
+
+Result<ScanResult> scan_partitions(const fs::path& root, std::size_t depth,
+                                   const std::set<std::string>& partitions,
+                                   const std::set<std::string>& subtrees) {
+  UniqueFd fd(::open(root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!fd.valid()) return make_error(errno_message(root, errno));
+  // The root partition: the folders above the partitions' (a folder of `depth` components is a
+  // partition, not entered).
+  Walker top(fd.get(), root);
+  top.run(1, {""}, depth);
+  if (!top.error.empty()) return make_error(top.error);
+  // Each partition and subtree from its folder, reached with no symlink followed; one inside a
+  // subtree that is walked anyway is not walked twice.
+  auto under_subtree = [&](const std::string& path) {
+    for (const auto& s : subtrees)
+      if (path.size() > s.size() && path.starts_with(s) && path[s.size()] == '/') return true;
+    return false;
+  };
+  std::vector<std::string> starts;
+  auto add_start = [&](const std::string& path) {
+    const bool meta = path.starts_with(proto::kMetaDir) && (path.size() == proto::kMetaDir.size() ||
+                                                            path[proto::kMetaDir.size()] == '/');
+    if (meta || under_subtree(path) || proto::path_error(path)) return;  // never content
+    if (open_dir_beneath(fd.get(), path).valid()) starts.push_back(path);
+  };
+  for (const auto& p : partitions)
+    if (p != proto::kRootPartition && proto::path_depth(p) == depth) add_start(p);
+  for (const auto& s : subtrees)
+    if (proto::path_depth(s) < depth) add_start(s);
+  ScanResult out = std::move(top.out);
+  if (!starts.empty()) {
+    Walker below(fd.get(), root);
+    below.run(walker_threads(), std::move(starts));
+    if (!below.error.empty()) return make_error(below.error);
+    // Those of at most `depth` components are the root partition's, which `top` has.
+    for (auto& f : below.out.files)
+      if (proto::path_depth(f.path) > depth) out.files.push_back(std::move(f));
+    for (auto& w : below.out.skipped) out.skipped.push_back(std::move(w));
+  }
+  sort_scan(out);
+  return out;
+}
+
+Result<std::map<std::string, std::string>> partition_prints(const fs::path& root,
+                                                            std::size_t depth) {
+  UniqueFd fd(::open(root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!fd.valid()) return make_error(errno_message(root, errno));
+  Walker w(fd.get(), root);
+  w.run(walker_threads(), {""}, 0, depth);
+  if (!w.error.empty()) return make_error(w.error);
+  std::map<std::string, std::string> out;
+  for (const auto& [name, lanes] : w.prints) out.emplace(name, lanes.text(""));
+  return out;
 }
 
 void sort_scan(ScanResult& scan) {
@@ -199,25 +296,31 @@ std::uint64_t mix(std::uint64_t x) {
 }
 }  // namespace
 
-std::string scan_fingerprint(const ScanResult& scan, std::string_view salt) {
-  // Two lanes summed over the files: the sum does not depend on the order of the walk.
-  std::uint64_t lane_a = 0, lane_b = 0;
+void Lanes::add(const ScannedFile& f) {
   std::hash<std::string_view> hash;
-  for (const auto& f : scan.files) {
-    std::uint64_t h = hash(f.path);
-    h = mix(h ^ f.size);
-    h = mix(h ^ static_cast<std::uint64_t>(f.mtime_ns));
-    h = mix(h ^ f.ino);
-    h = mix(h ^ (std::uint64_t{f.mode} << 1 | (f.link ? 1 : 0)));
-    if (f.link) h = mix(h ^ hash(f.target));
-    lane_a += h;
-    lane_b += mix(h ^ 0x9e3779b97f4a7c15ull) ^ hash(f.path) * 31;
-  }
+  std::uint64_t h = hash(f.path);
+  h = mix(h ^ f.size);
+  h = mix(h ^ static_cast<std::uint64_t>(f.mtime_ns));
+  h = mix(h ^ f.ino);
+  h = mix(h ^ (std::uint64_t{f.mode} << 1 | (f.link ? 1 : 0)));
+  if (f.link) h = mix(h ^ hash(f.target));
+  a += h;
+  b += mix(h ^ 0x9e3779b97f4a7c15ull) ^ hash(f.path) * 31;
+  ++count;
+}
+
+std::string Lanes::text(std::string_view salt) const {
   char buf[80];
-  std::snprintf(buf, sizeof buf, "%016llx%016llx-%zu-%016llx",
-                static_cast<unsigned long long>(lane_a), static_cast<unsigned long long>(lane_b),
-                scan.files.size(), static_cast<unsigned long long>(hash(salt)));
+  std::snprintf(buf, sizeof buf, "%016llx%016llx-%llu-%016llx", static_cast<unsigned long long>(a),
+                static_cast<unsigned long long>(b), static_cast<unsigned long long>(count),
+                static_cast<unsigned long long>(std::hash<std::string_view>{}(salt)));
   return buf;
+}
+
+std::string scan_fingerprint(const ScanResult& scan, std::string_view salt) {
+  Lanes lanes;
+  for (const auto& f : scan.files) lanes.add(f);
+  return lanes.text(salt);
 }
 
 Result<proto::Digest> hash_file(const fs::path& path, std::uint64_t* size_out) {
@@ -316,14 +419,13 @@ bool get(std::string_view& in, T& v) {
 }
 }  // namespace
 
-HashCache HashCache::load(const fs::path& file, std::string* warning) {
-  HashCache cache;
-  struct stat st;
-  if (::lstat(file.c_str(), &st) != 0) return cache;
+bool HashCache::load_file(const fs::path& file) {
+  const std::size_t before = records_.size();
   auto bytes = read_file(file, std::size_t{4} << 30);
-  if (bytes) cache.bytes_ = std::move(*bytes);
-  std::string_view in = cache.bytes_;
-  bool ok = bytes && in.starts_with(kMagic);
+  if (!bytes) return false;
+  // A deque: the records point into each loaded file's bytes, which must not move.
+  std::string_view in = bytes_.emplace_back(std::move(*bytes));
+  bool ok = in.starts_with(kMagic);
   if (ok) in.remove_prefix(kMagic.size());
   while (ok && !in.empty()) {
     std::uint32_t len;
@@ -333,31 +435,70 @@ HashCache HashCache::load(const fs::path& file, std::string* warning) {
     r.path = in.substr(0, len);
     in.remove_prefix(len);
     ok = get(in, r.size) && get(in, r.mtime_ns) && get(in, r.ino) && get(in, r.digest);
-    if (ok) cache.records_.push_back(r);
+    if (ok) records_.push_back(r);
   }
   if (!ok) {
-    cache.records_.clear();
-    cache.dirty_ = true;
-    if (warning) *warning = file.string() + ": damaged hash cache ignored; files will be re-read";
+    records_.resize(before);
+    bytes_.pop_back();
+    dirty_ = true;
   }
+  return ok;
+}
+
+void HashCache::sort_loaded() {
   auto by_path = [](const Record& a, const Record& b) { return a.path < b.path; };
-  if (!std::is_sorted(cache.records_.begin(), cache.records_.end(), by_path))
-    std::sort(cache.records_.begin(), cache.records_.end(), by_path);
-  cache.sorted_ = cache.records_.size();
+  if (!std::is_sorted(records_.begin(), records_.end(), by_path))
+    std::sort(records_.begin(), records_.end(), by_path);
+  sorted_ = records_.size();
+}
+
+HashCache HashCache::load(const fs::path& file, std::string* warning) {
+  HashCache cache;
+  struct stat st;
+  if (::lstat(file.c_str(), &st) != 0) return cache;
+  if (!cache.load_file(file) && warning)
+    *warning = file.string() + ": damaged hash cache ignored; files will be re-read";
+  cache.sort_loaded();
   return cache;
 }
 
-Status HashCache::save(const fs::path& file) const {
-  std::vector<const Record*> sorted;
-  sorted.reserve(records_.size());
-  for (const auto& r : records_) sorted.push_back(&r);
-  std::sort(sorted.begin(), sorted.end(),
-            [](const Record* a, const Record* b) { return a->path < b->path; });
+namespace {
+// A partition's file in the cache's folder: named by its name's SHA-256 (names hold slashes).
+std::string partition_file_name(std::string_view partition) {
+  return proto::to_hex(proto::sha256(partition)).substr(0, 32);
+}
+}  // namespace
+
+HashCache HashCache::load_partitions(const fs::path& dir, std::size_t depth,
+                                     const std::set<std::string>* only, std::string* warning) {
+  (void)depth;  // the files are named by partition; their records need no sorting out
+  HashCache cache;
+  std::vector<fs::path> files;
+  if (only) {
+    for (const auto& name : *only) files.push_back(dir / partition_file_name(name));
+  } else {
+    std::error_code ec;
+    for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec))
+      if (it->path().filename().string().find('.') == std::string::npos)
+        files.push_back(it->path());  // not the temporary files of an interrupted save
+  }
+  std::string damaged;
+  for (const auto& file : files) {
+    struct stat st;
+    if (::lstat(file.c_str(), &st) != 0) continue;
+    if (!cache.load_file(file)) damaged += (damaged.empty() ? "" : ", ") + file.string();
+  }
+  if (!damaged.empty() && warning)
+    *warning = damaged + ": damaged hash cache ignored; their files will be re-read";
+  cache.sort_loaded();
+  return cache;
+}
+
+std::string HashCache::encode(const std::vector<const Record*>& records) const {
   std::string out(kMagic);
-  out.reserve(records_.size() * 100);
-  for (const Record* rp : sorted) {
+  out.reserve(kMagic.size() + records.size() * 100);
+  for (const Record* rp : records) {
     const Record& r = *rp;
-    if (!r.used) continue;  // files gone from the tree leave the cache
     put(out, static_cast<std::uint32_t>(r.path.size()));
     out += r.path;
     put(out, r.size);
@@ -365,9 +506,64 @@ Status HashCache::save(const fs::path& file) const {
     put(out, r.ino);
     put(out, r.digest);
   }
+  return out;
+}
+
+Status HashCache::save(const fs::path& file) const {
+  std::vector<const Record*> sorted;
+  sorted.reserve(records_.size());
+  for (const auto& r : records_)
+    if (r.used) sorted.push_back(&r);  // files gone from the tree leave the cache
+  std::sort(sorted.begin(), sorted.end(),
+            [](const Record* a, const Record* b) { return a->path < b->path; });
   // The cache is an optimisation: it need not survive a power loss.
   crash_point();
-  return write_file_atomic(file, out, 0600, /*durable=*/false);
+  return write_file_atomic(file, encode(sorted), 0600, /*durable=*/false);
+}
+
+Status HashCache::save_partitions(const fs::path& dir, std::size_t depth,
+                                  const std::set<std::string>* only) const {
+  std::map<std::string, std::vector<const Record*>, std::less<>> groups;
+  if (only)
+    for (const auto& name : *only) groups[name];
+  for (const auto& r : records_) {
+    if (!r.used) continue;  // files gone from the tree leave the cache
+    const std::string_view part = proto::partition_of(r.path, depth);
+    auto it = groups.find(part);
+    if (it == groups.end()) {
+      if (only) continue;
+      it = groups.emplace(std::string(part), std::vector<const Record*>{}).first;
+    }
+    it->second.push_back(&r);
+  }
+  if (auto st = make_dirs(dir); !st) return st;
+  std::set<std::string> written;
+  crash_point();  // an optimisation: it need not survive a crash or a power loss
+  for (auto& [name, records] : groups) {
+    const fs::path file = dir / partition_file_name(name);
+    if (records.empty()) {
+      ::unlink(file.c_str());
+      continue;
+    }
+    std::sort(records.begin(), records.end(),
+              [](const Record* a, const Record* b) { return a->path < b->path; });
+    if (auto st = write_file_atomic(file, encode(records), 0600, /*durable=*/false); !st) return st;
+    written.insert(file.filename().string());
+  }
+  if (only) return {};
+  std::error_code ec;  // a whole save: the files of partitions gone go too
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec))
+    if (!written.count(it->path().filename().string())) ::unlink(it->path().c_str());
+  return {};
+}
+
+void HashCache::migrate_single_file(const fs::path& file, const fs::path& dir, std::size_t depth) {
+  struct stat st;
+  if (::lstat(file.c_str(), &st) != 0) return;
+  HashCache old = load(file);
+  for (auto& r : old.records_) r.used = true;
+  if (auto saved = old.save_partitions(dir, depth, nullptr); !saved) return;  // tried again
+  ::unlink(file.c_str());
 }
 
 HashCache::Record* HashCache::find(std::string_view path) {

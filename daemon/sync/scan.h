@@ -5,10 +5,13 @@
 #include <sys/stat.h>
 
 #include <cstdint>
+#include <deque>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -45,6 +48,22 @@ Result<ScanResult> scan_tree(const fs::path& root, bool sorted = true);
 
 /// Sorts a scan made with `sorted = false` (and its `skipped` lines).
 void sort_scan(ScanResult& scan);
+
+/// A partial scan, for tier0's incremental publish (docs/architecture.md, "Incremental
+/// publish"): exactly what scan_tree() gives for the files of the root partition, of each of
+/// `partitions` (names under a layout of `depth` segments) and of every partition below each of
+/// `subtrees` (paths of fewer than `depth` components), and nothing else. A partition or subtree
+/// that is gone, or is now a symlink or a file, has no files (a symlink there is the root
+/// partition's). Sorted.
+Result<ScanResult> scan_partitions(const fs::path& root, std::size_t depth,
+                                   const std::set<std::string>& partitions,
+                                   const std::set<std::string>& subtrees);
+
+/// scan_fingerprint() of each partition's files (unsalted), from one walk that keeps no file:
+/// the daemon's safety net compares two of them to find the partitions whose change inotify did
+/// not report. Memory follows the number of partitions, not of files.
+Result<std::map<std::string, std::string>> partition_prints(const fs::path& root,
+                                                            std::size_t depth);
 
 /// A 128-bit fingerprint of everything a scan says about each file (path, size, mtime, inode,
 /// mode, symlink target) and of `salt`, independent of the order of `files`: two scans with the
@@ -86,6 +105,20 @@ class HashCache {
   static HashCache load(const fs::path& file, std::string* warning = nullptr);
   Status save(const fs::path& file) const;
 
+  /// tier0's cache is one file per partition in the folder `dir` (docs/architecture.md,
+  /// "State"), so that a publish that rescans a few partitions reads and writes only theirs.
+  /// Loads the files of `only` (nullptr: every file in `dir`); a damaged file is left out, with
+  /// `warning` set.
+  static HashCache load_partitions(const fs::path& dir, std::size_t depth,
+                                   const std::set<std::string>* only,
+                                   std::string* warning = nullptr);
+  /// Writes the file of each partition of `only` (nullptr: of every partition, and the files of
+  /// partitions with no record left are removed); a partition with no record has no file.
+  Status save_partitions(const fs::path& dir, std::size_t depth,
+                         const std::set<std::string>* only) const;
+  /// An earlier version's single file becomes one file per partition (then it is removed).
+  static void migrate_single_file(const fs::path& file, const fs::path& dir, std::size_t depth);
+
   /// The cached digest if `f` is unchanged since it was hashed.
   std::optional<proto::Digest> lookup(const ScannedFile& f);
   void store(const ScannedFile& f, const proto::Digest& digest);
@@ -111,8 +144,12 @@ class HashCache {
     bool used;
   };
   Record* find(std::string_view path);
+  /// Appends the records of `file`; false when it is damaged (its records are left out).
+  bool load_file(const fs::path& file);
+  void sort_loaded();
+  std::string encode(const std::vector<const Record*>& records) const;
 
-  std::string bytes_;                                ///< the loaded file
+  std::deque<std::string> bytes_;                    ///< the loaded files
   std::vector<std::unique_ptr<std::string>> owned_;  ///< paths stored since
   std::vector<Record> records_;  ///< the loaded ones sorted by path, then the stored ones
   std::size_t sorted_ = 0;       ///< how many loaded records lead records_

@@ -110,6 +110,9 @@ class StateStore {
   fs::path published_snapshot_path() const { return tree_ / proto::wire::kSnapshot; }
   fs::path published_manifest_path(const proto::Digest& d) const;
   fs::path manifest_path(const proto::Digest& d) const;
+  /// tier0's hash cache, one file per partition (sync::HashCache::load_partitions).
+  fs::path hash_cache_dir() const { return dir_ / "hashcache.d"; }
+  /// The single file of earlier versions (split into hash_cache_dir() at the first publish).
   fs::path hash_cache_path() const { return dir_ / "hashcache"; }
   fs::path guard_history_path() const { return dir_ / "guard-history.json"; }
 

@@ -12,6 +12,8 @@
 
 #include <filesystem>
 #include <fstream>
+#include <set>
+#include <string>
 
 namespace tiersync::node {
 namespace {
@@ -34,7 +36,7 @@ class SourceWatcherTest : public ::testing::Test {
 };
 
 TEST_F(SourceWatcherTest, SeesEveryKindOfChangeAndNothingElse) {
-  SourceWatcher w(root_);
+  SourceWatcher w(root_, 3);
   ASSERT_TRUE(w.available()) << w.why();
   EXPECT_FALSE(w.changed());
 
@@ -81,7 +83,7 @@ TEST_F(SourceWatcherTest, AQueueOverflowIsAChangeAndEveryFolderIsWatchedAgain) {
   long limit = 0;
   ASSERT_TRUE(limit_file >> limit) << "cannot read fs.inotify.max_queued_events";
   ASSERT_LT(limit, 1'000'000) << "fs.inotify.max_queued_events is too large to overflow here";
-  SourceWatcher w(root_);
+  SourceWatcher w(root_, 3);
   ASSERT_TRUE(w.available()) << w.why();
   // Three events per round (create, close, delete), none merged with the one before.
   const fs::path scratch = root_ / "edge/main/x86_64/scratch";
@@ -93,14 +95,57 @@ TEST_F(SourceWatcherTest, AQueueOverflowIsAChangeAndEveryFolderIsWatchedAgain) {
   }
   fs::create_directories(root_ / "edge/late/x86_64");  // its event is lost
   EXPECT_TRUE(w.changed());
+  EXPECT_TRUE(w.take().all) << "after an overflow the next publish walks everything";
   EXPECT_TRUE(w.available()) << w.why();
   EXPECT_FALSE(w.changed());  // drained
   std::ofstream(root_ / "edge/late/x86_64/f.apk") << "f";
   EXPECT_TRUE(w.changed()) << "the folder made during the overflow is watched";
 }
 
+// What the incremental publish rescans comes from here (docs/architecture.md, "Incremental
+// publish"): each change's path, cut to one component more than the layout's three.
+TEST_F(SourceWatcherTest, NamesThePathOfEachChangeCutBelowThePartition) {
+  SourceWatcher w(root_, 3);
+  ASSERT_TRUE(w.available()) << w.why();
+  EXPECT_TRUE(w.take().empty());
+
+  std::ofstream(root_ / "edge/main/x86_64/b.apk") << "b";
+  fs::create_directories(root_ / "edge/main/x86_64/sub/deeper");
+  ASSERT_TRUE(w.changed());
+  std::ofstream(root_ / "edge/main/x86_64/sub/deeper/c.apk") << "c";
+  std::ofstream(root_ / "edge/last-updated") << "1";  // the root partition's
+  // A new folder names itself (what was made in it before its watch is covered by it); one made
+  // in it later names itself too.
+  fs::create_directories(root_ / "edge/community");
+  ASSERT_TRUE(w.changed());
+  fs::create_directories(root_ / "edge/community/aarch64");
+  ASSERT_TRUE(w.changed());
+  SourceChanges seen = w.take();
+  EXPECT_FALSE(seen.all);
+  EXPECT_EQ(seen.paths,
+            (std::set<std::string>{"edge/community", "edge/community/aarch64", "edge/last-updated",
+                                   "edge/main/x86_64/b.apk", "edge/main/x86_64/sub"}));
+  EXPECT_TRUE(w.take().empty()) << "taken once";
+
+  // tiersync's own folder at the top is never content.
+  fs::create_directories(root_ / ".tiersync/x");
+  EXPECT_TRUE(w.changed());
+  std::ofstream(root_ / ".tiersync/x/y") << "y";
+  w.changed();
+  EXPECT_TRUE(w.take().empty());
+
+  // A folder renamed: the watches below it would name stale paths, so everything is rescanned.
+  fs::rename(root_ / "edge/main/x86_64", root_ / "edge/main/x86_64.old");
+  ASSERT_TRUE(w.changed());
+  EXPECT_TRUE(w.take().all);
+  std::ofstream(root_ / "edge/main/x86_64.old/d.apk") << "d";
+  ASSERT_TRUE(w.changed());
+  EXPECT_EQ(w.take().paths, (std::set<std::string>{"edge/main/x86_64.old/d.apk"}))
+      << "watched again under the new name";
+}
+
 TEST(SourceWatcher, AMissingSourceIsNotWatched) {
-  SourceWatcher w(fs::path(::testing::TempDir()) / "no-such-folder-for-tiersync");
+  SourceWatcher w(fs::path(::testing::TempDir()) / "no-such-folder-for-tiersync", 3);
   EXPECT_FALSE(w.available());
   EXPECT_NE(w.why().find("no-such-folder-for-tiersync"), std::string::npos) << w.why();
   EXPECT_FALSE(w.changed());

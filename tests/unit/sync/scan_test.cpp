@@ -10,10 +10,12 @@
 
 #include <algorithm>
 #include <fstream>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "proto/digest.h"
+#include "proto/path.h"
 #include "tests/unit/support.h"
 
 namespace tiersync::sync {
@@ -556,6 +558,178 @@ TEST_F(ScanTest, HashCacheForgetMakesTheNextDigestReadTheFile) {
   ASSERT_TRUE(d) << d.message();
   EXPECT_EQ(*d, proto::sha256("content B"));
   EXPECT_EQ(cache.hashed(), 2u);
+}
+
+// --- the incremental publish's partial scan, prints and per-partition cache ---------------------
+
+// A tree of layout depth 3 with something of every kind: partitions, root-partition files at
+// every level, a partition that is a symlink, a file where a partition would be, tiersync's own
+// folder, and folders deeper inside a partition.
+class PartialScanTest : public ScanTest {
+ protected:
+  void SetUp() override {
+    ScanTest::SetUp();
+    write_file(root_ / "edge/main/x86_64/a.apk", "a");
+    write_file(root_ / "edge/main/x86_64/sub/deep/b.apk", "bb");
+    write_file(root_ / "edge/main/aarch64/c.apk", "ccc");
+    write_file(root_ / "edge/community/x86_64/d.apk", "dddd");
+    write_file(root_ / "v3.20/main/x86_64/e.apk", "eeeee");
+    write_file(root_ / "edge/last-updated", "1");
+    write_file(root_ / "README", "root");
+    write_file(root_ / "edge/main/FILE", "a file where a partition could be");
+    fs::create_symlink("x86_64", root_ / "edge/main/armv7");
+    fs::create_symlink("edge", root_ / "latest");
+    write_file(root_ / ".tiersync/x/y/z/w", "never content");
+  }
+
+  // The full scan's files of `partitions` (and the root partition's), for comparison.
+  Names expected(const std::set<std::string>& partitions) {
+    Names out;
+    for (const auto& f : scan().files) {
+      const std::string part(proto::partition_of(f.path, 3));
+      if (part == proto::kRootPartition || partitions.count(part)) out.push_back(f.path);
+    }
+    return out;
+  }
+  // Digests every regular file of `files` through `cache`.
+  void digest_all(HashCache& cache, const std::vector<ScannedFile>& files) {
+    for (const auto& f : files) {
+      if (f.link) continue;
+      const auto d = cache.digest_of(root_, f);
+      ASSERT_TRUE(d) << d.message();
+    }
+  }
+  Names partial(const std::set<std::string>& partitions, const std::set<std::string>& subtrees) {
+    auto r = scan_partitions(root_, 3, partitions, subtrees);
+    EXPECT_TRUE(r) << r.message();
+    return r ? paths_of(*r) : Names{};
+  }
+};
+
+TEST_F(PartialScanTest, GivesWhatTheFullScanGivesForThosePartitionsAndTheRoot) {
+  EXPECT_EQ(partial({}, {}), expected({}));
+  EXPECT_EQ(partial({}, {}),
+            (Names{"README", "edge/last-updated", "edge/main/FILE", "edge/main/armv7", "latest"}));
+  EXPECT_EQ(partial({"edge/main/x86_64"}, {}), expected({"edge/main/x86_64"}));
+  EXPECT_EQ(partial({"edge/main/x86_64", "edge/community/x86_64"}, {}),
+            expected({"edge/main/x86_64", "edge/community/x86_64"}));
+  // A folder above the partitions: every partition below it.
+  EXPECT_EQ(partial({}, {"edge/main"}), expected({"edge/main/x86_64", "edge/main/aarch64"}));
+  EXPECT_EQ(partial({}, {"edge"}),
+            expected({"edge/main/x86_64", "edge/main/aarch64", "edge/community/x86_64"}));
+  // Named twice (a partition inside a subtree, a subtree inside another): each file once.
+  EXPECT_EQ(partial({"edge/main/x86_64"}, {"edge", "edge/main"}),
+            expected({"edge/main/x86_64", "edge/main/aarch64", "edge/community/x86_64"}));
+}
+
+TEST_F(PartialScanTest, APartitionThatIsGoneASymlinkOrAFileHasNoFiles) {
+  const Names root_only = expected({});
+  EXPECT_EQ(partial({"edge/main/armv7"}, {}), root_only) << "a symlink is not followed";
+  EXPECT_EQ(partial({"edge/main/FILE"}, {}), root_only);
+  EXPECT_EQ(partial({"edge/gone/x86_64"}, {"gone"}), root_only);
+  EXPECT_EQ(partial({".tiersync/x/y"}, {".tiersync"}), root_only) << "never content";
+  EXPECT_EQ(partial({"not/a/partition/name"}, {"edge/main/x86_64/sub"}), root_only)
+      << "names of the wrong depth are ignored";
+  // A folder above a partition swapped for a symlink to a real partition's parent.
+  fs::remove_all(root_ / "v3.20/main");
+  fs::create_symlink("../edge/main", root_ / "v3.20/main");
+  EXPECT_EQ(partial({"v3.20/main/x86_64"}, {}), expected({})) << "reached through a symlink";
+}
+
+TEST_F(PartialScanTest, PartitionPrintsChangeOnlyWhereTheTreeChanged) {
+  auto before = partition_prints(root_, 3);
+  ASSERT_TRUE(before) << before.message();
+  EXPECT_EQ(before->size(), 5u);  // four partitions and the root
+  EXPECT_TRUE(before->count("edge/main/x86_64"));
+  EXPECT_TRUE(before->count("."));
+
+  write_file(root_ / "edge/main/x86_64/sub/deep/b.apk", "changed");
+  fs::remove(root_ / "edge/main/aarch64/c.apk");
+  auto after = partition_prints(root_, 3);
+  ASSERT_TRUE(after) << after.message();
+  EXPECT_EQ(after->size(), 4u) << "edge/main/aarch64 has no file left";
+  EXPECT_NE(after->at("edge/main/x86_64"), before->at("edge/main/x86_64"));
+  EXPECT_EQ(after->at("edge/community/x86_64"), before->at("edge/community/x86_64"));
+  EXPECT_EQ(after->at("v3.20/main/x86_64"), before->at("v3.20/main/x86_64"));
+  EXPECT_EQ(after->at("."), before->at("."));
+}
+
+TEST_F(PartialScanTest, TheCacheIsOneFilePerPartitionAndAPartialSaveKeepsTheOthers) {
+  const fs::path dir = dir_ / "state/hashcache.d";
+  {
+    HashCache cache = HashCache::load_partitions(dir, 3, nullptr);
+    ASSERT_NO_FATAL_FAILURE(digest_all(cache, scan().files));
+    ASSERT_TRUE(cache.save_partitions(dir, 3, nullptr));
+  }
+  auto files_in = [&] {
+    std::size_t n = 0;
+    for ([[maybe_unused]] const auto& e : fs::directory_iterator(dir)) ++n;
+    return n;
+  };
+  EXPECT_EQ(files_in(), 5u);
+
+  // An incremental publish of one partition reads and writes only its file.
+  const std::set<std::string> one{"edge/main/x86_64"};
+  HashCache part = HashCache::load_partitions(dir, 3, &one);
+  EXPECT_EQ(part.size(), 2u);
+  fs::remove(root_ / "edge/main/x86_64/a.apk");
+  auto partial_scan = scan_partitions(root_, 3, one, {});
+  ASSERT_TRUE(partial_scan);
+  std::vector<ScannedFile> in_partition;
+  for (const auto& f : partial_scan->files)
+    if (proto::partition_of(f.path, 3) == "edge/main/x86_64") in_partition.push_back(f);
+  ASSERT_NO_FATAL_FAILURE(digest_all(part, in_partition));
+  EXPECT_EQ(part.hashed(), 0u);
+  EXPECT_TRUE(part.needs_save());
+  ASSERT_TRUE(part.save_partitions(dir, 3, &one));
+  EXPECT_EQ(files_in(), 5u);
+  EXPECT_EQ(HashCache::load_partitions(dir, 3, &one).size(), 1u);
+  EXPECT_EQ(HashCache::load_partitions(dir, 3, nullptr).size(), 7u) << "the others are kept";
+
+  // A partition with nothing left has no file; a whole save removes the files of partitions gone.
+  fs::remove_all(root_ / "edge/main/x86_64");
+  HashCache empty = HashCache::load_partitions(dir, 3, &one);
+  ASSERT_TRUE(empty.save_partitions(dir, 3, &one));
+  EXPECT_EQ(files_in(), 4u);
+  fs::remove_all(root_ / "v3.20");
+  HashCache all = HashCache::load_partitions(dir, 3, nullptr);
+  ASSERT_NO_FATAL_FAILURE(digest_all(all, scan().files));
+  ASSERT_TRUE(all.save_partitions(dir, 3, nullptr));
+  EXPECT_EQ(files_in(), 3u);
+}
+
+TEST_F(PartialScanTest, AnEarlierSingleFileCacheIsSplitAndNothingIsReadAgain) {
+  const fs::path single = dir_ / "state/hashcache";
+  const fs::path dir = dir_ / "state/hashcache.d";
+  fs::create_directories(single.parent_path());
+  {
+    HashCache cache;
+    ASSERT_NO_FATAL_FAILURE(digest_all(cache, scan().files));
+    ASSERT_TRUE(cache.save(single));
+  }
+  HashCache::migrate_single_file(single, dir, 3);
+  EXPECT_FALSE(fs::exists(single));
+  HashCache split = HashCache::load_partitions(dir, 3, nullptr);
+  ASSERT_NO_FATAL_FAILURE(digest_all(split, scan().files));
+  EXPECT_EQ(split.hashed(), 0u);
+  EXPECT_FALSE(split.needs_save());
+}
+
+TEST_F(PartialScanTest, ADamagedPartitionFileIsLeftOutWithAWarningNamingIt) {
+  const fs::path dir = dir_ / "state/hashcache.d";
+  HashCache cache = HashCache::load_partitions(dir, 3, nullptr);
+  ASSERT_NO_FATAL_FAILURE(digest_all(cache, scan().files));
+  ASSERT_TRUE(cache.save_partitions(dir, 3, nullptr));
+  fs::path victim;
+  for (const auto& e : fs::directory_iterator(dir))
+    if (fs::file_size(e.path()) > 100) victim = e.path();
+  ASSERT_FALSE(victim.empty());
+  write_file(victim, "TSHC1\ngarbage");
+  std::string warning;
+  HashCache loaded = HashCache::load_partitions(dir, 3, nullptr, &warning);
+  EXPECT_TRUE(Contains(warning, victim.string()));
+  EXPECT_GE(loaded.size(), 4u) << "the other files are loaded";
+  EXPECT_LT(loaded.size(), 7u);
 }
 
 }  // namespace
