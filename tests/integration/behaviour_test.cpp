@@ -1,9 +1,9 @@
 // Behaviours the other scenarios leave out, each against the real binaries: a damaged state file
 // at start, `approve` waking a running tier0, settle_seconds, re-signing at half the TTL, tier0
-// without inotify and after an inotify queue overflow, the long poll's backoff and the long poll
-// across a parent's graceful restart. Every wait is bounded and waits for an event (a log line,
-// a status or a published serial); no negative check rests on a sleep and nothing here measures
-// time.
+// without inotify and after an inotify queue overflow, the long poll's backoff, the long poll
+// across a parent's graceful restart and against a parent offering a held serial again and again.
+// Every wait is bounded and waits for an event (a log line, a status or a published serial); no
+// negative check rests on a sleep and nothing here measures time.
 
 #include <fcntl.h>
 #include <signal.h>
@@ -12,6 +12,7 @@
 #include <chrono>
 #include <ctime>
 #include <fstream>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -21,6 +22,7 @@
 #include "proto/dsse.h"
 #include "proto/keys.h"
 #include "proto/snapshot.h"
+#include "tests/integration/fake_parent.h"
 #include "tests/integration/support.h"
 
 namespace tiersync::it {
@@ -414,6 +416,43 @@ TEST_F(BehaviourTest, TheLongPollAsksAgainSoonAfterItsParentRestarts) {
   EXPECT_TRUE(d_mirror.wait_for_log("long poll: the parent answers again", 30s)) << d_mirror.log();
   EXPECT_TRUE(d_mirror.stop()) << d_mirror.log();
   EXPECT_TRUE(d_origin->stop());
+}
+
+// ---------------------------------------------------------------------------------------------
+// A held serial does not wake the relay again and again: the parent (a static one, which
+// answers every long poll at once) keeps offering the serial the relay holds; the poll asks for
+// a newer one, backs off (1, 2, 4, 8 s: it says so each time), and the loop runs no cycle for it
+// (one hold line, from the first cycle). Counted over four polls.
+
+TEST_F(BehaviourTest, AHeldSerialOfferedAgainAndAgainWakesNoCycle) {
+  const std::string purged = "edge/community/armv7";
+  ASSERT_TRUE(Exited(origin.once(), 0));
+  StallingParent parent(origin.tree());
+  Node mirror = make_mirror(root / "mirror", "mirror", parent.url(), {key.pub},
+                            {{"trust_upstream_approvals", false}});
+  amend_config(mirror, {{"upstream", {{"poll_seconds", 3600}}}});
+  ASSERT_TRUE(Exited(mirror.once(), 0));
+
+  // The purge, approved at tier0, is held at the mirror, which does not trust that approval.
+  remove_partition(model, purged);
+  materialize(model, source);
+  ASSERT_TRUE(Exited(origin.once(), kHeld));
+  ASSERT_TRUE(Exited(origin.ctl({"approve", purged}), 0));
+  ASSERT_TRUE(Exited(origin.once(), 0));
+  const std::uint64_t offered = read_published_snapshot(origin.tree()).serial;
+
+  Daemon d_mirror(mirror);
+  const std::string hold = "hold: partition=" + purged;
+  ASSERT_TRUE(d_mirror.wait_for_log(hold, 60s)) << d_mirror.log();
+  const std::string not_newer = "long poll: serial " + std::to_string(offered) + " is not newer";
+  for (const char* wait : {"next poll in 1000 ms", "next poll in 2000 ms", "next poll in 4000 ms",
+                           "next poll in 8000 ms"})
+    ASSERT_TRUE(d_mirror.wait_for_log(wait, 60s)) << wait << "\n" << d_mirror.log();
+  const std::string log = d_mirror.log();
+  EXPECT_EQ(count_of(log, not_newer), 4u) << log;
+  EXPECT_EQ(count_of(log, hold), 1u) << log;
+  EXPECT_EQ(held_partitions(mirror.status()), std::set<std::string>{purged});
+  EXPECT_TRUE(d_mirror.stop()) << d_mirror.log();
 }
 
 }  // namespace
