@@ -806,8 +806,9 @@ void Server::stop() {
   s.ioc.stop();  // whatever is still running (a slow download) is cut off here
   for (auto& t : s.threads) t.join();
   s.threads.clear();
-  // ... and its client told so now: the sessions left stay suspended in the io_context until
-  // the server is destroyed, their sockets with them. No thread runs them any more.
+  // The sessions cut off stay suspended in the io_context until the server is destroyed, and
+  // their sockets open with them: closed now (no thread runs them any more), so that their
+  // clients see the cut when stop() returns.
   {
     std::lock_guard lock(s.mu);
     for (const auto& c : s.connections)
