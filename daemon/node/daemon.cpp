@@ -205,6 +205,16 @@ class Poller {
         if (std::chrono::steady_clock::now() - asked < wait_ / 2) pause(stop, wait_);
         continue;
       }
+      if (!r && r.retry_after) {
+        // The parent is stopping (a restart: it comes back within seconds) or over its caps: it
+        // says when to ask again. Neither an upstream error nor a parent without long polls.
+        const auto wait = next_poll(schedule, PollAnswer::kRetryLater, 0, *r.retry_after);
+        spdlog::log(schedule.failures > 1 ? spdlog::level::warn : spdlog::level::info,
+                    "long poll: the parent asks to be asked again in {} s ({}); next poll in {} ms",
+                    r.retry_after->count(), r.message(), wait.count());
+        pause(stop, wait);
+        continue;
+      }
       std::uint64_t serial = 0;
       std::string why;
       if (r) {

@@ -55,7 +55,8 @@ Step decide(LoopState s, const Event& e) {
   return {s, Action::kWait, wait};
 }
 
-std::chrono::milliseconds next_poll(PollSchedule& s, PollAnswer answer, std::uint64_t serial) {
+std::chrono::milliseconds next_poll(PollSchedule& s, PollAnswer answer, std::uint64_t serial,
+                                    std::chrono::seconds retry_after) {
   using namespace std::chrono_literals;
   switch (answer) {
     case PollAnswer::kNotModified:
@@ -64,6 +65,13 @@ std::chrono::milliseconds next_poll(PollSchedule& s, PollAnswer answer, std::uin
     case PollAnswer::kFailed:
       s.failures = std::min(s.failures + 1, 6u);
       return 500ms * (1u << s.failures);
+    case PollAnswer::kRetryLater: {
+      // Retry-After: 0 (or a negative or huge value from a hostile parent) can neither make the
+      // poll spin nor put it to sleep for long.
+      s.failures = std::min(s.failures + 1, 6u);
+      const std::chrono::milliseconds asked = std::clamp(retry_after, 1s, kMaxRetryAfter);
+      return std::max(asked, 500ms * (1u << s.failures));
+    }
     case PollAnswer::kNewer:
       s.failures = 0;
       s.repeats = serial == s.last_woken ? std::min(s.repeats + 1, 6u) : 0;

@@ -79,14 +79,25 @@ struct PollSchedule {
 enum class PollAnswer {
   kNotModified,  ///< nothing above the applied serial: ask again
   kFailed,       ///< an error, a refused envelope, or nothing newer answered at once
-  kNewer,        ///< a verified serial above the applied (or held) one
+  /// `503` with a `Retry-After`: the parent is stopping (a restart) or over its caps, and says
+  /// when to ask again (docs/protocol.md). Not a failure of the parent, but a parent that keeps
+  /// saying it is still backed off.
+  kRetryLater,
+  kNewer,  ///< a verified serial above the applied (or held) one
 };
 
-/// The wait before the next step: after kFailed, 1, 2, 4... 32 s (reset by any other answer);
-/// after kNewer, the pause before waking the loop: none the first time, then 5, 10, 20... s up
-/// to the period while the same serial keeps coming back unapplied (a refused or held serial
-/// does not wake a cycle every few seconds).
+/// The longest Retry-After the poll honours: a parent cannot put its children to sleep longer.
+inline constexpr std::chrono::seconds kMaxRetryAfter{60};
+
+/// The wait before the next step: after kFailed, 1, 2, 4... 32 s (reset by kNotModified and
+/// kNewer); after kRetryLater, the parent's `retry_after` bounded to 1 s..kMaxRetryAfter, or the
+/// backoff of kFailed if longer (it counts in the same run: a parent answering 503 again and
+/// again, with Retry-After: 0, is asked at most every 32 s); after kNewer, the pause before waking
+/// the loop: none the first time, then 5, 10, 20... s up to the period while the same serial
+/// keeps coming back unapplied (a refused or held serial does not wake a cycle every few
+/// seconds).
 std::chrono::milliseconds next_poll(PollSchedule& schedule, PollAnswer answer,
-                                    std::uint64_t serial = 0);
+                                    std::uint64_t serial = 0,
+                                    std::chrono::seconds retry_after = {});
 
 }  // namespace tiersync::node

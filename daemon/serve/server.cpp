@@ -64,6 +64,10 @@ constexpr auto kAcceptMaxRetryDelay = 2s;
 /// What a client refused a long poll should wait before asking again. The poll only saves
 /// latency: its periodic poll keeps working meanwhile.
 constexpr std::string_view kLongPollRetryAfterSeconds = "30";
+// A long poll held (or asked for) while the server stops: the parent is going away for a
+// moment (a restart), so its children ask again at once rather than after their poll period
+// (docs/protocol.md, "GET /.tiersync/v1/snapshot").
+constexpr std::string_view kStoppingRetryAfterSeconds = "1";
 
 std::string_view sv(beast::string_view s) {
   return {s.data(), s.size()};
@@ -543,7 +547,15 @@ asio::awaitable<std::optional<Response>> Server::Impl::long_poll(
     }
   }
   request.waited = true;
-  co_return handle_request(request, *current_view(), context);
+  const auto answering = current_view();
+  if (stopping && answering->serial <= poll.after) {
+    // Not 304 ("unchanged", which a child takes for a parent that does not hold polls and asks
+    // again only after its poll period): 503 with Retry-After, and the connection closed.
+    Response r = text_response(503, "stopping: ask again in a moment");
+    r.set("Retry-After", std::string(kStoppingRetryAfterSeconds));
+    co_return r;
+  }
+  co_return handle_request(request, *answering, context);
 }
 
 template <class Stream>
@@ -794,6 +806,14 @@ void Server::stop() {
   s.ioc.stop();  // whatever is still running (a slow download) is cut off here
   for (auto& t : s.threads) t.join();
   s.threads.clear();
+  // The sessions cut off stay suspended in the io_context until the server is destroyed, and
+  // their sockets open with them: closed now (no thread runs them any more), so that their
+  // clients see the cut when stop() returns.
+  {
+    std::lock_guard lock(s.mu);
+    for (const auto& c : s.connections)
+      if (c->stream) c->stream->close();
+  }
   spdlog::info("serve: stopped");
 }
 

@@ -122,6 +122,20 @@ std::optional<std::uint64_t> content_range_total(std::string_view v) {
   return total;
 }
 
+/// A `Retry-After` in delay-seconds (RFC 9110 10.2.3), saturated at a day; nullopt for an
+/// HTTP-date or anything else (the answer is then a plain failure). The long poll bounds it
+/// further (node::next_poll).
+std::optional<std::chrono::seconds> retry_after_seconds(std::string_view v) {
+  while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
+  while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
+  if (v.empty() || !std::all_of(v.begin(), v.end(), [](char c) { return c >= '0' && c <= '9'; }))
+    return std::nullopt;
+  constexpr std::uint64_t kDay = 86400;
+  std::uint64_t n = 0;
+  for (char c : v) n = std::min(kDay, n * 10 + static_cast<std::uint64_t>(c - '0'));
+  return std::chrono::seconds(n);
+}
+
 /// How one attempt at a request ended.
 struct Outcome {
   enum Kind {
@@ -183,6 +197,8 @@ struct Download {
   bool range_refused = false;  ///< a part's answer was not its range (200, another range)
   unsigned status = 0;         ///< of the last response
   std::string etag;
+  /// A 503's Retry-After (delay-seconds): the parent asks to be asked again after it.
+  std::optional<std::chrono::seconds> retry_after;
 };
 
 /// The whole-transfer deadline of a body (TransportOptions::min_bytes_per_second): the bytes
@@ -497,8 +513,8 @@ struct HttpsTransport::Impl {
   /// has not mishandled a range.
   bool split(const FileRequest& r) const {
     return options.range_split_bytes > 0 && pool.size() > 1 && !ranges_refused &&
-           options.max_bytes_per_second == 0 &&
-           r.max_bytes > r.offset && r.max_bytes - r.offset > options.range_split_bytes;
+           options.max_bytes_per_second == 0 && r.max_bytes > r.offset &&
+           r.max_bytes - r.offset > options.range_split_bytes;
   }
 
   /// Fetches `r` in parts of range_split_bytes / 2 over the pool, each part a closed Range on a
@@ -866,6 +882,7 @@ struct HttpsTransport::Impl {
       }
       d.status = 0;
       d.etag.clear();
+      d.retry_after.reset();
       const Outcome o = co_await attempt_once(c, d);
       if (stop_requested()) {
         c.close();
@@ -1056,6 +1073,7 @@ struct HttpsTransport::Impl {
     }
     if (d.status >= 500 || d.status == 429 || d.status == 408) {
       c.close();
+      if (d.status == 503) d.retry_after = retry_after_seconds(str(res[http::field::retry_after]));
       co_return retry("HTTP " + std::to_string(d.status));
     }
     if (d.part_of > 0) {
@@ -1324,7 +1342,12 @@ PollResult HttpsTransport::poll_snapshot(std::uint64_t after_serial, std::chrono
   d.url += "?after=" + std::to_string(after_serial) + "&wait=" + std::to_string(wait.count());
   d.not_modified_ok = true;
   d.first_byte_wait = wait + impl_->options.read_timeout;
-  if (auto st = impl_->fetch_one(d); !st) return st.error();
+  if (auto st = impl_->fetch_one(d); !st) {
+    PollResult failed = st.error();
+    // A parent stopping, or over its caps, asks to be asked again later (docs/protocol.md).
+    if (d.status == 503) failed.retry_after = d.retry_after;
+    return failed;
+  }
   if (d.status == 304) return std::optional<std::string>();
   if (!d.etag.empty()) {
     impl_->snapshot_etag = d.etag;

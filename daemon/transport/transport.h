@@ -46,8 +46,13 @@ struct ManifestRequest {
   Status result;                    ///< set by fetch_manifests
 };
 
-/// The outcome of a long poll: the envelope, or nothing when the serial did not move.
-using PollResult = Result<std::optional<std::string>>;
+/// The outcome of a long poll: the envelope, or nothing when the serial did not move. A failure
+/// the parent answered `503` with a `Retry-After` in seconds (it is stopping, or over its caps:
+/// docs/protocol.md) carries that delay as sent, saturated at a day; the poller bounds it.
+struct [[nodiscard]] PollResult : Result<std::optional<std::string>> {
+  using Result::Result;
+  std::optional<std::chrono::seconds> retry_after;  ///< with an error only
+};
 
 class Transport {
  public:

@@ -1,8 +1,9 @@
 // Behaviours the other scenarios leave out, each against the real binaries: a damaged state file
 // at start, `approve` waking a running tier0, settle_seconds, re-signing at half the TTL, tier0
-// without inotify and after an inotify queue overflow, and the long poll's backoff. Every wait
-// is bounded and waits for an event (a log line, a status or a published serial); no negative
-// check rests on a sleep and nothing here measures time.
+// without inotify and after an inotify queue overflow, the long poll's backoff, the long poll
+// across a parent's graceful restart and against a parent offering a held serial again and again.
+// Every wait is bounded and waits for an event (a log line, a status or a published serial); no
+// negative check rests on a sleep and nothing here measures time.
 
 #include <fcntl.h>
 #include <signal.h>
@@ -11,6 +12,7 @@
 #include <chrono>
 #include <ctime>
 #include <fstream>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -20,6 +22,7 @@
 #include "proto/dsse.h"
 #include "proto/keys.h"
 #include "proto/snapshot.h"
+#include "tests/integration/fake_parent.h"
 #include "tests/integration/support.h"
 
 namespace tiersync::it {
@@ -326,8 +329,8 @@ TEST_F(BehaviourTest, Tier0RescansAfterAnInotifyQueueOverflow) {
 // ---------------------------------------------------------------------------------------------
 // The long poll's backoff (daemon/node/loop.h, next_poll): against a parent that is gone it asks
 // again after 1, 2, 4 s (its log says when), and a successful answer starts the count again. The
-// parent dies with SIGKILL: a stopping server answers the polls it holds (304), which the poller
-// takes for a parent that does not hold polls, and asks again only after its poll period.
+// parent dies with SIGKILL, so that every poll fails (a parent stopped with SIGTERM first answers
+// the poll it holds 503 with Retry-After: the next test).
 
 TEST_F(BehaviourTest, TheLongPollBacksOffFromAFailingParentAndResetsOnSuccess) {
   // The parent binds port 0 (it reports the port it got), and comes back on that same port.
@@ -363,6 +366,93 @@ TEST_F(BehaviourTest, TheLongPollBacksOffFromAFailingParentAndResetsOnSuccess) {
   d_origin->kill();
   ASSERT_TRUE(wait_for_count(d_mirror, "next poll in 1000 ms", 2, 60s)) << d_mirror.log();
   EXPECT_EQ(d_mirror.terminate(10s), 0) << d_mirror.log();
+}
+
+// ---------------------------------------------------------------------------------------------
+// A parent's graceful restart (a package upgrade): stopped with SIGTERM, it answers the long poll
+// it holds 503 with Retry-After: 1 (docs/protocol.md), and the relay asks again within seconds,
+// not after its poll period (an hour here; the poll itself would wait up to 300 s). Back on the
+// same port with a new serial, the parent's answer brings it.
+
+/// Waits (bounded, every 100 ms) until the metrics at `url` hold the line `line`.
+bool wait_for_metric(const std::string& url, const std::string& line, std::chrono::seconds limit) {
+  for (int i = 0; i <= limit / 100ms; ++i) {
+    const RunResult r = run({"curl", "--silent", "--fail", "--max-time", "10", url});
+    if (r.exited(0) && count_of(r.out, "\n" + line + "\n") > 0) return true;
+    std::this_thread::sleep_for(100ms);
+  }
+  return false;
+}
+
+TEST_F(BehaviourTest, TheLongPollAsksAgainSoonAfterItsParentRestarts) {
+  ASSERT_TRUE(have_curl()) << "curl is not installed: .ci/setup.sh installs it";
+  amend_config(origin, {{"source", {{"dir", source.string()}, {"settle_seconds", 0}}},
+                        {"listen", loopback_listen()}});
+  ASSERT_TRUE(Exited(origin.once(), 0));
+  auto d_origin = std::make_unique<Daemon>(origin, "origin-1.log");
+  const std::uint16_t port = d_origin->port();
+  const std::string url = "http://127.0.0.1:" + std::to_string(port) + "/";
+  amend_config(origin, {{"listen", {{{"address", "127.0.0.1"}, {"port", port}, {"tls", false}}}}});
+  Node mirror = make_mirror(root / "mirror", "mirror", url, {key.pub});
+  amend_config(mirror, {{"upstream", {{"poll_seconds", 3600}}}});
+  Daemon d_mirror(mirror);
+  ASSERT_TRUE(converges(source, mirror.tree(), 60s)) << d_mirror.log();
+  // The relay's long poll is held by the parent when it stops.
+  ASSERT_TRUE(wait_for_metric(url + "metrics", "tiersync_http_long_polls_waiting 1", 60s))
+      << d_mirror.log();
+
+  ASSERT_TRUE(d_origin->stop());
+  ASSERT_TRUE(d_mirror.wait_for_log("long poll: the parent asks to be asked again in 1 s", 30s))
+      << d_mirror.log();
+
+  // Upgraded and started again, with a new serial.
+  add_package(model, "edge/main/x86_64", "newpkg-2.0-r0.apk", 4242);
+  rebuild_index(model, "edge/main/x86_64", 1'800'000'000);
+  materialize(model, source);
+  ASSERT_TRUE(Exited(origin.once(), 0));
+  d_origin = std::make_unique<Daemon>(origin, "origin-2.log");
+  EXPECT_TRUE(converges(source, mirror.tree(), 120s)) << d_mirror.log();
+  EXPECT_EQ(read_published_snapshot(mirror.tree()).serial, 2u) << d_mirror.log();
+  EXPECT_TRUE(d_mirror.wait_for_log("long poll: the parent answers again", 30s)) << d_mirror.log();
+  EXPECT_TRUE(d_mirror.stop()) << d_mirror.log();
+  EXPECT_TRUE(d_origin->stop());
+}
+
+// ---------------------------------------------------------------------------------------------
+// A held serial does not wake the relay again and again: the parent (a static one, which
+// answers every long poll at once) keeps offering the serial the relay holds; the poll asks for
+// a newer one, backs off (1, 2, 4, 8 s: it says so each time), and the loop runs no cycle for it
+// (one hold line, from the first cycle). Counted over four polls.
+
+TEST_F(BehaviourTest, AHeldSerialOfferedAgainAndAgainWakesNoCycle) {
+  const std::string purged = "edge/community/armv7";
+  ASSERT_TRUE(Exited(origin.once(), 0));
+  StallingParent parent(origin.tree());
+  Node mirror = make_mirror(root / "mirror", "mirror", parent.url(), {key.pub},
+                            {{"trust_upstream_approvals", false}});
+  amend_config(mirror, {{"upstream", {{"poll_seconds", 3600}}}});
+  ASSERT_TRUE(Exited(mirror.once(), 0));
+
+  // The purge, approved at tier0, is held at the mirror, which does not trust that approval.
+  remove_partition(model, purged);
+  materialize(model, source);
+  ASSERT_TRUE(Exited(origin.once(), kHeld));
+  ASSERT_TRUE(Exited(origin.ctl({"approve", purged}), 0));
+  ASSERT_TRUE(Exited(origin.once(), 0));
+  const std::uint64_t offered = read_published_snapshot(origin.tree()).serial;
+
+  Daemon d_mirror(mirror);
+  const std::string hold = "hold: partition=" + purged;
+  ASSERT_TRUE(d_mirror.wait_for_log(hold, 60s)) << d_mirror.log();
+  const std::string not_newer = "long poll: serial " + std::to_string(offered) + " is not newer";
+  for (const char* wait : {"next poll in 1000 ms", "next poll in 2000 ms", "next poll in 4000 ms",
+                           "next poll in 8000 ms"})
+    ASSERT_TRUE(d_mirror.wait_for_log(wait, 60s)) << wait << "\n" << d_mirror.log();
+  const std::string log = d_mirror.log();
+  EXPECT_EQ(count_of(log, not_newer), 4u) << log;
+  EXPECT_EQ(count_of(log, hold), 1u) << log;
+  EXPECT_EQ(held_partitions(mirror.status()), std::set<std::string>{purged});
+  EXPECT_TRUE(d_mirror.stop()) << d_mirror.log();
 }
 
 }  // namespace

@@ -119,7 +119,7 @@ TEST(LoopTest, Tier0ChecksForReSigningEveryMinuteOfAQuietSource) {
 }
 
 // The long poll's waits (next_poll): a failing parent is asked again after 1, 2, 4... 32 s, and
-// any answer resets that; a newer serial wakes the loop at once, but the same serial coming back
+// an answer resets that; a newer serial wakes the loop at once, but the same serial coming back
 // unapplied (held or refused) waits 5, 10, 20... s, never more than the poll period.
 TEST(PollScheduleTest, FailuresBackOffUpToACapAndAnyAnswerResetsThem) {
   PollSchedule s{300s};
@@ -146,6 +146,30 @@ TEST(PollScheduleTest, TheSameSerialAgainWaitsLongerUpToThePeriod) {
   // Failures in between do not make a repeated serial look new.
   EXPECT_EQ(next_poll(s, PollAnswer::kFailed), 1s);
   EXPECT_EQ(next_poll(s, PollAnswer::kNewer, 6), 15s);
+}
+
+// A 503 with Retry-After (a parent stopping for a restart, or over its caps): asked again after
+// what it says, bounded to 1..60 s, and counted in the backoff so that a parent saying it again
+// and again (Retry-After: 0 included) is not asked more often than a failing one.
+TEST(PollScheduleTest, RetryAfterIsHonouredWithinBoundsAndBacksOff) {
+  PollSchedule s{300s};
+  EXPECT_EQ(next_poll(s, PollAnswer::kRetryLater, 0, 1s), 1s);  // a restart: at once
+  EXPECT_EQ(next_poll(s, PollAnswer::kFailed), 2s);        // down meanwhile: the backoff goes on
+  EXPECT_EQ(next_poll(s, PollAnswer::kNotModified), 0ms);  // back: the count starts again
+  EXPECT_EQ(next_poll(s, PollAnswer::kRetryLater, 0, 30s), 30s);  // over its caps
+
+  // Hostile values: never a spin, never a long sleep.
+  PollSchedule zero{300s};
+  std::vector<std::chrono::milliseconds> waits;
+  for (int i = 0; i < 8; ++i) waits.push_back(next_poll(zero, PollAnswer::kRetryLater, 0, 0s));
+  EXPECT_EQ(waits, (std::vector<std::chrono::milliseconds>{1s, 2s, 4s, 8s, 16s, 32s, 32s, 32s}));
+  PollSchedule huge{300s};
+  EXPECT_EQ(next_poll(huge, PollAnswer::kRetryLater, 0, std::chrono::seconds::max()), 60s);
+  EXPECT_EQ(next_poll(huge, PollAnswer::kRetryLater, 0, std::chrono::seconds::min()), 2s);
+  EXPECT_EQ(next_poll(huge, PollAnswer::kRetryLater, 0, 86400s), 60s);
+  // An answer resets it, as after a failure.
+  EXPECT_EQ(next_poll(huge, PollAnswer::kNewer, 9), 0ms);
+  EXPECT_EQ(next_poll(huge, PollAnswer::kRetryLater, 0, 1s), 1s);
 }
 
 }  // namespace

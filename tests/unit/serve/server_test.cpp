@@ -15,8 +15,8 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <fstream>
 #include <future>
@@ -714,15 +714,21 @@ TEST_F(ServerTest, StopIsPromptWithIdleConnectionsAndLongPolls) {
     std::this_thread::sleep_for(50ms);
   ASSERT_EQ(server_->stats().long_polls_waiting, 1u);
   server_->stop();
-  // The poll was answered by the stop (304), not cut at stop_timeout (no status) nor held for
-  // its 60 s.
-  EXPECT_EQ(poll.get().status, 304);
+  // The poll was answered by the stop, not cut at stop_timeout (no status) nor held for its
+  // 60 s: 503 with Retry-After, not 304 "unchanged" (docs/protocol.md).
+  const CurlResult answered = poll.get();
+  EXPECT_EQ(answered.status, 503) << answered.log;
+  EXPECT_EQ(answered.header("Retry-After"), "1") << answered.headers;
+  EXPECT_EQ(answered.header("Connection"), "close") << answered.headers;
   bool closed = false;
   std::string answer = idle.read_until_close(2s, closed);
   EXPECT_TRUE(closed);
   EXPECT_NE(answer.find("HTTP/1.1 200"), std::string::npos);
 }
 
+// A download whose client reads nothing: the server serves others meanwhile, stop() gives it
+// the stop timeout, then cuts it off: its client sees the connection closed (after the bytes
+// already on their way), while the server object still exists.
 TEST_F(ServerTest, StopCutsOffAStalledDownloadAfterTheStopTimeout) {
   server_->stop();
   limits_.stop_timeout = 1s;
@@ -731,10 +737,21 @@ TEST_F(ServerTest, StopCutsOffAStalledDownloadAfterTheStopTimeout) {
   ASSERT_TRUE(stalled.send("GET /edge/main/x86_64/big.apk HTTP/1.1\r\nHost: x\r\n\r\n"));
   for (int i = 0; i < 100 && server_->stats().requests == 0; ++i) std::this_thread::sleep_for(20ms);
   ASSERT_EQ(server_->stats().requests, 1u);
+
+  const CurlResult other = Curl({}, http_ + "/edge/main/x86_64/foo-1.0-r0.apk");
+  EXPECT_EQ(other.status, 200) << other.log;
+  EXPECT_TRUE(other.body == package_) << "the other client got " << other.body.size() << " bytes";
+  EXPECT_TRUE(stalled.still_open());  // its download is still in flight
+
   const auto start = Clock::now();
   server_->stop();
   const auto took = Clock::now() - start;
-  EXPECT_GE(took, 900ms);  // the response in flight got its chance; stop() returning is the cut
+  EXPECT_GE(took, 900ms);  // the response in flight got its chance (its stop timeout)
+  bool closed = false;
+  const std::string got = stalled.read_until_close(60s, closed);  // drains what was sent
+  EXPECT_TRUE(closed) << "the stalled download's connection is still open after stop()";
+  EXPECT_TRUE(got.starts_with("HTTP/1.1 200")) << got.substr(0, 200);
+  EXPECT_LT(got.size(), kBigSize) << "the download was not cut off";
 }
 
 TEST(ServerStart, ErrorsNameTheListenEntry) {

@@ -19,9 +19,11 @@
 #include <fstream>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "daemon/transport/file_transport.h"
@@ -115,6 +117,7 @@ struct Faults {
   bool close_delimited = false;       ///< no Content-Length: the body ends when the connection does
   bool close_after_response = false;  ///< close kept-alive connections without saying so
   int fail_503 = 0;                   ///< this many responses are 503
+  std::string retry_after{};          ///< with fail_503: their Retry-After, when not empty
   std::chrono::milliseconds hold{0};  ///< wait before answering
   std::chrono::milliseconds trickle{0};  ///< send the body one byte at a time, this far apart
   // Pipelines answered wrongly (each counts down across the server's connections):
@@ -365,7 +368,9 @@ class TestServer {
     }
     if (faults_.fail_503 > 0) {
       --faults_.fail_503;
-      return c.write(reply(503, "Service Unavailable", ""));
+      return c.write(
+          reply(503, "Service Unavailable",
+                faults_.retry_after.empty() ? "" : "Retry-After: " + faults_.retry_after + "\r\n"));
     }
 
     std::string fields;
@@ -919,6 +924,34 @@ TEST_F(HttpsTransportTest, RetriesA503ThenSucceeds) {
   ASSERT_TRUE(snap) << snap.message();
   EXPECT_EQ(*snap, snapshot_);
   EXPECT_EQ(server->requests, 3);
+}
+
+// A long poll answered 503 with Retry-After (a parent stopping, or over its caps) carries the
+// delay in seconds as sent, saturated at a day; an HTTP-date, garbage or no header is a plain
+// failure. The poller bounds it (PollScheduleTest.RetryAfterIsHonouredWithinBoundsAndBacksOff).
+TEST_F(HttpsTransportTest, ALongPollAnswered503CarriesItsRetryAfter) {
+  const std::vector<std::pair<std::string, std::optional<std::chrono::seconds>>> cases = {
+      {"1", 1s},
+      {" 7\t", 7s},
+      {"0", 0s},
+      {"99999999999999999999999999", 86400s},
+      {"Wed, 21 Oct 2026 07:28:00 GMT", std::nullopt},
+      {"-5", std::nullopt},
+      {"", std::nullopt},
+  };
+  for (const auto& [header, expected] : cases) {
+    SCOPED_TRACE("Retry-After: \"" + header + "\"");
+    auto server = serve({.fail_503 = 1, .retry_after = header});
+    TransportOptions o = options(1);
+    o.max_attempts = 1;  // as the poller's
+    auto t = connect(server->url(), o);
+    ASSERT_TRUE(t);
+    auto polled = t->poll_snapshot(7, 30s);
+    ASSERT_FALSE(polled);
+    EXPECT_NE(polled.message().find("HTTP 503"), std::string::npos) << polled.message();
+    EXPECT_EQ(polled.retry_after, expected);
+    EXPECT_EQ(server->requests, 1);
+  }
 }
 
 TEST_F(HttpsTransportTest, GivesUpAfterBoundedAttempts) {
