@@ -1,5 +1,6 @@
 #include "daemon/node/daemon.h"
 
+#include <malloc.h>
 #include <poll.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
@@ -458,6 +459,10 @@ void Daemon::start_poller(std::uint64_t applied) {
 }
 
 void Daemon::after_cycle() {
+  // A full walk or an initial sync holds a structure per entry for its length: given back to the
+  // system afterwards, so that a daemon's resident memory between cycles follows what it keeps
+  // (docs/performance.md, "Scale"), not its largest cycle.
+  ::malloc_trim(0);
   sync::StateStore state(config_.state_dir, config_.tree);
   const auto cycle = state.load_cycle();
   const auto serial = applied_serial(config_);

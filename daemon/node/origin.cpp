@@ -20,6 +20,7 @@
 #include "proto/dsse.h"
 #include "proto/manifest.h"
 #include "proto/path.h"
+#include "proto/printable.h"
 
 namespace tiersync::node {
 
@@ -591,10 +592,19 @@ Result<Looked> look_at_changes(const ops::Config& config, std::size_t depth,
     for (const auto& sub : subtrees)
       if (name.size() > sub.size() && name.starts_with(sub) && name[sub.size()] == '/')
         partitions.insert(name);
+  // Named in the log, cut short and escaped: a builder names the folders.
+  constexpr std::size_t kNamed = 12;
   std::string names;
-  for (const auto& name : partitions) names += (names.empty() ? "" : " ") + name;
+  std::size_t named = 0;
+  for (const auto& name : partitions) {
+    if (named++ == kNamed) {
+      names += " and " + std::to_string(partitions.size() - kNamed) + " more";
+      break;
+    }
+    names += (names.empty() ? "" : " ") + name;
+  }
   spdlog::info("incremental publish: rescanning {} partitions ({} files): {}", partitions.size(),
-               scan->files.size(), names);
+               scan->files.size(), proto::printable(names, 1024));
   SourcePrint::discard(state);
   Looked out;
   out.scan = std::move(*scan);

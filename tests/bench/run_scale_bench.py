@@ -9,7 +9,8 @@ For each size: generates a tree of tiny files (gen_tree.py, --size-scale 0.0001:
 
   tier0 first publish          vs rsync -a initial copy
   relay initial sync           vs rsync -a initial copy
-  tier0 publish, hourly change vs rsync of the same change (20 packages)
+  tier0 publish, hourly change vs rsync of the same change (20 packages): the running daemon's
+                               incremental publish (its own cycle time and peak RSS)
   relay hourly incremental     vs rsync of the same change
   relay busy incremental 0.5%  vs rsync of the same change
   tier0 no-op                  vs rsync no-op
@@ -20,8 +21,10 @@ the sizes already in it) and the plot shows time and memory against entries for 
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -91,8 +94,11 @@ def one_size(args, entries, run_root):
     row("relay_initial", relay, copy)
     same("the initial sync")
     for kind in ("hourly", "busy"):
-        changed, _ = gen_tree.mutate_tree(w["src"], kind, args.size_scale, args.seed)
-        pub = t0(f"t0-{kind}")
+        if kind == "hourly":  # as dl-master runs it: the daemon's incremental publish
+            pub, changed = daemon_publish(w, run, args, kind)
+        else:
+            changed, _ = gen_tree.mutate_tree(w["src"], kind, args.size_scale, args.seed)
+            pub = t0(f"t0-{kind}")
         if pub["rc"] == 3:
             out["notes"].append(f"tier0 held a partition after the {kind} change (exit 3)")
         rel, rs = mirror(f"mirror-{kind}"), rsync(f"rsync-{kind}")
@@ -105,6 +111,80 @@ def one_size(args, entries, run_root):
     if not args.keep:
         remove_workdir(root)
     return out
+
+
+def metric_sums(port):
+    """The daemon's cycle count and the sum of their durations (GET /metrics)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    found = {}
+    for line in text.splitlines():
+        for name in ("tiersync_sync_duration_seconds_sum", "tiersync_sync_duration_seconds_count"):
+            if line.startswith(name + " "):
+                found[name] = float(line.split()[1])
+    return found.get("tiersync_sync_duration_seconds_count", 0), found.get(
+        "tiersync_sync_duration_seconds_sum", 0.0)
+
+
+def wait_until(what, check, limit, step=0.1):
+    for _ in range(int(limit / step) + 1):   # bounded
+        value = check()
+        if value:
+            return value
+        time.sleep(step)
+    raise BenchError(f"timed out after {limit:.0f} s waiting for {what}")
+
+
+def daemon_publish(w, run, args, kind):
+    """tier0's publish of one change as the daemon makes it (inotify names the changed
+    partitions; docs/architecture.md, "Incremental publish"). Time: the sum of the durations of
+    the cycles the change caused (the daemon's own metric: no settle or look interval in it);
+    memory: the peak RSS (VmHWM) from the change to the end of those cycles."""
+    conf = json.loads(w["t0conf"].read_text())
+    conf["listen"] = [{"address": "127.0.0.1", "port": 0, "tls": False}]
+    conf_path = w["root"] / "t0-daemon.json"
+    conf_path.write_text(json.dumps(conf, indent=1))
+    ports = w["root"] / "t0" / "state" / "ports.json"
+    log = open(w["logs"] / f"t0-daemon-{kind}.log", "wb")
+    proc = subprocess.Popen([w["d"], "--config", str(conf_path)], stdin=subprocess.DEVNULL,
+                            stdout=log, stderr=log, start_new_session=True)
+    try:
+        def port():
+            try:
+                report = json.loads(ports.read_text())
+                return report["pid"] == proc.pid and report["listen"][0]["port"]
+            except (OSError, ValueError, KeyError, IndexError):
+                return None
+        p = wait_until("the daemon's ports", port, args.timeout)
+
+        def settled(minimum):
+            # `minimum` cycles done, and none for 2 s since (the first look's walk follows the
+            # start's; a change's publish may be followed by a no-op for events it caused).
+            state = {"n": -1, "since": time.monotonic()}
+
+            def check():
+                n, _ = metric_sums(p)
+                if n != state["n"]:
+                    state["n"], state["since"] = n, time.monotonic()
+                return n >= minimum and time.monotonic() - state["since"] >= 2 and n
+            return check
+        before = wait_until("the daemon's first cycles", settled(2), args.timeout)
+        _, sum_before = metric_sums(p)
+        Path(f"/proc/{proc.pid}/clear_refs").write_text("5")   # VmHWM starts again from here
+        changed, _ = gen_tree.mutate_tree(w["src"], kind, args.size_scale, args.seed)
+        after = wait_until("the publish of the change", settled(before + 1), args.timeout)
+        _, sum_after = metric_sums(p)
+        hwm = next(int(line.split()[1]) for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
+                   if line.startswith("VmHWM:"))
+        print(f"   (tier0 daemon: {after - before} cycle(s) for the change)", flush=True)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+    return {"s": sum_after - sum_before, "rss_kb": hwm, "rc": 0, "log": str(log.name)}, changed
 
 
 def verdicts(data):
