@@ -141,6 +141,8 @@ def daemon_publish(w, run, args, kind):
     memory: the peak RSS (VmHWM) from the change to the end of those cycles."""
     conf = json.loads(w["t0conf"].read_text())
     conf["listen"] = [{"address": "127.0.0.1", "port": 0, "tls": False}]
+    # As deployed: one publish once the upload has settled, not one per second while it is written.
+    conf["source"]["settle_seconds"] = 2
     conf_path = w["root"] / "t0-daemon.json"
     conf_path.write_text(json.dumps(conf, indent=1))
     ports = w["root"] / "t0" / "state" / "ports.json"

@@ -33,25 +33,6 @@ using namespace std::chrono_literals;
 constexpr int kFailure = 1;
 constexpr int kHeld = 3;
 
-/// How often `needle` occurs in `text`.
-std::size_t count_of(std::string_view text, std::string_view needle) {
-  std::size_t n = 0;
-  for (auto at = text.find(needle); at != std::string_view::npos; at = text.find(needle, at + 1))
-    ++n;
-  return n;
-}
-
-/// Waits (bounded, every 50 ms) until the log holds `needle` at least `n` times.
-bool wait_for_count(const Process& p, std::string_view needle, std::size_t n,
-                    std::chrono::seconds limit) {
-  const auto steps = std::chrono::duration_cast<std::chrono::milliseconds>(limit) / 50ms;
-  for (long i = 0; i <= steps; ++i) {
-    if (count_of(p.log(), needle) >= n) return true;
-    std::this_thread::sleep_for(50ms);
-  }
-  return false;
-}
-
 /// Waits (bounded, every 100 ms) until `tree` publishes a serial other than `serial`.
 std::uint64_t wait_for_serial_change(const fs::path& tree, std::uint64_t serial,
                                      std::chrono::seconds limit) {

@@ -23,24 +23,6 @@ using namespace std::chrono_literals;
 
 constexpr int kOk = 0;
 
-/// How often `needle` occurs in `text`.
-std::size_t count_of(std::string_view text, std::string_view needle) {
-  std::size_t n = 0;
-  for (auto at = text.find(needle); at != std::string_view::npos; at = text.find(needle, at + 1))
-    ++n;
-  return n;
-}
-
-/// Waits (bounded, every 50 ms) until `p`'s log holds `needle` at least `n` times.
-bool wait_for_count(const Process& p, std::string_view needle, std::size_t n,
-                    std::chrono::seconds limit) {
-  for (long i = 0; i <= limit / 50ms; ++i) {
-    if (count_of(p.log(), needle) >= n) return true;
-    std::this_thread::sleep_for(50ms);
-  }
-  return false;
-}
-
 /// The last line of `log` holding `needle` ("" when none does).
 std::string last_line_with(const std::string& log, std::string_view needle) {
   const auto at = log.rfind(needle);

@@ -873,6 +873,22 @@ bool Process::wait_for_log(std::string_view needle, std::chrono::milliseconds li
   }
 }
 
+std::size_t count_of(std::string_view text, std::string_view needle) {
+  std::size_t n = 0;
+  for (auto at = text.find(needle); at != std::string_view::npos; at = text.find(needle, at + 1))
+    ++n;
+  return n;
+}
+
+bool wait_for_count(const Process& p, std::string_view needle, std::size_t n,
+                    std::chrono::seconds limit) {
+  for (long i = 0; i <= limit / std::chrono::milliseconds(50); ++i) {
+    if (count_of(p.log(), needle) >= n) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return false;
+}
+
 namespace {
 
 // The node's state_dir, from its configuration (relative paths resolve against its folder).

@@ -324,6 +324,12 @@ struct Daemon : Process {
   fs::path state_dir_;
 };
 
+/// How often `needle` occurs in `text`.
+std::size_t count_of(std::string_view text, std::string_view needle);
+/// Waits (bounded, every 50 ms) until `p`'s log holds `needle` at least `n` times.
+bool wait_for_count(const Process& p, std::string_view needle, std::size_t n,
+                    std::chrono::seconds limit);
+
 /// Waits (bounded, polling every 100 ms) until `tree` holds exactly the files of `source`.
 bool converges(const fs::path& source, const fs::path& tree, std::chrono::seconds limit);
 
