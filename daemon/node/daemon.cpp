@@ -326,7 +326,8 @@ class Watchdog {
 // ---------------------------------------------------------------------------------------------
 
 // Each partition's fingerprint (docs/architecture.md, "Incremental publish"): any upload,
-// rename or removal changes its partition's ({} if the source cannot be read), and
+// rename or removal changes its partition's (none if the source cannot be read: every partition
+// then looks changed once, and the publish says what is wrong), and
 // `.tiersync-busy` appearing or going (the scan leaves the marker out) shows as a change too: a
 // builder's finished upload is published once it has settled, not at the next minute's check.
 std::map<std::string, std::string> source_prints(const ops::Config& config) {
@@ -547,7 +548,6 @@ bool Daemon::rescan(LoopClock::time_point now) {
       changed = true;
       if (name != ".tiersync-busy") source_changes_.paths.insert(name);
     }
-    if (prints.empty()) source_changes_.all = changed = true;  // unreadable: the publish says why
   }
   last_prints_ = std::move(prints);
   return changed;
