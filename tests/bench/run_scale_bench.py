@@ -171,13 +171,17 @@ def daemon_publish(w, run, args, kind):
             return check
         before = wait_until("the daemon's first cycles", settled(2), args.timeout)
         _, sum_before = metric_sums(p)
+        status = Path(f"/proc/{proc.pid}/status")
+        base = next(int(line.split()[1]) for line in status.read_text().splitlines()
+                    if line.startswith("VmRSS:"))
         Path(f"/proc/{proc.pid}/clear_refs").write_text("5")   # VmHWM starts again from here
         changed, _ = gen_tree.mutate_tree(w["src"], kind, args.size_scale, args.seed)
         after = wait_until("the publish of the change", settled(before + 1), args.timeout)
         _, sum_after = metric_sums(p)
         hwm = next(int(line.split()[1]) for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
                    if line.startswith("VmHWM:"))
-        print(f"   (tier0 daemon: {after - before} cycle(s) for the change)", flush=True)
+        print(f"   (tier0 daemon: {after - before:.0f} cycle(s) for the change; resident before it "
+              f"{base / 1024:.0f} MB)", flush=True)
     finally:
         proc.terminate()
         try:
