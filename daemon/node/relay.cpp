@@ -221,10 +221,15 @@ Result<sync::ManifestSet> candidate_manifests(const proto::Snapshot& cand,
     if (state.has_manifest(ref.manifest)) {
       auto loaded =
           state.load_manifest(ref.manifest, name, cand.depth, proto::ModeRule::kPublishable);
-      if (loaded) {
-        stored[name] = *loaded;
-        continue;
+      if (!loaded) loaded = state.load_manifest(ref.manifest, name, cand.depth);
+      if (!loaded) {
+        // Its bytes match its name, so the parent would send the same ones again: refused here,
+        // not fetched again (which would rewrite this node's state for a refused candidate).
+        ++ops::process_metrics().verify_failures;
+        return loaded.error();
       }
+      stored[name] = *loaded;
+      continue;
     }
     if (std::find(wanted.begin(), wanted.end(), ref.manifest) == wanted.end())
       wanted.push_back(ref.manifest);
