@@ -269,7 +269,7 @@ def plot(data, path):
         ax.grid(True, which="both", alpha=0.3)
     handles, labels = ax_m.get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=7, frameon=False)
-    fig.suptitle("tiersync --once over file://, tiny files", fontsize=10)
+    fig.suptitle("tiersync over file://, tiny files (--once; tier0 hourly: the daemon)", fontsize=10)
     fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(path)
     print(f"plot: {path}")
