@@ -180,10 +180,9 @@ bool covered(const std::vector<sync::Approval>& approvals, const std::string& pa
 }
 
 // A layout change's identity for approvals: the whole candidate, partition by partition.
-std::string layout_change_id(
-    const std::map<std::string, std::pair<proto::Digest, std::string>>& encoded) {
+std::string layout_change_id(const std::map<std::string, proto::Digest>& digests) {
   std::string lines;
-  for (const auto& [name, e] : encoded) lines += name + "=" + proto::to_hex(e.first) + "\n";
+  for (const auto& [name, d] : digests) lines += name + "=" + proto::to_hex(d) + "\n";
   return "layout:" + proto::to_hex(proto::sha256(lines));
 }
 
@@ -196,8 +195,10 @@ std::unique_ptr<sync::Fetcher> source_fetcher(const fs::path& source_dir) {
 
 namespace {
 
-// The encoded candidate manifests by partition: their SHA-256 says whether a partition changed.
-using Encoded = std::map<std::string, std::pair<proto::Digest, std::string>>;
+// The SHA-256 of each candidate manifest's encoding, by partition: it says whether a partition
+// changed. The bytes are not kept (about as large as the entries): a manifest that enters the
+// snapshot is encoded again to be stored (docs/performance.md, "Where the memory goes").
+using Digests = std::map<std::string, proto::Digest>;
 
 // Step 1, re-sign due: at half the TTL, and at once when the signing keys changed (a rotation):
 // relays that already trust only the new key must not wait days for it.
@@ -251,10 +252,10 @@ class SourcePrint {
 };
 
 // Step 2, the candidate: every partition's manifest from the (sorted) scan, hashed through the
-// hash cache, and encoded.
+// hash cache, and the digest of its encoding.
 struct Candidate {
   sync::ManifestSet manifests;
-  Encoded encoded;
+  Digests digests;
   sync::HashCache cache;  // forgets what the fetcher finds rewritten in place
 };
 
@@ -273,38 +274,35 @@ Result<Candidate> build_candidate(const ops::Config& config, std::size_t depth,
   sync::HashCache::migrate_single_file(state.hash_cache_path(), state.hash_cache_dir(), depth);
   std::string cache_warning;
   Candidate c{
-      {},
-      {},
-      sync::HashCache::load_partitions(state.hash_cache_dir(), depth, scope, &cache_warning)};
+      {}, {}, sync::HashCache::load_partitions(state.hash_cache_dir(), scope, &cache_warning)};
   if (!cache_warning.empty()) spdlog::warn("{}", cache_warning);
+  c.cache.expect(files.size());
   auto manifests = build_manifests(config, depth, files, c.cache);
   if (!manifests) return manifests.error();
   c.manifests = std::move(*manifests);
   if (c.cache.needs_save()) save_hash_cache(c.cache, state, depth, scope);
-  for (const auto& [name, m] : c.manifests) {
-    std::string bytes = proto::encode_manifest(*m);
-    c.encoded[name] = {proto::sha256(bytes), std::move(bytes)};
-  }
+  for (const auto& [name, m] : c.manifests)
+    c.digests[name] = proto::sha256(proto::encode_manifest(*m));
   return c;
 }
 
 // Whether the candidate differs from the published snapshot, partition by partition (those of
 // `scope` only: the others were not looked at).
-bool differs(const proto::Snapshot& prev, const Encoded& encoded, bool layout_changed,
+bool differs(const proto::Snapshot& prev, const Digests& digests, bool layout_changed,
              Scope scope) {
   if (scope) {
     for (const auto& name : *scope) {
-      auto it = encoded.find(name);
+      auto it = digests.find(name);
       auto ref = prev.partitions.find(name);
-      if ((it == encoded.end()) != (ref == prev.partitions.end())) return true;
-      if (it != encoded.end() && it->second.first != ref->second.manifest) return true;
+      if ((it == digests.end()) != (ref == prev.partitions.end())) return true;
+      if (it != digests.end() && it->second != ref->second.manifest) return true;
     }
     return false;
   }
-  bool differs = layout_changed || prev.partitions.size() != encoded.size();
+  bool differs = layout_changed || prev.partitions.size() != digests.size();
   for (const auto& [name, ref] : prev.partitions) {
-    auto it = encoded.find(name);
-    differs = differs || it == encoded.end() || it->second.first != ref.manifest;
+    auto it = digests.find(name);
+    differs = differs || it == digests.end() || it->second != ref.manifest;
   }
   return differs;
 }
@@ -348,7 +346,7 @@ struct GuardPass {
 // against the candidate, wherever the new layout puts them. Partitions cannot be held one by one
 // across layouts, so any hold keeps the whole published snapshot (true: something is held).
 bool guard_layout_change(GuardPass& g) {
-  const std::string to = layout_change_id(g.candidate.encoded);
+  const std::string to = layout_change_id(g.candidate.digests);
   for (const auto& [name, old] : g.applied_manifests) {
     const proto::Manifest after = sync::entries_kept(*old, g.candidate.manifests, g.depth);
     const std::string from =
@@ -390,8 +388,8 @@ Status guard_partition(GuardPass& g, const std::string& name, const sync::StateS
   auto old_it = g.applied_manifests.find(name);
   const bool in_candidate = cand_it != g.candidate.manifests.end();
   const bool in_applied = old_it != g.applied_manifests.end();
-  const std::string to = sync::change_end(
-      in_candidate ? &g.candidate.encoded.at(name).first : nullptr, sync::kRemoved);
+  const std::string to =
+      sync::change_end(in_candidate ? &g.candidate.digests.at(name) : nullptr, sync::kRemoved);
   const std::string from =
       in_applied
           ? sync::change_end(&g.applied->snapshot.partitions.at(name).manifest, sync::kNoManifest)
@@ -413,11 +411,14 @@ Status guard_partition(GuardPass& g, const std::string& name, const sync::StateS
   }
   if (!in_candidate) return {};  // removed (and not held)
   const auto& m = cand_it->second;
-  const auto& [digest, bytes] = g.candidate.encoded.at(name);
+  const proto::Digest& digest = g.candidate.digests.at(name);
   next.partitions[name] = {digest, m->entries.size(), m->total_bytes()};
   g.next_manifests[name] = m;
-  if (!state.has_manifest(digest)) return state.store_manifest(digest, bytes);
-  return {};
+  if (state.has_manifest(digest)) return {};
+  const std::string bytes = proto::encode_manifest(*m);  // canonical: the same bytes again
+  if (proto::sha256(bytes) != digest)
+    return make_error("partition " + name + ": its manifest encoded to other bytes");
+  return state.store_manifest(digest, bytes);
 }
 
 // An upstream approval is carried while its partition stays at the approved manifest (or stays
@@ -653,7 +654,7 @@ CycleOutcome publish_source(Cycle& cycle, const ops::Config& config, std::size_t
   sync::ManifestSet applied_manifests;
   if (applied) {
     next.approved_deletions = applied->snapshot.approved_deletions;
-    if (!differs(applied->snapshot, candidate->encoded, layout_changed, looked->scope()) &&
+    if (!differs(applied->snapshot, candidate->digests, layout_changed, looked->scope()) &&
         !resign) {
       if (looked->print) looked->print->remember();
       return cycle.noop(applied->snapshot.serial);

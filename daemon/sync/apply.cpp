@@ -126,6 +126,12 @@ Status copy_verified(const TreeFs& tree, std::string_view src, int out_fd, const
   return {};
 }
 
+// A new staged file: owner read-write until set_metadata() gives the entry's mode.
+UniqueFd create_staged(const fs::path& dest) {
+  return UniqueFd(
+      ::open(dest.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600));
+}
+
 // What stops staging on SIGTERM: nothing has been installed yet.
 Error stopped_error() {
   return make_error("stopped before installing anything (staged files are kept)");
@@ -252,6 +258,7 @@ class Applier::Staging {
     proto::Sha256 hasher;
     std::uint64_t got;
     std::uint64_t offset = 0;  ///< staged by an earlier run (already in `hasher` and `got`)
+    bool finished = false;     ///< every byte written, and the entry's metadata given
   };
   /// Staged name and entry of each file to produce, in plan order: runs are repeatable.
   using Wanted = std::vector<std::pair<std::string, const Entry*>>;
@@ -395,22 +402,20 @@ Result<bool> Applier::Staging::found_in_place(const Entry& e) {
 }
 
 // A deleted file of the same content is copied (and hashed on the way); otherwise, or when that
-// copy is gone or damaged, the file joins the batch of downloads.
+// copy is gone or damaged, the file joins the batch of downloads (its staged file is made at its
+// first byte).
 Status Applier::Staging::copy_or_download(const Entry& e, const fs::path& dest) {
-  // Owner read-write until set_metadata gives the entry's mode: the file is opened again when its
-  // bytes arrive and when it is verified.
-  UniqueFd fd(::open(dest.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600));
-  if (!fd.valid()) return make_error(errno_message(dest, errno));
   if (auto it = local_.find(e.sha256); it != local_.end()) {
+    UniqueFd fd(create_staged(dest));
+    if (!fd.valid()) return make_error(errno_message(dest, errno));
     if (copy_verified(tree_, *it->second, fd.get(), dest, e) && set_metadata(fd.get(), e, dest)) {
       ++stats_.reused_files;
       a_.actions_[&e] = Action::kRename;
       return {};
     }
-    if (::ftruncate(fd.get(), 0) != 0 || ::lseek(fd.get(), 0, SEEK_SET) != 0)
-      return make_error(errno_message(dest, errno));
+    fd.reset();
+    ::unlink(dest.c_str());
   }
-  fd.reset();  // opened again when its bytes arrive
   return queue(std::make_unique<Download>(Download{&e, dest, {}, {}, 0}));
 }
 
@@ -454,7 +459,10 @@ Status Applier::Staging::receive(Download& dl, const char* data, std::size_t siz
                       std::to_string(dl.entry->size));
   }
   if (!dl.fd.valid()) {
-    dl.fd = UniqueFd(::open(dl.dest.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC | O_NOFOLLOW));
+    // A resumed download appends to what an earlier run staged; a new one starts its file.
+    dl.fd = dl.got > 0
+                ? UniqueFd(::open(dl.dest.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC | O_NOFOLLOW))
+                : create_staged(dl.dest);
     if (!dl.fd.valid()) return make_error(errno_message(dl.dest, errno));
   }
   // A large file has a step in its middle: a kill there leaves exactly its first half staged,
@@ -470,24 +478,35 @@ Status Applier::Staging::receive(Download& dl, const char* data, std::size_t siz
   return append(dl, data, size);
 }
 
+// The file's last byte gives it the entry's mode and mtime on the descriptor it was written
+// through (an unverified file with them is harmless: nothing is installed before verify(), and a
+// killed run's leftover is hashed again before any use).
 Status Applier::Staging::append(Download& dl, const char* data, std::size_t size) {
   dl.hasher.update(data, size);
   dl.got += size;
   auto st = write_all(dl.fd.get(), data, size, dl.dest);
+  if (st && dl.got == dl.entry->size) {
+    st = set_metadata(dl.fd.get(), *dl.entry, dl.dest);
+    dl.finished = st.ok();
+  }
   if (dl.got == dl.entry->size) dl.fd.reset();
   return st;
 }
 
-// A finished download: its size and SHA-256 must be the entry's; then it gets its metadata.
+// A finished download: its size and SHA-256 must be the entry's, and it has its metadata (an
+// empty file, which no byte opened, is made now).
 Status Applier::Staging::verify(Download& dl) {
   const proto::Digest digest = dl.hasher.finish();
   if (dl.got != dl.entry->size || digest != dl.entry->sha256) {
     a_.content_rejected_ = true;
     return make_error(mismatch(*dl.entry, dl.got, digest));
   }
-  UniqueFd fd(::open(dl.dest.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
-  if (!fd.valid()) return make_error(errno_message(dl.dest, errno));
-  if (auto st = set_metadata(fd.get(), *dl.entry, dl.dest); !st) return st;
+  if (!dl.finished) {
+    UniqueFd fd(dl.got > 0 ? UniqueFd(::open(dl.dest.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW))
+                           : create_staged(dl.dest));
+    if (!fd.valid()) return make_error(errno_message(dl.dest, errno));
+    if (auto st = set_metadata(fd.get(), *dl.entry, dl.dest); !st) return st;
+  }
   ++stats_.fetched_files;
   stats_.fetched_bytes += dl.got - dl.offset;
   if (dl.offset > 0) ++stats_.resumed_files;
@@ -538,7 +557,6 @@ Status Applier::install_entry(const TreeFs& tree, const Entry& e, MadeDirs& made
     if (!fd) return fd.error();
     return set_metadata(fd->get(), e, tree.root() / path);
   }
-  if (auto st = remove_folder_in_the_way(tree, path, made_dirs); !st) return st;
   fs::path from;
   if (it->second == Action::kSymlink) {
     from = state_.staging_dir() / "links" / staged_name(e);
@@ -546,11 +564,20 @@ Status Applier::install_entry(const TreeFs& tree, const Entry& e, MadeDirs& made
     crash_point();
     if (::symlink(std::string(e.target()).c_str(), from.c_str()) != 0)
       return make_error(errno_message(from, errno));
-  } else {
-    from = state_.staging_dir() / "files" / staged_name(e);
   }
+  if (from.empty()) from = state_.staging_dir() / "files" / staged_name(e);
   crash_point();
-  return tree.rename_into(from, path);
+  // A rename replaces a file or a symlink in one step; a folder in its way refuses it, and goes
+  // first (no lstat per file for the rare folder).
+  auto renamed = tree.rename_into(from, path);
+  if (!renamed || *renamed) return renamed ? Status() : renamed.error();
+  if (auto st = remove_folder_in_the_way(tree, path, made_dirs); !st) return st;
+  crash_point();
+  renamed = tree.rename_into(from, path);
+  if (!renamed) return renamed.error();
+  if (!*renamed)
+    return make_error("installing " + (tree.root() / path).string() + ": a folder stands there");
+  return {};
 }
 
 // syncfs of the tree's file system, and of state_dir's when it is another one: a barrier for a

@@ -171,12 +171,23 @@ int TreeFs::parent(std::string_view rel, std::string& leaf) const {
       slash == std::string_view::npos ? std::string_view() : rel.substr(0, slash);
   if (dir.empty()) return fd_.get();
   // Paths come sorted: consecutive ones mostly share their folder.
-  if (!cached_fd_.valid() || cached_dir_ != dir) {
-    cached_dir_.clear();
-    cached_fd_ = open_dir_beneath(fd_.get(), dir);
-    if (!cached_fd_.valid()) return -1;
-    cached_dir_.assign(dir);
+  if (cached_fd_.valid() && cached_dir_ == dir) return cached_fd_.get();
+  if (missing_errno_ != 0 && missing_dir_ == dir) {
+    errno = missing_errno_;
+    return -1;
   }
+  cached_dir_.clear();
+  cached_fd_ = open_dir_beneath(fd_.get(), dir);
+  if (!cached_fd_.valid()) {
+    const int err = errno;
+    if (err == ENOENT || err == ENOTDIR || err == ELOOP) {
+      missing_dir_.assign(dir);
+      missing_errno_ = err;
+    }
+    errno = err;
+    return -1;
+  }
+  cached_dir_.assign(dir);
   return cached_fd_.get();
 }
 
@@ -184,6 +195,8 @@ void TreeFs::forget_folders() const {
   const int saved = errno;
   cached_fd_.reset();
   cached_dir_.clear();
+  missing_dir_.clear();
+  missing_errno_ = 0;
   errno = saved;
 }
 
@@ -286,6 +299,7 @@ Result<UniqueFd> TreeFs::make_dirs(std::string_view rel, bool replace_blockers,
   // Most folders exist: one open settles it.
   UniqueFd cur = open_dir_beneath(fd_.get(), rel);
   if (cur.valid()) return cur;
+  forget_folders();  // the missing one may be made below
   cur = UniqueFd(::openat(fd_.get(), ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!cur.valid()) return make_error(errno_message(root_, errno));
   std::size_t start = 0;
@@ -323,15 +337,15 @@ Result<UniqueFd> TreeFs::make_dirs(std::string_view rel, bool replace_blockers,
   return cur;
 }
 
-Status TreeFs::rename_into(const fs::path& from, std::string_view rel) const {
+Result<bool> TreeFs::rename_into(const fs::path& from, std::string_view rel) const {
   std::string leaf;
   const int dir = parent(rel, leaf);
   if (dir < 0)
     return make_error("installing " + (root_ / rel).string() + ": " +
                       errno_message(root_ / rel, errno));
-  if (::renameat(AT_FDCWD, from.c_str(), dir, leaf.c_str()) != 0)
-    return make_error("installing " + (root_ / rel).string() + ": " + errno_message(from, errno));
-  return {};
+  if (::renameat(AT_FDCWD, from.c_str(), dir, leaf.c_str()) == 0) return true;
+  if (errno == EISDIR) return false;  // rename(2): a folder is never replaced by a non-folder
+  return make_error("installing " + (root_ / rel).string() + ": " + errno_message(from, errno));
 }
 
 Result<FileLock> FileLock::acquire(const fs::path& path, Sharing sharing) {

@@ -85,20 +85,25 @@ class TreeFs {
   Result<UniqueFd> make_dirs(std::string_view rel, bool replace_blockers,
                              const std::function<void()>& before_mutation = {}) const;
   /// Renames `from` (an absolute path outside the tree's content, e.g. staging) over `rel`, whose
-  /// folder must exist.
-  Status rename_into(const fs::path& from, std::string_view rel) const;
+  /// folder must exist. False, with nothing changed, when a folder stands at `rel` (a file or a
+  /// symlink there is replaced).
+  Result<bool> rename_into(const fs::path& from, std::string_view rel) const;
 
  private:
   /// The folder holding `rel`'s last component (owned by the object; -1 with errno set), and that
   /// component.
   int parent(std::string_view rel, std::string& leaf) const;
-  /// Drops the kept folder: called after a folder is removed.
+  /// Drops the kept folder and the missing one: called after a folder is removed or made.
   void forget_folders() const;
 
   fs::path root_;
   UniqueFd fd_;
   mutable std::string cached_dir_;
   mutable UniqueFd cached_fd_;
+  /// The last folder found absent, and why (errno): an initial sync looks up every path of a
+  /// folder that does not exist yet, and asks once.
+  mutable std::string missing_dir_;
+  mutable int missing_errno_ = 0;
 };
 
 /// Exclusive advisory lock (flock) on a file, held while the object (or a copy of it) lives.

@@ -469,9 +469,8 @@ std::string partition_file_name(std::string_view partition) {
 }
 }  // namespace
 
-HashCache HashCache::load_partitions(const fs::path& dir, std::size_t depth,
-                                     const std::set<std::string>* only, std::string* warning) {
-  (void)depth;  // the files are named by partition; their records need no sorting out
+HashCache HashCache::load_partitions(const fs::path& dir, const std::set<std::string>* only,
+                                     std::string* warning) {
   HashCache cache;
   std::vector<fs::path> files;
   if (only) {
@@ -566,14 +565,36 @@ void HashCache::migrate_single_file(const fs::path& file, const fs::path& dir, s
   ::unlink(file.c_str());
 }
 
+namespace {
+auto path_below = [](const auto& r, std::string_view p) { return r.path < p; };
+}  // namespace
+
 HashCache::Record* HashCache::find(std::string_view path) {
-  // Loaded records are sorted; the few stored in this run are indexed on the side.
-  auto end = records_.begin() + static_cast<std::ptrdiff_t>(sorted_);
-  auto it = std::lower_bound(records_.begin(), end, path,
-                             [](const Record& r, std::string_view p) { return r.path < p; });
-  if (it != end && it->path == path) return &*it;
-  auto st = stored_.find(path);
-  return st == stored_.end() ? nullptr : &records_[st->second];
+  // Two sorted runs: the loaded records, then those stored in this run.
+  const auto loaded_end = records_.begin() + static_cast<std::ptrdiff_t>(sorted_);
+  auto it = std::lower_bound(records_.begin(), loaded_end, path, path_below);
+  if (it != loaded_end && it->path == path) return &*it;
+  it = std::lower_bound(loaded_end, records_.end(), path, path_below);
+  return it != records_.end() && it->path == path ? &*it : nullptr;
+}
+
+void HashCache::expect(std::size_t files) {
+  if (records_.empty()) records_.reserve(files);
+}
+
+std::string_view HashCache::keep(std::string_view path) {
+  constexpr std::size_t kBlock = 256 * 1024;
+  if (path.size() > arena_left_) {
+    const std::size_t size = std::max(kBlock, path.size());
+    arena_.push_back(std::make_unique<char[]>(size));
+    arena_next_ = arena_.back().get();
+    arena_left_ = size;
+  }
+  char* at = arena_next_;
+  std::copy(path.begin(), path.end(), at);
+  arena_next_ += path.size();
+  arena_left_ -= path.size();
+  return {at, path.size()};
 }
 
 std::optional<proto::Digest> HashCache::lookup(const ScannedFile& f) {
@@ -592,9 +613,13 @@ void HashCache::store(const ScannedFile& f, const proto::Digest& digest) {
     *r = Record{r->path, f.size, f.mtime_ns, f.ino, digest, true};
     return;
   }
-  owned_.push_back(std::make_unique<std::string>(f.path));
-  records_.push_back(Record{*owned_.back(), f.size, f.mtime_ns, f.ino, digest, true});
-  stored_.emplace(records_.back().path, records_.size() - 1);
+  const Record r{keep(f.path), f.size, f.mtime_ns, f.ino, digest, true};
+  if (records_.size() == sorted_ || records_.back().path < r.path) {
+    records_.push_back(r);  // the scan's order: appended
+    return;
+  }
+  const auto loaded_end = records_.begin() + static_cast<std::ptrdiff_t>(sorted_);
+  records_.insert(std::lower_bound(loaded_end, records_.end(), r.path, path_below), r);
 }
 
 void HashCache::forget(std::string_view path) {

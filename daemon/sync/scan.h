@@ -14,7 +14,6 @@
 #include <set>
 #include <string>
 #include <string_view>
-#include <unordered_map>
 #include <vector>
 
 #include "daemon/sync/fs.h"
@@ -109,8 +108,7 @@ class HashCache {
   /// "State"), so that a publish that rescans a few partitions reads and writes only theirs.
   /// Loads the files of `only` (nullptr: every file in `dir`); a damaged file is left out, with
   /// `warning` set.
-  static HashCache load_partitions(const fs::path& dir, std::size_t depth,
-                                   const std::set<std::string>* only,
+  static HashCache load_partitions(const fs::path& dir, const std::set<std::string>* only,
                                    std::string* warning = nullptr);
   /// Writes the file of each partition of `only` (nullptr: of every partition, and the files of
   /// partitions with no record left are removed); a partition with no record has no file.
@@ -119,8 +117,13 @@ class HashCache {
   /// An earlier version's single file becomes one file per partition (then it is removed).
   static void migrate_single_file(const fs::path& file, const fs::path& dir, std::size_t depth);
 
+  /// Room for `files` records when the cache is empty (a first publish, or a lost cache): the
+  /// records are not copied as they grow.
+  void expect(std::size_t files);
   /// The cached digest if `f` is unchanged since it was hashed.
   std::optional<proto::Digest> lookup(const ScannedFile& f);
+  /// Records `f`'s digest (a copy of its path is kept). Cheapest in path order, as a sorted
+  /// scan gives them.
   void store(const ScannedFile& f, const proto::Digest& digest);
   /// Drops what is known of `path`: its next digest_of() reads it (a file rewritten in place
   /// with its size and mtime kept, which the cache cannot see).
@@ -148,12 +151,19 @@ class HashCache {
   bool load_file(const fs::path& file);
   void sort_loaded();
   std::string encode(const std::vector<const Record*>& records) const;
+  /// A copy of `path` in the arena.
+  std::string_view keep(std::string_view path);
 
-  std::deque<std::string> bytes_;                    ///< the loaded files
-  std::vector<std::unique_ptr<std::string>> owned_;  ///< paths stored since
-  std::vector<Record> records_;  ///< the loaded ones sorted by path, then the stored ones
-  std::size_t sorted_ = 0;       ///< how many loaded records lead records_
-  std::unordered_map<std::string_view, std::size_t> stored_;  ///< path -> index, stored ones
+  // Memory per stored record is the record and its path's bytes (docs/performance.md, "Where
+  // the memory goes"): no string object, allocation or index node per path.
+  std::deque<std::string> bytes_;               ///< the loaded files
+  std::vector<std::unique_ptr<char[]>> arena_;  ///< blocks holding the paths stored since
+  char* arena_next_ = nullptr;                  ///< the free end of the last block
+  std::size_t arena_left_ = 0;                  ///< its size
+  /// The loaded records sorted by path, then the stored ones, sorted by path too (a store out
+  /// of order is inserted in place).
+  std::vector<Record> records_;
+  std::size_t sorted_ = 0;  ///< how many loaded records lead records_
   std::size_t hashed_ = 0;
   std::size_t used_ = 0;
   bool dirty_ = false;

@@ -22,8 +22,10 @@ std::string sys_error(const std::filesystem::path& p) {
 }
 
 // Opens a regular file of the parent without blocking: a FIFO or a device planted in a parent's
-// tree must not hang the relay or feed it endless bytes.
-base::UniqueFd open_regular(const std::filesystem::path& file, std::string& error) {
+// tree must not hang the relay or feed it endless bytes. O_NONBLOCK is left set: it does nothing
+// to a regular file's reads. `size` is the file's size when opened.
+base::UniqueFd open_regular(const std::filesystem::path& file, std::string& error,
+                            std::uint64_t* size = nullptr) {
   base::UniqueFd fd(::open(file.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
   if (!fd.valid()) {
     error = sys_error(file);
@@ -34,9 +36,12 @@ base::UniqueFd open_regular(const std::filesystem::path& file, std::string& erro
     error = "parent file://" + file.string() + ": not a regular file";
     return base::UniqueFd();
   }
-  ::fcntl(fd.get(), F_SETFL, 0);
+  if (size) *size = static_cast<std::uint64_t>(st.st_size);
   return fd;
 }
+
+// Read-ahead advice pays only beyond the first read.
+constexpr std::size_t kReadBuffer = 1 << 20;
 
 }  // namespace
 
@@ -93,12 +98,15 @@ Status FileTransport::fetch_manifest(const proto::Digest& digest, const Sink& si
 Status FileTransport::fetch_file(std::string_view path, std::uint64_t max_bytes, const Sink& sink) {
   const std::filesystem::path file = root_ / std::string(path);
   std::string error;
-  const base::UniqueFd in = open_regular(file, error);
+  std::uint64_t size = 0;
+  const base::UniqueFd in = open_regular(file, error, &size);
   if (!in.valid()) return make_error(error);
-  ::posix_fadvise(in.get(), 0, 0, POSIX_FADV_SEQUENTIAL);
-  static thread_local std::vector<char> buf(1 << 20);
+  if (size > kReadBuffer) ::posix_fadvise(in.get(), 0, 0, POSIX_FADV_SEQUENTIAL);
+  static thread_local std::vector<char> buf(kReadBuffer);
   std::uint64_t total = 0;
-  while (total <= max_bytes) {
+  // The file as it was when opened: its size read, no read for the end (a file that grows
+  // meanwhile gives bytes the manifest's size and digest refuse anyway).
+  while (total <= max_bytes && total < size) {
     ssize_t n = ::read(in.get(), buf.data(), buf.size());
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) return make_error(sys_error(file));

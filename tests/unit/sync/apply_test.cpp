@@ -313,6 +313,26 @@ Model two_partitions(const std::string& version) {
   return ::testing::AssertionSuccess();
 }
 
+// A downloaded file gets its entry's mode and mtime on the descriptor its bytes went through; an
+// empty one, which no byte opens, is made with them when verified.
+TEST_F(ApplyTest, DownloadedFilesEmptyOrNotGetTheirModeAndMtime) {
+  Model m;
+  m["v3.20/main/x86_64/empty.apk"] = Item{"", false, 0640};
+  m["v3.20/main/x86_64/one.apk"] = Item{"1", false, 0755};
+  m["v3.20/main/x86_64/APKINDEX.tar.gz"] = Item{"index"};
+  m["v3.20/main/x86_64/big.apk"] = Item{std::string(3u << 20, 'b')};
+  apply(m);
+  EXPECT_EQ(listing(tree()), listing_of(m));
+  for (const auto& [path, item] : m) {
+    struct stat st;
+    ASSERT_EQ(::lstat((tree() / path).c_str(), &st), 0) << path;
+    EXPECT_EQ(st.st_mtim.tv_sec, 1000) << path;
+    EXPECT_EQ(st.st_mode & 07777, item.mode) << path;
+  }
+  EXPECT_EQ(fetcher_.fetched, m.size());
+  EXPECT_TRUE(staged().empty());
+}
+
 TEST_F(ApplyTest, AFetchFailingMidBatchInstallsNothing) {
   const Model v1 = two_partitions("1"), v2 = two_partitions("2");
   ASSERT_NO_FATAL_FAILURE(apply(v1));
@@ -440,6 +460,43 @@ TEST(OpenDirBeneathTest, RefusesASymlinkAtAnyComponent) {
     EXPECT_EQ(err, ENOENT);
   }
   use_openat2(true);
+  fs::remove_all(dir);
+}
+
+// A folder found missing is remembered (an initial sync asks once per folder, not per file),
+// and seen as soon as it is made; a rename replaces a file but never a folder.
+TEST(TreeFsTest, AFolderFoundMissingIsSeenOnceMadeAndARenameSparesAFolder) {
+  const fs::path dir = unit::make_temp_dir("treefs");
+  ASSERT_FALSE(dir.empty());
+  fs::create_directories(dir / "tree");
+  auto tree = TreeFs::open(dir / "tree");
+  ASSERT_TRUE(tree) << tree.message();
+  struct stat st;
+  for (const char* path : {"a/b/f", "a/b/g"}) {
+    auto seen = tree->lstat(path, st);
+    ASSERT_TRUE(seen) << seen.message();
+    EXPECT_FALSE(*seen) << path;
+  }
+  ASSERT_TRUE(tree->make_dirs("a/b", false));
+  unit::write_file(dir / "staged", "new");
+  auto renamed = tree->rename_into(dir / "staged", "a/b/f");
+  ASSERT_TRUE(renamed) << renamed.message();
+  EXPECT_TRUE(*renamed);
+  auto seen = tree->lstat("a/b/f", st);
+  ASSERT_TRUE(seen) << seen.message();
+  EXPECT_TRUE(*seen) << "the folder made after it was found missing";
+
+  unit::write_file(dir / "staged", "newer");
+  ASSERT_TRUE(tree->make_dirs("a/b/folder/sub", false));
+  renamed = tree->rename_into(dir / "staged", "a/b/folder");
+  ASSERT_TRUE(renamed) << renamed.message();
+  EXPECT_FALSE(*renamed) << "a folder stands there";
+  EXPECT_TRUE(fs::is_directory(dir / "tree/a/b/folder/sub"));
+  EXPECT_EQ(unit::read_file(dir / "staged"), "newer");
+  renamed = tree->rename_into(dir / "staged", "a/b/f");
+  ASSERT_TRUE(renamed) << renamed.message();
+  EXPECT_TRUE(*renamed);
+  EXPECT_EQ(unit::read_file(dir / "tree/a/b/f"), "newer");
   fs::remove_all(dir);
 }
 

@@ -343,6 +343,37 @@ TEST_F(ScanTest, HashCacheSaveLoadRoundTrip) {
   EXPECT_FALSE(loaded.needs_save());
 }
 
+// Stored in any order (the daemon's scans come sorted, a caller's may not), every path is found
+// again, none twice, and the saved form loads back whole; paths of every length share the arena.
+TEST_F(ScanTest, HashCacheFindsWhatWasStoredInAnyOrder) {
+  std::vector<ScannedFile> files;
+  for (int i = 0; i < 3000; ++i) {
+    ScannedFile f;
+    f.path = "p/" + std::string(static_cast<std::size_t>(i % 700), 'x') + std::to_string(i);
+    f.size = static_cast<std::uint64_t>(i);
+    f.mtime_ns = i;
+    f.ino = static_cast<std::uint64_t>(i) + 1;
+    files.push_back(std::move(f));
+  }
+  std::vector<std::size_t> order(files.size());
+  for (std::size_t i = 0; i < order.size(); ++i) order[i] = (i * 7919) % order.size();
+  HashCache cache;
+  for (std::size_t i : order) cache.store(files[i], proto::sha256(files[i].path));
+  cache.store(files[5], proto::sha256("again"));  // a second store replaces the first
+  EXPECT_EQ(cache.size(), files.size());
+  for (std::size_t i = 0; i < files.size(); ++i)
+    EXPECT_EQ(cache.lookup(files[i]), proto::sha256(i == 5 ? "again" : files[i].path)) << i;
+
+  const fs::path file = dir_ / "state/hashcache";
+  fs::create_directories(file.parent_path());
+  ASSERT_TRUE(cache.save(file));
+  HashCache loaded = HashCache::load(file);
+  EXPECT_EQ(loaded.size(), files.size());
+  for (std::size_t i = 0; i < files.size(); ++i)
+    EXPECT_EQ(loaded.lookup(files[i]), proto::sha256(i == 5 ? "again" : files[i].path)) << i;
+  EXPECT_FALSE(loaded.needs_save());
+}
+
 TEST_F(ScanTest, HashCacheNeedsSaveWhenAFileIsGone) {
   const fs::path file = dir_ / "hashcache";
   ASSERT_NO_FATAL_FAILURE(save_cache_of_a_and_b(file));
@@ -657,7 +688,7 @@ TEST_F(PartialScanTest, PartitionPrintsChangeOnlyWhereTheTreeChanged) {
 TEST_F(PartialScanTest, TheCacheIsOneFilePerPartitionAndAPartialSaveKeepsTheOthers) {
   const fs::path dir = dir_ / "state/hashcache.d";
   {
-    HashCache cache = HashCache::load_partitions(dir, 3, nullptr);
+    HashCache cache = HashCache::load_partitions(dir, nullptr);
     ASSERT_NO_FATAL_FAILURE(digest_all(cache, scan().files));
     ASSERT_TRUE(cache.save_partitions(dir, 3, nullptr));
   }
@@ -670,7 +701,7 @@ TEST_F(PartialScanTest, TheCacheIsOneFilePerPartitionAndAPartialSaveKeepsTheOthe
 
   // An incremental publish of one partition reads and writes only its file.
   const std::set<std::string> one{"edge/main/x86_64"};
-  HashCache part = HashCache::load_partitions(dir, 3, &one);
+  HashCache part = HashCache::load_partitions(dir, &one);
   EXPECT_EQ(part.size(), 2u);
   fs::remove(root_ / "edge/main/x86_64/a.apk");
   auto partial_scan = scan_partitions(root_, 3, one, {});
@@ -683,16 +714,16 @@ TEST_F(PartialScanTest, TheCacheIsOneFilePerPartitionAndAPartialSaveKeepsTheOthe
   EXPECT_TRUE(part.needs_save());
   ASSERT_TRUE(part.save_partitions(dir, 3, &one));
   EXPECT_EQ(files_in(), 5u);
-  EXPECT_EQ(HashCache::load_partitions(dir, 3, &one).size(), 1u);
-  EXPECT_EQ(HashCache::load_partitions(dir, 3, nullptr).size(), 7u) << "the others are kept";
+  EXPECT_EQ(HashCache::load_partitions(dir, &one).size(), 1u);
+  EXPECT_EQ(HashCache::load_partitions(dir, nullptr).size(), 7u) << "the others are kept";
 
   // A partition with nothing left has no file; a whole save removes the files of partitions gone.
   fs::remove_all(root_ / "edge/main/x86_64");
-  HashCache empty = HashCache::load_partitions(dir, 3, &one);
+  HashCache empty = HashCache::load_partitions(dir, &one);
   ASSERT_TRUE(empty.save_partitions(dir, 3, &one));
   EXPECT_EQ(files_in(), 4u);
   fs::remove_all(root_ / "v3.20");
-  HashCache all = HashCache::load_partitions(dir, 3, nullptr);
+  HashCache all = HashCache::load_partitions(dir, nullptr);
   ASSERT_NO_FATAL_FAILURE(digest_all(all, scan().files));
   ASSERT_TRUE(all.save_partitions(dir, 3, nullptr));
   EXPECT_EQ(files_in(), 3u);
@@ -709,7 +740,7 @@ TEST_F(PartialScanTest, AnEarlierSingleFileCacheIsSplitAndNothingIsReadAgain) {
   }
   HashCache::migrate_single_file(single, dir, 3);
   EXPECT_FALSE(fs::exists(single));
-  HashCache split = HashCache::load_partitions(dir, 3, nullptr);
+  HashCache split = HashCache::load_partitions(dir, nullptr);
   ASSERT_NO_FATAL_FAILURE(digest_all(split, scan().files));
   EXPECT_EQ(split.hashed(), 0u);
   EXPECT_FALSE(split.needs_save());
@@ -717,7 +748,7 @@ TEST_F(PartialScanTest, AnEarlierSingleFileCacheIsSplitAndNothingIsReadAgain) {
 
 TEST_F(PartialScanTest, ADamagedPartitionFileIsLeftOutWithAWarningNamingIt) {
   const fs::path dir = dir_ / "state/hashcache.d";
-  HashCache cache = HashCache::load_partitions(dir, 3, nullptr);
+  HashCache cache = HashCache::load_partitions(dir, nullptr);
   ASSERT_NO_FATAL_FAILURE(digest_all(cache, scan().files));
   ASSERT_TRUE(cache.save_partitions(dir, 3, nullptr));
   fs::path victim;
@@ -726,7 +757,7 @@ TEST_F(PartialScanTest, ADamagedPartitionFileIsLeftOutWithAWarningNamingIt) {
   ASSERT_FALSE(victim.empty());
   write_file(victim, "TSHC1\ngarbage");
   std::string warning;
-  HashCache loaded = HashCache::load_partitions(dir, 3, nullptr, &warning);
+  HashCache loaded = HashCache::load_partitions(dir, nullptr, &warning);
   EXPECT_TRUE(Contains(warning, victim.string()));
   EXPECT_GE(loaded.size(), 4u) << "the other files are loaded";
   EXPECT_LT(loaded.size(), 7u);
