@@ -240,9 +240,9 @@ class Applier::Staging {
     if (!wanted) return wanted.error();
     keep_leftovers(*wanted);
     find_local_copies(plan);
-    for (const auto& [name, e] : *wanted) {
+    for (const Entry* e : *wanted) {
       if (a_.stopping()) return stopped_error();
-      if (auto st = stage_entry(name, *e); !st) return st;
+      if (auto st = stage_entry(staged_name(*e), *e); !st) return st;
     }
     return download_batch();
   }
@@ -260,8 +260,9 @@ class Applier::Staging {
     std::uint64_t offset = 0;  ///< staged by an earlier run (already in `hasher` and `got`)
     bool finished = false;     ///< every byte written, and the entry's metadata given
   };
-  /// Staged name and entry of each file to produce, in plan order: runs are repeatable.
-  using Wanted = std::vector<std::pair<std::string, const Entry*>>;
+  /// Each file to produce, in plan order: runs are repeatable. Their staged names are computed
+  /// when used, not held (an initial sync wants every entry of the tree).
+  using Wanted = std::vector<const Entry*>;
 
   Result<Wanted> wanted_files(const Plan& plan);
   void keep_leftovers(const Wanted& wanted);
@@ -295,7 +296,7 @@ Result<Applier::Staging::Wanted> Applier::Staging::wanted_files(const Plan& plan
       if (e->link)
         a_.actions_[e] = Action::kSymlink;
       else
-        wanted.emplace_back(staged_name(*e), e);
+        wanted.push_back(e);
     }
     for (const Entry* e : p.retouch) {
       struct stat st;
@@ -304,25 +305,25 @@ Result<Applier::Staging::Wanted> Applier::Staging::wanted_files(const Plan& plan
       if (*exists && S_ISREG(st.st_mode) && static_cast<std::uint64_t>(st.st_size) == e->size)
         a_.actions_[e] = Action::kRetouch;
       else
-        wanted.emplace_back(staged_name(*e), e);  // the tree lost it: fetch it again
+        wanted.push_back(e);  // the tree lost it: fetch it again
     }
   }
   return wanted;
 }
 
 // What a killed run staged is kept if it is still wanted (and verified before use); the rest
-// goes.
+// goes. Memory follows what staging holds, not what is wanted.
 void Applier::Staging::keep_leftovers(const Wanted& wanted) {
-  std::unordered_set<std::string> names;
-  for (const auto& [name, e] : wanted) names.insert(name);
+  std::unordered_set<std::string> on_disk;
   std::error_code ec;
-  for (const auto& de : fs::directory_iterator(files_, ec)) {
-    std::string name = de.path().filename().string();
-    if (names.count(name))
-      leftovers_.insert(std::move(name));
-    else
-      ::unlink(de.path().c_str());
+  for (const auto& de : fs::directory_iterator(files_, ec))
+    on_disk.insert(de.path().filename().string());
+  if (on_disk.empty()) return;
+  for (const Entry* e : wanted) {
+    auto it = on_disk.find(staged_name(*e));
+    if (it != on_disk.end()) leftovers_.insert(std::move(on_disk.extract(it).value()));
   }
+  for (const auto& name : on_disk) ::unlink((files_ / name).c_str());
 }
 
 void Applier::Staging::find_local_copies(const Plan& plan) {
