@@ -282,6 +282,7 @@ void walk(const fs::path& root, const std::string& rel, const ListOptions& optio
     NodeInfo info;
     info.mode = st.st_mode & 07777;
     info.mtime = st.st_mtim.tv_sec;
+    info.ino = st.st_ino;
     info.size = static_cast<std::uint64_t>(st.st_size);
     if (S_ISREG(st.st_mode)) {
       info.type = 'f';
@@ -355,6 +356,9 @@ std::string diff_listings(const Listing& expected, const Listing& actual,
     if (!same)
       add("differs:    " + path + ": expected " + describe_node(want) + ", found " +
           describe_node(got));
+    else if (options.inode && want.type != 'd' && want.ino != got.ino)
+      add("rewritten:  " + path + " (inode " + std::to_string(want.ino) + ", now " +
+          std::to_string(got.ino) + ")");
   }
   for (const auto& [path, got] : actual) {
     if (got.type == 'd' && !options.dirs) continue;

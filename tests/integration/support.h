@@ -100,6 +100,7 @@ struct NodeInfo {
   std::uint32_t mode = 0;  ///< permission bits
   std::int64_t mtime = 0;
   std::string target;  ///< of a symlink
+  std::uint64_t ino = 0;
 };
 
 /// Relative path ('/'-separated) -> what stands there.
@@ -118,6 +119,9 @@ struct CompareOptions {
   bool dirs = true;   ///< folders must match too (existence only)
   bool mtime = true;  ///< of files
   bool mode = true;   ///< of files
+  /// Files and symlinks must be the same inode: a rewrite shows even with the same bytes within
+  /// the same second (mtimes are compared in whole seconds).
+  bool inode = false;
 };
 
 /// The differences between two listings, one per line ("missing", "unexpected", "differs");
