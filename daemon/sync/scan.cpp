@@ -240,6 +240,8 @@ Result<ScanResult> scan_partitions(const fs::path& root, std::size_t depth,
     for (auto& w : below.out.skipped) out.skipped.push_back(std::move(w));
   }
   sort_scan(out);
+  // A subtree's walk passes the root partition's files again: each left out once.
+  out.skipped.erase(std::unique(out.skipped.begin(), out.skipped.end()), out.skipped.end());
   return out;
 }
 

@@ -653,6 +653,19 @@ TEST_F(PartialScanTest, GivesWhatTheFullScanGivesForThosePartitionsAndTheRoot) {
             expected({"edge/main/x86_64", "edge/main/aarch64", "edge/community/x86_64"}));
 }
 
+// What is left out is said once, even when a subtree's walk passes the root partition's files
+// that the walk of the root partition saw too.
+TEST_F(PartialScanTest, WhatIsLeftOutIsSaidOnce) {
+  write_file(root_ / "edge/bad\xff", "not UTF-8: no valid name");
+  write_file(root_ / "edge/main/x86_64/bad\xff.apk", "nor here");
+  const auto full = scan_tree(root_);
+  ASSERT_TRUE(full) << full.message();
+  auto r = scan_partitions(root_, 3, {"edge/main/x86_64"}, {"edge"});
+  ASSERT_TRUE(r) << r.message();
+  EXPECT_EQ(r->skipped, full->skipped);
+  EXPECT_EQ(r->skipped.size(), 2u);
+}
+
 TEST_F(PartialScanTest, APartitionThatIsGoneASymlinkOrAFileHasNoFiles) {
   const Names root_only = expected({});
   EXPECT_EQ(partial({"edge/main/armv7"}, {}), root_only) << "a symlink is not followed";
