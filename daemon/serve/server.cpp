@@ -529,10 +529,6 @@ asio::awaitable<std::optional<Response>> Server::Impl::long_poll(
     auto [ec] = co_await timer.async_wait(use_tuple);  // expiry, or cancel() by publish/stop/watch
     (void)ec;
     conn->poll_timer = nullptr;
-    {
-      std::lock_guard lock(mu);
-      forget_poll(conn);
-    }
     watch.poll_over = true;
     if (watch.running) {
       // Ends the watch's read (a cancelled read completes at once: bounded), and waits for it,
@@ -541,10 +537,14 @@ asio::awaitable<std::optional<Response>> Server::Impl::long_poll(
       auto [fec] = co_await watch.finished.async_wait(use_tuple);
       (void)fec;
     }
-    if (watch.client_gone) {
-      ++polls_abandoned;
-      co_return std::nullopt;
+    // Counted as abandoned before it stops counting as waiting: /metrics (read from another
+    // thread) never shows a poll in neither.
+    if (watch.client_gone) ++polls_abandoned;
+    {
+      std::lock_guard lock(mu);
+      forget_poll(conn);
     }
+    if (watch.client_gone) co_return std::nullopt;
   }
   request.waited = true;
   const auto answering = current_view();
