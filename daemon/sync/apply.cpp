@@ -565,8 +565,9 @@ Status Applier::install_entry(const TreeFs& tree, const Entry& e, MadeDirs& made
     crash_point();
     if (::symlink(std::string(e.target()).c_str(), from.c_str()) != 0)
       return make_error(errno_message(from, errno));
+  } else {
+    from = state_.staging_dir() / "files" / staged_name(e);
   }
-  if (from.empty()) from = state_.staging_dir() / "files" / staged_name(e);
   crash_point();
   // A rename replaces a file or a symlink in one step; a folder in its way refuses it, and goes
   // first (no lstat per file for the rare folder).

@@ -164,6 +164,13 @@ Result<TreeFs> TreeFs::open(const fs::path& root) {
   return t;
 }
 
+namespace {
+// Errors that mean "nothing of that name here, or not reachable without following a symlink".
+bool absent_errno(int err) {
+  return err == ENOENT || err == ENOTDIR || err == ELOOP;
+}
+}  // namespace
+
 int TreeFs::parent(std::string_view rel, std::string& leaf) const {
   const std::size_t slash = rel.rfind('/');
   leaf.assign(slash == std::string_view::npos ? rel : rel.substr(slash + 1));
@@ -180,7 +187,7 @@ int TreeFs::parent(std::string_view rel, std::string& leaf) const {
   cached_fd_ = open_dir_beneath(fd_.get(), dir);
   if (!cached_fd_.valid()) {
     const int err = errno;
-    if (err == ENOENT || err == ENOTDIR || err == ELOOP) {
+    if (absent_errno(err)) {
       missing_dir_.assign(dir);
       missing_errno_ = err;
     }
@@ -199,13 +206,6 @@ void TreeFs::forget_folders() const {
   missing_errno_ = 0;
   errno = saved;
 }
-
-namespace {
-// Errors that mean "nothing of that name here, or not reachable without following a symlink".
-bool absent_errno(int err) {
-  return err == ENOENT || err == ENOTDIR || err == ELOOP;
-}
-}  // namespace
 
 Result<bool> TreeFs::lstat(std::string_view rel, struct stat& st) const {
   std::string leaf;
