@@ -3,6 +3,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
+#include <array>
 #include <cassert>
 #include <new>
 #include <stdexcept>
@@ -23,6 +24,19 @@ int base64_value(char c) {
   if (c == '/' || c == '_') return 63;
   return -1;
 }
+
+/// A lowercase hex digit's value, or 0xff: a digest has one spelling (docs/protocol.md), so a
+/// URL has one too. A table, not comparisons: the digits of a digest are random, and a branch
+/// per digit mispredicts half the time (it was a fifth of a relay's incremental cycle).
+constexpr std::array<std::uint8_t, 256> kLowerHexValue = [] {
+  std::array<std::uint8_t, 256> t{};
+  t.fill(0xff);
+  for (int c = '0'; c <= '9'; ++c)
+    t[static_cast<std::size_t>(c)] = static_cast<std::uint8_t>(c - '0');
+  for (int c = 'a'; c <= 'f'; ++c)
+    t[static_cast<std::size_t>(c)] = static_cast<std::uint8_t>(c - 'a' + 10);
+  return t;
+}();
 
 /// Fetched once: OpenSSL 3's implicit fetch inside every EVP_DigestInit_ex takes a global lock.
 /// Never freed, on purpose; it lives as long as the process.
@@ -57,16 +71,14 @@ std::string to_hex(const void* data, std::size_t size) {
 std::optional<Digest> digest_from_hex(std::string_view hex) {
   Digest d{};
   if (hex.size() != 2 * d.size()) return std::nullopt;
+  unsigned bad = 0;
   for (std::size_t i = 0; i < d.size(); ++i) {
-    // Lowercase only: a digest has one spelling (docs/protocol.md), so a URL has one too.
-    const char a = hex[2 * i];
-    const char b = hex[2 * i + 1];
-    if ((a >= 'A' && a <= 'F') || (b >= 'A' && b <= 'F')) return std::nullopt;
-    const int hi = hex_digit_value(a);
-    const int lo = hex_digit_value(b);
-    if (hi < 0 || lo < 0) return std::nullopt;
+    const unsigned hi = kLowerHexValue[static_cast<unsigned char>(hex[2 * i])];
+    const unsigned lo = kLowerHexValue[static_cast<unsigned char>(hex[2 * i + 1])];
+    bad |= hi | lo;
     d[i] = static_cast<std::uint8_t>(hi << 4 | lo);
   }
+  if (bad & 0xf0) return std::nullopt;  // a byte that is no lowercase hex digit
   return d;
 }
 

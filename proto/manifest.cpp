@@ -1,6 +1,7 @@
 #include "proto/manifest.h"
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -96,6 +97,18 @@ std::string encode_manifest(const Manifest& m) {
 }
 
 namespace {
+
+using namespace std::string_view_literals;
+
+// The bytes that end a run of plain characters in a JSON string: '"', '\\' and the control
+// characters.
+constexpr std::array<bool, 256> kStringStop = [] {
+  std::array<bool, 256> t{};
+  for (int c = 0; c < 0x20; ++c) t[static_cast<std::size_t>(c)] = true;
+  t['"'] = true;
+  t['\\'] = true;
+  return t;
+}();
 
 std::string entry_name(std::size_t i, std::string_view path) {
   std::string out = "entry " + std::to_string(i);
@@ -229,8 +242,7 @@ class ManifestReader {
     if (!eat('"')) return bad("expected a string");
     while (true) {
       const char* start = p_;
-      while (p_ < end_ && *p_ != '"' && *p_ != '\\' && static_cast<unsigned char>(*p_) >= 0x20)
-        ++p_;
+      while (p_ < end_ && !kStringStop[static_cast<unsigned char>(*p_)]) ++p_;
       out.append(start, p_);
       if (p_ >= end_) return bad("unterminated string");
       char c = *p_++;
@@ -398,25 +410,26 @@ class ManifestReader {
           seen = true;
         };
         char c = peek();
-        if (key == "path") {
+        const std::string_view k = key;  // compared by length first, no strlen
+        if (k == "path"sv) {
           once(has_path);
           if (c != '"') type_error = "path is not a string";
           if (c == '"' ? !string(path) : !skip(0)) return json_error();
-        } else if (key == "link") {
+        } else if (k == "link"sv) {
           once(has_link);
           if (c != '"') type_error = "link is not a string";
           if (c == '"' ? !string(link) : !skip(0)) return json_error();
-        } else if (key == "sha256") {
+        } else if (k == "sha256"sv) {
           once(has_sha);
           if (c != '"') type_error = "sha256 is missing";
           if (c == '"' ? !string(sha_text) : !skip(0)) return json_error();
-        } else if (key == "size" || key == "mtime" || key == "mode") {
-          Number& n = key == "size" ? size : key == "mtime" ? mtime : mode;
-          once(key == "size" ? has_size : key == "mtime" ? has_mtime : has_mode);
+        } else if (k == "size"sv || k == "mtime"sv || k == "mode"sv) {
+          Number& n = k == "size"sv ? size : k == "mtime"sv ? mtime : mode;
+          once(k == "size"sv ? has_size : k == "mtime"sv ? has_mtime : has_mode);
           bool numeric = c == '-' || (c >= '0' && c <= '9');
           if (numeric ? !number(n) : !skip(0)) return json_error();
           if (!numeric) n.integer = false;
-        } else if (key == "index") {
+        } else if (k == "index"sv) {
           once(has_index);
           if (c == 't') {
             if (!literal("true")) return json_error();
@@ -496,15 +509,24 @@ Status validate_manifest(const Manifest& m, std::size_t depth, ModeRule modes) {
     }
   }
   // No entry may lie below another entry: that would make a file (or a symlink, through which a
-  // write could leave the tree) a folder.
+  // write could leave the tree) a folder. Each folder on an entry's way is looked up, but only
+  // below the partition's name (every entry is longer than it) and only when the entry's folder
+  // is not the one just checked (sorted entries share their folders).
+  const std::size_t below = m.partition == kRootPartition ? 0 : m.partition.size() + 1;
+  std::string_view checked;
   for (std::size_t i = 0; i < m.entries.size(); ++i) {
     std::string_view path = m.entries[i].path();
-    for (std::size_t slash = path.find('/'); slash != std::string_view::npos;
+    const std::size_t last = path.rfind('/');
+    const std::string_view folder =
+        last == std::string_view::npos ? std::string_view() : path.substr(0, last);
+    if (!checked.empty() && folder == checked) continue;
+    for (std::size_t slash = path.find('/', below); slash != std::string_view::npos;
          slash = path.find('/', slash + 1)) {
       if (m.find(path.substr(0, slash)))
         return make_error(where + entry_name(i, path) + " lies below the entry \"" +
                           std::string(path.substr(0, slash)) + "\"");
     }
+    checked = folder;
   }
   return {};
 }

@@ -60,6 +60,24 @@ TEST(Hex, DigestFromHexRejectsMalformed) {
   EXPECT_FALSE(digest_from_hex(non_hex));
 }
 
+// Every byte value, in a high and a low digit: only 0-9 and a-f read, each as its value.
+TEST(Hex, DigestFromHexReadsExactlyTheLowercaseDigits) {
+  const std::string_view digits = "0123456789abcdef";
+  for (std::size_t at : {std::size_t{0}, std::size_t{1}, std::size_t{62}, std::size_t{63}}) {
+    for (int c = 0; c < 256; ++c) {
+      std::string hex(64, '0');
+      hex[at] = static_cast<char>(c);
+      const auto parsed = digest_from_hex(hex);
+      const auto value = digits.find(static_cast<char>(c));
+      ASSERT_EQ(parsed.has_value(), value != std::string_view::npos) << at << " " << c;
+      if (!parsed) continue;
+      Digest want{};
+      want[at / 2] = static_cast<std::uint8_t>(at % 2 == 0 ? value << 4 : value);
+      EXPECT_EQ(*parsed, want) << at << " " << c;
+    }
+  }
+}
+
 TEST(Base64, Rfc4648Vectors) {
   const std::pair<std::string_view, std::string_view> vectors[] = {
       {"", ""},

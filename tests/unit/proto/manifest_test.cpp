@@ -381,6 +381,26 @@ TEST(ManifestDecode, EntryBelowAFile) {
   EXPECT_TRUE(Contains(msg, "below the entry \"" + in_part("foo") + "\""));
 }
 
+// Entries of one folder are checked once for that folder: the first entry of the next folder
+// is checked again at every depth, whatever came before.
+TEST(ManifestDecode, EntryBelowAFileAfterAFolderOfFiles) {
+  const json entries = json::array({file_json(in_part("a/b/c1")), file_json(in_part("a/b/c2")),
+                                    file_json(in_part("a/b2")), file_json(in_part("a/b2/c/d")),
+                                    file_json(in_part("a/b2/c/e"))});
+  const std::string msg = decode_error(doc_with(entries));
+  EXPECT_TRUE(Contains(msg, "entry 3"));
+  EXPECT_TRUE(Contains(msg, "below the entry \"" + in_part("a/b2") + "\""));
+
+  const json deeper = json::array({file_json(in_part("a/b/c1")), file_json(in_part("a/b/c2")),
+                                   file_json(in_part("a/b/c2/d/e"))});
+  EXPECT_TRUE(Contains(decode_error(doc_with(deeper)), "below the entry \"" + in_part("a/b/c2")));
+  // In the root partition too, from the first component.
+  const json root = json::array({file_json("a"), file_json("a/b")});
+  const auto m = decode_manifest(doc_with(root, "."), ".", kDepth);
+  ASSERT_FALSE(m);
+  EXPECT_TRUE(Contains(m.message(), "below the entry \"a\"")) << m.message();
+}
+
 TEST(ManifestDecode, EntryBelowASymlink) {
   const json entries =
       json::array({link_json(in_part("lnk"), "sub"), file_json(in_part("lnk/x/y"))});
