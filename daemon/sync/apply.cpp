@@ -606,6 +606,7 @@ Status Applier::commit(const ApplyRequest& req) {
   if (auto st = state_.commit_pins(req.candidate.serial, req.pins); !st) return st;
   crash_point();
   if (auto st = state_.save_applied(req.envelope); !st) return st;  // fsynced
+  state_.share_committed(req.candidate, req.candidate_manifests);
   // The served copies need not be durable: recover() rewrites them from the committed ones. The
   // pins first: a child that reads the new envelope finds them.
   crash_point();

@@ -6,6 +6,9 @@
 #include <algorithm>
 #include <atomic>
 #include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <stdexcept>
@@ -233,17 +236,121 @@ void StateStore::forget_manifest(const proto::Digest& d) const {
   ::unlink(manifest_path(d).c_str());
 }
 
+namespace {
+
+// Manifests decoded in this process and still held by someone (the served view, the scrubber,
+// a cycle, status): a second load of the same stored file shares the first one's decoding
+// instead of holding the tree's entries twice (docs/performance.md, "Scale"). Only a file that
+// is still the one decoded is shared: same inode, size, mtime and ctime, so a manifest stored
+// again or replaced is read and checked again. (What is shared is a decoding of bytes whose
+// SHA-256 was its name: it stays that manifest whatever later happens to the file.)
+class DecodedManifests {
+ public:
+  struct Key {
+    std::string file;
+    std::string partition;
+    std::size_t depth;
+    proto::ModeRule modes;
+    auto operator<=>(const Key&) const = default;
+  };
+
+  std::shared_ptr<const proto::Manifest> find(const Key& key, const struct stat& st) {
+    std::lock_guard lock(mutex_);
+    auto it = held_.find(key);
+    if (it == held_.end() || !same_file(it->second, st)) return nullptr;
+    return it->second.manifest.lock();
+  }
+
+  void keep(Key key, const struct stat& st, const std::shared_ptr<const proto::Manifest>& m) {
+    std::lock_guard lock(mutex_);
+    keep_locked(std::move(key), st, m);
+  }
+
+  /// Keeps `kept` alive until the next call for the same state_dir: the manifests a cycle just
+  /// committed, which the served view and the scrubber load right after the cycle has dropped
+  /// them.
+  void hold_until_next(const std::string& state_dir, std::vector<std::pair<Key, struct stat>> keys,
+                       std::vector<std::shared_ptr<const proto::Manifest>> kept) {
+    std::lock_guard lock(mutex_);
+    for (std::size_t i = 0; i < keys.size(); ++i)
+      keep_locked(std::move(keys[i].first), keys[i].second, kept[i]);
+    committed_[state_dir] = std::move(kept);
+  }
+
+ private:
+  struct Held {
+    std::weak_ptr<const proto::Manifest> manifest;
+    dev_t dev;
+    ino_t ino;
+    off_t size;
+    struct timespec mtime;
+    struct timespec ctime;
+  };
+  static bool same_time(const struct timespec& a, const struct timespec& b) {
+    return a.tv_sec == b.tv_sec && a.tv_nsec == b.tv_nsec;
+  }
+  static bool same_file(const Held& h, const struct stat& st) {
+    return h.dev == st.st_dev && h.ino == st.st_ino && h.size == st.st_size &&
+           same_time(h.mtime, st.st_mtim) && same_time(h.ctime, st.st_ctim);
+  }
+
+  void keep_locked(Key key, const struct stat& st,
+                   const std::shared_ptr<const proto::Manifest>& m) {
+    // Forget what nobody holds any more, so that the map follows the manifests alive.
+    std::erase_if(held_, [](const auto& kv) { return kv.second.manifest.expired(); });
+    held_[std::move(key)] = Held{m, st.st_dev, st.st_ino, st.st_size, st.st_mtim, st.st_ctim};
+  }
+
+  std::mutex mutex_;
+  std::map<Key, Held> held_;
+  std::map<std::string, std::vector<std::shared_ptr<const proto::Manifest>>> committed_;
+};
+
+DecodedManifests& decoded_manifests() {
+  static DecodedManifests cache;
+  return cache;
+}
+
+}  // namespace
+
 Result<std::shared_ptr<const proto::Manifest>> StateStore::load_manifest(
     const proto::Digest& d, const std::string& partition, std::size_t depth,
     proto::ModeRule modes) const {
   fs::path file = manifest_path(d);
+  DecodedManifests::Key key{file.string(), partition, depth, modes};
+  struct stat before {};
+  const bool known = ::stat(file.c_str(), &before) == 0;
+  if (known)
+    if (auto shared = decoded_manifests().find(key, before)) return shared;
   auto bytes = read_file(file, proto::kMaxManifestBytes);
   if (!bytes) return bytes.error();
   if (proto::sha256(*bytes) != d)
     return make_error(file.string() + ": content does not match its SHA-256 name");
   auto m = proto::decode_manifest(*bytes, partition, depth, modes);
   if (!m) return m.error();
-  return std::shared_ptr<const proto::Manifest>(std::make_shared<proto::Manifest>(std::move(*m)));
+  std::shared_ptr<const proto::Manifest> loaded = std::make_shared<proto::Manifest>(std::move(*m));
+  // Shared only if the file did not change while it was read.
+  struct stat after {};
+  if (known && ::stat(file.c_str(), &after) == 0 && after.st_ino == before.st_ino &&
+      after.st_size == before.st_size && after.st_ctim.tv_sec == before.st_ctim.tv_sec &&
+      after.st_ctim.tv_nsec == before.st_ctim.tv_nsec)
+    decoded_manifests().keep(std::move(key), before, loaded);
+  return loaded;
+}
+
+void StateStore::share_committed(const proto::Snapshot& s, const ManifestSet& manifests) const {
+  std::vector<std::pair<DecodedManifests::Key, struct stat>> keys;
+  std::vector<std::shared_ptr<const proto::Manifest>> kept;
+  for (const auto& [name, m] : manifests) {
+    auto ref = s.partitions.find(name);
+    if (!m || ref == s.partitions.end()) continue;
+    fs::path file = manifest_path(ref->second.manifest);
+    struct stat st {};
+    if (::stat(file.c_str(), &st) != 0) continue;
+    keys.push_back({{file.string(), name, s.depth, proto::ModeRule::kAny}, st});
+    kept.push_back(m);
+  }
+  decoded_manifests().hold_until_next(dir_.string(), std::move(keys), std::move(kept));
 }
 
 Result<ManifestSet> StateStore::load_manifests(const proto::Snapshot& s) const {

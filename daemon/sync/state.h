@@ -157,6 +157,11 @@ class StateStore {
                                 std::uint64_t max_bytes = proto::kMaxManifestBytes) const;
   /// Removes a stored manifest (of a candidate that was refused).
   void forget_manifest(const proto::Digest& d) const;
+  /// Lets the next load_manifest of the committed snapshot `s` (the served view's, the
+  /// scrubber's) share `manifests` (its partitions' manifests, decoded or built by the cycle that
+  /// committed it, each the manifest its partition names) instead of reading and parsing them
+  /// again: they are kept alive until the next commit of this state_dir.
+  void share_committed(const proto::Snapshot& s, const ManifestSet& manifests) const;
   /// Every manifest of a snapshot (shared when two partitions... never; one per partition).
   Result<ManifestSet> load_manifests(const proto::Snapshot& s) const;
   /// Makes the manifests of `s` available in the tree (served with the snapshot).

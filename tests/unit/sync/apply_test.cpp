@@ -216,6 +216,22 @@ Model release_and(const std::string& copy, bool as_link) {
 const std::vector<std::string> kCopies = {"latest-stable", "alias/latest-stable",
                                           "alias/x/y/latest-stable"};
 
+// What an apply commits is what the served view and the scrubber load next: the manifests the
+// cycle held (built at tier0, decoded at a relay) are shared with them, not parsed again.
+TEST_F(ApplyTest, TheCommittedManifestsAreSharedWithTheNextLoad) {
+  Model model = release_and("latest-stable", true);
+  apply(model);
+  model["v3.20/main/x86_64/a-1.apk"] = Item{"new bytes"};
+  apply(model);
+  ASSERT_TRUE(applied_);
+  ASSERT_EQ(applied_manifests_.size(), applied_->partitions.size());
+  for (const auto& [name, ref] : applied_->partitions) {
+    auto loaded = state_->load_manifest(ref.manifest, name, kDepth);
+    ASSERT_TRUE(loaded) << loaded.message();
+    EXPECT_EQ(loaded->get(), applied_manifests_.at(name).get()) << name;
+  }
+}
+
 TEST_F(ApplyTest, FolderBecomingASymlinkLeavesItsTargetAlone) {
   for (const auto& copy : kCopies) {
     SCOPED_TRACE(copy);

@@ -77,8 +77,8 @@ TEST_F(StateTest, HeldRoundTrip) {
   held.partitions.push_back(
       {Hold{"edge/main/aarch64", Rule::kDeleted, 3000, 3268, 3000.0 / 3268.0, 0.2, 3000, 3268},
        "43", std::string(64, 'b'), "removed", 0});
-  held.partitions.push_back({Hold{".", Rule::kRoot, 15, 20, 0.75, 0, 15, 20},
-                             std::string(64, 'a'), "none", std::string(64, 'a'), 1795654000});
+  held.partitions.push_back({Hold{".", Rule::kRoot, 15, 20, 0.75, 0, 15, 20}, std::string(64, 'a'),
+                             "none", std::string(64, 'a'), 1795654000});
   ASSERT_TRUE(store_->save_held(held));
 
   const HeldState back = store_->load_held();
@@ -384,6 +384,76 @@ TEST_F(StateTest, LoadManifestRefusesBytesThatDoNotMatchTheName) {
   const proto::Digest wrong = proto::sha256("something else");
   ASSERT_TRUE(store_->store_manifest(wrong, bytes));
   EXPECT_FALSE(store_->load_manifest(wrong, "edge/main/x86_64", 3));
+}
+
+// The served view, the scrubber and a cycle load the same applied manifests: while one holds a
+// manifest, the others share its decoding (one copy of the tree's entries in the daemon), but
+// only as long as the stored file is the one decoded; and a damaged one is still refused.
+TEST_F(StateTest, LoadManifestSharesWhatIsHeldWhileTheFileIsUnchanged) {
+  const std::string bytes = manifest_bytes();
+  const proto::Digest d = proto::sha256(bytes);
+  ASSERT_TRUE(store_->store_manifest(d, bytes));
+  auto first = store_->load_manifest(d, "edge/main/x86_64", 3);
+  ASSERT_TRUE(first) << first.message();
+  auto again = store_->load_manifest(d, "edge/main/x86_64", 3);
+  ASSERT_TRUE(again) << again.message();
+  EXPECT_EQ(first->get(), again->get());
+  // Another store of the same state_dir (the scrubber opens its own) shares it too.
+  StateStore other_store(dir_ / "state", dir_ / "tree");
+  auto other = other_store.load_manifest(d, "edge/main/x86_64", 3);
+  ASSERT_TRUE(other) << other.message();
+  EXPECT_EQ(first->get(), other->get());
+  // Decoded under other rules, it is another decoding.
+  auto strict = store_->load_manifest(d, "edge/main/x86_64", 3, proto::ModeRule::kPublishable);
+  ASSERT_TRUE(strict) << strict.message();
+  EXPECT_NE(first->get(), strict->get());
+
+  // The same bytes stored again (another file by that name): read and checked again.
+  const fs::path file = store_->manifest_path(d);
+  const auto replace = [&](const std::string& content) {
+    write_file(file.string() + ".new", content);
+    fs::rename(file.string() + ".new", file);
+  };
+  replace(bytes);
+  auto rewritten = store_->load_manifest(d, "edge/main/x86_64", 3);
+  ASSERT_TRUE(rewritten) << rewritten.message();
+  EXPECT_NE(first->get(), rewritten->get());
+  // Damaged while a decoding is held: refused, not served from memory.
+  std::string damaged = bytes;
+  damaged.replace(damaged.find("\"size\":3"), 8, "\"size\":4");
+  replace(damaged);
+  EXPECT_FALSE(store_->load_manifest(d, "edge/main/x86_64", 3));
+}
+
+// The manifests a commit hands over stay alive until the next commit of that state_dir, for
+// the view and the scrubber that load them after the cycle dropped its own.
+TEST_F(StateTest, CommittedManifestsOutliveTheCycleUntilTheNextCommit) {
+  const std::string bytes = manifest_bytes();
+  const proto::Digest d = proto::sha256(bytes);
+  ASSERT_TRUE(store_->store_manifest(d, bytes));
+  proto::Snapshot s;
+  s.depth = 3;
+  s.partitions["edge/main/x86_64"] = {d, 1, 3};
+  auto built = std::make_shared<proto::Manifest>();
+  built->partition = "edge/main/x86_64";
+  built->entries = {proto::Entry::file("edge/main/x86_64/a.apk", 3, proto::sha256("abc"), 1, 0644)};
+  const proto::Manifest* address = built.get();
+  {
+    ManifestSet committed{{"edge/main/x86_64", built}};
+    built.reset();
+    store_->share_committed(s, committed);
+  }
+  auto loaded = store_->load_manifest(d, "edge/main/x86_64", 3);
+  ASSERT_TRUE(loaded) << loaded.message();
+  EXPECT_EQ(loaded->get(), address);
+  EXPECT_EQ((*loaded)->entries.size(), 1u);
+  // A partition the snapshot does not name, or whose manifest is not stored, is not shared.
+  proto::Snapshot other = s;
+  other.partitions.clear();
+  other.partitions["edge/main/aarch64"] = {proto::sha256("not stored"), 1, 3};
+  store_->share_committed(other, {{"edge/main/x86_64", *loaded},
+                                  {"edge/main/aarch64", std::make_shared<proto::Manifest>()}});
+  EXPECT_FALSE(store_->load_manifest(proto::sha256("not stored"), "edge/main/aarch64", 3));
 }
 
 TEST_F(StateTest, LoadManifestChecksThePartition) {
