@@ -281,8 +281,16 @@ Result<Candidate> build_candidate(const ops::Config& config, std::size_t depth,
   if (!manifests) return manifests.error();
   c.manifests = std::move(*manifests);
   if (c.cache.needs_save()) save_hash_cache(c.cache, state, depth, scope);
-  for (const auto& [name, m] : c.manifests)
-    c.digests[name] = proto::sha256(proto::encode_manifest(*m));
+  // Each manifest is stored as soon as it is encoded (the store is content-addressed: one that
+  // the guard then holds, or a publish that fails, leaves a file that the next commit's
+  // collection removes), so it is encoded once and never held whole with the others.
+  for (const auto& [name, m] : c.manifests) {
+    const std::string bytes = proto::encode_manifest(*m);
+    const proto::Digest digest = proto::sha256(bytes);
+    if (!state.has_manifest_bytes(digest, bytes))
+      if (auto st = state.store_manifest(digest, bytes); !st) return st.error();
+    c.digests[name] = digest;
+  }
   return c;
 }
 
@@ -381,9 +389,8 @@ void record_approved_deletion(GuardPass& g, sync::PartitionChange change, const 
 }
 
 // One partition through the guard: a held partition keeps its published manifest; what passes
-// enters the next snapshot (its manifest stored).
-Status guard_partition(GuardPass& g, const std::string& name, const sync::StateStore& state,
-                       proto::Snapshot& next) {
+// enters the next snapshot (its manifest was stored when built).
+void guard_partition(GuardPass& g, const std::string& name, proto::Snapshot& next) {
   auto cand_it = g.candidate.manifests.find(name);
   auto old_it = g.applied_manifests.find(name);
   const bool in_candidate = cand_it != g.candidate.manifests.end();
@@ -405,20 +412,15 @@ Status guard_partition(GuardPass& g, const std::string& name, const sync::StateS
       g.held.push_back({*hold, to, from, to, 0});
       next.partitions[name] = g.applied->snapshot.partitions.at(name);
       g.next_manifests[name] = old_it->second;
-      return {};
+      return;
     }
     if (change.approved) record_approved_deletion(g, std::move(change), from, to, next);
   }
-  if (!in_candidate) return {};  // removed (and not held)
+  if (!in_candidate) return;  // removed (and not held)
   const auto& m = cand_it->second;
   const proto::Digest& digest = g.candidate.digests.at(name);
   next.partitions[name] = {digest, m->entries.size(), m->total_bytes()};
-  g.next_manifests[name] = m;
-  if (state.has_manifest(digest)) return {};
-  const std::string bytes = proto::encode_manifest(*m);  // canonical: the same bytes again
-  if (proto::sha256(bytes) != digest)
-    return make_error("partition " + name + ": its manifest encoded to other bytes");
-  return state.store_manifest(digest, bytes);
+  g.next_manifests[name] = m;  // stored when it was built (build_candidate)
 }
 
 // An upstream approval is carried while its partition stays at the approved manifest (or stays
@@ -445,18 +447,16 @@ void share_unchanged(GuardPass& g, const proto::Snapshot& next) {
 
 // Every partition through the guard into `next`. A held layout change keeps the whole snapshot:
 // then nothing enters `next` and the holds are in g.held.
-Status guard_partitions(GuardPass& g, const sync::StateStore& state, proto::Snapshot& next) {
+void guard_partitions(GuardPass& g, proto::Snapshot& next) {
   for (const auto& [name, m] : g.applied_manifests) g.names.insert(name);
   for (const auto& [name, m] : g.candidate.manifests) g.names.insert(name);
   if (g.layout_changed) {
-    if (guard_layout_change(g)) return {};
+    if (guard_layout_change(g)) return;
     next.approved_deletions.clear();  // its partitions are the old layout's
   }
-  for (const auto& name : g.names)
-    if (auto st = guard_partition(g, name, state, next); !st) return st;
+  for (const auto& name : g.names) guard_partition(g, name, next);
   carry_approvals(next, g.now);
   share_unchanged(g, next);
-  return {};
 }
 
 // A held partition kept beside a new root partition with an entry on its way (its folder, or one
@@ -668,7 +668,7 @@ CycleOutcome publish_source(Cycle& cycle, const ops::Config& config, std::size_t
   }
 
   GuardPass g(config, depth, now, applied, applied_manifests, *candidate, cycle);
-  if (auto st = guard_partitions(g, state, next); !st) return cycle.fail(st.message());
+  guard_partitions(g, next);
   if (applied && (layout_changed ? !g.held.empty()
                                  : (next.partitions == applied->snapshot.partitions && !resign) ||
                                        held_mix_conflicts(g, next))) {

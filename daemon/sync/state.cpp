@@ -173,6 +173,15 @@ bool StateStore::has_manifest(const proto::Digest& d) const {
   return bytes && proto::sha256(*bytes) == d;
 }
 
+bool StateStore::has_manifest_bytes(const proto::Digest& d, std::string_view bytes) const {
+  const fs::path file = manifest_path(d);
+  struct stat st {};
+  if (::stat(file.c_str(), &st) != 0 || static_cast<std::uint64_t>(st.st_size) != bytes.size())
+    return false;
+  auto stored = read_file(file, proto::kMaxManifestBytes);
+  return stored && *stored == bytes;
+}
+
 Status StateStore::store_manifest(const proto::Digest& d, std::string_view bytes) const {
   crash_point();
   return write_file_atomic(manifest_path(d), bytes, 0644, /*durable=*/false);

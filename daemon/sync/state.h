@@ -143,6 +143,9 @@ class StateStore {
       proto::ModeRule modes = proto::ModeRule::kAny) const;
   /// Whether the store holds the manifest `d` with bytes that match it.
   bool has_manifest(const proto::Digest& d) const;
+  /// Whether the store holds the manifest `d` as exactly `bytes` (its encoding, in hand): a
+  /// comparison, not a hash.
+  bool has_manifest_bytes(const proto::Digest& d, std::string_view bytes) const;
   Status store_manifest(const proto::Digest& d, std::string_view bytes) const;
   /// Where receive_manifest's caller sends the bytes, and what it calls when the parent sends
   /// them again from the first byte.

@@ -267,12 +267,21 @@ TEST_F(StateTest, ManifestStore) {
 TEST_F(StateTest, ManifestWhoseBytesWereLostIsNotStored) {
   const std::string bytes = manifest_bytes();
   const proto::Digest d = proto::sha256(bytes);
+  EXPECT_FALSE(store_->has_manifest_bytes(d, bytes));
   write_file(store_->manifest_path(d), "");
   EXPECT_FALSE(store_->has_manifest(d));
+  EXPECT_FALSE(store_->has_manifest_bytes(d, bytes));
   write_file(store_->manifest_path(d), bytes.substr(0, bytes.size() / 2));
   EXPECT_FALSE(store_->has_manifest(d));
+  EXPECT_FALSE(store_->has_manifest_bytes(d, bytes));
+  // As long, but not the same bytes (tier0 compares what it just encoded).
+  std::string other = bytes;
+  other.back() = other.back() == ' ' ? '\t' : ' ';
+  write_file(store_->manifest_path(d), other);
+  EXPECT_FALSE(store_->has_manifest_bytes(d, bytes));
   ASSERT_TRUE(store_->store_manifest(d, bytes));
   EXPECT_TRUE(store_->has_manifest(d));
+  EXPECT_TRUE(store_->has_manifest_bytes(d, bytes));
 }
 
 /// A fetch for receive_manifest that sends `bytes` in chunks of `chunk`, `restarts` times from
