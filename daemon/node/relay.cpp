@@ -166,6 +166,19 @@ bool partition_changed(const std::optional<sync::Applied>& applied, const proto:
   return it == applied->snapshot.partitions.end() || !(it->second.manifest == ref.manifest);
 }
 
+// The modes a candidate's manifest may hold: only publishable ones (docs/security.md, "Modes"),
+// unless it is the very manifest this node applied for that partition (the root partition's is
+// loaded every cycle), which may predate the rule and is replaced, not installed again.
+proto::ModeRule candidate_modes(const std::optional<sync::Applied>& applied,
+                                const std::string& name, const proto::PartitionRef& ref) {
+  if (applied) {
+    auto it = applied->snapshot.partitions.find(name);
+    if (it != applied->snapshot.partitions.end() && it->second.manifest == ref.manifest)
+      return proto::ModeRule::kAny;
+  }
+  return proto::ModeRule::kPublishable;
+}
+
 // Fetches `wanted` from the parent into the store and `received` (at most kBatch at once: each
 // holds a file open while the batch runs); each stored one's hash goes to `fetched`.
 void fetch_manifests_into(const sync::StateStore& state, transport::Transport& t,
@@ -220,8 +233,7 @@ Result<sync::ManifestSet> candidate_manifests(const proto::Snapshot& cand,
     if (received.of.count(ref.manifest)) continue;
     if (state.has_manifest(ref.manifest)) {
       auto loaded =
-          state.load_manifest(ref.manifest, name, cand.depth, proto::ModeRule::kPublishable);
-      if (!loaded) loaded = state.load_manifest(ref.manifest, name, cand.depth);
+          state.load_manifest(ref.manifest, name, cand.depth, candidate_modes(applied, name, ref));
       if (!loaded) {
         // Its bytes match its name, so the parent would send the same ones again: refused here,
         // not fetched again (which would rewrite this node's state for a refused candidate).
@@ -258,7 +270,8 @@ Result<sync::ManifestSet> candidate_manifests(const proto::Snapshot& cand,
         return make_error("manifest of partition \"" + name + "\": its bytes do not match its " +
                           "SHA-256 " + proto::to_hex(ref.manifest));
       }
-      auto loaded = state.load_manifest(ref.manifest, name, cand.depth);
+      auto loaded =
+          state.load_manifest(ref.manifest, name, cand.depth, candidate_modes(applied, name, ref));
       if (!loaded) {
         ++ops::process_metrics().verify_failures;
         return loaded.error();

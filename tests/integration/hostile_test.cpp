@@ -209,6 +209,20 @@ const std::vector<HostileCase>& cases() {
              with_raw_field(c.offer.manifests[kPart], kNewPkg, "mode", "2147484068");  // 2^31+0644
          c.expect = {{"mode"}};
        }},
+      // Signed by the origin, and still never applied: a setuid file, or one any local user
+      // could rewrite (docs/security.md, "Modes").
+      {"SetuidMode",
+       [](HostileContext& c) {
+         c.offer.raw_manifests[kPart] =
+             with_raw_field(c.offer.manifests[kPart], kNewPkg, "mode", "2541");  // 04755
+         c.expect = {{"newpkg-2.0-r0.apk"}, {"mode 4755"}};
+       }},
+      {"WorldWritableMode",
+       [](HostileContext& c) {
+         c.offer.raw_manifests[kPart] =
+             with_raw_field(c.offer.manifests[kPart], kNewPkg, "mode", "438");  // 0666
+         c.expect = {{"newpkg-2.0-r0.apk"}, {"mode 0666"}};
+       }},
       {"PathUnderTiersyncMeta",
        [](HostileContext& c) {
          const std::string bytes = "not a manifest\n";
