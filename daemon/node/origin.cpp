@@ -270,7 +270,8 @@ void save_hash_cache(const sync::HashCache& cache, const sync::StateStore& state
 
 Result<Candidate> build_candidate(const ops::Config& config, std::size_t depth,
                                   const sync::StateStore& state,
-                                  const std::vector<sync::ScannedFile>& files, Scope scope) {
+                                  const std::vector<sync::ScannedFile>& files, Scope scope,
+                                  const proto::Snapshot* published) {
   sync::HashCache::migrate_single_file(state.hash_cache_path(), state.hash_cache_dir(), depth);
   std::string cache_warning;
   Candidate c{
@@ -283,11 +284,19 @@ Result<Candidate> build_candidate(const ops::Config& config, std::size_t depth,
   if (c.cache.needs_save()) save_hash_cache(c.cache, state, depth, scope);
   // Each manifest is stored as soon as it is encoded (the store is content-addressed: one that
   // the guard then holds, or a publish that fails, leaves a file that the next commit's
-  // collection removes), so it is encoded once and never held whole with the others.
+  // collection removes), so it is encoded once and never held whole with the others. One that is
+  // already published was stored and made durable before its commit: its size is checked (a
+  // power cut can leave a name without bytes), not its bytes.
   for (const auto& [name, m] : c.manifests) {
     const std::string bytes = proto::encode_manifest(*m);
     const proto::Digest digest = proto::sha256(bytes);
-    if (!state.has_manifest_bytes(digest, bytes))
+    bool is_published = false;
+    if (published) {
+      auto ref = published->partitions.find(name);
+      is_published = ref != published->partitions.end() && ref->second.manifest == digest &&
+                     state.has_manifest_of_size(digest, bytes.size());
+    }
+    if (!is_published && !state.has_manifest_bytes(digest, bytes))
       if (auto st = state.store_manifest(digest, bytes); !st) return st.error();
     c.digests[name] = digest;
   }
@@ -641,7 +650,8 @@ CycleOutcome publish_source(Cycle& cycle, const ops::Config& config, std::size_t
   if (!looked) return cycle.fail("scanning source.dir: " + looked.message());
   if (looked->unchanged) return cycle.noop(applied->snapshot.serial);
   for (const auto& why : looked->scan.skipped) spdlog::warn("source: left out {}", why);
-  auto candidate = build_candidate(config, depth, state, looked->scan.files, looked->scope());
+  auto candidate = build_candidate(config, depth, state, looked->scan.files, looked->scope(),
+                                   applied ? &applied->snapshot : nullptr);
   if (!candidate) return cycle.fail(candidate.message());
 
   proto::Snapshot next;

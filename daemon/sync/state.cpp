@@ -173,12 +173,15 @@ bool StateStore::has_manifest(const proto::Digest& d) const {
   return bytes && proto::sha256(*bytes) == d;
 }
 
-bool StateStore::has_manifest_bytes(const proto::Digest& d, std::string_view bytes) const {
-  const fs::path file = manifest_path(d);
+bool StateStore::has_manifest_of_size(const proto::Digest& d, std::uint64_t size) const {
   struct stat st {};
-  if (::stat(file.c_str(), &st) != 0 || static_cast<std::uint64_t>(st.st_size) != bytes.size())
-    return false;
-  auto stored = read_file(file, proto::kMaxManifestBytes);
+  return ::stat(manifest_path(d).c_str(), &st) == 0 && S_ISREG(st.st_mode) &&
+         static_cast<std::uint64_t>(st.st_size) == size;
+}
+
+bool StateStore::has_manifest_bytes(const proto::Digest& d, std::string_view bytes) const {
+  if (!has_manifest_of_size(d, bytes.size())) return false;
+  auto stored = read_file(manifest_path(d), proto::kMaxManifestBytes);
   return stored && *stored == bytes;
 }
 
@@ -351,8 +354,10 @@ void StateStore::share_committed(const proto::Snapshot& s, const ManifestSet& ma
   std::vector<std::pair<DecodedManifests::Key, struct stat>> keys;
   std::vector<std::shared_ptr<const proto::Manifest>> kept;
   for (const auto& [name, m] : manifests) {
+    // Each must be the manifest its partition names (a held partition's candidate is not in the
+    // set): the entry count is a cheap check of that.
     auto ref = s.partitions.find(name);
-    if (!m || ref == s.partitions.end()) continue;
+    if (!m || ref == s.partitions.end() || m->entries.size() != ref->second.files) continue;
     fs::path file = manifest_path(ref->second.manifest);
     struct stat st {};
     if (::stat(file.c_str(), &st) != 0) continue;

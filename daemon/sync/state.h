@@ -146,6 +146,9 @@ class StateStore {
   /// Whether the store holds the manifest `d` as exactly `bytes` (its encoding, in hand): a
   /// comparison, not a hash.
   bool has_manifest_bytes(const proto::Digest& d, std::string_view bytes) const;
+  /// Whether the store holds a file for `d` of `size` bytes (what a power cut leaves of a
+  /// manifest stored without an fsync is caught; its bytes are not read).
+  bool has_manifest_of_size(const proto::Digest& d, std::uint64_t size) const;
   Status store_manifest(const proto::Digest& d, std::string_view bytes) const;
   /// Where receive_manifest's caller sends the bytes, and what it calls when the parent sends
   /// them again from the first byte.

@@ -268,9 +268,11 @@ TEST_F(StateTest, ManifestWhoseBytesWereLostIsNotStored) {
   const std::string bytes = manifest_bytes();
   const proto::Digest d = proto::sha256(bytes);
   EXPECT_FALSE(store_->has_manifest_bytes(d, bytes));
+  EXPECT_FALSE(store_->has_manifest_of_size(d, bytes.size()));
   write_file(store_->manifest_path(d), "");
   EXPECT_FALSE(store_->has_manifest(d));
   EXPECT_FALSE(store_->has_manifest_bytes(d, bytes));
+  EXPECT_FALSE(store_->has_manifest_of_size(d, bytes.size()));
   write_file(store_->manifest_path(d), bytes.substr(0, bytes.size() / 2));
   EXPECT_FALSE(store_->has_manifest(d));
   EXPECT_FALSE(store_->has_manifest_bytes(d, bytes));
@@ -279,6 +281,7 @@ TEST_F(StateTest, ManifestWhoseBytesWereLostIsNotStored) {
   other.back() = other.back() == ' ' ? '\t' : ' ';
   write_file(store_->manifest_path(d), other);
   EXPECT_FALSE(store_->has_manifest_bytes(d, bytes));
+  EXPECT_TRUE(store_->has_manifest_of_size(d, bytes.size()));  // the size only
   ASSERT_TRUE(store_->store_manifest(d, bytes));
   EXPECT_TRUE(store_->has_manifest(d));
   EXPECT_TRUE(store_->has_manifest_bytes(d, bytes));
@@ -463,6 +466,15 @@ TEST_F(StateTest, CommittedManifestsOutliveTheCycleUntilTheNextCommit) {
   store_->share_committed(other, {{"edge/main/x86_64", *loaded},
                                   {"edge/main/aarch64", std::make_shared<proto::Manifest>()}});
   EXPECT_FALSE(store_->load_manifest(proto::sha256("not stored"), "edge/main/aarch64", 3));
+  // Nor one that does not fit its partition's reference (another count of files).
+  auto wrong = std::make_shared<proto::Manifest>(**loaded);
+  loaded = std::shared_ptr<const proto::Manifest>();
+  proto::Snapshot miscounted = s;
+  miscounted.partitions["edge/main/x86_64"].files = 2;
+  store_->share_committed(miscounted, {{"edge/main/x86_64", wrong}});
+  auto fresh = store_->load_manifest(d, "edge/main/x86_64", 3);
+  ASSERT_TRUE(fresh) << fresh.message();
+  EXPECT_NE(fresh->get(), wrong.get());
 }
 
 TEST_F(StateTest, LoadManifestChecksThePartition) {
