@@ -156,14 +156,21 @@ struct ReceivedManifests {
   Status batch;
 };
 
+// Whether this node applied `name` at the manifest `ref` names.
+bool applied_at(const std::optional<sync::Applied>& applied, const std::string& name,
+                const proto::PartitionRef& ref) {
+  if (!applied) return false;
+  auto it = applied->snapshot.partitions.find(name);
+  return it != applied->snapshot.partitions.end() && it->second.manifest == ref.manifest;
+}
+
 // Whether `name` at `ref` needs its manifest: its partition changed (the root partition's always,
 // whose entries every partition is checked against).
 bool partition_changed(const std::optional<sync::Applied>& applied, const proto::Snapshot& cand,
                        const std::string& name, const proto::PartitionRef& ref) {
   if (!applied || name == proto::kRootPartition || applied->snapshot.depth != cand.depth)
     return true;
-  auto it = applied->snapshot.partitions.find(name);
-  return it == applied->snapshot.partitions.end() || !(it->second.manifest == ref.manifest);
+  return !applied_at(applied, name, ref);
 }
 
 // The modes a candidate's manifest may hold: only publishable ones (docs/security.md, "Modes"),
@@ -171,12 +178,7 @@ bool partition_changed(const std::optional<sync::Applied>& applied, const proto:
 // loaded every cycle), which may predate the rule and is replaced, not installed again.
 proto::ModeRule candidate_modes(const std::optional<sync::Applied>& applied,
                                 const std::string& name, const proto::PartitionRef& ref) {
-  if (applied) {
-    auto it = applied->snapshot.partitions.find(name);
-    if (it != applied->snapshot.partitions.end() && it->second.manifest == ref.manifest)
-      return proto::ModeRule::kAny;
-  }
-  return proto::ModeRule::kPublishable;
+  return applied_at(applied, name, ref) ? proto::ModeRule::kAny : proto::ModeRule::kPublishable;
 }
 
 // Fetches `wanted` from the parent into the store and `received` (at most kBatch at once: each

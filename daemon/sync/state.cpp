@@ -266,10 +266,16 @@ class DecodedManifests {
     auto operator<=>(const Key&) const = default;
   };
 
+  /// The same file, not rewritten or replaced since `a` was taken.
+  static bool same_file(const struct stat& a, const struct stat& b) {
+    return a.st_dev == b.st_dev && a.st_ino == b.st_ino && a.st_size == b.st_size &&
+           same_time(a.st_mtim, b.st_mtim) && same_time(a.st_ctim, b.st_ctim);
+  }
+
   std::shared_ptr<const proto::Manifest> find(const Key& key, const struct stat& st) {
     std::lock_guard lock(mutex_);
     auto it = held_.find(key);
-    if (it == held_.end() || !same_file(it->second, st)) return nullptr;
+    if (it == held_.end() || !same_file(it->second.file, st)) return nullptr;
     return it->second.manifest.lock();
   }
 
@@ -292,25 +298,17 @@ class DecodedManifests {
  private:
   struct Held {
     std::weak_ptr<const proto::Manifest> manifest;
-    dev_t dev;
-    ino_t ino;
-    off_t size;
-    struct timespec mtime;
-    struct timespec ctime;
+    struct stat file;  ///< the stored file as it was decoded
   };
   static bool same_time(const struct timespec& a, const struct timespec& b) {
     return a.tv_sec == b.tv_sec && a.tv_nsec == b.tv_nsec;
-  }
-  static bool same_file(const Held& h, const struct stat& st) {
-    return h.dev == st.st_dev && h.ino == st.st_ino && h.size == st.st_size &&
-           same_time(h.mtime, st.st_mtim) && same_time(h.ctime, st.st_ctim);
   }
 
   void keep_locked(Key key, const struct stat& st,
                    const std::shared_ptr<const proto::Manifest>& m) {
     // Forget what nobody holds any more, so that the map follows the manifests alive.
     std::erase_if(held_, [](const auto& kv) { return kv.second.manifest.expired(); });
-    held_[std::move(key)] = Held{m, st.st_dev, st.st_ino, st.st_size, st.st_mtim, st.st_ctim};
+    held_[std::move(key)] = Held{m, st};
   }
 
   std::mutex mutex_;
@@ -343,9 +341,7 @@ Result<std::shared_ptr<const proto::Manifest>> StateStore::load_manifest(
   std::shared_ptr<const proto::Manifest> loaded = std::make_shared<proto::Manifest>(std::move(*m));
   // Shared only if the file did not change while it was read.
   struct stat after {};
-  if (known && ::stat(file.c_str(), &after) == 0 && after.st_ino == before.st_ino &&
-      after.st_size == before.st_size && after.st_ctim.tv_sec == before.st_ctim.tv_sec &&
-      after.st_ctim.tv_nsec == before.st_ctim.tv_nsec)
+  if (known && ::stat(file.c_str(), &after) == 0 && DecodedManifests::same_file(before, after))
     decoded_manifests().keep(std::move(key), before, loaded);
   return loaded;
 }
